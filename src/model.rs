@@ -1,0 +1,635 @@
+//! The model file: safetensors tensors plus a JSON spec in the header's
+//! metadata. Everything that reads a policy goes through [`ModelFile::load`],
+//! which validates the whole file before anyone sees a weight.
+//! The format is documented in `docs/model-format.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Current model format version. Bump on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+/// Metadata key holding the JSON spec.
+pub const META_KEY: &str = "flowpilot";
+/// Refuse headers larger than this before parsing them (a corrupt length
+/// field must not make us allocate gigabytes).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("model file is truncated: {0}")]
+    Truncated(String),
+    #[error("model header is {0} bytes, over the {MAX_HEADER_BYTES}-byte limit (corrupt file?)")]
+    OversizedHeader(u64),
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(String),
+    #[error("model file has no '{META_KEY}' metadata (not a flowpilot model?)")]
+    MissingSpec,
+    #[error("model spec is not valid JSON for this format: {0}")]
+    BadSpec(String),
+    #[error("unknown model format version {found} (this build reads version {FORMAT_VERSION})")]
+    UnknownVersion { found: u32 },
+    #[error("invalid model spec: {0}")]
+    InvalidSpec(String),
+    #[error("missing tensor '{0}'")]
+    MissingTensor(String),
+    #[error("unexpected tensor '{0}' (not part of this architecture)")]
+    UnexpectedTensor(String),
+    #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("tensor '{name}' has dtype {found}, expected {expected}")]
+    Dtype {
+        name: String,
+        found: String,
+        expected: String,
+    },
+    #[error("tensor '{name}' holds a non-finite value at index {index}")]
+    NonFinite { name: String, index: usize },
+    #[error("tensor '{0}' is not a valid permutation")]
+    BadPermutation(String),
+    #[error("tensor '{name}': diagonal entry {index} of the invertible linear layer is zero (not invertible)")]
+    Singular { name: String, index: usize },
+    #[error("digest mismatch: file says {stored}, content hashes to {computed} (file modified or corrupt)")]
+    Digest { stored: String, computed: String },
+}
+
+/// Which way the stacked blocks run when sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Blocks map action -> latent (paper's imitation code). Likelihood is
+    /// the forward pass; sampling runs the inverse on z ~ N(0, I).
+    Inverse,
+    /// Blocks map latent -> action (paper's offline-RL code). Sampling is the
+    /// forward pass; likelihood runs the inverse.
+    Forward,
+}
+
+/// Which policy family the file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// The paper's conditional RealNVP with generalized permutations.
+    Flow,
+    /// A diagonal Gaussian MLP baseline (for measuring the flow's advantage).
+    Gaussian,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderSpec {
+    /// Hidden width of each `Dense -> LayerNorm -> SiLU` layer.
+    pub width: usize,
+    /// Number of hidden layers (paper: 4).
+    pub layers: usize,
+    /// Output representation size k.
+    pub rep_dim: usize,
+}
+
+/// Affine normaliser `(x - mean) / std`, stored with the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalizer {
+    pub fn identity(n: usize) -> Self {
+        Self {
+            mean: vec![0.0; n],
+            std: vec![1.0; n],
+        }
+    }
+}
+
+/// Everything about a model that is not a weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub format_version: u32,
+    pub kind: PolicyKind,
+    pub obs_dim: usize,
+    #[serde(default)]
+    pub goal_dim: usize,
+    pub act_dim: usize,
+    /// Number of coupling blocks K (0 for the Gaussian baseline).
+    pub blocks: usize,
+    /// MLP hidden widths [h1, h2]. Paper flax: [C + k, C]; torch: [C, C].
+    pub hidden: [usize; 2],
+    pub layer_norm_eps: f32,
+    #[serde(default)]
+    pub encoder: Option<EncoderSpec>,
+    pub direction: Direction,
+    /// Training noise sigma; also the step size of the optional denoise.
+    pub noise_sigma: f32,
+    /// Apply one-step denoising a <- a + sigma^2 * grad log p(a|y) at sampling.
+    #[serde(default)]
+    pub denoise: bool,
+    pub obs_norm: Normalizer,
+    #[serde(default)]
+    pub goal_norm: Option<Normalizer>,
+    /// Physical action bounds; the normalised action in [-1, 1] maps onto them.
+    pub action_low: Vec<f32>,
+    pub action_high: Vec<f32>,
+    /// Monotonic version within a lineage (1 for a fresh model).
+    #[serde(default = "one")]
+    pub version: u64,
+    #[serde(default)]
+    pub parent_digest: Option<String>,
+    #[serde(default)]
+    pub parent_version: Option<u64>,
+    /// Free text: what made this file.
+    #[serde(default)]
+    pub created_by: String,
+    /// `sha256:<hex>` over the tensors and this spec (with `digest` empty).
+    #[serde(default)]
+    pub digest: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl ModelSpec {
+    /// Conditioning width fed to the flow: encoder output, or obs+goal.
+    pub fn cond_dim(&self) -> usize {
+        match &self.encoder {
+            Some(e) => e.rep_dim,
+            None => self.obs_dim + self.goal_dim,
+        }
+    }
+    /// Raw conditioning input width (normalised obs ++ goal).
+    pub fn raw_cond_dim(&self) -> usize {
+        self.obs_dim + self.goal_dim
+    }
+    /// Sizes of the coupling split: (unchanged first part, transformed part).
+    pub fn split(&self) -> (usize, usize) {
+        (self.act_dim.div_ceil(2), self.act_dim / 2)
+    }
+
+    /// The tensors this spec requires, with their shapes, in a fixed order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>, Dtype)> {
+        let mut out = Vec::new();
+        let f = |name: String, shape: Vec<usize>| (name, shape, Dtype::F32);
+        let k = self.cond_dim();
+        let d = self.act_dim;
+        let [h1, h2] = self.hidden;
+        if let Some(e) = &self.encoder {
+            let mut inp = self.raw_cond_dim();
+            for j in 0..e.layers {
+                out.push(f(format!("enc.l{j}.w"), vec![inp, e.width]));
+                out.push(f(format!("enc.l{j}.b"), vec![e.width]));
+                out.push(f(format!("enc.ln{j}.g"), vec![e.width]));
+                out.push(f(format!("enc.ln{j}.b"), vec![e.width]));
+                inp = e.width;
+            }
+            out.push(f("enc.out.w".into(), vec![inp, e.rep_dim]));
+            out.push(f("enc.out.b".into(), vec![e.rep_dim]));
+        }
+        let mlp = |out: &mut Vec<_>, p: &str, inp: usize, o: usize| {
+            out.push(f(format!("{p}.l0.w"), vec![inp, h1]));
+            out.push(f(format!("{p}.l0.b"), vec![h1]));
+            out.push(f(format!("{p}.ln0.g"), vec![h1]));
+            out.push(f(format!("{p}.ln0.b"), vec![h1]));
+            out.push(f(format!("{p}.l1.w"), vec![h1, h2]));
+            out.push(f(format!("{p}.l1.b"), vec![h2]));
+            out.push(f(format!("{p}.ln1.g"), vec![h2]));
+            out.push(f(format!("{p}.ln1.b"), vec![h2]));
+            out.push(f(format!("{p}.l2.w"), vec![h2, o]));
+            out.push(f(format!("{p}.l2.b"), vec![o]));
+        };
+        match self.kind {
+            PolicyKind::Flow => {
+                let (d1, d2) = self.split();
+                for i in 0..self.blocks {
+                    out.push((format!("blocks.{i}.lin.perm"), vec![d], Dtype::I64));
+                    out.push(f(format!("blocks.{i}.lin.L"), vec![d, d]));
+                    out.push(f(format!("blocks.{i}.lin.U"), vec![d, d]));
+                    out.push(f(format!("blocks.{i}.lin.s"), vec![d]));
+                    mlp(&mut out, &format!("blocks.{i}.s"), d1 + k, d2);
+                    mlp(&mut out, &format!("blocks.{i}.t"), d1 + k, d2);
+                }
+            }
+            PolicyKind::Gaussian => mlp(&mut out, "gauss", k, 2 * d),
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::InvalidSpec(m));
+        if self.act_dim == 0 {
+            return bad("act_dim must be > 0".into());
+        }
+        if self.kind == PolicyKind::Flow && (self.act_dim < 2 || self.blocks == 0) {
+            return bad("a flow needs act_dim >= 2 and at least one block".into());
+        }
+        if self.kind == PolicyKind::Gaussian && self.blocks != 0 {
+            return bad("a Gaussian policy has no flow blocks (blocks must be 0)".into());
+        }
+        if self.hidden.contains(&0) {
+            return bad("hidden widths must be > 0".into());
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return bad("layer_norm_eps must be finite and > 0".into());
+        }
+        if !(self.noise_sigma >= 0.0 && self.noise_sigma.is_finite()) {
+            return bad("noise_sigma must be finite and >= 0".into());
+        }
+        if let Some(e) = &self.encoder {
+            if e.width == 0 || e.layers == 0 || e.rep_dim == 0 {
+                return bad("encoder width, layers and rep_dim must be > 0".into());
+            }
+        }
+        check_norm("obs_norm", &self.obs_norm, self.obs_dim)?;
+        match (&self.goal_norm, self.goal_dim) {
+            (None, 0) => {}
+            (Some(g), n) if n > 0 => check_norm("goal_norm", g, n)?,
+            _ => return bad("goal_norm must be present exactly when goal_dim > 0".into()),
+        }
+        if self.action_low.len() != self.act_dim || self.action_high.len() != self.act_dim {
+            return bad(format!(
+                "action bounds must have act_dim = {} entries",
+                self.act_dim
+            ));
+        }
+        for (i, (l, h)) in self.action_low.iter().zip(&self.action_high).enumerate() {
+            if !(l.is_finite() && h.is_finite() && l < h) {
+                return bad(format!(
+                    "action bound {i}: need finite low < high, got [{l}, {h}]"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_norm(what: &str, n: &Normalizer, dim: usize) -> Result<(), ModelError> {
+    if n.mean.len() != dim || n.std.len() != dim {
+        return Err(ModelError::InvalidSpec(format!(
+            "{what} must have {dim} entries (mean {}, std {})",
+            n.mean.len(),
+            n.std.len()
+        )));
+    }
+    if n.mean.iter().any(|v| !v.is_finite()) || n.std.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err(ModelError::InvalidSpec(format!(
+            "{what}: means must be finite and stds finite and > 0"
+        )));
+    }
+    Ok(())
+}
+
+/// One named tensor, owned. Integer tensors (permutations) are kept as i64.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self {
+            shape,
+            data: TensorData::F32(data),
+        }
+    }
+}
+
+/// A validated model: spec plus every tensor the spec requires.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    pub spec: ModelSpec,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl ModelFile {
+    /// Build from parts, validating shapes and values and stamping the digest.
+    pub fn new(mut spec: ModelSpec, tensors: BTreeMap<String, Tensor>) -> Result<Self, ModelError> {
+        spec.format_version = FORMAT_VERSION;
+        spec.digest.clear();
+        let mut m = Self { spec, tensors };
+        m.validate()?;
+        m.spec.digest = m.compute_digest();
+        Ok(m)
+    }
+
+    pub fn f32(&self, name: &str) -> &[f32] {
+        match &self.tensors[name].data {
+            TensorData::F32(v) => v,
+            TensorData::I64(_) => unreachable!("validated: {name} is f32"),
+        }
+    }
+
+    pub fn i64(&self, name: &str) -> &[i64] {
+        match &self.tensors[name].data {
+            TensorData::I64(v) => v,
+            TensorData::F32(_) => unreachable!("validated: {name} is i64"),
+        }
+    }
+
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Number of scalar parameters (permutations excluded: they are fixed).
+    pub fn parameter_count(&self) -> usize {
+        self.tensors
+            .values()
+            .filter_map(|t| match &t.data {
+                TensorData::F32(v) => Some(v.len()),
+                TensorData::I64(_) => None,
+            })
+            .sum()
+    }
+
+    /// Read and fully validate a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        // Check the header length ourselves first: safetensors would report a
+        // generic error, and we want "truncated" and "oversized" to be clear.
+        if bytes.len() < 8 {
+            return Err(ModelError::Truncated(format!(
+                "{} bytes, too short for a safetensors header",
+                bytes.len()
+            )));
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if n > MAX_HEADER_BYTES {
+            return Err(ModelError::OversizedHeader(n));
+        }
+        if 8 + n > bytes.len() as u64 {
+            return Err(ModelError::Truncated(format!(
+                "header claims {n} bytes, file has {}",
+                bytes.len() - 8
+            )));
+        }
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| classify(e, bytes.len()))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| classify(e, bytes.len()))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or(ModelError::MissingSpec)?;
+        // Check the version before the full parse so an old build reading a
+        // newer file says "unknown version", not "missing field".
+        let version: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ModelError::BadSpec(e.to_string()))?;
+        match version.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            Some(v) => return Err(ModelError::UnknownVersion { found: v as u32 }),
+            None => return Err(ModelError::BadSpec("missing format_version".into())),
+        }
+        let spec: ModelSpec =
+            serde_json::from_value(version).map_err(|e| ModelError::BadSpec(e.to_string()))?;
+        spec.validate()?;
+        let mut tensors = BTreeMap::new();
+        for (name, shape, dtype) in spec.expected_tensors() {
+            let view = st
+                .tensor(&name)
+                .map_err(|_| ModelError::MissingTensor(name.clone()))?;
+            tensors.insert(name.clone(), read_tensor(&name, &view, &shape, dtype)?);
+        }
+        if let Some(extra) = st.names().into_iter().find(|n| !tensors.contains_key(*n)) {
+            return Err(ModelError::UnexpectedTensor(extra.to_string()));
+        }
+        let m = Self { spec, tensors };
+        m.validate()?;
+        let computed = m.compute_digest();
+        if m.spec.digest != computed {
+            return Err(ModelError::Digest {
+                stored: m.spec.digest.clone(),
+                computed,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Serialise to safetensors bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let views: Vec<(String, TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let (dtype, bytes): (Dtype, &[u8]) = match &t.data {
+                    TensorData::F32(v) => (Dtype::F32, bytemuck_f32(v)),
+                    TensorData::I64(v) => (Dtype::I64, bytemuck_i64(v)),
+                };
+                (
+                    n.clone(),
+                    TensorView::new(dtype, t.shape.clone(), bytes).expect("shape matches data"),
+                )
+            })
+            .collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert(
+            META_KEY.to_string(),
+            serde_json::to_string(&self.spec).expect("spec serialises"),
+        );
+        safetensors::serialize(views, Some(meta)).expect("in-memory serialisation")
+    }
+
+    /// Write atomically: temp file in the same directory, fsync, rename.
+    pub fn save(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
+        use anyhow::Context;
+        use std::io::Write;
+        let path = path.as_ref();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{}",
+            path.file_name().and_then(|s| s.to_str()).unwrap_or("model"),
+            std::process::id()
+        ));
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&self.to_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        self.spec.validate()?;
+        for (name, shape, dtype) in self.spec.expected_tensors() {
+            let t = self
+                .tensors
+                .get(&name)
+                .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+            if t.shape != shape {
+                return Err(ModelError::Shape {
+                    name,
+                    found: t.shape.clone(),
+                    expected: shape,
+                });
+            }
+            match (&t.data, dtype) {
+                (TensorData::F32(v), Dtype::F32) => {
+                    if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(ModelError::NonFinite { name, index });
+                    }
+                    if name.ends_with(".lin.s") {
+                        if let Some(index) = v.iter().position(|x| *x == 0.0) {
+                            return Err(ModelError::Singular { name, index });
+                        }
+                    }
+                }
+                (TensorData::I64(v), Dtype::I64) => {
+                    let mut seen = vec![false; v.len()];
+                    for &p in v {
+                        let ok = p >= 0 && (p as usize) < v.len() && !seen[p as usize];
+                        if !ok {
+                            return Err(ModelError::BadPermutation(name));
+                        }
+                        seen[p as usize] = true;
+                    }
+                }
+                (d, _) => {
+                    return Err(ModelError::Dtype {
+                        name,
+                        found: format!("{:?}", d).chars().take(3).collect(),
+                        expected: format!("{dtype:?}"),
+                    })
+                }
+            }
+        }
+        if let Some(extra) = self
+            .tensors
+            .keys()
+            .find(|n| !self.spec.expected_tensors().iter().any(|(e, _, _)| e == *n))
+        {
+            return Err(ModelError::UnexpectedTensor(extra.clone()));
+        }
+        Ok(())
+    }
+
+    /// sha256 over the spec (digest field blanked) and every tensor's name,
+    /// dtype, shape and little-endian bytes, in name order.
+    pub fn compute_digest(&self) -> String {
+        let mut spec = self.spec.clone();
+        spec.digest.clear();
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&spec).expect("spec serialises"));
+        for (name, t) in &self.tensors {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            for s in &t.shape {
+                h.update((*s as u64).to_le_bytes());
+            }
+            match &t.data {
+                TensorData::F32(v) => {
+                    h.update(b"f32");
+                    h.update(bytemuck_f32(v));
+                }
+                TensorData::I64(v) => {
+                    h.update(b"i64");
+                    h.update(bytemuck_i64(v));
+                }
+            }
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+
+    /// Short digest for logs and diagnostics.
+    pub fn short_digest(&self) -> &str {
+        let d = self.spec.digest.trim_start_matches("sha256:");
+        &d[..d.len().min(12)]
+    }
+}
+
+fn classify(e: safetensors::SafeTensorError, len: usize) -> ModelError {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer | E::HeaderTooSmall => {
+            ModelError::Truncated(format!("{e} ({len} bytes on disk)"))
+        }
+        E::HeaderTooLarge => ModelError::OversizedHeader(len as u64),
+        other => ModelError::Safetensors(other.to_string()),
+    }
+}
+
+fn read_tensor(
+    name: &str,
+    view: &TensorView<'_>,
+    shape: &[usize],
+    dtype: Dtype,
+) -> Result<Tensor, ModelError> {
+    if view.dtype() != dtype {
+        return Err(ModelError::Dtype {
+            name: name.into(),
+            found: format!("{:?}", view.dtype()),
+            expected: format!("{dtype:?}"),
+        });
+    }
+    if view.shape() != shape {
+        return Err(ModelError::Shape {
+            name: name.into(),
+            found: view.shape().to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    let b = view.data();
+    let data = match dtype {
+        Dtype::F32 => TensorData::F32(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        Dtype::I64 => TensorData::I64(
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        _ => unreachable!("only f32 and i64 are expected"),
+    };
+    Ok(Tensor {
+        shape: shape.to_vec(),
+        data,
+    })
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the
+    // format is little-endian and so are all targets we build for.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn bytemuck_i64(v: &[i64]) -> &[u8] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("flowpilot's model format is little-endian; big-endian targets are unsupported");

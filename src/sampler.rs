@@ -1,0 +1,653 @@
+//! The real-time sampler: batch-1 flow evaluation with every buffer
+//! preallocated at load, so a call makes no heap allocation, takes no lock
+//! and does a fixed amount of work. No candle, no rayon: plain loops that the
+//! compiler vectorises, laid out so each weight is streamed once per sample.
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::model::{Direction, ModelFile, ModelSpec, PolicyKind};
+
+/// log(2π)/2.
+pub const HALF_LN_2PI: f32 = 0.918_938_5;
+/// Clamp for the Gaussian baseline's log-std (same in the candle twin).
+pub const LOG_STD_MIN: f32 = -5.0;
+pub const LOG_STD_MAX: f32 = 2.0;
+
+/// Why a sample was refused. `Copy` and allocation-free so it can be
+/// returned from the control tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    #[error("observation has {found} values, the model expects {expected}")]
+    ObsLen { found: usize, expected: usize },
+    #[error("goal has {found} values, the model expects {expected}")]
+    GoalLen { found: usize, expected: usize },
+    #[error("noise vector has {found} values, the model expects {expected}")]
+    NoiseLen { found: usize, expected: usize },
+    #[error("action buffer has {found} values, the model expects {expected}")]
+    ActionLen { found: usize, expected: usize },
+    #[error("observation value {index} is NaN or infinite")]
+    ObsNotFinite { index: usize },
+    #[error("goal value {index} is NaN or infinite")]
+    GoalNotFinite { index: usize },
+    #[error("the flow produced a non-finite action (weights or inputs out of range)")]
+    OutputNotFinite,
+}
+
+/// Dense layer, kernel stored (in, out) row-major: y = x · W + b.
+struct Dense {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    inp: usize,
+    out: usize,
+}
+
+impl Dense {
+    fn load(m: &ModelFile, p: &str) -> Self {
+        let w = m.f32(&format!("{p}.w")).to_vec();
+        let b = m.f32(&format!("{p}.b")).to_vec();
+        let out = b.len();
+        Self {
+            inp: w.len() / out,
+            w,
+            b,
+            out,
+        }
+    }
+
+    /// y = x · W + b, streaming W row by row (axpy form: no float
+    /// reductions, so it vectorises without fast-math). Four rows at a time
+    /// keep y in registers for longer.
+    #[inline]
+    fn forward(&self, x: &[f32], y: &mut [f32]) {
+        gemv_rows(x, &self.w, &self.b, y, self.inp, self.out);
+    }
+
+    fn bytes(&self) -> usize {
+        4 * (self.w.len() + self.b.len())
+    }
+}
+
+#[inline]
+fn gemv_rows(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], inp: usize, out: usize) {
+    let y = &mut y[..out];
+    y.copy_from_slice(&b[..out]);
+    let x = &x[..inp];
+    let w = &w[..inp * out];
+    let mut rows = w.chunks_exact(4 * out);
+    let mut xs = x.chunks_exact(4);
+    for (r, xc) in (&mut rows).zip(&mut xs) {
+        let (r0, rest) = r.split_at(out);
+        let (r1, rest) = rest.split_at(out);
+        let (r2, r3) = rest.split_at(out);
+        let (x0, x1, x2, x3) = (xc[0], xc[1], xc[2], xc[3]);
+        for j in 0..out {
+            y[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
+        }
+    }
+    for (r, &xi) in rows.remainder().chunks_exact(out).zip(xs.remainder()) {
+        for (yj, wj) in y.iter_mut().zip(r) {
+            *yj += xi * wj;
+        }
+    }
+}
+
+struct LayerNorm {
+    g: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(m: &ModelFile, p: &str, eps: f32) -> Self {
+        Self {
+            g: m.f32(&format!("{p}.g")).to_vec(),
+            b: m.f32(&format!("{p}.b")).to_vec(),
+            eps,
+        }
+    }
+
+    #[inline]
+    fn apply(&self, x: &mut [f32]) {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let r = 1.0 / (var + self.eps).sqrt();
+        for ((v, g), b) in x.iter_mut().zip(&self.g).zip(&self.b) {
+            *v = (*v - mean) * r * g + b;
+        }
+    }
+}
+
+#[inline]
+fn leaky_relu(x: &mut [f32]) {
+    for v in x {
+        *v = if *v >= 0.0 { *v } else { 0.01 * *v };
+    }
+}
+
+/// Dense → LeakyReLU → LN → Dense → LeakyReLU → LN → Dense (paper's s/t nets).
+struct Mlp {
+    l0: Dense,
+    ln0: LayerNorm,
+    l1: Dense,
+    ln1: LayerNorm,
+    l2: Dense,
+}
+
+impl Mlp {
+    fn load(m: &ModelFile, p: &str, eps: f32) -> Self {
+        Self {
+            l0: Dense::load(m, &format!("{p}.l0")),
+            ln0: LayerNorm::load(m, &format!("{p}.ln0"), eps),
+            l1: Dense::load(m, &format!("{p}.l1")),
+            ln1: LayerNorm::load(m, &format!("{p}.ln1"), eps),
+            l2: Dense::load(m, &format!("{p}.l2")),
+        }
+    }
+
+    #[inline]
+    fn forward(&self, x: &[f32], h1: &mut [f32], h2: &mut [f32], y: &mut [f32]) {
+        let h1 = &mut h1[..self.l0.out];
+        self.l0.forward(x, h1);
+        leaky_relu(h1);
+        self.ln0.apply(h1);
+        let h2 = &mut h2[..self.l1.out];
+        self.l1.forward(h1, h2);
+        leaky_relu(h2);
+        self.ln1.apply(h2);
+        self.l2.forward(h2, y);
+    }
+
+    fn bytes(&self) -> usize {
+        self.l0.bytes()
+            + self.l1.bytes()
+            + self.l2.bytes()
+            + 8 * (self.ln0.g.len() + self.ln1.g.len())
+    }
+}
+
+/// 4 × [Dense → LayerNorm → SiLU] → Dense (LayerNorm before the activation).
+struct Encoder {
+    layers: Vec<(Dense, LayerNorm)>,
+    out: Dense,
+}
+
+impl Encoder {
+    fn forward(&self, x: &[f32], a: &mut [f32], b: &mut [f32], y: &mut [f32]) {
+        let mut cur: &mut [f32] = a;
+        let mut nxt: &mut [f32] = b;
+        let mut width = x.len();
+        cur[..width].copy_from_slice(x);
+        for (d, ln) in &self.layers {
+            let h = &mut nxt[..d.out];
+            d.forward(&cur[..width], h);
+            ln.apply(h);
+            for v in h.iter_mut() {
+                *v /= 1.0 + (-*v).exp();
+            }
+            width = d.out;
+            std::mem::swap(&mut cur, &mut nxt);
+        }
+        self.out.forward(&cur[..width], y);
+    }
+
+    fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(d, ln)| d.bytes() + 8 * ln.g.len())
+            .sum::<usize>()
+            + self.out.bytes()
+    }
+}
+
+/// One coupling block with its invertible linear layer precomputed.
+struct Block {
+    /// W = P·L·U, (d, d) row-major, row-vector convention u = x·W.
+    w: Vec<f32>,
+    w_inv: Vec<f32>,
+    sum_log_abs_s: f32,
+    s: Mlp,
+    t: Mlp,
+}
+
+enum Head {
+    Flow(Vec<Block>),
+    Gaussian(Mlp),
+}
+
+/// Preallocated working memory. Sized once at load; never resized.
+struct Scratch {
+    raw_cond: Vec<f32>,
+    cond: Vec<f32>,
+    enc_a: Vec<f32>,
+    enc_b: Vec<f32>,
+    /// [first half of the block input, conditioning]
+    net_in: Vec<f32>,
+    h1: Vec<f32>,
+    h2: Vec<f32>,
+    s: Vec<f32>,
+    t: Vec<f32>,
+    x: Vec<f32>,
+    tmp: Vec<f32>,
+    z: Vec<f32>,
+    zero: Vec<f32>,
+    gauss_out: Vec<f32>,
+}
+
+/// Allocation-free batch-1 sampler for one model file.
+pub struct Sampler {
+    spec: ModelSpec,
+    digest: String,
+    encoder: Option<Encoder>,
+    head: Head,
+    obs_inv_std: Vec<f32>,
+    goal_inv_std: Vec<f32>,
+    act_mid: Vec<f32>,
+    act_half: Vec<f32>,
+    weight_bytes: usize,
+    sc: Scratch,
+}
+
+/// Build W = P·(tril(L,-1)+I)·(triu(U,1)+diag(s)) and its inverse in f64.
+pub fn plu_matrices(perm: &[i64], l: &[f32], u: &[f32], s: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let d = s.len();
+    let lm = |i: usize, j: usize| -> f64 {
+        match i.cmp(&j) {
+            std::cmp::Ordering::Greater => l[i * d + j] as f64,
+            std::cmp::Ordering::Equal => 1.0,
+            std::cmp::Ordering::Less => 0.0,
+        }
+    };
+    let um = |i: usize, j: usize| -> f64 {
+        match i.cmp(&j) {
+            std::cmp::Ordering::Less => u[i * d + j] as f64,
+            std::cmp::Ordering::Equal => s[i] as f64,
+            std::cmp::Ordering::Greater => 0.0,
+        }
+    };
+    // LU = L·U
+    let mut lu = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            lu[i * d + j] = (0..d).map(|k| lm(i, k) * um(k, j)).sum();
+        }
+    }
+    // (P·M)[i, :] = M[perm[i], :]
+    let mut w = vec![0.0f64; d * d];
+    for i in 0..d {
+        let src = perm[i] as usize;
+        w[i * d..(i + 1) * d].copy_from_slice(&lu[src * d..(src + 1) * d]);
+    }
+    // W⁻¹ = U⁻¹ · L⁻¹ · Pᵀ, by triangular solves column by column.
+    let mut linv = vec![0.0f64; d * d];
+    for c in 0..d {
+        for i in 0..d {
+            let mut v = if i == c { 1.0 } else { 0.0 };
+            for k in 0..i {
+                v -= lm(i, k) * linv[k * d + c];
+            }
+            linv[i * d + c] = v;
+        }
+    }
+    let mut uinv = vec![0.0f64; d * d];
+    for c in 0..d {
+        for i in (0..d).rev() {
+            let mut v = if i == c { 1.0 } else { 0.0 };
+            for k in i + 1..d {
+                v -= um(i, k) * uinv[k * d + c];
+            }
+            uinv[i * d + c] = v / um(i, i);
+        }
+    }
+    let mut ul = vec![0.0f64; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            ul[i * d + j] = (0..d).map(|k| uinv[i * d + k] * linv[k * d + j]).sum();
+        }
+    }
+    // (M·Pᵀ)[:, j] = M[:, perm[j]]
+    let mut w_inv = vec![0.0f64; d * d];
+    for r in 0..d {
+        for j in 0..d {
+            w_inv[r * d + j] = ul[r * d + perm[j] as usize];
+        }
+    }
+    (w, w_inv)
+}
+
+impl Sampler {
+    pub fn new(m: &ModelFile) -> Self {
+        let spec = m.spec.clone();
+        let eps = spec.layer_norm_eps;
+        let encoder = spec.encoder.as_ref().map(|e| Encoder {
+            layers: (0..e.layers)
+                .map(|j| {
+                    (
+                        Dense::load(m, &format!("enc.l{j}")),
+                        LayerNorm::load(m, &format!("enc.ln{j}"), eps),
+                    )
+                })
+                .collect(),
+            out: Dense::load(m, "enc.out"),
+        });
+        let head = match spec.kind {
+            PolicyKind::Flow => Head::Flow(
+                (0..spec.blocks)
+                    .map(|i| {
+                        let p = format!("blocks.{i}.lin");
+                        let s = m.f32(&format!("{p}.s"));
+                        let (w, w_inv) = plu_matrices(
+                            m.i64(&format!("{p}.perm")),
+                            m.f32(&format!("{p}.L")),
+                            m.f32(&format!("{p}.U")),
+                            s,
+                        );
+                        Block {
+                            w: w.iter().map(|&v| v as f32).collect(),
+                            w_inv: w_inv.iter().map(|&v| v as f32).collect(),
+                            sum_log_abs_s: s.iter().map(|v| (v.abs() as f64).ln()).sum::<f64>()
+                                as f32,
+                            s: Mlp::load(m, &format!("blocks.{i}.s"), eps),
+                            t: Mlp::load(m, &format!("blocks.{i}.t"), eps),
+                        }
+                    })
+                    .collect(),
+            ),
+            PolicyKind::Gaussian => Head::Gaussian(Mlp::load(m, "gauss", eps)),
+        };
+        let d = spec.act_dim;
+        let (d1, _) = spec.split();
+        let k = spec.cond_dim();
+        let enc_w = spec
+            .encoder
+            .as_ref()
+            .map_or(0, |e| e.width.max(spec.raw_cond_dim()));
+        let hmax = spec.hidden[0].max(spec.hidden[1]);
+        let weight_bytes = encoder.as_ref().map_or(0, Encoder::bytes)
+            + match &head {
+                Head::Flow(bs) => bs
+                    .iter()
+                    .map(|b| 4 * b.w.len() + b.s.bytes() + b.t.bytes())
+                    .sum(),
+                Head::Gaussian(g) => g.bytes(),
+            };
+        let goal_inv_std = spec
+            .goal_norm
+            .as_ref()
+            .map_or(Vec::new(), |g| g.std.iter().map(|s| 1.0 / s).collect());
+        Self {
+            obs_inv_std: spec.obs_norm.std.iter().map(|s| 1.0 / s).collect(),
+            goal_inv_std,
+            act_mid: spec
+                .action_low
+                .iter()
+                .zip(&spec.action_high)
+                .map(|(l, h)| 0.5 * (l + h))
+                .collect(),
+            act_half: spec
+                .action_low
+                .iter()
+                .zip(&spec.action_high)
+                .map(|(l, h)| 0.5 * (h - l))
+                .collect(),
+            sc: Scratch {
+                raw_cond: vec![0.0; spec.raw_cond_dim()],
+                cond: vec![0.0; k],
+                enc_a: vec![0.0; enc_w],
+                enc_b: vec![0.0; enc_w],
+                net_in: vec![0.0; d1 + k],
+                h1: vec![0.0; hmax],
+                h2: vec![0.0; hmax],
+                s: vec![0.0; d],
+                t: vec![0.0; d],
+                x: vec![0.0; d],
+                tmp: vec![0.0; d],
+                z: vec![0.0; d],
+                zero: vec![0.0; d],
+                gauss_out: vec![0.0; 2 * d],
+            },
+            digest: m.spec.digest.clone(),
+            spec,
+            encoder,
+            head,
+            weight_bytes,
+        }
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Bytes of weights streamed per sample (for the bandwidth bound).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// The last sampled action in the flow's normalised space, before
+    /// clipping (what the learner and the log need).
+    pub fn last_raw_action(&self) -> &[f32] {
+        &self.sc.x
+    }
+
+    /// Sample with an RNG seeded from (seed, tick): the same pair always
+    /// gives the same action. Returns the exact log-prob of the unclipped
+    /// normalised action.
+    pub fn sample_seeded(
+        &mut self,
+        obs: &[f32],
+        goal: &[f32],
+        seed: u64,
+        tick: u64,
+        action: &mut [f32],
+    ) -> Result<f32, SampleError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = std::mem::take(&mut self.sc.z);
+        for v in z.iter_mut() {
+            *v = StandardNormal.sample(&mut rng);
+        }
+        let r = self.sample_with_noise(obs, goal, &z, action);
+        self.sc.z = z;
+        r
+    }
+
+    /// Sample from caller-supplied base noise `z` (length act_dim). Writes the
+    /// clipped action in physical units into `action` and returns log p of
+    /// the unclipped normalised action (see [`Self::last_raw_action`]).
+    pub fn sample_with_noise(
+        &mut self,
+        obs: &[f32],
+        goal: &[f32],
+        z: &[f32],
+        action: &mut [f32],
+    ) -> Result<f32, SampleError> {
+        let d = self.spec.act_dim;
+        if z.len() != d {
+            return Err(SampleError::NoiseLen {
+                found: z.len(),
+                expected: d,
+            });
+        }
+        if action.len() != d {
+            return Err(SampleError::ActionLen {
+                found: action.len(),
+                expected: d,
+            });
+        }
+        self.condition(obs, goal)?;
+        let log_base = log_normal(z);
+        let sc = &mut self.sc;
+        let log_prob = match &self.head {
+            Head::Gaussian(mlp) => {
+                mlp.forward(&sc.cond, &mut sc.h1, &mut sc.h2, &mut sc.gauss_out);
+                let (mean, log_std) = sc.gauss_out.split_at(d);
+                let mut lp = log_base;
+                for i in 0..d {
+                    let ls = log_std[i].clamp(LOG_STD_MIN, LOG_STD_MAX);
+                    sc.x[i] = mean[i] + ls.exp() * z[i];
+                    lp -= ls;
+                }
+                lp
+            }
+            Head::Flow(blocks) => {
+                sc.x.copy_from_slice(z);
+                match self.spec.direction {
+                    Direction::Inverse => log_base - inverse_pass(blocks, &self.spec, sc),
+                    Direction::Forward => log_base - forward_pass(blocks, &self.spec, sc),
+                }
+            }
+        };
+        if !log_prob.is_finite() || self.sc.x.iter().any(|v| !v.is_finite()) {
+            return Err(SampleError::OutputNotFinite);
+        }
+        for i in 0..d {
+            action[i] = self.act_mid[i] + self.act_half[i] * self.sc.x[i].clamp(-1.0, 1.0);
+        }
+        Ok(log_prob)
+    }
+
+    /// Exact log p(a | obs, goal) of a normalised action, writing its latent
+    /// into `z_out`. The likelihood direction of the flow.
+    pub fn log_prob(
+        &mut self,
+        obs: &[f32],
+        goal: &[f32],
+        a: &[f32],
+        z_out: &mut [f32],
+    ) -> Result<f32, SampleError> {
+        let d = self.spec.act_dim;
+        if a.len() != d || z_out.len() != d {
+            return Err(SampleError::ActionLen {
+                found: a.len().min(z_out.len()),
+                expected: d,
+            });
+        }
+        self.condition(obs, goal)?;
+        let sc = &mut self.sc;
+        sc.x.copy_from_slice(a);
+        let lp = match &self.head {
+            Head::Gaussian(mlp) => {
+                mlp.forward(&sc.cond, &mut sc.h1, &mut sc.h2, &mut sc.gauss_out);
+                let (mean, log_std) = sc.gauss_out.split_at(d);
+                let mut ld = 0.0;
+                for i in 0..d {
+                    let ls = log_std[i].clamp(LOG_STD_MIN, LOG_STD_MAX);
+                    sc.x[i] = (a[i] - mean[i]) * (-ls).exp();
+                    ld -= ls;
+                }
+                ld
+            }
+            Head::Flow(blocks) => match self.spec.direction {
+                Direction::Inverse => forward_pass(blocks, &self.spec, sc),
+                Direction::Forward => inverse_pass(blocks, &self.spec, sc),
+            },
+        };
+        z_out.copy_from_slice(&self.sc.x);
+        Ok(lp + log_normal(z_out))
+    }
+
+    /// Validate and normalise obs/goal, then run the encoder into `sc.cond`.
+    fn condition(&mut self, obs: &[f32], goal: &[f32]) -> Result<(), SampleError> {
+        let (od, gd) = (self.spec.obs_dim, self.spec.goal_dim);
+        if obs.len() != od {
+            return Err(SampleError::ObsLen {
+                found: obs.len(),
+                expected: od,
+            });
+        }
+        if goal.len() != gd {
+            return Err(SampleError::GoalLen {
+                found: goal.len(),
+                expected: gd,
+            });
+        }
+        if let Some(index) = obs.iter().position(|v| !v.is_finite()) {
+            return Err(SampleError::ObsNotFinite { index });
+        }
+        if let Some(index) = goal.iter().position(|v| !v.is_finite()) {
+            return Err(SampleError::GoalNotFinite { index });
+        }
+        let sc = &mut self.sc;
+        for i in 0..od {
+            sc.raw_cond[i] = (obs[i] - self.spec.obs_norm.mean[i]) * self.obs_inv_std[i];
+        }
+        if let Some(g) = &self.spec.goal_norm {
+            for i in 0..gd {
+                sc.raw_cond[od + i] = (goal[i] - g.mean[i]) * self.goal_inv_std[i];
+            }
+        }
+        match &self.encoder {
+            Some(e) => e.forward(&sc.raw_cond, &mut sc.enc_a, &mut sc.enc_b, &mut sc.cond),
+            None => sc.cond.copy_from_slice(&sc.raw_cond),
+        }
+        Ok(())
+    }
+}
+
+fn log_normal(z: &[f32]) -> f32 {
+    -0.5 * z.iter().map(|v| v * v).sum::<f32>() - z.len() as f32 * HALF_LN_2PI
+}
+
+/// Compute S and T (into `sc.s`, `sc.t`) from the first `d1` entries of
+/// `sc.tmp` (`from_tmp`) or `sc.x`.
+#[inline]
+fn coupling_nets(b: &Block, spec: &ModelSpec, from_tmp: bool, sc: &mut Scratch) {
+    let (d1, d2) = spec.split();
+    let v = if from_tmp { &sc.tmp } else { &sc.x };
+    sc.net_in[..d1].copy_from_slice(&v[..d1]);
+    sc.net_in[d1..].copy_from_slice(&sc.cond);
+    b.s.forward(&sc.net_in, &mut sc.h1, &mut sc.h2, &mut sc.s[..d2]);
+    b.t.forward(&sc.net_in, &mut sc.h1, &mut sc.h2, &mut sc.t[..d2]);
+}
+
+/// Blocks in order, each x -> x' (linear then coupling); `sc.x` in place.
+/// Returns the summed log|det J|.
+fn forward_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
+    let d = spec.act_dim;
+    let (d1, d2) = spec.split();
+    let mut logdet = 0.0;
+    for b in blocks {
+        // u = x · W
+        gemv_rows(&sc.x, &b.w, &sc.zero, &mut sc.tmp, d, d);
+        coupling_nets(b, spec, true, sc);
+        for j in 0..d1 {
+            sc.x[j] = sc.tmp[j];
+        }
+        let mut sum_s = 0.0;
+        for j in 0..d2 {
+            let s = sc.s[j];
+            sc.x[d1 + j] = (sc.tmp[d1 + j] - sc.t[j]) * (-s).exp();
+            sum_s += s;
+        }
+        logdet += b.sum_log_abs_s - sum_s;
+    }
+    logdet
+}
+
+/// Blocks in reverse, each inverted; `sc.x` in place. Returns the summed
+/// log|det J| of the inverse map.
+fn inverse_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
+    let d = spec.act_dim;
+    let (d1, d2) = spec.split();
+    let mut logdet = 0.0;
+    for b in blocks.iter().rev() {
+        coupling_nets(b, spec, false, sc);
+        let mut sum_s = 0.0;
+        for j in 0..d1 {
+            sc.tmp[j] = sc.x[j];
+        }
+        for j in 0..d2 {
+            let s = sc.s[j];
+            sc.tmp[d1 + j] = sc.x[d1 + j] * s.exp() + sc.t[j];
+            sum_s += s;
+        }
+        gemv_rows(&sc.tmp, &b.w_inv, &sc.zero, &mut sc.x, d, d);
+        logdet += sum_s - b.sum_log_abs_s;
+    }
+    logdet
+}
