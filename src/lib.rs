@@ -26,3 +26,8 @@ pub fn pin_threads(n: usize) {
         }
     }
 }
+pub mod bench;
+pub mod demos;
+pub mod plot;
+pub mod pointmass;
+pub mod train;

@@ -57,11 +57,31 @@ impl Dense {
     }
 
     /// y = x · W + b, streaming W row by row (axpy form: no float
-    /// reductions, so it vectorises without fast-math). Four rows at a time
-    /// keep y in registers for longer.
+    /// reductions, so it vectorises without fast-math). Four rows per pass
+    /// over y keep it in registers for longer.
     #[inline]
     fn forward(&self, x: &[f32], y: &mut [f32]) {
-        gemv_rows(x, &self.w, &self.b, y, self.inp, self.out);
+        let (inp, out) = (self.inp, self.out);
+        let y = &mut y[..out];
+        y.copy_from_slice(&self.b);
+        let x = &x[..inp];
+        let mut rows = self.w.chunks_exact(4 * out);
+        let mut xs = x.chunks_exact(4);
+        for (r, xc) in (&mut rows).zip(&mut xs) {
+            let (r0, rest) = r.split_at(out);
+            let (r1, rest) = rest.split_at(out);
+            let (r2, r3) = rest.split_at(out);
+            let (x0, x1, x2, x3) = (xc[0], xc[1], xc[2], xc[3]);
+            for ((yj, (a, b)), (c, d)) in y.iter_mut().zip(r0.iter().zip(r1)).zip(r2.iter().zip(r3))
+            {
+                *yj = fma(x3, *d, fma(x2, *c, fma(x1, *b, fma(x0, *a, *yj))));
+            }
+        }
+        for (r, &xi) in rows.remainder().chunks_exact(out).zip(xs.remainder()) {
+            for (yj, wj) in y.iter_mut().zip(r) {
+                *yj = fma(xi, *wj, *yj);
+            }
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -69,26 +89,28 @@ impl Dense {
     }
 }
 
-#[inline]
-fn gemv_rows(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], inp: usize, out: usize) {
-    let y = &mut y[..out];
-    y.copy_from_slice(&b[..out]);
-    let x = &x[..inp];
-    let w = &w[..inp * out];
-    let mut rows = w.chunks_exact(4 * out);
-    let mut xs = x.chunks_exact(4);
-    for (r, xc) in (&mut rows).zip(&mut xs) {
-        let (r0, rest) = r.split_at(out);
-        let (r1, rest) = rest.split_at(out);
-        let (r2, r3) = rest.split_at(out);
-        let (x0, x1, x2, x3) = (xc[0], xc[1], xc[2], xc[3]);
-        for j in 0..out {
-            y[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
-        }
+/// Fused multiply-add where the target has it (one rounding, half the
+/// instructions); plain multiply-add elsewhere (`mul_add` without hardware
+/// FMA is a slow libm call).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    {
+        a.mul_add(b, c)
     }
-    for (r, &xi) in rows.remainder().chunks_exact(out).zip(xs.remainder()) {
-        for (yj, wj) in y.iter_mut().zip(r) {
-            *yj += xi * wj;
+    #[cfg(not(target_feature = "fma"))]
+    {
+        a * b + c
+    }
+}
+
+/// Row-major gemv without bias for the small d×d linear layers.
+#[inline]
+fn gemv_rows(x: &[f32], w: &[f32], y: &mut [f32], d: usize) {
+    y[..d].fill(0.0);
+    for (row, &xi) in w[..d * d].chunks_exact(d).zip(&x[..d]) {
+        for (yj, wj) in y[..d].iter_mut().zip(row) {
+            *yj = fma(xi, *wj, *yj);
         }
     }
 }
@@ -111,13 +133,28 @@ impl LayerNorm {
     #[inline]
     fn apply(&self, x: &mut [f32]) {
         let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = lane_sum(x, |v| v) / n;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
         let r = 1.0 / (var + self.eps).sqrt();
         for ((v, g), b) in x.iter_mut().zip(&self.g).zip(&self.b) {
             *v = (*v - mean) * r * g + b;
         }
     }
+}
+
+/// Σ f(x) with 16 independent partial sums: a plain `sum()` is one serial
+/// chain of dependent adds (floats do not reassociate), ~4× slower here.
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
 }
 
 #[inline]
@@ -232,7 +269,6 @@ struct Scratch {
     x: Vec<f32>,
     tmp: Vec<f32>,
     z: Vec<f32>,
-    zero: Vec<f32>,
     gauss_out: Vec<f32>,
 }
 
@@ -405,7 +441,6 @@ impl Sampler {
                 x: vec![0.0; d],
                 tmp: vec![0.0; d],
                 z: vec![0.0; d],
-                zero: vec![0.0; d],
                 gauss_out: vec![0.0; 2 * d],
             },
             digest: m.spec.digest.clone(),
@@ -613,7 +648,7 @@ fn forward_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
     let mut logdet = 0.0;
     for b in blocks {
         // u = x · W
-        gemv_rows(&sc.x, &b.w, &sc.zero, &mut sc.tmp, d, d);
+        gemv_rows(&sc.x, &b.w, &mut sc.tmp, d);
         coupling_nets(b, spec, true, sc);
         for j in 0..d1 {
             sc.x[j] = sc.tmp[j];
@@ -646,7 +681,7 @@ fn inverse_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
             sc.tmp[d1 + j] = sc.x[d1 + j] * s.exp() + sc.t[j];
             sum_s += s;
         }
-        gemv_rows(&sc.tmp, &b.w_inv, &sc.zero, &mut sc.x, d, d);
+        gemv_rows(&sc.tmp, &b.w_inv, &mut sc.x, d);
         logdet += sum_s - b.sum_log_abs_s;
     }
     logdet
