@@ -1,0 +1,182 @@
+//! The model file: round trip, and every kind of bad file is refused with
+//! an error naming the problem (never a panic).
+
+mod common;
+
+use common::random_model;
+use flowpilot::model::{Direction, ModelError, ModelFile, PolicyKind, Tensor, TensorData, META_KEY};
+
+fn model() -> ModelFile {
+    random_model(4, 2, true, Direction::Inverse, PolicyKind::Flow, 3)
+}
+
+/// Re-serialise with one tensor or the metadata altered, bypassing the
+/// validation `ModelFile::new` would do.
+fn raw_file(tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>, meta: String) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    let mut m = std::collections::HashMap::new();
+    m.insert(META_KEY.to_string(), meta);
+    safetensors::serialize(views, Some(m)).unwrap()
+}
+
+fn parts(m: &ModelFile) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    m.tensors()
+        .iter()
+        .map(|(n, t)| match &t.data {
+            TensorData::F32(v) => (n.clone(), safetensors::Dtype::F32, t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I64(v) => (n.clone(), safetensors::Dtype::I64, t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        })
+        .collect()
+}
+
+fn meta(m: &ModelFile) -> String {
+    serde_json::to_string(&m.spec).unwrap()
+}
+
+#[test]
+fn round_trip_through_disk_keeps_everything() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    m.save(&p).unwrap();
+    let back = ModelFile::load(&p).unwrap();
+    assert_eq!(back.spec, m.spec);
+    assert_eq!(back.tensors(), m.tensors());
+    assert!(m.spec.digest.starts_with("sha256:") && m.spec.digest.len() == 71);
+    // no temp file left behind by the atomic write
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = ModelFile::load("/nonexistent/x.safetensors").unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/x.safetensors"), "{e}");
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let b = model().to_bytes();
+    for cut in [0, 5, 8, 100, b.len() / 2, b.len() - 1] {
+        let e = ModelFile::from_bytes(&b[..cut]).unwrap_err();
+        assert!(matches!(e, ModelError::Truncated(_) | ModelError::Safetensors(_)), "cut {cut}: {e}");
+        if cut < 100 {
+            assert!(matches!(e, ModelError::Truncated(_)), "cut {cut}: {e}");
+        }
+    }
+}
+
+#[test]
+fn oversized_header_is_refused_before_allocating() {
+    let mut b = model().to_bytes();
+    b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(matches!(ModelFile::from_bytes(&b).unwrap_err(), ModelError::OversizedHeader(_)));
+}
+
+#[test]
+fn nan_weight_is_refused_with_its_name() {
+    let m = model();
+    let mut t = parts(&m);
+    let i = t.iter().position(|(n, ..)| n == "blocks.1.s.l1.w").unwrap();
+    t[i].3[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::NonFinite { name, index: 10 } if name == "blocks.1.s.l1.w"), "{e}");
+}
+
+#[test]
+fn missing_tensor_wrong_shape_wrong_dtype_extra_tensor() {
+    let m = model();
+    let mut t = parts(&m);
+    t.retain(|(n, ..)| n != "blocks.2.t.ln0.g");
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::MissingTensor(n) if n == "blocks.2.t.ln0.g"), "{e}");
+
+    let mut t = parts(&m);
+    let i = t.iter().position(|(n, ..)| n == "blocks.0.s.l0.b").unwrap();
+    let n = t[i].2[0];
+    t[i].2 = vec![1, n];
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::Shape { name, .. } if name == "blocks.0.s.l0.b"), "{e}");
+
+    let mut t = parts(&m);
+    let i = t.iter().position(|(n, ..)| n == "enc.out.b").unwrap();
+    t[i].1 = safetensors::Dtype::I32;
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::Dtype { name, .. } if name == "enc.out.b"), "{e}");
+
+    let mut t = parts(&m);
+    t.push(("stowaway".into(), safetensors::Dtype::F32, vec![1], vec![0; 4]));
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::UnexpectedTensor(n) if n == "stowaway"), "{e}");
+}
+
+#[test]
+fn bad_permutation_and_singular_linear_layer() {
+    let m = model();
+    let mut t = parts(&m);
+    let i = t.iter().position(|(n, ..)| n == "blocks.0.lin.perm").unwrap();
+    t[i].3[8..16].copy_from_slice(&0i64.to_le_bytes()); // two zeros
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(&e, ModelError::BadPermutation(n) if n == "blocks.0.lin.perm"), "{e}");
+
+    let mut tensors = m.tensors().clone();
+    tensors.insert("blocks.1.lin.s".into(), Tensor::f32(vec![4], vec![1.0, 0.0, 1.0, 1.0]));
+    let e = ModelFile::new(m.spec.clone(), tensors).unwrap_err();
+    assert!(matches!(&e, ModelError::Singular { index: 1, .. }), "{e}");
+}
+
+#[test]
+fn unknown_version_missing_spec_and_bad_spec() {
+    let m = model();
+    let mut v: serde_json::Value = serde_json::from_str(&meta(&m)).unwrap();
+    v["format_version"] = 99.into();
+    let e = ModelFile::from_bytes(&raw_file(parts(&m), v.to_string())).unwrap_err();
+    assert!(matches!(e, ModelError::UnknownVersion { found: 99 }), "{e}");
+
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    let b = safetensors::serialize(views, None).unwrap();
+    assert!(matches!(ModelFile::from_bytes(&b).unwrap_err(), ModelError::MissingSpec));
+
+    let e = ModelFile::from_bytes(&raw_file(parts(&m), "{not json".into())).unwrap_err();
+    assert!(matches!(e, ModelError::BadSpec(_)), "{e}");
+
+    let mut v: serde_json::Value = serde_json::from_str(&meta(&m)).unwrap();
+    v["action_low"] = serde_json::json!([0.0, 0.0, 0.0]);
+    let e = ModelFile::from_bytes(&raw_file(parts(&m), v.to_string())).unwrap_err();
+    assert!(matches!(&e, ModelError::InvalidSpec(s) if s.contains("action bounds")), "{e}");
+}
+
+#[test]
+fn any_modified_byte_is_caught_by_the_digest_or_validation() {
+    let m = model();
+    // a weight changed but still finite: only the digest can tell
+    let mut t = parts(&m);
+    let i = t.iter().position(|(n, ..)| n == "blocks.0.t.l2.w").unwrap();
+    t[i].3[0] ^= 0x01;
+    let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
+    assert!(matches!(e, ModelError::Digest { .. }), "{e}");
+    // the spec changed (action bounds widened)
+    let mut v: serde_json::Value = serde_json::from_str(&meta(&m)).unwrap();
+    v["action_high"][0] = 100.0.into();
+    let e = ModelFile::from_bytes(&raw_file(parts(&m), v.to_string())).unwrap_err();
+    assert!(matches!(e, ModelError::Digest { .. }), "{e}");
+}
+
+#[test]
+fn random_byte_corruption_never_panics() {
+    let b = model().to_bytes();
+    let mut x = 0x9E3779B97F4A7C15u64;
+    for _ in 0..500 {
+        let mut c = b.clone();
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x as usize) % c.len();
+            c[i] = (x >> 32) as u8;
+        }
+        let _ = ModelFile::from_bytes(&c); // must return, Ok or Err
+    }
+}
