@@ -17,7 +17,8 @@ pub const OBSTACLE_RADIUS: f32 = 0.6;
 pub const DT: f32 = 0.1;
 pub const MAX_STEPS: usize = 60;
 pub const GOAL_TOL: f32 = 0.15;
-/// Start positions are jittered by ±this in each axis.
+/// Start positions are jittered by ±this along y only: the start is on the
+/// axis of symmetry, so nothing observable tells the expert's side.
 pub const START_JITTER: f32 = 0.03;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn expert_action(pos: [f32; 2], side: Side) -> [f32; 2] {
 
 fn start(rng: &mut impl Rng) -> [f32; 2] {
     [
-        START[0] + rng.random_range(-START_JITTER..START_JITTER),
+        START[0],
         START[1] + rng.random_range(-START_JITTER..START_JITTER),
     ]
 }

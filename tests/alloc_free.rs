@@ -14,7 +14,10 @@ fn sampler_makes_no_heap_allocation_per_call() {
     // the counter works: a Vec allocates
     let before = thread_allocations();
     std::hint::black_box(vec![1u8; 16]);
-    assert!(thread_allocations() > before, "counting allocator not installed");
+    assert!(
+        thread_allocations() > before,
+        "counting allocator not installed"
+    );
 
     for (name, m) in common::all_variants() {
         let s = &m.spec;
@@ -27,16 +30,28 @@ fn sampler_makes_no_heap_allocation_per_call() {
         let bad_obs = vec![f32::NAN; s.obs_dim];
         let before = thread_allocations();
         for tick in 0..500 {
-            sampler.sample_seeded(&obs, &goal, 7, tick, &mut act).unwrap();
-            sampler.sample_with_noise(&obs, &goal, &z, &mut act).unwrap();
+            sampler
+                .sample_seeded(&obs, &goal, 7, tick, &mut act)
+                .unwrap();
+            sampler
+                .sample_with_noise(&obs, &goal, &z, &mut act)
+                .unwrap();
             let raw = [sampler.last_raw_action()[0]];
             std::hint::black_box(raw);
             sampler.log_prob(&obs, &goal, &z, &mut zb).unwrap();
             // refusals allocate nothing either
-            assert!(sampler.sample_seeded(&bad_obs, &goal, 7, tick, &mut act).is_err());
-            assert!(sampler.sample_seeded(&obs[1..], &goal, 7, tick, &mut act).is_err());
+            assert!(sampler
+                .sample_seeded(&bad_obs, &goal, 7, tick, &mut act)
+                .is_err());
+            assert!(sampler
+                .sample_seeded(&obs[1..], &goal, 7, tick, &mut act)
+                .is_err());
         }
-        assert_eq!(thread_allocations() - before, 0, "{name}: allocations in 500 ticks");
+        assert_eq!(
+            thread_allocations() - before,
+            0,
+            "{name}: allocations in 500 ticks"
+        );
     }
 }
 

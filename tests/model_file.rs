@@ -4,7 +4,9 @@
 mod common;
 
 use common::random_model;
-use flowpilot::model::{Direction, ModelError, ModelFile, PolicyKind, Tensor, TensorData, META_KEY};
+use flowpilot::model::{
+    Direction, ModelError, ModelFile, PolicyKind, Tensor, TensorData, META_KEY,
+};
 
 fn model() -> ModelFile {
     random_model(4, 2, true, Direction::Inverse, PolicyKind::Flow, 3)
@@ -12,10 +14,18 @@ fn model() -> ModelFile {
 
 /// Re-serialise with one tensor or the metadata altered, bypassing the
 /// validation `ModelFile::new` would do.
-fn raw_file(tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>, meta: String) -> Vec<u8> {
+fn raw_file(
+    tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+    meta: String,
+) -> Vec<u8> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap()))
+        .map(|(n, dt, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let mut m = std::collections::HashMap::new();
     m.insert(META_KEY.to_string(), meta);
@@ -26,8 +36,18 @@ fn parts(m: &ModelFile) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)
     m.tensors()
         .iter()
         .map(|(n, t)| match &t.data {
-            TensorData::F32(v) => (n.clone(), safetensors::Dtype::F32, t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            TensorData::I64(v) => (n.clone(), safetensors::Dtype::I64, t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F32(v) => (
+                n.clone(),
+                safetensors::Dtype::F32,
+                t.shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            TensorData::I64(v) => (
+                n.clone(),
+                safetensors::Dtype::I64,
+                t.shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
         })
         .collect()
 }
@@ -61,7 +81,10 @@ fn truncated_file_is_refused() {
     let b = model().to_bytes();
     for cut in [0, 5, 8, 100, b.len() / 2, b.len() - 1] {
         let e = ModelFile::from_bytes(&b[..cut]).unwrap_err();
-        assert!(matches!(e, ModelError::Truncated(_) | ModelError::Safetensors(_)), "cut {cut}: {e}");
+        assert!(
+            matches!(e, ModelError::Truncated(_) | ModelError::Safetensors(_)),
+            "cut {cut}: {e}"
+        );
         if cut < 100 {
             assert!(matches!(e, ModelError::Truncated(_)), "cut {cut}: {e}");
         }
@@ -72,7 +95,10 @@ fn truncated_file_is_refused() {
 fn oversized_header_is_refused_before_allocating() {
     let mut b = model().to_bytes();
     b[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    assert!(matches!(ModelFile::from_bytes(&b).unwrap_err(), ModelError::OversizedHeader(_)));
+    assert!(matches!(
+        ModelFile::from_bytes(&b).unwrap_err(),
+        ModelError::OversizedHeader(_)
+    ));
 }
 
 #[test]
@@ -82,7 +108,10 @@ fn nan_weight_is_refused_with_its_name() {
     let i = t.iter().position(|(n, ..)| n == "blocks.1.s.l1.w").unwrap();
     t[i].3[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::NonFinite { name, index: 10 } if name == "blocks.1.s.l1.w"), "{e}");
+    assert!(
+        matches!(&e, ModelError::NonFinite { name, index: 10 } if name == "blocks.1.s.l1.w"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -91,38 +120,64 @@ fn missing_tensor_wrong_shape_wrong_dtype_extra_tensor() {
     let mut t = parts(&m);
     t.retain(|(n, ..)| n != "blocks.2.t.ln0.g");
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::MissingTensor(n) if n == "blocks.2.t.ln0.g"), "{e}");
+    assert!(
+        matches!(&e, ModelError::MissingTensor(n) if n == "blocks.2.t.ln0.g"),
+        "{e}"
+    );
 
     let mut t = parts(&m);
     let i = t.iter().position(|(n, ..)| n == "blocks.0.s.l0.b").unwrap();
     let n = t[i].2[0];
     t[i].2 = vec![1, n];
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::Shape { name, .. } if name == "blocks.0.s.l0.b"), "{e}");
+    assert!(
+        matches!(&e, ModelError::Shape { name, .. } if name == "blocks.0.s.l0.b"),
+        "{e}"
+    );
 
     let mut t = parts(&m);
     let i = t.iter().position(|(n, ..)| n == "enc.out.b").unwrap();
     t[i].1 = safetensors::Dtype::I32;
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::Dtype { name, .. } if name == "enc.out.b"), "{e}");
+    assert!(
+        matches!(&e, ModelError::Dtype { name, .. } if name == "enc.out.b"),
+        "{e}"
+    );
 
     let mut t = parts(&m);
-    t.push(("stowaway".into(), safetensors::Dtype::F32, vec![1], vec![0; 4]));
+    t.push((
+        "stowaway".into(),
+        safetensors::Dtype::F32,
+        vec![1],
+        vec![0; 4],
+    ));
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::UnexpectedTensor(n) if n == "stowaway"), "{e}");
+    assert!(
+        matches!(&e, ModelError::UnexpectedTensor(n) if n == "stowaway"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_permutation_and_singular_linear_layer() {
     let m = model();
     let mut t = parts(&m);
-    let i = t.iter().position(|(n, ..)| n == "blocks.0.lin.perm").unwrap();
+    let i = t
+        .iter()
+        .position(|(n, ..)| n == "blocks.0.lin.perm")
+        .unwrap();
     t[i].3[8..16].copy_from_slice(&0i64.to_le_bytes()); // two zeros
     let e = ModelFile::from_bytes(&raw_file(t, meta(&m))).unwrap_err();
-    assert!(matches!(&e, ModelError::BadPermutation(n) if n == "blocks.0.lin.perm"), "{e}");
+    assert!(
+        matches!(&e, ModelError::BadPermutation(n) if n == "blocks.0.lin.perm"),
+        "{e}"
+    );
 
     let mut tensors = m.tensors().clone();
-    tensors.insert("blocks.1.lin.s".into(), Tensor::f32(vec![4], vec![1.0, 0.0, 1.0, 1.0]));
+    tensors.insert(
+        "blocks.1.lin.s".into(),
+        Tensor::f32(vec![4], vec![1.0, 0.0, 1.0, 1.0]),
+    );
     let e = ModelFile::new(m.spec.clone(), tensors).unwrap_err();
     assert!(matches!(&e, ModelError::Singular { index: 1, .. }), "{e}");
 }
@@ -137,7 +192,10 @@ fn unknown_version_missing_spec_and_bad_spec() {
 
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
     let b = safetensors::serialize(views, None).unwrap();
-    assert!(matches!(ModelFile::from_bytes(&b).unwrap_err(), ModelError::MissingSpec));
+    assert!(matches!(
+        ModelFile::from_bytes(&b).unwrap_err(),
+        ModelError::MissingSpec
+    ));
 
     let e = ModelFile::from_bytes(&raw_file(parts(&m), "{not json".into())).unwrap_err();
     assert!(matches!(e, ModelError::BadSpec(_)), "{e}");
@@ -145,7 +203,10 @@ fn unknown_version_missing_spec_and_bad_spec() {
     let mut v: serde_json::Value = serde_json::from_str(&meta(&m)).unwrap();
     v["action_low"] = serde_json::json!([0.0, 0.0, 0.0]);
     let e = ModelFile::from_bytes(&raw_file(parts(&m), v.to_string())).unwrap_err();
-    assert!(matches!(&e, ModelError::InvalidSpec(s) if s.contains("action bounds")), "{e}");
+    assert!(
+        matches!(&e, ModelError::InvalidSpec(s) if s.contains("action bounds")),
+        "{e}"
+    );
 }
 
 #[test]
