@@ -71,7 +71,7 @@ pub fn read_bandwidth(bytes: usize, passes: usize) -> f64 {
 }
 
 pub fn run(model: &ModelFile, n: usize, with_twin: bool) -> Result<BenchReport> {
-    let mut s = Sampler::new(model);
+    let mut s = Sampler::new(model)?;
     let spec = model.spec.clone();
     let obs: Vec<f32> = (0..spec.obs_dim)
         .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.2)

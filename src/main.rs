@@ -260,7 +260,7 @@ fn run(cli: Cli) -> Result<()> {
                 ModeArg::Sampled => flowpilot::pointmass::EvalMode::Sampled,
                 ModeArg::Zero => flowpilot::pointmass::EvalMode::ZeroNoise,
             };
-            let ev = flowpilot::pointmass::evaluate(&mut Sampler::new(&m), episodes, seed, mode);
+            let ev = flowpilot::pointmass::evaluate(&mut Sampler::new(&m)?, episodes, seed, mode);
             println!("{ev}");
             Ok(())
         }
@@ -325,7 +325,7 @@ fn inspect(m: &ModelFile) -> Result<()> {
 
 fn sample(a: SampleArgs) -> Result<()> {
     let m = load(&a.model)?;
-    let mut s = Sampler::new(&m);
+    let mut s = Sampler::new(&m)?;
     let mut act = vec![0.0; m.spec.act_dim];
     let lp = match &a.z {
         Some(z) => s.sample_with_noise(&a.obs, &a.goal, z, &mut act)?,

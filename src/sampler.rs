@@ -35,6 +35,12 @@ pub enum SampleError {
     OutputNotFinite,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedModel {
+    #[error("the model asks for one-step denoising, which the real-time sampler does not implement (use the candle twin, or clear `denoise`)")]
+    Denoise,
+}
+
 /// Dense layer, kernel stored (in, out) row-major: y = x · W + b.
 struct Dense {
     w: Vec<f32>,
@@ -354,7 +360,18 @@ pub fn plu_matrices(perm: &[i64], l: &[f32], u: &[f32], s: &[f32]) -> (Vec<f64>,
 }
 
 impl Sampler {
-    pub fn new(m: &ModelFile) -> Self {
+    /// Build the sampler for a validated model. Refuses models that ask for
+    /// one-step denoising: it needs ∇ₐ log p, which only the candle twin
+    /// computes today ([`crate::twin::Twin::denoise`]); silently skipping it
+    /// would run a different policy than the one trained.
+    pub fn new(m: &ModelFile) -> Result<Self, UnsupportedModel> {
+        if m.spec.denoise {
+            return Err(UnsupportedModel::Denoise);
+        }
+        Ok(Self::build(m))
+    }
+
+    fn build(m: &ModelFile) -> Self {
         let spec = m.spec.clone();
         let eps = spec.layer_norm_eps;
         let encoder = spec.encoder.as_ref().map(|e| Encoder {

@@ -26,7 +26,7 @@ fn sampler_makes_no_heap_allocation_per_call() {
         let z = common::vals(s.act_dim, 3, 1.0);
         let mut act = vec![0.0; s.act_dim];
         let mut zb = vec![0.0; s.act_dim];
-        let mut sampler = Sampler::new(&m);
+        let mut sampler = Sampler::new(&m).unwrap();
         let bad_obs = vec![f32::NAN; s.obs_dim];
         let before = thread_allocations();
         for tick in 0..500 {
@@ -61,8 +61,8 @@ fn seeded_sampling_is_deterministic_per_seed_and_tick() {
     let s = &m.spec;
     let obs = common::vals(s.obs_dim, 1, 1.0);
     let goal = common::vals(s.goal_dim, 2, 1.0);
-    let mut a = Sampler::new(&m);
-    let mut b = Sampler::new(&m);
+    let mut a = Sampler::new(&m).unwrap();
+    let mut b = Sampler::new(&m).unwrap();
     let (mut x, mut y) = (vec![0.0; s.act_dim], vec![0.0; s.act_dim]);
     for tick in [0u64, 1, 1000, u64::MAX] {
         let la = a.sample_seeded(&obs, &goal, 42, tick, &mut x).unwrap();

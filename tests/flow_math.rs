@@ -20,7 +20,7 @@ fn sampler_and_twin_agree_on_actions_and_log_probs() {
     for (name, m) in all_variants() {
         let spec = m.spec.clone();
         let (od, gd, d) = (spec.obs_dim, spec.goal_dim, spec.act_dim);
-        let mut rt = Sampler::new(&m);
+        let mut rt = Sampler::new(&m).unwrap();
         let twin = Twin::from_model(&m, &Device::Cpu).unwrap();
         let b = 16;
         let obs = vals(b * od, 1, 2.0);
@@ -71,7 +71,7 @@ fn invertible_to_1e5() {
     for (name, m) in all_variants() {
         let spec = m.spec.clone();
         let (od, gd, d) = (spec.obs_dim, spec.goal_dim, spec.act_dim);
-        let mut rt = Sampler::new(&m);
+        let mut rt = Sampler::new(&m).unwrap();
         let mut act = vec![0.0; d];
         let mut z_back = vec![0.0; d];
         for r in 0..20 {
@@ -108,7 +108,7 @@ fn log_det_matches_finite_difference_jacobian() {
         let m = random_model(4, 2, true, dir, PolicyKind::Flow, 7);
         let spec = m.spec.clone();
         let d = spec.act_dim;
-        let mut rt = Sampler::new(&m);
+        let mut rt = Sampler::new(&m).unwrap();
         let twin = Twin::from_model_dtype(&m, &Device::Cpu, DType::F64).unwrap();
         let obs = vals(spec.obs_dim, 5, 1.0);
         let goal = vals(spec.goal_dim, 6, 1.0);
@@ -190,7 +190,7 @@ fn log_abs_det(a: &mut [f64], d: usize) -> f64 {
 fn density_integrates_to_one() {
     for dir in [Direction::Inverse, Direction::Forward] {
         let m = random_model(2, 0, false, dir, PolicyKind::Flow, 11);
-        let mut rt = Sampler::new(&m);
+        let mut rt = Sampler::new(&m).unwrap();
         let obs = vals(m.spec.obs_dim, 4, 1.0);
         let (n, lim) = (600, 9.0f32);
         let h = 2.0 * lim / n as f32;

@@ -70,7 +70,7 @@ fn training_is_deterministic_and_learns() {
     // the trained file reloads and both implementations agree on it
     let bytes = a.to_bytes();
     let m = ModelFile::from_bytes(&bytes).unwrap();
-    let mut rt = Sampler::new(&m);
+    let mut rt = Sampler::new(&m).unwrap();
     let twin = Twin::from_model(&m, &Device::Cpu).unwrap();
     let obs = [0.05f32, -1.0];
     let z = [0.7f32, -0.4];
@@ -106,7 +106,7 @@ fn demos_round_trip_through_npz() {
 
 fn bundled(name: &str) -> Sampler {
     let p = format!("{}/models/{name}", env!("CARGO_MANIFEST_DIR"));
-    Sampler::new(&ModelFile::load(&p).unwrap_or_else(|e| panic!("{p}: {e}")))
+    Sampler::new(&ModelFile::load(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
 }
 
 /// The bundled flow, trained by `flowpilot train bc` on the project's own
