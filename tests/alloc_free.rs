@@ -19,7 +19,15 @@ fn sampler_makes_no_heap_allocation_per_call() {
         "counting allocator not installed"
     );
 
-    for (name, m) in common::all_variants() {
+    let denoising = common::all_variants().into_iter().map(|(n, m)| {
+        let mut spec = m.spec.clone();
+        spec.denoise = true;
+        (
+            format!("{n} +denoise"),
+            flowpilot::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
+        )
+    });
+    for (name, m) in common::all_variants().into_iter().chain(denoising) {
         let s = &m.spec;
         let obs = common::vals(s.obs_dim, 1, 1.0);
         let goal = common::vals(s.goal_dim, 2, 1.0);

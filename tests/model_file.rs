@@ -241,15 +241,3 @@ fn random_byte_corruption_never_panics() {
         let _ = ModelFile::from_bytes(&c); // must return, Ok or Err
     }
 }
-
-#[test]
-fn sampler_refuses_a_denoising_model_instead_of_ignoring_it() {
-    let m = model();
-    let mut spec = m.spec.clone();
-    spec.denoise = true;
-    let m = ModelFile::new(spec, m.tensors().clone()).unwrap();
-    let e = flowpilot::sampler::Sampler::new(&m)
-        .err()
-        .expect("must refuse");
-    assert!(e.to_string().contains("denoising"), "{e}");
-}
