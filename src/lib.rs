@@ -8,6 +8,8 @@
 //! - [`demos`]: the demonstrations file format.
 //! - [`pointmass`]: a bimodal 2-D point-mass task and its expert.
 //! - [`bench`]: latency / bandwidth benchmarks behind `flowpilot bench`.
+//! - [`board`]: the lock-free latest-value board between subscribers and the loop.
+//! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`alloc_count`]: a counting global allocator for zero-allocation proofs.
 //!
 //! ```
@@ -47,6 +49,8 @@ pub fn pin_threads(n: usize) {
     }
 }
 pub mod bench;
+pub mod board;
+pub mod control;
 pub mod demos;
 pub mod plot;
 pub mod pointmass;

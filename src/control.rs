@@ -1,0 +1,428 @@
+//! The control loop's tick, independent of ROS: snapshot the board, check
+//! freshness and validity, sample, apply safety (e-stop, safe behaviour,
+//! warm-up gate, clipping, rate limit) and hand back the action to publish.
+//! Everything here is preallocated; a tick allocates nothing and never
+//! blocks. The periodic timer and real-time settings live here too.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::board::{mono_ns, wall_ns, Board, SourceState};
+use crate::sampler::Sampler;
+
+/// What to do when inputs are stale or invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SafeBehaviour {
+    /// Keep publishing the last applied action.
+    Hold,
+    /// Publish zeros.
+    Zero,
+    /// Publish nothing (downstream controllers time out to their own safe state).
+    Stop,
+}
+
+impl std::str::FromStr for SafeBehaviour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hold" => Ok(Self::Hold),
+            "zero" => Ok(Self::Zero),
+            "stop" => Ok(Self::Stop),
+            o => Err(format!("unknown safe behaviour '{o}' (hold, zero or stop)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub rate_hz: f64,
+    /// Per source: maximum age in seconds.
+    pub max_age_s: Vec<f64>,
+    /// Number of leading board sources that form the observation; the rest
+    /// form the goal.
+    pub obs_sources: usize,
+    pub safe: SafeBehaviour,
+    /// Max change per tick in physical units, per action dim (None: off).
+    pub max_delta: Option<Vec<f64>>,
+    /// No actuation until this many consecutive ticks met their deadline.
+    pub warmup_ticks: u64,
+    pub seed: u64,
+}
+
+/// Why this tick's action is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Policy,
+    WarmingUp,
+    EStop,
+    Stale { source: usize },
+    Invalid,
+}
+
+/// Counters shared with the diagnostics publisher (relaxed atomics).
+#[derive(Default)]
+pub struct Stats {
+    pub ticks: AtomicU64,
+    pub published: AtomicU64,
+    pub overruns: AtomicU64,
+    pub stale_ticks: AtomicU64,
+    pub invalid_ticks: AtomicU64,
+    pub estop_ticks: AtomicU64,
+    pub last_inference_ns: AtomicU64,
+    pub max_inference_ns: AtomicU64,
+    /// Wake-up lateness histogram.
+    pub jitter: Histogram,
+}
+
+/// Lock-free latency histogram: 1 µs buckets to 2 ms, then 100 µs buckets
+/// to 100 ms; readers drain it.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    max_ns: AtomicU64,
+}
+
+const FINE: usize = 2000;
+const COARSE: usize = 980;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..FINE + COARSE + 1).map(|_| AtomicU64::new(0)).collect(),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, ns: u64) {
+        let us = (ns / 1000) as usize;
+        let b = if us < FINE {
+            us
+        } else {
+            (FINE + (us - FINE) / 100).min(FINE + COARSE)
+        };
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Take and reset: (count, p50 µs, p99 µs, max µs).
+    pub fn drain(&self) -> (u64, f64, f64, f64) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let max = self.max_ns.swap(0, Ordering::Relaxed) as f64 / 1e3;
+        let n: u64 = counts.iter().sum();
+        let q = |p: f64| -> f64 {
+            let target = ((n as f64) * p).ceil().max(1.0) as u64;
+            let mut acc = 0;
+            for (i, c) in counts.iter().enumerate() {
+                acc += c;
+                if acc >= target {
+                    return if i < FINE {
+                        i as f64
+                    } else {
+                        (FINE + (i - FINE) * 100) as f64
+                    };
+                }
+            }
+            max
+        };
+        if n == 0 {
+            return (0, 0.0, 0.0, 0.0);
+        }
+        (n, q(0.5), q(0.99), max)
+    }
+}
+
+/// One tick's result, in buffers owned by the loop.
+pub struct TickOut<'a> {
+    pub tick: u64,
+    pub decision: Decision,
+    /// Publish `action` this tick?
+    pub publish: bool,
+    pub action: &'a [f64],
+    /// Header stamps (wall ns, 0 if none) of each source used.
+    pub stamps: &'a [i64],
+    pub log_prob: f32,
+}
+
+/// The tick's state: policy, board, safety memory and scratch buffers.
+pub struct Controller {
+    cfg: ControlConfig,
+    sampler: Sampler,
+    board: Arc<Board>,
+    pub estop: Arc<AtomicBool>,
+    pub stats: Arc<Stats>,
+    obs: Vec<f32>,
+    act32: Vec<f32>,
+    action: Vec<f64>,
+    last: Vec<f64>,
+    have_last: bool,
+    stamps: Vec<i64>,
+    states: Vec<SourceState>,
+    tick: u64,
+    on_time_streak: u64,
+}
+
+impl Controller {
+    pub fn new(cfg: ControlConfig, sampler: Sampler, board: Arc<Board>) -> anyhow::Result<Self> {
+        let spec = sampler.spec().clone();
+        let obs_w: usize = (0..cfg.obs_sources).map(|i| board.width(i)).sum();
+        let goal_w = board.total() - obs_w;
+        anyhow::ensure!(
+            obs_w == spec.obs_dim && goal_w == spec.goal_dim,
+            "configured sources give obs {obs_w} + goal {goal_w} values; the model expects obs {} + goal {}",
+            spec.obs_dim,
+            spec.goal_dim
+        );
+        anyhow::ensure!(
+            cfg.max_age_s.len() == board.sources(),
+            "one max age per source"
+        );
+        if let Some(d) = &cfg.max_delta {
+            anyhow::ensure!(
+                d.len() == spec.act_dim,
+                "max_delta needs {} values",
+                spec.act_dim
+            );
+        }
+        let d = spec.act_dim;
+        Ok(Self {
+            obs: vec![0.0; board.total()],
+            act32: vec![0.0; d],
+            action: vec![0.0; d],
+            last: vec![0.0; d],
+            have_last: false,
+            stamps: vec![0; board.sources()],
+            states: vec![SourceState::default(); board.sources()],
+            tick: 0,
+            on_time_streak: 0,
+            estop: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Stats::default()),
+            cfg,
+            sampler,
+            board,
+        })
+    }
+
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// Swap the policy between ticks (same dims are checked by the caller).
+    pub fn set_sampler(&mut self, s: Sampler) -> Sampler {
+        std::mem::replace(&mut self.sampler, s)
+    }
+
+    /// Tell the loop whether the previous wake-up met its deadline (for the
+    /// warm-up gate).
+    pub fn note_deadline(&mut self, met: bool) {
+        self.on_time_streak = if met { self.on_time_streak + 1 } else { 0 };
+    }
+
+    /// Run one tick. No allocation, no blocking.
+    pub fn tick(&mut self) -> TickOut<'_> {
+        let tick = self.tick;
+        self.tick += 1;
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let (now_mono, now_wall) = (mono_ns(), wall_ns());
+        let mut stale = None;
+        for i in 0..self.board.sources() {
+            let off = self.board.offset(i);
+            let w = self.board.width(i);
+            let st = self
+                .board
+                .read(i, &mut self.obs[off..off + w], now_mono, now_wall);
+            self.states[i] = st;
+            self.stamps[i] = st.stamp_ns;
+            let max_age = (self.cfg.max_age_s[i] * 1e9) as i64;
+            if stale.is_none() && (st.busy || !st.ever_written || st.age_ns > max_age) {
+                stale = Some(i);
+            }
+        }
+        let mut log_prob = f32::NAN;
+        let decision = if self.estop.load(Ordering::Relaxed) {
+            Decision::EStop
+        } else if let Some(source) = stale {
+            Decision::Stale { source }
+        } else {
+            let obs_w = self.sampler.spec().obs_dim;
+            let t0 = mono_ns();
+            let (obs, goal) = self.obs.split_at(obs_w);
+            let r = self
+                .sampler
+                .sample_seeded(obs, goal, self.cfg.seed, tick, &mut self.act32);
+            let dt = (mono_ns() - t0) as u64;
+            self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
+            self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);
+            match r {
+                Ok(lp) => {
+                    log_prob = lp;
+                    if self.on_time_streak < self.cfg.warmup_ticks {
+                        Decision::WarmingUp
+                    } else {
+                        Decision::Policy
+                    }
+                }
+                Err(_) => Decision::Invalid,
+            }
+        };
+        let publish = match decision {
+            Decision::Policy => {
+                for (a, v) in self.action.iter_mut().zip(&self.act32) {
+                    *a = *v as f64;
+                }
+                true
+            }
+            Decision::WarmingUp => false,
+            Decision::EStop | Decision::Stale { .. } | Decision::Invalid => {
+                match decision {
+                    Decision::EStop => self.stats.estop_ticks.fetch_add(1, Ordering::Relaxed),
+                    Decision::Stale { .. } => {
+                        self.stats.stale_ticks.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => self.stats.invalid_ticks.fetch_add(1, Ordering::Relaxed),
+                };
+                // E-stop always commands zero; other faults follow the config.
+                let safe = if decision == Decision::EStop {
+                    SafeBehaviour::Zero
+                } else {
+                    self.cfg.safe
+                };
+                match safe {
+                    SafeBehaviour::Hold if self.have_last => {
+                        self.action.copy_from_slice(&self.last);
+                        true
+                    }
+                    SafeBehaviour::Hold | SafeBehaviour::Zero => {
+                        self.action.fill(0.0);
+                        true
+                    }
+                    SafeBehaviour::Stop => false,
+                }
+            }
+        };
+        if publish {
+            // Rate limit (not for e-stop: stopping must not be slowed). Policy
+            // actions are already clipped to the model's bounds by the
+            // sampler, and a rate-limited action lies between two bounded ones.
+            if let (Some(md), true, false) = (
+                &self.cfg.max_delta,
+                self.have_last,
+                decision == Decision::EStop,
+            ) {
+                for ((a, l), m) in self.action.iter_mut().zip(&self.last).zip(md) {
+                    *a = a.clamp(l - m, l + m);
+                }
+            }
+            self.last.copy_from_slice(&self.action);
+            self.have_last = true;
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+        TickOut {
+            tick,
+            decision,
+            publish,
+            action: &self.action,
+            stamps: &self.stamps,
+            log_prob,
+        }
+    }
+
+    /// The safe action to publish once at shutdown (zeros), if any.
+    pub fn shutdown_action(&mut self) -> &[f64] {
+        self.action.fill(0.0);
+        &self.action
+    }
+}
+
+/// Absolute-deadline periodic timer on CLOCK_MONOTONIC: deadlines are
+/// `start + k·period`, so sleep overshoot never accumulates into drift.
+pub struct Periodic {
+    next_ns: i64,
+    period_ns: i64,
+}
+
+impl Periodic {
+    pub fn new(rate_hz: f64) -> Self {
+        let period_ns = (1e9 / rate_hz).round() as i64;
+        Self {
+            next_ns: mono_ns() + period_ns,
+            period_ns,
+        }
+    }
+
+    pub fn period_ns(&self) -> i64 {
+        self.period_ns
+    }
+
+    /// Sleep until the next deadline. Returns the wake-up lateness in ns and
+    /// how many deadlines were missed (skipped) before this one.
+    pub fn wait(&mut self) -> (u64, u64) {
+        let ts = libc::timespec {
+            tv_sec: self.next_ns / 1_000_000_000,
+            tv_nsec: self.next_ns % 1_000_000_000,
+        };
+        // SAFETY: valid timespec; absolute sleep on the monotonic clock.
+        // EINTR (a signal) just ends the sleep early; the loop re-checks.
+        unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            );
+        }
+        let now = mono_ns();
+        let late = (now - self.next_ns).max(0) as u64;
+        // Skip deadlines already passed instead of bursting to catch up.
+        let missed = ((now - self.next_ns) / self.period_ns).max(0) as u64;
+        self.next_ns += (missed as i64 + 1) * self.period_ns;
+        (late, missed)
+    }
+}
+
+/// Optional real-time settings; each failure is returned as a message for
+/// the caller to log (the loop still runs, without that guarantee).
+pub fn apply_rt_settings(
+    fifo_priority: Option<i32>,
+    cpu: Option<usize>,
+    mlockall: bool,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(p) = fifo_priority {
+        let param = libc::sched_param { sched_priority: p };
+        // SAFETY: plain syscall on the calling thread (tid 0).
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            warnings.push(format!(
+                "SCHED_FIFO priority {p} not permitted ({}); running with normal scheduling",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(c) = cpu {
+        // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(c, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                warnings.push(format!(
+                    "pinning to CPU {c} failed ({})",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+    if mlockall {
+        // SAFETY: plain syscall.
+        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+            warnings.push(format!(
+                "mlockall failed ({}); page faults may add latency",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    warnings
+}

@@ -1,0 +1,230 @@
+//! The control tick without ROS: freshness, safe behaviours and recovery,
+//! e-stop, the warm-up gate, rate limiting, equality with the offline
+//! sampler, and zero allocation per tick.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use flowpilot::alloc_count::{thread_allocations, CountingAlloc};
+use flowpilot::board::Board;
+use flowpilot::control::{ControlConfig, Controller, Decision, Periodic, SafeBehaviour};
+use flowpilot::model::{Direction, PolicyKind};
+use flowpilot::sampler::Sampler;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// obs 5 = source0 (3) + source1 (2); goal 2 = source2.
+fn setup(
+    safe: SafeBehaviour,
+    warmup: u64,
+    max_delta: Option<Vec<f64>>,
+) -> (Controller, Arc<Board>, flowpilot::model::ModelFile) {
+    let m = common::random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 21);
+    let board = Arc::new(Board::new(&[3, 2, 2]));
+    let cfg = ControlConfig {
+        rate_hz: 100.0,
+        max_age_s: vec![0.05, 0.05, 10.0],
+        obs_sources: 2,
+        safe,
+        max_delta,
+        warmup_ticks: warmup,
+        seed: 9,
+    };
+    let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
+    (c, board, m)
+}
+
+fn feed(b: &Board) {
+    b.write(0, &[0.1, 0.2, 0.3], None);
+    b.write(1, &[-0.5, 0.5], None);
+    b.write(2, &[1.0, -1.0], Some(flowpilot::board::wall_ns()));
+}
+
+#[test]
+fn fresh_inputs_give_the_offline_samplers_action() {
+    let (mut c, b, m) = setup(SafeBehaviour::Zero, 0, None);
+    feed(&b);
+    let mut offline = Sampler::new(&m).unwrap();
+    for _ in 0..5 {
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Policy);
+        assert!(out.publish);
+        let mut want = [0f32; 3];
+        let lp = offline
+            .sample_seeded(
+                &[0.1, 0.2, 0.3, -0.5, 0.5],
+                &[1.0, -1.0],
+                9,
+                out.tick,
+                &mut want,
+            )
+            .unwrap();
+        for j in 0..3 {
+            assert_eq!(out.action[j], want[j] as f64);
+        }
+        assert_eq!(out.log_prob, lp);
+        assert!(
+            out.stamps[2] > 0 && out.stamps[0] == 0,
+            "header stamps are carried for traceability"
+        );
+    }
+}
+
+#[test]
+fn never_written_and_stale_sources_trigger_safe_behaviour_then_recover() {
+    for safe in [
+        SafeBehaviour::Hold,
+        SafeBehaviour::Zero,
+        SafeBehaviour::Stop,
+    ] {
+        let (mut c, b, _) = setup(safe, 0, None);
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Stale { source: 0 });
+        // no last action yet: hold falls back to zero
+        assert_eq!(out.publish, safe != SafeBehaviour::Stop);
+        if out.publish {
+            assert!(out.action.iter().all(|&a| a == 0.0));
+        }
+        feed(&b);
+        let policy: Vec<f64> = c.tick().action.to_vec();
+        assert!(policy.iter().any(|&a| a != 0.0));
+        std::thread::sleep(std::time::Duration::from_millis(80)); // > 50 ms max age
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Stale { source: 0 });
+        match safe {
+            SafeBehaviour::Hold => assert_eq!(out.action, &policy[..]),
+            SafeBehaviour::Zero => assert!(out.publish && out.action.iter().all(|&a| a == 0.0)),
+            SafeBehaviour::Stop => assert!(!out.publish),
+        }
+        feed(&b);
+        assert_eq!(
+            c.tick().decision,
+            Decision::Policy,
+            "recovers when input returns"
+        );
+        assert_eq!(c.stats.stale_ticks.load(Ordering::Relaxed), 2);
+    }
+}
+
+#[test]
+fn header_stamp_age_is_used_when_present() {
+    let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
+    feed(&b);
+    // goal source (max age 10 s) stamped 20 s in the past: stale even though just received
+    b.write(
+        2,
+        &[1.0, -1.0],
+        Some(flowpilot::board::wall_ns() - 20_000_000_000),
+    );
+    assert_eq!(c.tick().decision, Decision::Stale { source: 2 });
+}
+
+#[test]
+fn estop_forces_zero_until_released() {
+    let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, Some(vec![0.01; 3]));
+    feed(&b);
+    c.tick();
+    c.estop.store(true, Ordering::Relaxed);
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::EStop);
+    assert!(
+        out.publish && out.action.iter().all(|&a| a == 0.0),
+        "e-stop is zero and not rate-limited"
+    );
+    c.estop.store(false, Ordering::Relaxed);
+    assert_eq!(c.tick().decision, Decision::Policy);
+}
+
+#[test]
+fn warmup_gate_and_rate_limit() {
+    let (mut c, b, m) = setup(SafeBehaviour::Zero, 3, Some(vec![0.05; 3]));
+    feed(&b);
+    for _ in 0..2 {
+        c.note_deadline(true);
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::WarmingUp);
+        assert!(!out.publish);
+    }
+    c.note_deadline(false); // a missed deadline restarts the count
+    assert_eq!(c.tick().decision, Decision::WarmingUp);
+    for _ in 0..2 {
+        c.note_deadline(true);
+        assert_eq!(c.tick().decision, Decision::WarmingUp);
+    }
+    c.note_deadline(true); // third consecutive on-time tick: actuate
+    let first = c.tick().action.to_vec(); // first action: nothing to limit against
+    let mut offline = Sampler::new(&m).unwrap();
+    let mut prev = first;
+    for _ in 0..20 {
+        c.note_deadline(true);
+        let out = c.tick();
+        let mut raw = [0f32; 3];
+        offline
+            .sample_seeded(
+                &[0.1, 0.2, 0.3, -0.5, 0.5],
+                &[1.0, -1.0],
+                9,
+                out.tick,
+                &mut raw,
+            )
+            .unwrap();
+        for j in 0..3 {
+            assert!((out.action[j] - prev[j]).abs() <= 0.05 + 1e-12);
+            let want = (raw[j] as f64).clamp(prev[j] - 0.05, prev[j] + 0.05);
+            assert!((out.action[j] - want).abs() < 1e-12);
+        }
+        prev = out.action.to_vec();
+    }
+}
+
+#[test]
+fn a_tick_allocates_nothing() {
+    let (mut c, b, _) = setup(SafeBehaviour::Hold, 2, Some(vec![0.1; 3]));
+    feed(&b);
+    c.tick();
+    let before = thread_allocations();
+    for i in 0..2000 {
+        c.note_deadline(i % 7 != 0);
+        if i % 100 == 50 {
+            c.estop.store(i % 200 == 50, Ordering::Relaxed);
+        }
+        if i % 3 == 0 {
+            feed(&b);
+        }
+        std::hint::black_box(c.tick().action[0]);
+    }
+    c.estop.store(false, Ordering::Relaxed);
+    // stale path too
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let before2 = thread_allocations();
+    for _ in 0..100 {
+        assert!(matches!(c.tick().decision, Decision::Stale { .. }));
+    }
+    assert_eq!(thread_allocations() - before2, 0, "stale ticks allocated");
+    assert_eq!(before2 - before, 0, "ticks allocated");
+}
+
+#[test]
+fn periodic_timer_uses_absolute_deadlines() {
+    let mut p = Periodic::new(1000.0);
+    let t0 = flowpilot::board::mono_ns();
+    let start = t0 + p.period_ns();
+    let mut lateness = Vec::new();
+    for _ in 0..200 {
+        let (late, _) = p.wait();
+        lateness.push(late);
+    }
+    let end = flowpilot::board::mono_ns();
+    // 200 deadlines after the first: never early, and no accumulated drift
+    // (each wake-up is measured against start + k·period, not the last wake).
+    assert!(end >= start + 199 * 1_000_000, "woke early");
+    lateness.sort_unstable();
+    assert!(
+        lateness[100] < 2_000_000,
+        "median wake-up lateness {} ns",
+        lateness[100]
+    );
+}
