@@ -46,6 +46,9 @@ pub struct ControlConfig {
     pub max_delta: Option<Vec<f64>>,
     /// No actuation until this many consecutive ticks met their deadline.
     pub warmup_ticks: u64,
+    /// No actuation during the first this-many ticks after start, so that
+    /// latched state (an engaged e-stop) can arrive over discovery first.
+    pub startup_hold_ticks: u64,
     pub seed: u64,
 }
 
@@ -260,7 +263,9 @@ impl Controller {
             match r {
                 Ok(lp) => {
                     log_prob = lp;
-                    if self.on_time_streak < self.cfg.warmup_ticks {
+                    if self.on_time_streak < self.cfg.warmup_ticks
+                        || tick < self.cfg.startup_hold_ticks
+                    {
                         Decision::WarmingUp
                     } else {
                         Decision::Policy

@@ -54,4 +54,6 @@ pub mod control;
 pub mod demos;
 pub mod plot;
 pub mod pointmass;
+#[cfg(feature = "ros")]
+pub mod ros;
 pub mod train;

@@ -31,6 +31,7 @@ fn setup(
         safe,
         max_delta,
         warmup_ticks: warmup,
+        startup_hold_ticks: 0,
         seed: 9,
     };
     let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
