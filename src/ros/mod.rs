@@ -527,7 +527,7 @@ pub fn run_node() -> Result<()> {
                 let period = timer.period_ns() as u64;
                 while !stop.load(Ordering::Relaxed) {
                     let (late, missed) = timer.wait();
-                    controller.stats.jitter.record(late);
+                    controller.stats.record_wakeup(late);
                     if missed > 0 {
                         controller
                             .stats
