@@ -8,8 +8,10 @@ fn main() -> anyhow::Result<()> {
     let ctx = r2r::Context::create()?;
     let mut node = r2r::Node::create(ctx, "r2r_echo", "")?;
     let qos = r2r::QosProfile::default().keep_last(10);
-    let sub =
-        node.subscribe::<r2r::std_msgs::msg::Float64MultiArray>("/echo/in", qos.best_effort())?;
+    let sub = node.subscribe::<r2r::std_msgs::msg::Float64MultiArray>(
+        "/echo/in",
+        qos.clone().best_effort(),
+    )?;
     let publisher = node
         .create_publisher::<r2r::std_msgs::msg::Float64MultiArray>("/echo/out", qos.reliable())?;
     let mut pool = futures::executor::LocalPool::new();

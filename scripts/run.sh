@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The main job, for now: build, then run the bundled point-mass flow policy
-# against the Gaussian baseline trained on the same demonstrations, and
-# benchmark the real-time sampler on the reference config.
+# The main job: a simulated robot controlled by flowpilot_node over ROS 2.
+#
+#   scripts/run.sh [EPISODES]
+#
+# Sets up the embedded ROS 2 (unless one is sourced), builds, then starts the
+# point-mass simulator (rclpy) and flowpilot_node with the bundled flow
+# policy and config/pointmass.yaml — exactly what launch/flowpilot.launch.xml
+# declares — runs the episodes, and prints success and loop statistics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release
-fp=./target/release/flowpilot
-echo "== bundled flow policy (sampled every tick) =="
-$fp eval pointmass models/pointmass_flow.safetensors --episodes 200
-echo "== Gaussian baseline, same demos (sampled / mean action) =="
-$fp eval pointmass models/pointmass_gaussian.safetensors --episodes 200
-$fp eval pointmass models/pointmass_gaussian.safetensors --episodes 200 --mode zero
-echo "== real-time sampler, reference config (obs 39, act 8, C=256, K=4) =="
-tmp=$(mktemp -d)
-$fp new "$tmp/k4.safetensors" --obs 39 --act 8 --hidden 256 --blocks 4 --random >/dev/null
-$fp bench "$tmp/k4.safetensors" --twin
-rm -rf "$tmp"
+episodes=${1:-20}
+scripts/setup-ros.sh >/dev/null
+# shellcheck disable=SC1091
+source .ros/env.sh
+cargo build --release --features ros --bin flowpilot_node --bin flowpilot 2>&1 | tail -1
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
+log=$(mktemp)
+./target/release/flowpilot_node --ros-args --params-file config/pointmass.yaml \
+  -p model:="$PWD/models/pointmass_flow.safetensors" >"$log" 2>&1 &
+node=$!
+trap 'kill -TERM $node 2>/dev/null || true' EXIT
+python3 sim/pointmass_sim.py --episodes "$episodes"
+kill -TERM $node
+wait $node
+trap - EXIT
+echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo 'no summary (see '"$log"')')"

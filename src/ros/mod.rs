@@ -662,6 +662,17 @@ pub fn run_node() -> Result<()> {
     let mut controller = control_thread
         .join()
         .map_err(|_| anyhow::anyhow!("control thread panicked"))?;
+    let (n, p50, p99, max) = stats.jitter_total.drain();
+    tracing::info!(
+        ticks = stats.ticks.load(Ordering::Relaxed),
+        wakeups = n,
+        jitter_p50_us = p50,
+        jitter_p99_us = p99,
+        jitter_max_us = max,
+        overruns = stats.overruns.load(Ordering::Relaxed),
+        max_inference_us = stats.max_inference_ns.load(Ordering::Relaxed) as f64 / 1e3,
+        "loop summary"
+    );
     pub_thread.thread().unpark();
     let publisher = pub_thread
         .join()
