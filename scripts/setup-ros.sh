@@ -17,7 +17,9 @@ dir="$root/.ros"
 venv="$dir/venv"
 mkdir -p "$dir"
 
-if [ -n "${ROS_DISTRO:-}" ] && [ -z "${FLOWPILOT_EMBEDDED_ROS:-}" ]; then
+# A sourced system ROS sets ROS_DISTRO and an AMENT_PREFIX_PATH of its own
+# (our own env.sh sets them too, pointing at the venv: that is not "system").
+if [ -n "${ROS_DISTRO:-}" ] && [ "${AMENT_PREFIX_PATH:-}" != "$venv" ] && [ -z "${FLOWPILOT_EMBEDDED_ROS:-}" ]; then
   echo "using the sourced system ROS 2 ($ROS_DISTRO)"
   cat > "$dir/env.sh" <<ENV
 # system ROS 2 is sourced; nothing to add
