@@ -73,7 +73,10 @@ class Peer:
 class NodeProc:
     def __init__(self, domain, extra_args=(), params=PARAMS):
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
-        args = [NODE, "--ros-args", "--params-file", params, "-p", f"model:={MODEL}", *extra_args]
+        # The bundled config's relative model path is resolved for it; other
+        # params files name their own model.
+        model = ["-p", f"model:={MODEL}"] if params == PARAMS else []
+        args = [NODE, "--ros-args", "--params-file", params, *model, *extra_args]
         self.log = open(os.path.join(os.environ.get("FLOWPILOT_TEST_LOGS", "/tmp"), f"flowpilot_node_{domain}.log"), "w")
         self.p = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
