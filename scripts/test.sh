@@ -19,4 +19,4 @@ mkdir -p "$ws/src" "$ws/build"
 ln -sfn ../../.. "$ws/src/flowpilot"
 ln -sfn "$PWD/target" "$ws/build/flowpilot"
 (cd "$ws" && colcon build --cargo-args --features ros > colcon.log 2>&1) || { tail -50 "$ws/colcon.log"; exit 1; }
-python3 -m pytest -q tests/ros
+python3 -m pytest -q tests/ros tests/import

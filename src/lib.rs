@@ -6,6 +6,7 @@
 //! - [`twin`]: the same flow on candle autograd, for training and batches.
 //! - [`train`]: the NF-BC (and Gaussian baseline) trainer.
 //! - [`demos`]: the demonstrations file format.
+//! - [`import`]: import checkpoints of the paper's flax/PyTorch code.
 //! - [`pointmass`]: a bimodal 2-D point-mass task and its expert.
 //! - [`bench`]: latency / bandwidth benchmarks behind `flowpilot bench`.
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
@@ -52,6 +53,7 @@ pub mod bench;
 pub mod board;
 pub mod control;
 pub mod demos;
+pub mod import;
 pub mod plot;
 pub mod pointmass;
 #[cfg(feature = "ros")]

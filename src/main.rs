@@ -33,6 +33,11 @@ enum Cmd {
     Inspect { model: PathBuf },
     /// Sample one action.
     Sample(SampleArgs),
+    /// Exact log p(action | obs, goal) of a normalised action, and its latent.
+    LogProb(LogProbArgs),
+    /// Import a policy trained with other code.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Batch-1 latency, allocations and the bandwidth bound.
     Bench(BenchArgs),
     /// Create a fresh (or fully random, for benchmarks) model file.
@@ -66,6 +71,63 @@ struct SampleArgs {
     z: Option<Vec<f32>>,
     #[arg(long)]
     json: bool,
+    /// Use the candle twin instead of the real-time sampler.
+    #[arg(long)]
+    twin: bool,
+}
+
+#[derive(Args)]
+struct LogProbArgs {
+    model: PathBuf,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    obs: Vec<f32>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    goal: Vec<f32>,
+    /// Normalised action (the flow's space, before clipping/scaling).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    action: Vec<f32>,
+    /// Use the candle twin instead of the real-time sampler.
+    #[arg(long)]
+    twin: bool,
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// A checkpoint of "Normalizing Flows are Capable Models for RL" (docs/import.md).
+    Nf4rl(Nf4rlArgs),
+}
+
+#[derive(Args)]
+struct Nf4rlArgs {
+    checkpoint: PathBuf,
+    #[arg(long, value_enum)]
+    kind: flowpilot::import::CheckpointKind,
+    #[arg(long)]
+    out: PathBuf,
+    /// How many of the conditioning inputs are the goal (the rest are obs).
+    #[arg(long, default_value_t = 0)]
+    goal_dim: usize,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    obs_mean: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    obs_std: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    goal_mean: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    goal_std: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    action_low: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    action_high: Option<Vec<f32>>,
+    /// Training noise sigma (the denoise step size).
+    #[arg(long, default_value_t = 0.1)]
+    noise_sigma: f32,
+    /// Apply the paper's one-step denoising when sampling.
+    #[arg(long)]
+    denoise: bool,
+    /// Python with numpy for the checkpoint reader (default: $FLOWPILOT_PYTHON or python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -211,6 +273,27 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Inspect { model } => inspect(&load(&model)?),
         Cmd::Sample(a) => sample(a),
+        Cmd::LogProb(a) => log_prob(a),
+        Cmd::Import(ImportCmd::Nf4rl(a)) => {
+            let opts = flowpilot::import::ImportOptions {
+                goal_dim: a.goal_dim,
+                obs_mean: a.obs_mean,
+                obs_std: a.obs_std,
+                goal_mean: a.goal_mean,
+                goal_std: a.goal_std,
+                action_low: a.action_low,
+                action_high: a.action_high,
+                noise_sigma: a.noise_sigma,
+                denoise: a.denoise,
+                python: a.python,
+                script: None,
+            };
+            let m = flowpilot::import::import_nf4rl(&a.checkpoint, a.kind, &opts)
+                .with_context(|| format!("importing {}", a.checkpoint.display()))?;
+            m.save(&a.out)?;
+            println!("wrote {}", a.out.display());
+            inspect(&m)
+        }
         Cmd::Bench(a) => bench(a),
         Cmd::New(a) => {
             let mut spec = flowpilot::init::default_spec(a.obs, a.goal, a.act, a.blocks, a.hidden);
@@ -323,17 +406,73 @@ fn inspect(m: &ModelFile) -> Result<()> {
     Ok(())
 }
 
+/// One batch-1 pass of the candle twin: (raw action, log-prob) from z, or
+/// (latent, log-prob) of a raw action.
+fn twin_once(
+    m: &ModelFile,
+    obs: &[f32],
+    goal: &[f32],
+    v: &[f32],
+    sample: bool,
+) -> Result<(Vec<f32>, f32)> {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let twin = flowpilot::twin::Twin::from_model(m, &dev)?;
+    let t = |x: &[f32]| Tensor::from_slice(x, (1, x.len()), &dev);
+    let g = if goal.is_empty() {
+        None
+    } else {
+        Some(t(goal)?)
+    };
+    let c = twin.condition(&t(obs)?, g.as_ref())?;
+    if sample {
+        let (a, lp) = twin.sample(&c, &t(v)?)?;
+        let a = if m.spec.denoise {
+            twin.denoise(&c, &a)?
+        } else {
+            a
+        };
+        Ok((a.flatten_all()?.to_vec1()?, lp.to_vec1::<f32>()?[0]))
+    } else {
+        let lp = twin.log_prob(&c, &t(v)?)?.to_vec1::<f32>()?[0];
+        Ok((Vec::new(), lp))
+    }
+}
+
+fn log_prob(a: LogProbArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let lp = if a.twin {
+        twin_once(&m, &a.obs, &a.goal, &a.action, false)?.1
+    } else {
+        let mut z = vec![0.0; m.spec.act_dim];
+        Sampler::new(&m)?.log_prob(&a.obs, &a.goal, &a.action, &mut z)?
+    };
+    println!("{}", serde_json::json!({ "log_prob": lp }));
+    Ok(())
+}
+
 fn sample(a: SampleArgs) -> Result<()> {
     let m = load(&a.model)?;
     let mut s = Sampler::new(&m)?;
     let mut act = vec![0.0; m.spec.act_dim];
-    let lp = match &a.z {
-        Some(z) => s.sample_with_noise(&a.obs, &a.goal, z, &mut act)?,
-        None => s.sample_seeded(&a.obs, &a.goal, a.seed, a.tick, &mut act)?,
+    let (lp, raw) = if a.twin {
+        let z = a.z.clone().context("--twin needs an explicit --z")?;
+        let (raw, lp) = twin_once(&m, &a.obs, &a.goal, &z, true)?;
+        for (i, r) in raw.iter().enumerate() {
+            let (l, h) = (m.spec.action_low[i], m.spec.action_high[i]);
+            act[i] = 0.5 * (l + h) + 0.5 * (h - l) * r.clamp(-1.0, 1.0);
+        }
+        (lp, raw)
+    } else {
+        let lp = match &a.z {
+            Some(z) => s.sample_with_noise(&a.obs, &a.goal, z, &mut act)?,
+            None => s.sample_seeded(&a.obs, &a.goal, a.seed, a.tick, &mut act)?,
+        };
+        (lp, s.last_raw_action().to_vec())
     };
     if a.json {
         let v = serde_json::json!({
-            "action": act, "raw_action": s.last_raw_action(), "log_prob": lp, "digest": m.spec.digest
+            "action": act, "raw_action": raw, "log_prob": lp, "digest": m.spec.digest
         });
         println!("{v}");
     } else {
