@@ -85,9 +85,12 @@ class Peer:
         rclpy.shutdown(context=self.ctx)
 
 
+RT_ARGS = []
+
+
 def run_node(domain, yaml, log):
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
-    return subprocess.Popen([os.path.join(REL, "flowpilot_node"), "--ros-args", "--params-file", yaml],
+    return subprocess.Popen([os.path.join(REL, "flowpilot_node"), "--ros-args", "--params-file", yaml, *RT_ARGS],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -97,7 +100,10 @@ def main():
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rtt-samples", type=int, default=1000)
+    ap.add_argument("--rt", action="store_true", help="SCHED_FIFO 80 on CPU 1 with mlockall for the control thread")
     a = ap.parse_args()
+    if a.rt:
+        RT_ARGS.extend(["-p", "rt.fifo_priority:=80", "-p", "rt.cpu:=1", "-p", "rt.mlockall:=true"])
     tmp = tempfile.mkdtemp()
     model = os.path.join(tmp, "k4.safetensors")
     subprocess.run([os.path.join(REL, "flowpilot"), "new", model, "--obs", "39", "--act", "8", "--hidden", "256",
@@ -179,7 +185,8 @@ def main():
     echo_rtt = [(back[i] - out[i]) * 1e3 for i in out if i in back]
     peer.close()
 
-    print(f"## flowpilot_node benchmarks (K=4, C=256, obs 39, act 8; {a.rate:.0f} Hz for {a.seconds:.0f} s)\n")
+    print(f"## flowpilot_node benchmarks (K=4, C=256, obs 39, act 8; {a.rate:.0f} Hz for {a.seconds:.0f} s; "
+          f"{'SCHED_FIFO 80, CPU 1, mlockall' if a.rt else 'default scheduling'})\n")
     print("| measure | min | median | p99 | max | n |")
     print("|---|---|---|---|---|---|")
     print(f"| cold start: process start -> first action (ms) | {min(cold):.1f} | {statistics.median(cold):.1f} | {q(cold, .99):.1f} | {max(cold):.1f} | {len(cold)} |")
