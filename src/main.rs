@@ -209,6 +209,9 @@ struct BcArgs {
     warmup: usize,
     #[arg(long, default_value_t = 0.1)]
     noise_sigma: f32,
+    /// Store one-step denoising (a <- a + sigma^2 grad log p) in the model, as the paper evaluates.
+    #[arg(long)]
+    denoise: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Loss-curve PNG (default: next to --out, with .loss.png).
@@ -540,6 +543,7 @@ fn train_bc(a: BcArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         warmup: a.warmup.min(a.steps / 2),
         noise_sigma: a.noise_sigma,
+        denoise: a.denoise,
         seed: a.seed,
         ..Default::default()
     };

@@ -29,6 +29,8 @@ pub struct BcConfig {
     pub weight_decay: f64,
     pub warmup: usize,
     pub noise_sigma: f32,
+    /// Store one-step denoising in the model (applied at sampling).
+    pub denoise: bool,
     /// Fraction of episodes held out for validation NLL.
     pub val_frac: f64,
     pub eval_every: usize,
@@ -49,6 +51,7 @@ impl Default for BcConfig {
             weight_decay: 1e-6,
             warmup: 500,
             noise_sigma: 0.1,
+            denoise: false,
             val_frac: 0.1,
             eval_every: 250,
             seed: 0,
@@ -152,6 +155,7 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     spec.kind = cfg.kind;
     spec.direction = cfg.direction;
     spec.noise_sigma = cfg.noise_sigma;
+    spec.denoise = cfg.denoise;
     spec.encoder = cfg.encoder.clone();
     let k = spec.cond_dim();
     spec.hidden = [cfg.hidden + k, cfg.hidden];
