@@ -162,6 +162,9 @@ struct NewArgs {
     random: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Version number within a lineage (a learner's checkpoints count up).
+    #[arg(long, default_value_t = 1)]
+    version: u64,
 }
 
 #[derive(Subcommand)]
@@ -301,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::New(a) => {
             let mut spec = flowpilot::init::default_spec(a.obs, a.goal, a.act, a.blocks, a.hidden);
             spec.created_by = format!("flowpilot new (random={}, seed={})", a.random, a.seed);
+            spec.version = a.version;
             let init = if a.random {
                 flowpilot::init::Init::Random { last_scale: 0.3 }
             } else {

@@ -114,6 +114,12 @@ pub struct NodeConfig {
     pub cpu: Option<usize>,
     pub mlockall: bool,
     pub diagnostics_period_s: f64,
+    /// Directory a learner writes versioned checkpoints to (None: off).
+    pub hot_swap_dir: Option<String>,
+    pub hot_swap_poll_s: f64,
+    /// Reject a new version whose mean |Δaction| on recent observations
+    /// exceeds this (physical units; 0: off).
+    pub hot_swap_max_divergence: f64,
 }
 
 /// Typed access to the flat parameter map with "name: problem" errors.
@@ -325,6 +331,9 @@ impl NodeConfig {
             cpu: (cpu >= 0).then_some(cpu as usize),
             mlockall: p.bool("rt.mlockall", false)?,
             diagnostics_period_s: p.f64("diagnostics_period", 1.0)?,
+            hot_swap_dir: Some(p.string("hot_swap.dir", Some(""))?).filter(|d| !d.is_empty()),
+            hot_swap_poll_s: p.f64("hot_swap.poll_period", 0.5)?,
+            hot_swap_max_divergence: p.f64("hot_swap.max_divergence", 0.0)?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! thread serves e-stop, diagnostics and shutdown.
 
 pub mod config;
+pub mod hotswap;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -408,9 +409,24 @@ pub fn run_node() -> Result<()> {
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
     let cfg = NodeConfig::from_params(&params).context("invalid node parameters")?;
-    let model =
+    let mut model =
         ModelFile::load(&cfg.model).with_context(|| format!("loading model {}", cfg.model))?;
-    tracing::info!(model = %cfg.model, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
+    let mut model_path = std::path::PathBuf::from(&cfg.model);
+    // After a restart, resume with the last version the hot swap accepted.
+    if let Some(dir) = &cfg.hot_swap_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating hot_swap.dir {dir}"))?;
+        if let Some((p, m)) = hotswap::HotSwap::resume(std::path::Path::new(dir)) {
+            let dims = |s: &crate::model::ModelSpec| (s.obs_dim, s.goal_dim, s.act_dim);
+            if dims(&m.spec) == dims(&model.spec) {
+                tracing::info!(path = %p.display(), version = m.spec.version, "resuming with the last accepted version");
+                model = m;
+                model_path = p;
+            } else {
+                tracing::warn!(path = %p.display(), "last accepted version has other dims than `model`; ignoring it");
+            }
+        }
+    }
+    tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
     let act_dim = model.spec.act_dim;
     let sources: Vec<&SourceConfig> = cfg.observations.iter().chain(&cfg.goals).collect();
     if act_dim > MAX_ACT || sources.len() > MAX_SOURCES {
@@ -478,6 +494,33 @@ pub fn run_node() -> Result<()> {
         });
         futures::future::ready(())
     }))?;
+    // Hot swap: checked hand-off of new versions, and a rollback service.
+    let chan = hotswap::SwapChannel::new();
+    let mut hot = cfg.hot_swap_dir.as_ref().map(|d| {
+        hotswap::HotSwap::new(
+            d.into(),
+            cfg.hot_swap_max_divergence,
+            model_path.clone(),
+            model.clone(),
+        )
+    });
+    let rollback_srv = node.create_service::<r2r::std_srvs::srv::Trigger::Service>(
+        "~/rollback",
+        QosProfile::services_default(),
+    )?;
+    let rollback_requests: Arc<
+        ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::Trigger::Service>>,
+    > = Arc::new(ArrayQueue::new(4));
+    let rq = rollback_requests.clone();
+    spawner.spawn_local(rollback_srv.for_each(move |req| {
+        if let Err(req) = rq.push(req) {
+            let _ = req.respond(r2r::std_srvs::srv::Trigger::Response {
+                success: false,
+                message: "busy".into(),
+            });
+        }
+        futures::future::ready(())
+    }))?;
     let diag_pub = node.create_publisher::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
         "/diagnostics",
         QosProfile::default(),
@@ -516,6 +559,7 @@ pub fn run_node() -> Result<()> {
     let control_thread = {
         let (q, stop, dropped) = (queue.clone(), stop.clone(), dropped.clone());
         let waker = pub_thread.thread().clone();
+        let chan = chan.clone();
         let rate = cfg.rate_hz;
         std::thread::Builder::new()
             .name("flowpilot-ctl".into())
@@ -535,6 +579,15 @@ pub fn run_node() -> Result<()> {
                             .fetch_add(missed, Ordering::Relaxed);
                     }
                     controller.note_deadline(missed == 0 && late < period);
+                    // A checked new policy swaps in between two ticks: a move.
+                    if let Some(new) = chan.incoming.pop() {
+                        let old = controller.set_sampler(new);
+                        // Freed by the spin thread; only if that queue is full
+                        // (it drains every few ms) is it freed here.
+                        if let Err(old) = chan.retired.push(old) {
+                            drop(old);
+                        }
+                    }
                     let out = controller.tick();
                     let mut o = Outgoing {
                         tick: out.tick,
@@ -562,12 +615,44 @@ pub fn run_node() -> Result<()> {
         last_ticks: 0,
         last_t: mono_ns(),
     };
-    let digest = model.spec.digest.clone();
-    let version = model.spec.version;
+    let mut recent: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    let mut snap = vec![0f32; board.total()];
+    let obs_dim = model.spec.obs_dim;
+    let mut next_poll = mono_ns();
     let mut next_diag = mono_ns() + (cfg.diagnostics_period_s * 1e9) as i64;
     while !SHUTDOWN.load(Ordering::SeqCst) {
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
+        while let Some(req) = rollback_requests.pop() {
+            let r = match hot.as_mut() {
+                Some(h) => h.rollback(&chan),
+                None => Err(anyhow::anyhow!("hot swap is off (set hot_swap.dir)")),
+            };
+            let (success, message) = match r {
+                Ok(m) => (true, m),
+                Err(e) => (false, e.to_string()),
+            };
+            let _ = req.respond(r2r::std_srvs::srv::Trigger::Response { success, message });
+        }
+        if let Some(h) = hot.as_mut() {
+            if mono_ns() >= next_poll {
+                next_poll = mono_ns() + (cfg.hot_swap_poll_s * 1e9) as i64;
+                // Keep recent complete observations for the divergence check.
+                let (m, w) = (mono_ns(), wall_ns());
+                let mut ok = true;
+                for i in 0..board.sources() {
+                    let (off, wd) = (board.offset(i), board.width(i));
+                    ok &= board.read(i, &mut snap[off..off + wd], m, w).ever_written;
+                }
+                if ok {
+                    recent.push((snap[..obs_dim].to_vec(), snap[obs_dim..].to_vec()));
+                    if recent.len() > 20 {
+                        recent.remove(0);
+                    }
+                }
+                h.poll(&chan, &recent);
+            }
+        }
         if mono_ns() >= next_diag {
             next_diag += (cfg.diagnostics_period_s * 1e9) as i64;
             let now = mono_ns();
@@ -645,8 +730,35 @@ pub fn run_node() -> Result<()> {
                         "dropped_outputs",
                         dropped.load(Ordering::Relaxed).to_string(),
                     ),
-                    kv("policy_digest", digest.clone()),
-                    kv("policy_version", version.to_string()),
+                    kv(
+                        "policy_digest",
+                        hot.as_ref()
+                            .map_or(&model, |h| h.current())
+                            .spec
+                            .digest
+                            .clone(),
+                    ),
+                    kv(
+                        "policy_version",
+                        hot.as_ref()
+                            .map_or(&model, |h| h.current())
+                            .spec
+                            .version
+                            .to_string(),
+                    ),
+                    kv(
+                        "policy_swaps",
+                        hot.as_ref().map_or(0, |h| h.swaps).to_string(),
+                    ),
+                    kv(
+                        "policy_rejections",
+                        hot.as_ref().map_or(0, |h| h.rejected).to_string(),
+                    ),
+                    kv(
+                        "policy_last_rejection",
+                        hot.as_ref()
+                            .map_or(String::new(), |h| h.last_rejection.clone()),
+                    ),
                 ],
             };
             let mut arr = r2r::diagnostic_msgs::msg::DiagnosticArray::default();
