@@ -229,9 +229,12 @@ impl Controller {
     }
 
     /// Tell the loop whether the previous wake-up met its deadline (for the
-    /// warm-up gate).
+    /// warm-up gate). Once the gate has opened it stays open: a late tick
+    /// mid-run is counted as an overrun, not a reason to stop actuating.
     pub fn note_deadline(&mut self, met: bool) {
-        self.on_time_streak = if met { self.on_time_streak + 1 } else { 0 };
+        if self.on_time_streak < self.cfg.warmup_ticks {
+            self.on_time_streak = if met { self.on_time_streak + 1 } else { 0 };
+        }
     }
 
     /// Run one tick. No allocation, no blocking.

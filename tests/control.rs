@@ -157,8 +157,11 @@ fn warmup_gate_and_rate_limit() {
     }
     c.note_deadline(true); // third consecutive on-time tick: actuate
     let first = c.tick().action.to_vec(); // first action: nothing to limit against
+    c.note_deadline(false); // once open, a late tick does not close the gate
+    assert_eq!(c.tick().decision, Decision::Policy);
     let mut offline = Sampler::new(&m).unwrap();
-    let mut prev = first;
+    let _ = first;
+    let mut prev = c.tick().action.to_vec();
     for _ in 0..20 {
         c.note_deadline(true);
         let out = c.tick();

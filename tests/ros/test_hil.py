@@ -46,7 +46,7 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain):
         log, _ = node.communicate(timeout=10)
     assert node.returncode == 0, log[-2000:]
     stale = int(re.search(r"stale-command steps (\d+)", out).group(1))
-    assert stale <= 10, f"{stale} of 1000 sim steps saw no fresh command"
+    assert stale <= 20, f"{stale} of 1000 sim steps saw no fresh command"
     threshold = ZERO + 0.4 * (EXPERT - ZERO)
     print(out)
     assert ret >= threshold, f"closed-loop return {ret:.2f} < {threshold:.2f} (expert {EXPERT}, zero {ZERO})"
