@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--swaps", type=int, default=100)
     ap.add_argument("--rate", type=float, default=500)
     ap.add_argument("--interval", type=float, default=0.15)
+    ap.add_argument("--rt", action="store_true", help="SCHED_FIFO 80 on CPU 1 for the control thread")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     swap_dir = os.path.join(tmp, "swap")
@@ -78,7 +79,7 @@ def main():
       joints: {{type: joint_state, topic: /bench/joint_states, joints: [{joints}], max_age: 0.5}}
     action: {{type: float64_multi_array, topic: /bench/cmd}}
     hot_swap: {{dir: {swap_dir}, poll_period: 0.05}}
-""")
+""" + ("    rt: {fifo_priority: 80, cpu: 1, mlockall: true}\n" if a.rt else ""))
     domain = 130 + os.getpid() % 40
     rclpy.init(domain_id=domain)
     node = rclpy.create_node("bench_obs")
@@ -91,7 +92,11 @@ def main():
     base, _ = run(domain, yaml, seconds, tmp=tmp)
     swapped, accepted = run(domain, yaml, seconds, swap_dir, a.swaps, a.interval, tmp)
     stop.set()
-    print(f"## hot swap at {a.rate:.0f} Hz, {a.swaps} versions every {a.interval}s (K=4, C=256)\n")
+    th.join()
+    node.destroy_node()
+    rclpy.shutdown()
+    print(f"## hot swap at {a.rate:.0f} Hz, {a.swaps} versions every {a.interval}s (K=4, C=256"
+          f"{'; control thread SCHED_FIFO 80 on CPU 1' if a.rt else ''})\n")
     print("| run | swaps accepted | ticks | missed deadlines | jitter p50/p99/max (µs) |")
     print("|---|---|---|---|---|")
     for name, s, n in (("no swaps", base, 0), ("hot swapping", swapped, accepted)):
