@@ -62,24 +62,35 @@ impl Dense {
     }
 
     /// y = x · W + b, streaming W row by row (axpy form: no float
-    /// reductions, so it vectorises without fast-math). Four rows per pass
-    /// over y keep it in registers for longer.
+    /// reductions, so it vectorises without fast-math). Eight rows per pass
+    /// over y halve its loads/stores (measured faster than four).
     #[inline]
     fn forward(&self, x: &[f32], y: &mut [f32]) {
         let (inp, out) = (self.inp, self.out);
         let y = &mut y[..out];
         y.copy_from_slice(&self.b);
         let x = &x[..inp];
-        let mut rows = self.w.chunks_exact(4 * out);
-        let mut xs = x.chunks_exact(4);
+        let mut rows = self.w.chunks_exact(8 * out);
+        let mut xs = x.chunks_exact(8);
         for (r, xc) in (&mut rows).zip(&mut xs) {
-            let (r0, rest) = r.split_at(out);
-            let (r1, rest) = rest.split_at(out);
-            let (r2, r3) = rest.split_at(out);
-            let (x0, x1, x2, x3) = (xc[0], xc[1], xc[2], xc[3]);
-            for ((yj, (a, b)), (c, d)) in y.iter_mut().zip(r0.iter().zip(r1)).zip(r2.iter().zip(r3))
-            {
-                *yj = fma(x3, *d, fma(x2, *c, fma(x1, *b, fma(x0, *a, *yj))));
+            let (a, rest) = r.split_at(4 * out);
+            let (r0, a) = a.split_at(out);
+            let (r1, a) = a.split_at(out);
+            let (r2, r3) = a.split_at(out);
+            let (r4, rest) = rest.split_at(out);
+            let (r5, rest) = rest.split_at(out);
+            let (r6, r7) = rest.split_at(out);
+            for j in 0..out {
+                let mut v = y[j];
+                v = fma(xc[0], r0[j], v);
+                v = fma(xc[1], r1[j], v);
+                v = fma(xc[2], r2[j], v);
+                v = fma(xc[3], r3[j], v);
+                v = fma(xc[4], r4[j], v);
+                v = fma(xc[5], r5[j], v);
+                v = fma(xc[6], r6[j], v);
+                v = fma(xc[7], r7[j], v);
+                y[j] = v;
             }
         }
         for (r, &xi) in rows.remainder().chunks_exact(out).zip(xs.remainder()) {
