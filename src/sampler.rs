@@ -952,6 +952,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// S and T of block `b` from its unchanged half `first` and `cond`, with
+/// the activations recorded in `c` for the backward pass.
+fn record_nets(
+    b: &Block,
+    c: &mut BlockCache,
+    first: &[f32],
+    cond: &[f32],
+    net_in: &mut [f32],
+    h1: &mut [f32],
+    h2: &mut [f32],
+) {
+    let (n, k) = (first.len(), cond.len());
+    let d2 = b.s.l2.out;
+    net_in[..n].copy_from_slice(first);
+    net_in[n..n + k].copy_from_slice(cond);
+    b.s.forward_cached(&net_in[..n + k], &mut c.s, h1, h2, &mut c.s_out[..d2]);
+    b.t.forward_cached(&net_in[..n + k], &mut c.t, h1, h2, &mut c.t_out[..d2]);
+}
+
 /// ∇ₐ log p(a|y) into `g.g[..d]`, for `a = g.a` and conditioning `cond`.
 fn likelihood_grad(head: &Head, spec: &ModelSpec, cond: &[f32], g: &mut GradScratch) {
     let d = spec.act_dim;
@@ -975,21 +994,14 @@ fn likelihood_grad(head: &Head, spec: &ModelSpec, cond: &[f32], g: &mut GradScra
                     // record: x -> u = xW -> [u1, (u2 - T) e^-S]
                     for (b, c) in blocks.iter().zip(g.blocks.iter_mut()) {
                         gemv_rows(&g.x, &b.w, &mut g.tmp, d);
-                        g.net_in[..d1].copy_from_slice(&g.tmp[..d1]);
-                        g.net_in[d1..d1 + k].copy_from_slice(cond);
-                        b.s.forward_cached(
-                            &g.net_in[..d1 + k],
-                            &mut c.s,
+                        record_nets(
+                            b,
+                            c,
+                            &g.tmp[..d1],
+                            cond,
+                            &mut g.net_in,
                             &mut g.h1,
                             &mut g.h2,
-                            &mut c.s_out[..d2],
-                        );
-                        b.t.forward_cached(
-                            &g.net_in[..d1 + k],
-                            &mut c.t,
-                            &mut g.h1,
-                            &mut g.h2,
-                            &mut c.t_out[..d2],
                         );
                         g.x[..d1].copy_from_slice(&g.tmp[..d1]);
                         for j in 0..d2 {
@@ -1036,22 +1048,7 @@ fn likelihood_grad(head: &Head, spec: &ModelSpec, cond: &[f32], g: &mut GradScra
                 Direction::Forward => {
                     // record (blocks reversed): z -> [z1, z2 e^S + T] -> · W⁻¹
                     for (b, c) in blocks.iter().zip(g.blocks.iter_mut()).rev() {
-                        g.net_in[..d1].copy_from_slice(&g.x[..d1]);
-                        g.net_in[d1..d1 + k].copy_from_slice(cond);
-                        b.s.forward_cached(
-                            &g.net_in[..d1 + k],
-                            &mut c.s,
-                            &mut g.h1,
-                            &mut g.h2,
-                            &mut c.s_out[..d2],
-                        );
-                        b.t.forward_cached(
-                            &g.net_in[..d1 + k],
-                            &mut c.t,
-                            &mut g.h1,
-                            &mut g.h2,
-                            &mut c.t_out[..d2],
-                        );
+                        record_nets(b, c, &g.x[..d1], cond, &mut g.net_in, &mut g.h1, &mut g.h2);
                         g.tmp[..d1].copy_from_slice(&g.x[..d1]);
                         for j in 0..d2 {
                             c.half[j] = g.x[d1 + j];

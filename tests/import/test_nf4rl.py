@@ -21,7 +21,6 @@ import zipfile
 from collections import OrderedDict
 
 import numpy as np
-import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLI = os.path.join(ROOT, "target", "release", "flowpilot")

@@ -4,7 +4,6 @@ import os
 import signal
 import time
 
-import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool

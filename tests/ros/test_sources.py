@@ -3,7 +3,6 @@ order, PoseStamped components, a goal source, JointTrajectory and Twist
 outputs. The node's actions must equal the offline sampler's for the
 observation vector the configuration defines."""
 import json
-import os
 import subprocess
 import time
 
