@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::board::{mono_ns, wall_ns, Board, SourceState};
+use crate::log::{PolicyId, Transition};
 use crate::sampler::Sampler;
 
 /// What to do when inputs are stale or invalid.
@@ -60,6 +61,29 @@ pub enum Decision {
     EStop,
     Stale { source: usize },
     Invalid,
+    /// A human override was live: its action was applied.
+    Override,
+}
+
+impl Decision {
+    /// The code used in the trace topic and the transition log.
+    pub fn code(self) -> u8 {
+        match self {
+            Decision::Policy => 0,
+            Decision::WarmingUp => 1,
+            Decision::EStop => 2,
+            Decision::Stale { .. } => 3,
+            Decision::Invalid => 4,
+            Decision::Override => 5,
+        }
+    }
+}
+
+/// A human override: a one-slot board holding the operator's action
+/// (physical units), live while fresher than `max_age_s`.
+pub struct OverrideInput {
+    pub board: Arc<Board>,
+    pub max_age_s: f64,
 }
 
 /// Counters shared with the diagnostics publisher (relaxed atomics).
@@ -71,6 +95,7 @@ pub struct Stats {
     pub stale_ticks: AtomicU64,
     pub invalid_ticks: AtomicU64,
     pub estop_ticks: AtomicU64,
+    pub override_ticks: AtomicU64,
     pub last_inference_ns: AtomicU64,
     pub max_inference_ns: AtomicU64,
     /// Wake-up lateness since the last diagnostics message (drained).
@@ -176,6 +201,18 @@ pub struct Controller {
     states: Vec<SourceState>,
     tick: u64,
     on_time_streak: u64,
+    human: Option<OverrideInput>,
+    policy_id: PolicyId,
+    last_out: LastTick,
+}
+
+/// The last tick's outcome, kept for [`Controller::fill_transition`].
+#[derive(Clone, Copy)]
+struct LastTick {
+    tick: u64,
+    decision: Decision,
+    publish: bool,
+    log_prob: f32,
 }
 
 impl Controller {
@@ -211,6 +248,14 @@ impl Controller {
             states: vec![SourceState::default(); board.sources()],
             tick: 0,
             on_time_streak: 0,
+            human: None,
+            policy_id: PolicyId::of(&spec),
+            last_out: LastTick {
+                tick: 0,
+                decision: Decision::WarmingUp,
+                publish: false,
+                log_prob: f32::NAN,
+            },
             estop: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(Stats::default()),
             cfg,
@@ -225,7 +270,46 @@ impl Controller {
 
     /// Swap the policy between ticks (same dims are checked by the caller).
     pub fn set_sampler(&mut self, s: Sampler) -> Sampler {
+        self.policy_id = PolicyId::of(s.spec());
         std::mem::replace(&mut self.sampler, s)
+    }
+
+    /// Accept a human override action (act_dim wide, physical units).
+    pub fn set_override(&mut self, input: OverrideInput) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            input.board.sources() == 1 && input.board.width(0) == self.action.len(),
+            "the override source must carry {} values",
+            self.action.len()
+        );
+        self.human = Some(input);
+        Ok(())
+    }
+
+    /// Fill the controller's part of a log record for the tick just run:
+    /// inputs, the sampled (pre-clip, normalised) and applied actions, the
+    /// log-prob, the decision and the policy identity. No allocation.
+    pub fn fill_transition(&self, t: &mut Transition) {
+        let out = &self.last_out;
+        let spec = self.sampler.spec();
+        let n = self.obs.len().min(crate::log::MAX_OBS);
+        t.tick = out.tick;
+        t.decision = out.decision.code();
+        t.intervention = out.decision == Decision::Override;
+        t.log_prob = out.log_prob;
+        t.policy = self.policy_id;
+        t.seed = self.cfg.seed;
+        t.n_obs = spec.obs_dim.min(n);
+        t.n_goal = n - t.n_obs;
+        t.inputs[..n].copy_from_slice(&self.obs[..n]);
+        let d = self.action.len().min(crate::log::MAX_ACT);
+        t.n_act = d;
+        if out.decision == Decision::Policy || out.decision == Decision::WarmingUp {
+            t.sampled[..d].copy_from_slice(&self.sampler.last_raw_action()[..d]);
+        } else {
+            t.sampled[..d].fill(f32::NAN);
+        }
+        t.applied_valid = out.publish;
+        t.applied[..d].copy_from_slice(&self.action[..d]);
     }
 
     /// Tell the loop whether the previous wake-up met its deadline (for the
@@ -258,8 +342,17 @@ impl Controller {
             }
         }
         let mut log_prob = f32::NAN;
+        let human_live = match &self.human {
+            Some(h) => {
+                let st = h.board.read(0, &mut self.act32, now_mono, now_wall);
+                st.ever_written && !st.busy && st.age_ns <= (h.max_age_s * 1e9) as i64
+            }
+            None => false,
+        };
         let decision = if self.estop.load(Ordering::Relaxed) {
             Decision::EStop
+        } else if human_live {
+            Decision::Override
         } else if let Some(source) = stale {
             Decision::Stale { source }
         } else {
@@ -287,6 +380,15 @@ impl Controller {
             }
         };
         let publish = match decision {
+            Decision::Override => {
+                // The operator's action, kept within the model's bounds.
+                let spec = self.sampler.spec();
+                for (i, (a, v)) in self.action.iter_mut().zip(&self.act32).enumerate() {
+                    *a = (*v as f64).clamp(spec.action_low[i] as f64, spec.action_high[i] as f64);
+                }
+                self.stats.override_ticks.fetch_add(1, Ordering::Relaxed);
+                true
+            }
             Decision::Policy => {
                 for (a, v) in self.action.iter_mut().zip(&self.act32) {
                     *a = *v as f64;
@@ -338,6 +440,12 @@ impl Controller {
             self.have_last = true;
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
+        self.last_out = LastTick {
+            tick,
+            decision,
+            publish,
+            log_prob,
+        };
         TickOut {
             tick,
             decision,

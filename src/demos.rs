@@ -26,6 +26,10 @@ pub struct Demos {
     /// Optional physical action bounds.
     pub act_low: Option<Vec<f32>>,
     pub act_high: Option<Vec<f32>>,
+    /// Optional (N,) reward after taking row i's action (offline RL).
+    pub reward: Option<Vec<f32>>,
+    /// Optional (N,) row i's action ended the episode in a terminal state.
+    pub terminal: Option<Vec<bool>>,
 }
 
 impl Demos {
@@ -87,6 +91,33 @@ impl Demos {
             }
             Ok(Some(v))
         };
+        let reward = if has("reward") {
+            let r = read1(&mut npz, "reward")?;
+            if r.len() != n {
+                bail!("'reward' has {} entries but 'obs' has {n} rows", r.len());
+            }
+            if let Some(i) = r.iter().position(|x| !x.is_finite()) {
+                bail!("'reward' holds a non-finite value at index {i}");
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let terminal = if has("terminal") {
+            let t = match read_i64(&mut npz, "terminal") {
+                Ok(t) => t.iter().map(|&v| v != 0).collect::<Vec<_>>(),
+                Err(_) => npz
+                    .by_name::<ndarray::OwnedRepr<bool>, ndarray::Ix1>("terminal")
+                    .context("'terminal' must be a 1-D bool or int array")?
+                    .to_vec(),
+            };
+            if t.len() != n {
+                bail!("'terminal' has {} entries but 'obs' has {n} rows", t.len());
+            }
+            Some(t)
+        } else {
+            None
+        };
         let act_low = bound(&mut npz, "act_low")?;
         let act_high = bound(&mut npz, "act_high")?;
         if n == 0 {
@@ -107,6 +138,8 @@ impl Demos {
             episode,
             act_low,
             act_high,
+            reward,
+            terminal,
         })
     }
 
@@ -130,6 +163,12 @@ impl Demos {
             )?;
         }
         w.add_array("episode", &Array1::from_vec(self.episode.clone()))?;
+        if let Some(r) = &self.reward {
+            w.add_array("reward", &Array1::from_vec(r.clone()))?;
+        }
+        if let Some(t) = &self.terminal {
+            w.add_array("terminal", &Array1::from_vec(t.iter().map(|&b| b as i64).collect()))?;
+        }
         if let (Some(l), Some(h)) = (&self.act_low, &self.act_high) {
             w.add_array("act_low", &Array1::from_vec(l.clone()))?;
             w.add_array("act_high", &Array1::from_vec(h.clone()))?;

@@ -11,6 +11,8 @@
 //! - [`bench`]: latency / bandwidth benchmarks behind `flowpilot bench`.
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
+//! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
+//! - [`learner`]: SAC fine-tuning of a flow policy from transition logs.
 //! - [`alloc_count`]: a counting global allocator for zero-allocation proofs.
 //!
 //! ```
@@ -35,6 +37,7 @@
 
 pub mod alloc_count;
 pub mod init;
+pub mod learner;
 pub mod model;
 pub mod sampler;
 pub mod twin;
@@ -54,8 +57,10 @@ pub mod board;
 pub mod control;
 pub mod demos;
 pub mod import;
+pub mod log;
 pub mod plot;
 pub mod pointmass;
+pub mod reach;
 #[cfg(feature = "ros")]
 pub mod ros;
 pub mod train;

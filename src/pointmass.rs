@@ -123,6 +123,8 @@ pub fn generate_demos(episodes: usize, seed: u64) -> Demos {
         episode,
         act_low: Some(vec![-1.0, -1.0]),
         act_high: Some(vec![1.0, 1.0]),
+        reward: None,
+        terminal: None,
     }
 }
 

@@ -120,6 +120,72 @@ pub struct NodeConfig {
     /// Reject a new version whose mean |Δaction| on recent observations
     /// exceeds this (physical units; 0: off).
     pub hot_swap_max_divergence: f64,
+    /// Transition log (None: off).
+    pub log: Option<LogSettings>,
+    /// Human override: (topic, max age s).
+    pub override_input: Option<(String, f64)>,
+    /// Learner started by `~/finetune`: extra arguments and executable.
+    pub finetune_args: Vec<String>,
+    pub finetune_exe: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: String,
+    /// Log every k-th tick.
+    pub every: u64,
+    pub flush_period_s: f64,
+    pub queue: usize,
+    pub reward_topic: Option<String>,
+    pub episode_topic: Option<String>,
+    pub terminal_topic: Option<String>,
+    pub distance_reward: Option<crate::log::writer::DistanceReward>,
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
+    let Some(dir) = nonempty(p.string("log.dir", Some(""))?) else {
+        return Ok(None);
+    };
+    let a = p.usizes("log.reward.distance_a")?;
+    let b = p.usizes("log.reward.distance_b")?;
+    if a.len() != b.len() {
+        bail!("'log.reward.distance_a' and 'log.reward.distance_b' must have the same length");
+    }
+    let every = p.i64("log.every", 1)?;
+    if every < 1 {
+        bail!("'log.every' must be >= 1, got {every}");
+    }
+    let flush = p.f64("log.flush_period", 0.05)?;
+    if !(0.001..=1.0).contains(&flush) {
+        bail!("'log.flush_period' must be within 0.001..1 s, got {flush}");
+    }
+    Ok(Some(LogSettings {
+        dir,
+        every: every as u64,
+        flush_period_s: flush,
+        queue: p.i64("log.queue", 4096)?.max(1) as usize,
+        reward_topic: nonempty(p.string("log.reward_topic", Some(""))?),
+        episode_topic: nonempty(p.string("log.episode_topic", Some(""))?),
+        terminal_topic: nonempty(p.string("log.terminal_topic", Some(""))?),
+        distance_reward: (!a.is_empty()).then(|| crate::log::writer::DistanceReward {
+            a,
+            b,
+            action_cost: 0.0,
+        }),
+    }))
+    .and_then(|s: Option<LogSettings>| match s {
+        Some(mut s) => {
+            if let Some(r) = s.distance_reward.as_mut() {
+                r.action_cost = p.f64("log.reward.action_cost", 0.0)?;
+            }
+            Ok(Some(s))
+        }
+        None => Ok(None),
+    })
 }
 
 /// Typed access to the flat parameter map with "name: problem" errors.
@@ -334,6 +400,12 @@ impl NodeConfig {
             hot_swap_dir: Some(p.string("hot_swap.dir", Some(""))?).filter(|d| !d.is_empty()),
             hot_swap_poll_s: p.f64("hot_swap.poll_period", 0.5)?,
             hot_swap_max_divergence: p.f64("hot_swap.max_divergence", 0.0)?,
+            log: log_settings(&p)?,
+            override_input: nonempty(p.string("override.topic", Some(""))?)
+                .map(|t| Ok::<_, anyhow::Error>((t, p.f64("override.max_age", 0.2)?)))
+                .transpose()?,
+            finetune_args: p.strings("finetune.args")?,
+            finetune_exe: nonempty(p.string("finetune.exe", Some(""))?),
         })
     }
 }

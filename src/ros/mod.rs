@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod hotswap;
+pub mod session;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,13 +44,7 @@ struct Outgoing {
 
 /// Decision codes in the trace topic.
 fn decision_code(d: Decision) -> f64 {
-    match d {
-        Decision::Policy => 0.0,
-        Decision::WarmingUp => 1.0,
-        Decision::EStop => 2.0,
-        Decision::Stale { .. } => 3.0,
-        Decision::Invalid => 4.0,
-    }
+    d.code() as f64
 }
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -450,6 +445,51 @@ pub fn run_node() -> Result<()> {
 
     let mut pool = futures::executor::LocalPool::new();
     let spawner = pool.spawner();
+    if let Some((topic, max_age_s)) = &cfg.override_input {
+        let b = session::subscribe_override(&mut node, &spawner, topic, act_dim)?;
+        controller.set_override(crate::control::OverrideInput {
+            board: b,
+            max_age_s: *max_age_s,
+        })?;
+    }
+    // Transition log: reward/episode inputs and the writer thread.
+    let log = match &cfg.log {
+        Some(l) => {
+            let inputs = session::subscribe_log_inputs(
+                &mut node,
+                &spawner,
+                l.reward_topic.as_deref(),
+                l.episode_topic.as_deref(),
+                l.terminal_topic.as_deref(),
+            )?;
+            let spec = &model.spec;
+            let meta = [
+                ("obs_dim", spec.obs_dim.to_string()),
+                ("goal_dim", spec.goal_dim.to_string()),
+                ("act_dim", spec.act_dim.to_string()),
+                ("action_low", serde_json::to_string(&spec.action_low)?),
+                ("action_high", serde_json::to_string(&spec.action_high)?),
+                ("rate_hz", cfg.rate_hz.to_string()),
+                ("every", l.every.to_string()),
+                ("model", model_path.display().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let handle = crate::log::writer::LogHandle::start(crate::log::writer::LogConfig {
+                dir: l.dir.clone().into(),
+                flush_period: Duration::from_secs_f64(l.flush_period_s),
+                queue_capacity: l.queue,
+                reward: l.distance_reward.clone(),
+                metadata: meta,
+            })
+            .context("starting the transition log")?;
+            tracing::info!(path = %handle.stats.path.lock().expect("path").as_str(), every = l.every, "transition log started");
+            Some((Arc::new(handle), inputs, l.every))
+        }
+        None => None,
+    };
+    let log_stats = log.as_ref().map(|(h, _, _)| h.stats.clone());
     let input_stats = Arc::new(InputStats::default());
     for (i, s) in sources.iter().enumerate() {
         subscribe(
@@ -521,6 +561,43 @@ pub fn run_node() -> Result<()> {
         }
         futures::future::ready(())
     }))?;
+    // Fine-tuning sessions: ~/finetune (SetBool) starts/stops the learner.
+    let mut learner = match (&cfg.log, &cfg.hot_swap_dir) {
+        (Some(l), Some(out)) => {
+            let mut args: Vec<String> = vec![
+                "--log-dir".into(),
+                l.dir.clone(),
+                "--out".into(),
+                out.clone(),
+                "--init".into(),
+                model_path.display().to_string(),
+                "--follow".into(),
+            ];
+            args.extend(cfg.finetune_args.iter().cloned());
+            Some(session::Learner::new(
+                cfg.finetune_exe.as_ref().map(Into::into),
+                args,
+            )?)
+        }
+        _ => None,
+    };
+    let finetune_srv = node.create_service::<r2r::std_srvs::srv::SetBool::Service>(
+        "~/finetune",
+        QosProfile::services_default(),
+    )?;
+    let finetune_requests: Arc<
+        ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>>,
+    > = Arc::new(ArrayQueue::new(4));
+    let fq = finetune_requests.clone();
+    spawner.spawn_local(finetune_srv.for_each(move |req| {
+        if let Err(req) = fq.push(req) {
+            let _ = req.respond(r2r::std_srvs::srv::SetBool::Response {
+                success: false,
+                message: "busy".into(),
+            });
+        }
+        futures::future::ready(())
+    }))?;
     let diag_pub = node.create_publisher::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
         "/diagnostics",
         QosProfile::default(),
@@ -561,12 +638,14 @@ pub fn run_node() -> Result<()> {
         let waker = pub_thread.thread().clone();
         let chan = chan.clone();
         let rate = cfg.rate_hz;
+        let log = log.clone();
         std::thread::Builder::new()
             .name("flowpilot-ctl".into())
             .spawn(move || {
                 for w in apply_rt_settings(rt.0, rt.1, rt.2) {
                     tracing::warn!("{w}");
                 }
+                let mut rec = crate::log::Transition::default();
                 let mut timer = Periodic::new(rate);
                 let period = timer.period_ns() as u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -601,6 +680,18 @@ pub fn run_node() -> Result<()> {
                     };
                     o.action[..o.n_act].copy_from_slice(out.action);
                     o.stamps[..o.n_src].copy_from_slice(out.stamps);
+                    if let Some((h, inputs, every)) = &log {
+                        if o.tick % every == 0 {
+                            controller.fill_transition(&mut rec);
+                            rec.mono_ns = mono_ns();
+                            rec.wall_ns = wall_ns();
+                            rec.reward = inputs.take_reward();
+                            rec.episode = inputs.episode.load(Ordering::SeqCst);
+                            rec.began_after_terminal =
+                                inputs.last_terminal.load(Ordering::SeqCst);
+                            h.push(&rec);
+                        }
+                    }
                     if q.push(o).is_err() {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -633,6 +724,20 @@ pub fn run_node() -> Result<()> {
                 Err(e) => (false, e.to_string()),
             };
             let _ = req.respond(r2r::std_srvs::srv::Trigger::Response { success, message });
+        }
+        while let Some(req) = finetune_requests.pop() {
+            let (success, message) = match (learner.as_mut(), req.message.data) {
+                (None, _) => (
+                    false,
+                    "fine-tuning needs log.dir and hot_swap.dir".to_string(),
+                ),
+                (Some(l), true) => match l.start() {
+                    Ok(m) => (true, m),
+                    Err(e) => (false, format!("{e:#}")),
+                },
+                (Some(l), false) => (true, l.stop()),
+            };
+            let _ = req.respond(r2r::std_srvs::srv::SetBool::Response { success, message });
         }
         if let Some(h) = hot.as_mut() {
             if mono_ns() >= next_poll {
@@ -755,6 +860,39 @@ pub fn run_node() -> Result<()> {
                         hot.as_ref().map_or(0, |h| h.rejected).to_string(),
                     ),
                     kv(
+                        "override_ticks",
+                        stats.override_ticks.load(Ordering::Relaxed).to_string(),
+                    ),
+                    kv(
+                        "log_written",
+                        log_stats.as_ref().map_or(0, |s| s.written.load(Ordering::Relaxed)).to_string(),
+                    ),
+                    kv(
+                        "log_dropped",
+                        log_stats.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed)).to_string(),
+                    ),
+                    kv(
+                        "log_state",
+                        match &log_stats {
+                            None => "off".into(),
+                            Some(s) if s.failed.load(Ordering::Relaxed) => {
+                                format!("failed: {}", s.error.lock().expect("log error").as_str())
+                            }
+                            Some(s) => format!("ok {}", s.path.lock().expect("log path").as_str()),
+                        },
+                    ),
+                    kv(
+                        "learner",
+                        match learner.as_mut() {
+                            None => "off".into(),
+                            Some(l) => match l.running() {
+                                Some(pid) => format!("running pid {pid}"),
+                                None if l.last_exit.is_empty() => "stopped".into(),
+                                None => format!("exited: {}", l.last_exit),
+                            },
+                        },
+                    ),
+                    kv(
                         "policy_last_rejection",
                         hot.as_ref()
                             .map_or(String::new(), |h| h.last_rejection.clone()),
@@ -774,6 +912,13 @@ pub fn run_node() -> Result<()> {
     let mut controller = control_thread
         .join()
         .map_err(|_| anyhow::anyhow!("control thread panicked"))?;
+    if let Some(mut l) = learner.take() {
+        if l.running().is_some() {
+            tracing::info!("{}", l.stop());
+        }
+    }
+    // Last reference to the log: flush, write the summary, close.
+    drop(log);
     let (n, p50, p99, max) = stats.jitter_total.drain();
     tracing::info!(
         ticks = stats.ticks.load(Ordering::Relaxed),

@@ -1,0 +1,139 @@
+//! Reading transition logs, including files cut short by a crash and files
+//! still being written. MCAP's record framing (opcode u8, length u64, body)
+//! is walked here so that reading can stop cleanly before a torn record and
+//! resume from the same offset when the file grows; each complete record's
+//! body is decoded by the `mcap` crate's parser.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use mcap::records::Record;
+
+use super::{Transition, SCHEMA_NAME};
+
+/// Follows one log file: each [`Tail::poll`] returns the records completed
+/// since the last call.
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+    /// channel id -> carries our schema
+    channels: HashMap<u16, bool>,
+    schemas: HashMap<u16, bool>,
+    /// A footer or data-end record was seen: the writer closed the file.
+    pub closed: bool,
+    /// The "flowpilot" metadata record (model dims, bounds, rate).
+    pub metadata: BTreeMap<String, String>,
+    /// Messages on our channel that failed to decode (counted, skipped).
+    pub undecodable: u64,
+}
+
+impl Tail {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            offset: 0,
+            channels: HashMap::new(),
+            schemas: HashMap::new(),
+            closed: false,
+            metadata: BTreeMap::new(),
+            undecodable: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes past the last complete record (a torn tail, or a record still
+    /// being written).
+    pub fn pending_bytes(&self) -> Result<u64> {
+        let len = std::fs::metadata(&self.path)?.len();
+        Ok(len.saturating_sub(self.offset))
+    }
+
+    /// Read every record completed since the last poll.
+    pub fn poll(&mut self) -> Result<Vec<Transition>> {
+        let mut out = Vec::new();
+        if self.closed {
+            return Ok(out);
+        }
+        let mut f = std::fs::File::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        let mut buf = Vec::new();
+        f.seek(SeekFrom::Start(self.offset))?;
+        f.read_to_end(&mut buf)?;
+        let mut pos = 0usize;
+        if self.offset == 0 {
+            if buf.len() < mcap::MAGIC.len() {
+                return Ok(out);
+            }
+            if &buf[..mcap::MAGIC.len()] != mcap::MAGIC {
+                bail!("{} is not an MCAP file", self.path.display());
+            }
+            pos = mcap::MAGIC.len();
+        }
+        while buf.len() - pos >= 9 {
+            let op = buf[pos];
+            let len = u64::from_le_bytes(buf[pos + 1..pos + 9].try_into().expect("8 bytes"));
+            let Some(end) = (pos as u64 + 9).checked_add(len) else {
+                break;
+            };
+            if end > buf.len() as u64 {
+                break; // torn or still being written
+            }
+            let body = &buf[pos + 9..end as usize];
+            pos = end as usize;
+            match mcap::read::parse_record(op, body) {
+                Ok(Record::Schema { header, .. }) => {
+                    self.schemas.insert(header.id, header.name == SCHEMA_NAME);
+                }
+                Ok(Record::Channel(c)) => {
+                    let ours = *self.schemas.get(&c.schema_id).unwrap_or(&false);
+                    self.channels.insert(c.id, ours && c.message_encoding == "cdr");
+                }
+                Ok(Record::Metadata(m)) if m.name == "flowpilot" => self.metadata = m.metadata,
+                Ok(Record::Message { header, data }) => {
+                    if *self.channels.get(&header.channel_id).unwrap_or(&false) {
+                        match Transition::decode(&data) {
+                            Ok(t) => out.push(t),
+                            Err(_) => self.undecodable += 1,
+                        }
+                    }
+                }
+                Ok(Record::DataEnd(_)) | Ok(Record::Footer(_)) => {
+                    self.closed = true;
+                    pos = buf.len();
+                    break;
+                }
+                Ok(_) => {}
+                // A complete but unparsable record: corrupt, not torn. Stop
+                // here; everything before it has been returned.
+                Err(e) => bail!(
+                    "{}: corrupt record at byte {}: {e}",
+                    self.path.display(),
+                    self.offset + pos as u64 - len - 9
+                ),
+            }
+        }
+        self.offset += pos as u64;
+        Ok(out)
+    }
+}
+
+/// Every complete record of one file (a torn tail is ignored).
+pub fn read_file(path: &Path) -> Result<Vec<Transition>> {
+    Tail::new(path).poll()
+}
+
+/// The `*.mcap` files in a directory, oldest name first.
+pub fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading log dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "mcap"))
+        .collect();
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,258 @@
+//! The log writer thread. The control thread only pushes fixed-size records
+//! into a bounded lock-free queue ([`LogHandle::push`]: never blocks, a full
+//! queue drops and counts the record). This thread encodes them as CDR
+//! messages into an unchunked MCAP file and flushes it to the kernel every
+//! `flush_period`, so a kill -9 loses at most that window and never an
+//! earlier record. A write error (disk full) stops logging with an error;
+//! the control loop is unaffected.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_queue::ArrayQueue;
+
+use super::{Transition, SCHEMA_NAME, SCHEMA_TEXT, TOPIC};
+
+/// A reward computed from the logged observation, for robots without a
+/// reward topic: `-‖x[a] − x[b]‖ − action_cost·‖applied‖²`, with x the
+/// observation followed by the goal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistanceReward {
+    pub a: Vec<usize>,
+    pub b: Vec<usize>,
+    pub action_cost: f64,
+}
+
+impl DistanceReward {
+    pub fn eval(&self, t: &Transition) -> f64 {
+        let x = &t.inputs[..t.n_obs + t.n_goal];
+        let d2: f64 = self
+            .a
+            .iter()
+            .zip(&self.b)
+            .map(|(&i, &j)| (x[i] as f64 - x[j] as f64).powi(2))
+            .sum();
+        let u2: f64 = t.applied().map_or(0.0, |a| a.iter().map(|v| v * v).sum());
+        -d2.sqrt() - self.action_cost * u2
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub flush_period: Duration,
+    pub queue_capacity: usize,
+    /// Replace the reward field with this (None: keep the topic's reward).
+    pub reward: Option<DistanceReward>,
+    /// Written once as MCAP metadata "flowpilot" (model dims, bounds, rate).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Counters for /diagnostics.
+#[derive(Default)]
+pub struct LogStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicBool,
+    /// The error that stopped logging, and the file (read off the RT path).
+    pub error: Mutex<String>,
+    pub path: Mutex<String>,
+}
+
+/// The control thread's end: push records; the writer thread owns the file.
+pub struct LogHandle {
+    queue: Arc<ArrayQueue<Transition>>,
+    pub stats: Arc<LogStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogHandle {
+    /// Create the log file in `cfg.dir` and start the writer thread.
+    pub fn start(cfg: LogConfig) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating log dir {}", cfg.dir.display()))?;
+        let secs = crate::board::wall_ns() / 1_000_000_000;
+        let path = cfg
+            .dir
+            .join(format!("flowpilot_{secs}_{}.mcap", std::process::id()));
+        Self::start_at(&path, cfg)
+    }
+
+    /// As [`Self::start`], writing to exactly `path` (tests use /dev/full).
+    pub fn start_at(path: &Path, cfg: LogConfig) -> Result<Self> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let stats = Arc::new(LogStats::default());
+        *stats.path.lock().expect("fresh") = path.display().to_string();
+        let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (q, stats, stop) = (queue.clone(), stats.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("flowpilot-log".into())
+                .spawn(move || writer_thread(file, cfg, q, stats, stop))?
+        };
+        Ok(Self {
+            queue,
+            stats,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand a record to the writer. Lock-free and allocation-free; when the
+    /// queue is full (or logging has failed) the record is dropped and counted.
+    pub fn push(&self, t: &Transition) {
+        if self.stats.failed.load(Ordering::Relaxed) || self.queue.push(*t).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Flush everything queued, write the MCAP summary and close the file.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LogHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+type McapWriter = mcap::Writer<BufWriter<File>>;
+
+struct Open {
+    w: McapWriter,
+    channel: u16,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Open {
+    fn new(file: File, cfg: &LogConfig) -> Result<Self> {
+        let mut w = mcap::WriteOptions::new()
+            .use_chunks(false)
+            .compression(None)
+            .profile("ros2")
+            .library(concat!("flowpilot ", env!("CARGO_PKG_VERSION")))
+            .create(BufWriter::with_capacity(1 << 16, file))?;
+        let schema = w.add_schema(SCHEMA_NAME, "ros2msg", SCHEMA_TEXT.as_bytes())?;
+        let channel = w.add_channel(schema, TOPIC, "cdr", &BTreeMap::new())?;
+        w.write_metadata(&mcap::records::Metadata {
+            name: "flowpilot".into(),
+            metadata: cfg.metadata.clone(),
+        })?;
+        w.flush()?;
+        Ok(Self {
+            w,
+            channel,
+            seq: 0,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    fn write(&mut self, t: &Transition) -> Result<()> {
+        t.encode(&mut self.buf);
+        self.seq = self.seq.wrapping_add(1);
+        let header = mcap::records::MessageHeader {
+            channel_id: self.channel,
+            sequence: self.seq,
+            log_time: t.wall_ns.max(0) as u64,
+            publish_time: t.wall_ns.max(0) as u64,
+        };
+        self.w.write_to_known_channel(&header, &self.buf)?;
+        Ok(())
+    }
+}
+
+fn writer_thread(
+    file: File,
+    cfg: LogConfig,
+    q: Arc<ArrayQueue<Transition>>,
+    stats: Arc<LogStats>,
+    stop: Arc<AtomicBool>,
+) {
+    let fail = |e: anyhow::Error| {
+        tracing::error!("transition log stopped: {e:#} (control continues without logging)");
+        *stats.error.lock().expect("log error lock") = format!("{e:#}");
+        stats.failed.store(true, Ordering::SeqCst);
+    };
+    let mut open = match Open::new(file, &cfg) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            fail(e);
+            None
+        }
+    };
+    // One record is held back so that an episode boundary can be marked on
+    // the last record of the episode it ends.
+    let mut pending: Option<Transition> = None;
+    let mut last_flush = Instant::now();
+    let emit = |open: &mut Option<Open>, t: &Transition| {
+        if let Some(o) = open.as_mut() {
+            match o.write(t) {
+                Ok(()) => {
+                    stats.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    fail(e.context("writing a record"));
+                    *open = None;
+                }
+            }
+        } else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        while let Some(mut t) = q.pop() {
+            if let Some(r) = &cfg.reward {
+                t.reward = r.eval(&t);
+            }
+            if let Some(mut p) = pending.take() {
+                if t.episode != p.episode {
+                    p.terminated = t.began_after_terminal;
+                    p.truncated = !t.began_after_terminal;
+                }
+                emit(&mut open, &p);
+            }
+            pending = Some(t);
+        }
+        if stopping {
+            break;
+        }
+        if last_flush.elapsed() >= cfg.flush_period {
+            last_flush = Instant::now();
+            if let Some(o) = open.as_mut() {
+                if let Err(e) = o.w.flush() {
+                    fail(anyhow::Error::from(e).context("flushing the log"));
+                    open = None;
+                }
+            }
+        }
+        std::thread::park_timeout(Duration::from_millis(5).min(cfg.flush_period));
+    }
+    if let Some(p) = pending.take() {
+        emit(&mut open, &p);
+    }
+    if let Some(mut o) = open {
+        if let Err(e) = o.w.finish() {
+            fail(anyhow::Error::from(e).context("closing the log"));
+        }
+    }
+}
