@@ -576,3 +576,131 @@ pub fn latest_checkpoint(dir: &Path) -> Option<(PathBuf, ModelFile)> {
     }
     best
 }
+
+/// What `flowpilot finetune` runs on.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    /// Transition logs in a directory; `follow` keeps reading new records.
+    Logs { dir: PathBuf, follow: bool },
+    /// A fixed dataset (demos .npz with rewards): offline RL.
+    Offline(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    pub data: DataSource,
+    /// Starting policy (ignored when `out` already holds a newer checkpoint
+    /// of the same lineage: a restarted learner resumes from it).
+    pub init: PathBuf,
+    pub out: PathBuf,
+    pub sac: SacConfig,
+    /// Stop after this many updates in total (0: until stopped).
+    pub max_updates: u64,
+    /// Updates per new transition when following logs.
+    pub utd: f64,
+    /// No updates before the replay holds this many transitions.
+    pub min_transitions: usize,
+    pub checkpoint_every: u64,
+    pub poll_period: std::time::Duration,
+}
+
+/// Where the learner keeps its non-policy state.
+pub fn state_path(out: &Path) -> PathBuf {
+    out.join(".learner").join("state.safetensors")
+}
+
+/// Run a fine-tuning session until `max_updates`, the end of the data
+/// (offline or not following), or `stop` is set (SIGTERM). Writes a
+/// checkpoint every `checkpoint_every` updates and at the end.
+pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Result<u64> {
+    use std::sync::atomic::Ordering;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let init = ModelFile::load(&opts.init)
+        .with_context(|| format!("loading {}", opts.init.display()))?;
+    // Resume: the newest checkpoint in `out` whose dims match.
+    let mut current = match latest_checkpoint(&opts.out) {
+        Some((p, m))
+            if m.spec.version > init.spec.version
+                && (m.spec.obs_dim, m.spec.goal_dim, m.spec.act_dim)
+                    == (init.spec.obs_dim, init.spec.goal_dim, init.spec.act_dim) =>
+        {
+            tracing::info!(path = %p.display(), version = m.spec.version, "resuming from checkpoint");
+            m
+        }
+        _ => init,
+    };
+    let mut sac = Sac::new(&current, opts.sac.clone())?;
+    let sp = state_path(&opts.out);
+    if sp.exists() && current.spec.version > 1 {
+        match sac.load_state(&sp) {
+            Ok(()) => tracing::info!(updates = sac.updates, "resumed critics and temperature"),
+            Err(e) => tracing::warn!("ignoring learner state: {e:#} (critics start fresh)"),
+        }
+    }
+    let spec = current.spec.clone();
+    let (mut rb, mut follower, follow) = match &opts.data {
+        DataSource::Offline(p) => {
+            let demos = Demos::load(p)?;
+            (ReplayBuffer::from_demos(&demos, &spec)?, None, false)
+        }
+        DataSource::Logs { dir, follow } => {
+            let mut f = LogFollower::new(dir);
+            let mut rb = ReplayBuffer::new(spec.obs_dim + spec.goal_dim, spec.act_dim, 1_000_000);
+            let n = f.poll(&mut rb, &spec)?;
+            tracing::info!(transitions = n, records = f.records, "replayed the log directory");
+            (rb, Some(f), *follow)
+        }
+    };
+    let min = opts.min_transitions.max(1);
+    let start_updates = sac.updates;
+    let mut budget: f64 = if follow { rb.len() as f64 * opts.utd } else { f64::INFINITY };
+    let mut last_ckpt = sac.updates;
+    let mut next_poll = std::time::Instant::now() + opts.poll_period;
+    let checkpoint = |sac: &Sac, current: &mut ModelFile| -> Result<()> {
+        let next = sac.export(&current.spec)?;
+        let path = opts.out.join(checkpoint_name(next.spec.version));
+        next.save(&path)?;
+        sac.save_state(&state_path(&opts.out))?;
+        tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates, "checkpoint written");
+        println!("checkpoint {} (version {}, {} updates)", path.display(), next.spec.version, sac.updates);
+        *current = next;
+        Ok(())
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if opts.max_updates > 0 && sac.updates - start_updates >= opts.max_updates {
+            break;
+        }
+        if follow && std::time::Instant::now() >= next_poll {
+            next_poll = std::time::Instant::now() + opts.poll_period;
+            if let Some(f) = follower.as_mut() {
+                budget += f.poll(&mut rb, &spec)? as f64 * opts.utd;
+            }
+        }
+        if rb.len() < min || budget < 1.0 {
+            if !follow {
+                if rb.len() < min {
+                    bail!("only {} transitions, fewer than --min-transitions {min}", rb.len());
+                }
+                break;
+            }
+            std::thread::sleep(opts.poll_period.min(std::time::Duration::from_millis(100)));
+            continue;
+        }
+        let st = sac.update(&rb)?;
+        budget -= 1.0;
+        if sac.updates % 100 == 0 {
+            tracing::info!(updates = sac.updates, transitions = rb.len(), critic = st.critic_loss, actor = st.actor_loss, alpha = st.alpha, entropy = st.entropy, q = st.q, "update");
+        }
+        if sac.updates > sac.cfg.critic_warmup
+            && sac.updates - last_ckpt >= opts.checkpoint_every
+        {
+            last_ckpt = sac.updates;
+            checkpoint(&sac, &mut current)?;
+        }
+    }
+    if sac.updates > last_ckpt && sac.updates > sac.cfg.critic_warmup {
+        checkpoint(&sac, &mut current)?;
+    }
+    Ok(sac.updates - start_updates)
+}

@@ -51,6 +51,71 @@ enum Cmd {
     /// Evaluate a policy on a built-in task.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Fine-tune a flow policy with SAC (exact log π) from transition logs
+    /// (replayed, and followed live with --follow) or a fixed dataset.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// Directory of transition logs (*.mcap) written by flowpilot_node.
+    #[arg(long, conflicts_with = "offline", required_unless_present = "offline")]
+    log_dir: Option<PathBuf>,
+    /// Keep reading new records as the node writes them.
+    #[arg(long)]
+    follow: bool,
+    /// Train on a fixed dataset alone (demos .npz with a 'reward' array).
+    #[arg(long)]
+    offline: Option<PathBuf>,
+    /// The starting policy (a newer checkpoint in --out takes precedence).
+    #[arg(long)]
+    init: PathBuf,
+    /// Checkpoint directory (the node's hot_swap.dir).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stop after this many updates (0: until SIGTERM / end of data).
+    #[arg(long, default_value_t = 0)]
+    updates: u64,
+    /// Updates per new transition (following logs).
+    #[arg(long, default_value_t = 1.0)]
+    utd: f64,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr_actor: f64,
+    #[arg(long, default_value_t = 3e-4)]
+    lr_critic: f64,
+    #[arg(long, default_value_t = 3e-4)]
+    lr_alpha: f64,
+    #[arg(long, default_value_t = 0.01)]
+    init_alpha: f64,
+    /// Target entropy (default −act_dim).
+    #[arg(long, allow_hyphen_values = true)]
+    target_entropy: Option<f64>,
+    /// λ of the BC term λ·(−log π(a_data|s)) (NF-RLBC; 0 = plain SAC).
+    #[arg(long, default_value_t = 0.0)]
+    bc_lambda: f64,
+    #[arg(long, default_value_t = 0.99)]
+    gamma: f64,
+    #[arg(long, default_value_t = 0.005)]
+    tau: f64,
+    #[arg(long, default_value_t = 256)]
+    critic_hidden: usize,
+    /// Critic-only updates before the actor moves.
+    #[arg(long, default_value_t = 500)]
+    critic_warmup: u64,
+    #[arg(long, default_value_t = 256)]
+    min_transitions: usize,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Seconds between reads of new log records.
+    #[arg(long, default_value_t = 0.5)]
+    poll_period: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU niceness of the learner (19: lowest; the control loop wins).
+    #[arg(long, default_value_t = 19)]
+    nice: i32,
 }
 
 #[derive(Args)]
@@ -224,6 +289,15 @@ struct BcArgs {
 
 #[derive(Subcommand)]
 enum DemosCmd {
+    /// Reach with a needless detour (the fine-tuning benchmark).
+    Reach {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        episodes: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Bimodal point mass: left or right around an obstacle.
     Pointmass {
         #[arg(long)]
@@ -245,6 +319,27 @@ enum ModeArg {
 
 #[derive(Subcommand)]
 enum EvalCmd {
+    /// Mean return on the reach-with-detour task (optimal ≈ −19).
+    Reach {
+        model: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        episodes: usize,
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+    },
+    /// The fine-tuning benchmark: BC on detour demos, then SAC on the
+    /// policy's own logged transitions; prints and plots the learning curve.
+    ReachFinetune {
+        #[arg(long, default_value = "1")]
+        seeds: u64,
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        #[arg(long, default_value_t = 400)]
+        updates_per_round: usize,
+        /// Learning-curve PNG.
+        #[arg(long)]
+        curve: Option<PathBuf>,
+    },
     Pointmass {
         model: PathBuf,
         #[arg(long, default_value_t = 100)]
@@ -275,8 +370,73 @@ fn load(path: &PathBuf) -> Result<ModelFile> {
     ModelFile::load(path).with_context(|| format!("loading model {}", path.display()))
 }
 
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn finetune(a: FinetuneArgs) -> Result<()> {
+    // SAFETY: lowering our own priority, and a handler that only stores an atomic.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) != 0 {
+            tracing::warn!("could not set niceness {}", a.nice);
+        }
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+    }
+    let data = match (a.offline, a.log_dir) {
+        (Some(p), _) => flowpilot::learner::DataSource::Offline(p),
+        (None, Some(dir)) => flowpilot::learner::DataSource::Logs { dir, follow: a.follow },
+        (None, None) => bail!("give --log-dir or --offline"),
+    };
+    let opts = flowpilot::learner::FinetuneOptions {
+        data,
+        init: a.init,
+        out: a.out,
+        sac: flowpilot::learner::SacConfig {
+            gamma: a.gamma,
+            tau: a.tau,
+            batch: a.batch,
+            lr_actor: a.lr_actor,
+            lr_critic: a.lr_critic,
+            lr_alpha: a.lr_alpha,
+            init_alpha: a.init_alpha,
+            target_entropy: a.target_entropy,
+            bc_lambda: a.bc_lambda,
+            critic_hidden: a.critic_hidden,
+            critic_warmup: a.critic_warmup,
+            seed: a.seed,
+        },
+        max_updates: a.updates,
+        utd: a.utd,
+        min_transitions: a.min_transitions,
+        checkpoint_every: a.checkpoint_every.max(1),
+        poll_period: std::time::Duration::from_secs_f64(a.poll_period.max(0.01)),
+    };
+    let n = flowpilot::learner::run(&opts, &STOP)?;
+    println!("finetune: {n} updates");
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Finetune(a) => finetune(a),
+        Cmd::Demos(DemosCmd::Reach { out, episodes, seed }) => {
+            let d = flowpilot::reach::generate_demos(episodes, seed);
+            d.save(&out)?;
+            println!("reach (detour expert): {episodes} episodes, {} rows -> {}", d.len(), out.display());
+            Ok(())
+        }
+        Cmd::Eval(EvalCmd::Reach { model, episodes, seed }) => {
+            let mut s = Sampler::new(&load(&model)?)?;
+            let r = flowpilot::reach::evaluate(&mut s, episodes, seed);
+            println!("reach: mean return {r:.2} over {episodes} episodes (straight line ≈ −19)");
+            Ok(())
+        }
+        Cmd::Eval(EvalCmd::ReachFinetune { seeds, rounds, updates_per_round, curve }) => {
+            reach_finetune(seeds, rounds, updates_per_round, curve)
+        }
         Cmd::Inspect { model } => inspect(&load(&model)?),
         Cmd::Sample(a) => sample(a),
         Cmd::LogProb(a) => log_prob(a),
@@ -587,5 +747,47 @@ fn train_bc(a: BcArgs) -> Result<()> {
         last,
         plot.display()
     );
+    Ok(())
+}
+
+fn reach_finetune(seeds: u64, rounds: usize, updates: usize, curve: Option<PathBuf>) -> Result<()> {
+    let mut all = Vec::new();
+    for seed in 0..seeds {
+        let t0 = std::time::Instant::now();
+        let init = flowpilot::reach::bc_policy(seed)?;
+        let dir = std::env::temp_dir().join(format!("flowpilot_reach_{}_{seed}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = flowpilot::reach::SessionConfig {
+            rounds,
+            episodes_per_round: 10,
+            updates_per_round: updates,
+            eval_episodes: 20,
+            sac: flowpilot::learner::SacConfig { seed, critic_warmup: updates as u64, ..Default::default() },
+        };
+        let c = flowpilot::reach::finetune_session(&init, &cfg, &dir)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("seed {seed}: {:.2} -> {:.2} ({:.0} s)", c[0].mean_return, c.last().expect("points").mean_return, t0.elapsed().as_secs_f64());
+        for p in &c {
+            println!("  updates {:5}  transitions {:5}  version {:3}  mean return {:7.2}", p.updates, p.transitions, p.version, p.mean_return);
+        }
+        all.push(c);
+    }
+    if let Some(path) = curve {
+        let pts: Vec<Vec<(f64, f64)>> = all
+            .iter()
+            .map(|c| c.iter().map(|p| (p.transitions as f64, p.mean_return)).collect())
+            .collect();
+        let names: Vec<String> = (0..all.len()).map(|s| format!("seed {s}")).collect();
+        let ex = flowpilot::reach::expert_return(100, 0);
+        let expert = vec![(0.0, ex), (pts[0].last().map_or(1.0, |p| p.0), ex)];
+        let mut series: Vec<flowpilot::plot::Series<'_>> = names
+            .iter()
+            .zip(&pts)
+            .map(|(n, p)| flowpilot::plot::Series { name: n, points: p })
+            .collect();
+        series.push(flowpilot::plot::Series { name: "detour expert (the demos)", points: &expert });
+        flowpilot::plot::line_plot(&path, "SAC fine-tuning of a BC flow (reach with detour)", "logged transitions", "mean return (20 episodes)", &series)?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }

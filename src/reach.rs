@@ -242,3 +242,26 @@ fn log_dir_file(dir: &Path, round: usize) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir)?;
     Ok(dir.join(format!("round_{round:03}.mcap")))
 }
+
+/// The detour expert's mean return over `episodes` (the demos' level).
+pub fn expert_return(episodes: usize, seed: u64) -> f64 {
+    let d = generate_demos(episodes, seed);
+    d.reward.as_ref().map_or(0.0, |r| r.iter().map(|&v| v as f64).sum::<f64>()) / episodes as f64
+}
+
+/// The benchmark's BC starting point: K = 2, C = 64 flow trained on 100
+/// detour episodes.
+pub fn bc_policy(seed: u64) -> Result<ModelFile> {
+    let demos = generate_demos(100, seed);
+    let cfg = crate::train::BcConfig {
+        blocks: 2,
+        hidden: 64,
+        steps: 1500,
+        warmup: 100,
+        noise_sigma: 0.05,
+        eval_every: 500,
+        seed,
+        ..Default::default()
+    };
+    Ok(crate::train::train_bc(&demos, &cfg, false)?.0)
+}

@@ -212,6 +212,68 @@ fn a_tick_allocates_nothing() {
 }
 
 #[test]
+fn logging_a_tick_allocates_nothing_and_never_blocks() {
+    use flowpilot::log::writer::{LogConfig, LogHandle};
+    let (mut c, b, m) = setup(SafeBehaviour::Hold, 0, None);
+    let human = Arc::new(Board::new(&[3]));
+    c.set_override(flowpilot::control::OverrideInput { board: human.clone(), max_age_s: 0.05 })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start(LogConfig {
+        dir: dir.path().into(),
+        flush_period: std::time::Duration::from_millis(10),
+        queue_capacity: 4096,
+        reward: None,
+        metadata: Default::default(),
+    })
+    .unwrap();
+    feed(&b);
+    let mut rec = flowpilot::log::Transition::default();
+    c.tick();
+    let before = thread_allocations();
+    for i in 0..3000u64 {
+        if i % 3 == 0 {
+            feed(&b);
+        }
+        if i == 1000 {
+            human.write(0, &[5.0, -5.0, 0.25], None); // beyond the bounds
+        }
+        c.tick();
+        c.fill_transition(&mut rec);
+        log.push(&rec);
+    }
+    assert_eq!(thread_allocations() - before, 0, "ticks + log pushes allocated");
+    let stats = log.stats.clone();
+    log.close();
+    let written = stats.written.load(Ordering::Relaxed);
+    let dropped = stats.dropped.load(Ordering::Relaxed);
+    assert_eq!(written + dropped, 3000, "every record is written or counted as dropped");
+    let recs = flowpilot::log::reader::read_file(
+        &flowpilot::log::reader::log_files(dir.path()).unwrap()[0],
+    )
+    .unwrap();
+    assert_eq!(recs.len() as u64, written);
+    // the override was applied within bounds and logged as an intervention
+    let lo = &m.spec.action_low;
+    let hi = &m.spec.action_high;
+    let ov: Vec<_> = recs.iter().filter(|r| r.intervention).collect();
+    assert!(!ov.is_empty(), "override ticks logged");
+    for r in &ov {
+        assert_eq!(r.decision, 5);
+        let a = r.applied().unwrap();
+        assert_eq!(a[0], hi[0] as f64);
+        assert_eq!(a[1], lo[1] as f64);
+        assert!((a[2] - 0.25).abs() < 1e-12);
+    }
+    // policy records carry the sampled raw action and a finite log-prob
+    let pol: Vec<_> = recs.iter().filter(|r| r.decision == 0).collect();
+    assert!(pol.len() > 100);
+    assert!(pol.iter().all(|r| r.log_prob.is_finite() && r.sampled().iter().all(|v| v.is_finite())));
+    assert_eq!(pol[0].policy.version, m.spec.version);
+    assert_eq!(flowpilot::log::digest_hex(&pol[0].policy.digest), m.spec.digest);
+}
+
+#[test]
 fn periodic_timer_uses_absolute_deadlines() {
     let mut p = Periodic::new(1000.0);
     let t0 = flowpilot::board::mono_ns();

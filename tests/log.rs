@@ -1,0 +1,211 @@
+//! The transition log on real files: round trip, interoperability with the
+//! mcap crate's standard reader, torn tails, the flush window, episode
+//! boundary flags, and a full disk (/dev/full).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flowpilot::log::reader::{log_files, read_file, Tail};
+use flowpilot::log::writer::{DistanceReward, LogConfig, LogHandle};
+use flowpilot::log::{PolicyId, Transition, SCHEMA_NAME, TOPIC};
+
+fn cfg(dir: &std::path::Path) -> LogConfig {
+    LogConfig {
+        dir: dir.into(),
+        flush_period: Duration::from_millis(20),
+        queue_capacity: 10_000,
+        reward: None,
+        metadata: [("every".to_string(), "1".to_string())].into(),
+    }
+}
+
+fn record(i: u64, episode: u64) -> Transition {
+    let mut t = Transition {
+        tick: i,
+        mono_ns: 1_000 + i as i64,
+        wall_ns: 1_700_000_000_000_000_000 + i as i64,
+        episode,
+        decision: (i % 6) as u8,
+        intervention: i % 6 == 5,
+        reward: if i % 4 == 0 { f64::NAN } else { -(i as f64) * 0.5 },
+        log_prob: 0.25 * i as f32,
+        policy: PolicyId { version: 3, digest: [7; 32], normalizer_digest: [9; 32] },
+        seed: 42,
+        n_obs: 3,
+        n_goal: 2,
+        n_act: 2,
+        applied_valid: i % 3 != 0,
+        ..Default::default()
+    };
+    for k in 0..5 {
+        t.inputs[k] = (i * 10 + k as u64) as f32 * 0.1;
+    }
+    t.sampled[..2].copy_from_slice(&[i as f32, -(i as f32)]);
+    t.applied[..2].copy_from_slice(&[0.5 * i as f64, -0.25]);
+    t
+}
+
+fn same(a: &Transition, b: &Transition) {
+    assert_eq!(a.tick, b.tick);
+    assert_eq!((a.mono_ns, a.wall_ns, a.episode, a.decision), (b.mono_ns, b.wall_ns, b.episode, b.decision));
+    assert_eq!(a.intervention, b.intervention);
+    assert!(a.reward == b.reward || (a.reward.is_nan() && b.reward.is_nan()));
+    assert_eq!(a.log_prob, b.log_prob);
+    assert_eq!(a.policy, b.policy);
+    assert_eq!(a.seed, b.seed);
+    assert_eq!((a.obs(), a.goal(), a.sampled()), (b.obs(), b.goal(), b.sampled()));
+    assert_eq!(a.applied(), b.applied());
+}
+
+#[test]
+fn records_round_trip_and_standard_mcap_tools_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start(cfg(dir.path())).unwrap();
+    let sent: Vec<Transition> = (0..500).map(|i| record(i, 0)).collect();
+    for t in &sent {
+        log.push(t);
+    }
+    let stats = log.stats.clone();
+    log.close();
+    assert_eq!(stats.written.load(Ordering::Relaxed), 500);
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    let path = &log_files(dir.path()).unwrap()[0];
+    let got = read_file(path).unwrap();
+    assert_eq!(got.len(), 500);
+    for (a, b) in sent.iter().zip(&got) {
+        same(a, b);
+    }
+    // the mcap crate's own reader: schema, encoding, every message
+    let bytes = std::fs::read(path).unwrap();
+    let mut n = 0;
+    for m in mcap::MessageStream::new(&bytes).unwrap() {
+        let m = m.unwrap();
+        assert_eq!(m.channel.topic, TOPIC);
+        assert_eq!(m.channel.message_encoding, "cdr");
+        let s = m.channel.schema.as_ref().unwrap();
+        assert_eq!((s.name.as_str(), s.encoding.as_str()), (SCHEMA_NAME, "ros2msg"));
+        same(&sent[n], &Transition::decode(&m.data).unwrap());
+        n += 1;
+    }
+    assert_eq!(n, 500);
+    let summary = mcap::Summary::read(&bytes).unwrap().expect("a closed file has a summary");
+    assert_eq!(summary.stats.unwrap().message_count, 500);
+}
+
+#[test]
+fn a_torn_tail_loses_only_the_torn_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start(cfg(dir.path())).unwrap();
+    for i in 0..200 {
+        log.push(&record(i, 0));
+    }
+    log.close();
+    let path = &log_files(dir.path()).unwrap()[0];
+    let bytes = std::fs::read(path).unwrap();
+    let cut_dir = tempfile::tempdir().unwrap();
+    let cut = cut_dir.path().join("cut.mcap");
+    let mut prev = 0;
+    // every cut point from the header to the end: a prefix, never an error
+    for at in (8..bytes.len()).step_by(37) {
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        let got = read_file(&cut).unwrap();
+        assert!(got.len() >= prev, "more bytes never give fewer records");
+        for (i, t) in got.iter().enumerate() {
+            same(&record(i as u64, 0), t);
+        }
+        prev = got.len();
+    }
+    assert!(prev >= 199);
+}
+
+#[test]
+fn an_open_file_holds_everything_older_than_the_flush_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start(cfg(dir.path())).unwrap();
+    let path = log_files(dir.path()).unwrap()[0].clone();
+    let mut tail = Tail::new(&path);
+    let mut seen = 0;
+    for batch in 0..5u64 {
+        for i in 0..100 {
+            log.push(&record(batch * 100 + i, 0));
+        }
+        // what a kill -9 now would leave on disk: the file as it stands
+        std::thread::sleep(Duration::from_millis(150));
+        let got = tail.poll().unwrap();
+        seen += got.len();
+        // one record is held back to mark episode ends
+        assert_eq!(seen as u64, batch * 100 + 99, "records on disk after 150 ms");
+    }
+    assert!(!tail.closed);
+    drop(log);
+}
+
+#[test]
+fn episode_boundaries_mark_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.reward = Some(DistanceReward { a: vec![0, 1], b: vec![3, 4], action_cost: 0.1 });
+    let log = LogHandle::start(c).unwrap();
+    let eps = [0, 0, 0, 1, 1, 2, 2];
+    for (i, &e) in eps.iter().enumerate() {
+        let mut t = record(i as u64, e);
+        t.began_after_terminal = e == 2;
+        log.push(&t);
+    }
+    log.close();
+    let got = read_file(&log_files(dir.path()).unwrap()[0]).unwrap();
+    let flags: Vec<(bool, bool)> = got.iter().map(|t| (t.terminated, t.truncated)).collect();
+    assert_eq!(
+        flags,
+        vec![(false, false), (false, false), (false, true), (false, false), (true, false), (false, false), (false, false)]
+    );
+    // configured reward: −‖x[0,1] − x[3,4]‖ − 0.1‖applied‖²
+    for t in &got {
+        let x = &t.inputs;
+        let f = |i: usize| x[i] as f64;
+        let d = ((f(0) - f(3)).powi(2) + (f(1) - f(4)).powi(2)).sqrt();
+        let u: f64 = t.applied().map_or(0.0, |a| a.iter().map(|v| v * v).sum());
+        assert!((t.reward - (-d - 0.1 * u)).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_logging_with_an_error_and_push_never_blocks() {
+    let log = LogHandle::start_at(std::path::Path::new("/dev/full"), cfg(std::path::Path::new("/tmp")))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut i = 0;
+    while !log.stats.failed.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(10) {
+        log.push(&record(i, 0));
+        i += 1;
+        if i % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(log.stats.failed.load(Ordering::SeqCst), "writing to /dev/full must fail");
+    let err = log.stats.error.lock().unwrap().clone();
+    assert!(err.contains("No space left"), "error names the cause: {err}");
+    // pushes after the failure return at once and are counted
+    let dropped = log.stats.dropped.load(Ordering::SeqCst);
+    let t1 = std::time::Instant::now();
+    for j in 0..10_000 {
+        log.push(&record(j, 0));
+    }
+    assert!(t1.elapsed() < Duration::from_millis(500));
+    assert_eq!(log.stats.dropped.load(Ordering::SeqCst), dropped + 10_000);
+}
+
+#[test]
+fn cdr_encoding_is_stable() {
+    // byte layout check against the schema: header, aligned u64s, strings
+    let mut buf = Vec::new();
+    record(1, 0).encode(&mut buf);
+    assert_eq!(&buf[..4], &[0, 1, 0, 0]);
+    assert_eq!(u64::from_le_bytes(buf[4..12].try_into().unwrap()), 1); // tick
+    assert_eq!(u64::from_le_bytes(buf[28..36].try_into().unwrap()), 0); // episode
+    assert_eq!(buf[36], 1); // decision
+    assert_eq!(f64::from_le_bytes(buf[44..52].try_into().unwrap()), -0.5); // reward (aligned to 8)
+    let s = String::from_utf8_lossy(&buf);
+    assert!(s.contains("sha256:0707"));
+    assert!(Transition::decode(&buf[..buf.len() - 3]).is_err(), "a truncated message is refused");
+}
