@@ -393,6 +393,8 @@ pub fn run_node() -> Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        // A file-size limit must fail a log write, not kill the controller.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot", "").context("creating the node")?;
