@@ -167,6 +167,7 @@ def test_learner_kill9_leaves_node_running_and_resumes(tmp_path, domain, peer):
         wait_for(lambda: len(list(ckpt.glob("policy_v*.safetensors"))) >= 2, 120, "two checkpoints")
         wait_for(lambda: diags and int(diag(diags)["policy_version"]) >= 2, 30, "a checkpoint swapped in")
         for _ in range(3):  # kill -9 at arbitrary moments, mid-update or mid-write
+            wait_for(lambda: "running pid" in diag(diags)["learner"], 10, "the learner running")
             pid = int(re.search(r"running pid (\d+)", diag(diags)["learner"]).group(1))
             time.sleep(0.37)
             os.kill(pid, signal.SIGKILL)
