@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The main job: a simulated robot driven by flowpilot_node over ROS 2.
 #
-#   scripts/run.sh [reacher|pointmass] [EPISODES]      (default: reacher 10)
+#   scripts/run.sh [reacher|reach|pointmass] [EPISODES] [--finetune]   (default: reacher 10)
+#
+# --finetune runs an on-robot fine-tuning session instead (node + learner +
+# sim, scripts/finetune_session.py): the return before, EPISODES episodes of
+# logged robot time with the learner hot-swapping new versions in, and the
+# return after. `reach` is the robot whose bundled policy takes a detour.
 #
 # Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
 # then starts the simulated robot (rclpy) and flowpilot_node exactly as
@@ -11,9 +16,17 @@
 # control loop's statistics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-task=${1:-reacher}
-episodes=${2:-10}
-case "$task" in reacher|pointmass) ;; *) echo "usage: $0 [reacher|pointmass] [EPISODES]" >&2; exit 2 ;; esac
+finetune=0
+args=()
+for a in "$@"; do
+  if [ "$a" = --finetune ]; then finetune=1; else args+=("$a"); fi
+done
+task=${args[0]:-reacher}
+episodes=${args[1]:-10}
+case "$task" in reacher|reach|pointmass) ;; *) echo "usage: $0 [reacher|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
+if [ $finetune = 1 ] && [ "$task" = pointmass ]; then echo "--finetune: reach or reacher" >&2; exit 2; fi
+# A fresh session: the configs log to and hot-swap from /tmp/flowpilot_<task>.
+rm -rf "/tmp/flowpilot_$task"
 scripts/setup-ros.sh >/dev/null
 # shellcheck disable=SC1091
 source .ros/env.sh
@@ -25,8 +38,12 @@ python3 scripts/launch_run.py launch/flowpilot.launch.xml \
   params_file:="$PWD/config/$task.yaml" model:="$PWD/models/${task}_flow.safetensors" >"$log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
-if [ "$task" = reacher ]; then
+if [ $finetune = 1 ]; then
+  python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes"
+elif [ "$task" = reacher ]; then
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
+elif [ "$task" = reach ]; then
+  python3 sim/reach_sim.py --episodes "$episodes"
 else
   python3 sim/pointmass_sim.py --episodes "$episodes"
 fi
@@ -34,7 +51,7 @@ kill -TERM $node
 wait $node || true
 trap - EXIT
 echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo "no summary (see $log)")"
-if [ "$task" = reacher ]; then
+if [ "$task" = reacher ] && [ $finetune = 0 ]; then
   echo "scripted expert on the same seeds (for reference):"
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1 -p expert:=true | tail -1
 fi
