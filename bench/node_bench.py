@@ -88,6 +88,19 @@ class Peer:
 RT_ARGS = []
 
 
+def js_publisher(pub, sent, lock):
+    """A timer callback publishing stamped JointStates, remembering when
+    each stamp was sent (for round trips through the action trace)."""
+    def publish_js():
+        m = JointState(name=JOINTS, position=[0.01 * i for i in range(39)])
+        now = time.time_ns()
+        m.header.stamp.sec, m.header.stamp.nanosec = now // 10**9, now % 10**9
+        with lock:
+            sent[round(now * 1e-9, 6)] = time.monotonic()
+        pub.publish(m)
+    return publish_js
+
+
 def run_node(domain, yaml, log):
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
     return subprocess.Popen([os.path.join(REL, "flowpilot_node"), "--ros-args", "--params-file", yaml, *RT_ARGS],
@@ -116,14 +129,7 @@ def main():
     sent = {}
     lock = threading.Lock()
 
-    def publish_js():
-        m = JointState(name=JOINTS, position=[0.01 * i for i in range(39)])
-        now = time.time_ns()
-        m.header.stamp.sec, m.header.stamp.nanosec = now // 10**9, now % 10**9
-        with lock:
-            sent[round(now * 1e-9, 6)] = time.monotonic()
-        js_pub.publish(m)
-
+    publish_js = js_publisher(js_pub, sent, lock)
     peer.node.create_timer(0.01, publish_js)
     first = []
     peer.node.create_subscription(Float64MultiArray, "/bench/cmd", lambda m: first.append(time.monotonic()), RL)

@@ -144,3 +144,37 @@ pub fn twin_latency(model: &ModelFile, obs: &[f32], goal: &[f32], n: usize) -> R
     }
     Ok(Latency::from_ns(ns))
 }
+
+/// Time of one SAC update (critic, actor, temperature, Polyak) at `batch`
+/// on random transitions, critics 2×`critic_hidden`. The first 5 updates
+/// are warm-up and not timed.
+pub fn sac_updates(model: &ModelFile, batch: usize, n: usize, critic_hidden: usize) -> Result<Latency> {
+    use rand::{Rng, SeedableRng};
+    let spec = &model.spec;
+    let cfg = crate::learner::SacConfig {
+        batch,
+        critic_hidden,
+        critic_warmup: 0,
+        ..Default::default()
+    };
+    let mut sac = crate::learner::Sac::new(model, cfg)?;
+    let (inp, d) = (spec.obs_dim + spec.goal_dim, spec.act_dim);
+    let mut rb = crate::learner::ReplayBuffer::new(inp, d, 10_000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for _ in 0..10_000 {
+        let s: Vec<f32> = (0..inp).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let s2: Vec<f32> = (0..inp).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let a: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        rb.push(&s, &a, rng.random_range(-1.0..0.0), &s2, false);
+    }
+    for _ in 0..5 {
+        sac.update(&rb)?;
+    }
+    let mut ns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        black_box(sac.update(&rb)?);
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(Latency::from_ns(ns))
+}

@@ -206,6 +206,12 @@ struct BenchArgs {
     twin: bool,
     #[arg(long)]
     json: bool,
+    /// Instead: time SAC updates (this flow as the actor, 2×256 critics).
+    #[arg(long)]
+    sac: bool,
+    /// SAC batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
 }
 
 #[derive(Args)]
@@ -336,6 +342,9 @@ enum EvalCmd {
         rounds: usize,
         #[arg(long, default_value_t = 400)]
         updates_per_round: usize,
+        /// λ of the BC term on the logged actions.
+        #[arg(long, default_value_t = 0.0)]
+        bc_lambda: f64,
         /// Learning-curve PNG.
         #[arg(long)]
         curve: Option<PathBuf>,
@@ -434,8 +443,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("reach: mean return {r:.2} over {episodes} episodes (straight line ≈ −19)");
             Ok(())
         }
-        Cmd::Eval(EvalCmd::ReachFinetune { seeds, rounds, updates_per_round, curve }) => {
-            reach_finetune(seeds, rounds, updates_per_round, curve)
+        Cmd::Eval(EvalCmd::ReachFinetune { seeds, rounds, updates_per_round, bc_lambda, curve }) => {
+            reach_finetune(seeds, rounds, updates_per_round, bc_lambda, curve)
         }
         Cmd::Inspect { model } => inspect(&load(&model)?),
         Cmd::Sample(a) => sample(a),
@@ -459,6 +468,21 @@ fn run(cli: Cli) -> Result<()> {
             m.save(&a.out)?;
             println!("wrote {}", a.out.display());
             inspect(&m)
+        }
+        Cmd::Bench(a) if a.sac => {
+            let m = load(&a.model)?;
+            let n = a.n.min(200);
+            let l = flowpilot::bench::sac_updates(&m, a.batch, n, 256)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&l)?);
+            } else {
+                println!(
+                    "SAC update (batch {}, K={} C={}, critics 2x256, {} threads): min {:.2} ms, median {:.2} ms, p99 {:.2} ms over {n} updates; {:.1} updates/s at the median",
+                    a.batch, m.spec.blocks, m.spec.hidden[1], std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+                    l.min_us / 1e3, l.median_us / 1e3, l.p99_us / 1e3, 1e6 / l.median_us
+                );
+            }
+            Ok(())
         }
         Cmd::Bench(a) => bench(a),
         Cmd::New(a) => {
@@ -750,7 +774,7 @@ fn train_bc(a: BcArgs) -> Result<()> {
     Ok(())
 }
 
-fn reach_finetune(seeds: u64, rounds: usize, updates: usize, curve: Option<PathBuf>) -> Result<()> {
+fn reach_finetune(seeds: u64, rounds: usize, updates: usize, bc_lambda: f64, curve: Option<PathBuf>) -> Result<()> {
     let mut all = Vec::new();
     for seed in 0..seeds {
         let t0 = std::time::Instant::now();
@@ -762,7 +786,7 @@ fn reach_finetune(seeds: u64, rounds: usize, updates: usize, curve: Option<PathB
             episodes_per_round: 10,
             updates_per_round: updates,
             eval_episodes: 20,
-            sac: flowpilot::learner::SacConfig { seed, critic_warmup: updates as u64, ..Default::default() },
+            sac: flowpilot::learner::SacConfig { seed, critic_warmup: updates as u64, bc_lambda, ..Default::default() },
         };
         let c = flowpilot::reach::finetune_session(&init, &cfg, &dir)?;
         let _ = std::fs::remove_dir_all(&dir);

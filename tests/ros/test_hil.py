@@ -33,10 +33,12 @@ def run_sim(domain, *params, timeout=120):
     return float(m.group(1)), out.stdout
 
 
-def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain):
+def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain, tmp_path):
     cmd = launch_run.commands(os.path.join(ROOT, "launch", "flowpilot.launch.xml"),
                               {"params_file": os.path.join(ROOT, "config", "reacher.yaml"),
                                "model": os.path.join(ROOT, "models", "reacher_flow.safetensors")})[0]
+    # this test's own log and checkpoint dirs (the config's live in /tmp)
+    cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt"]
     node = subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -49,6 +51,15 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain):
     assert stale <= 20, f"{stale} of 1000 sim steps saw no fresh command"
     threshold = ZERO + 0.4 * (EXPERT - ZERO)
     print(out)
+    # every other 100 Hz tick was logged, with the sim's rewards
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from read_log import read_log
+    rec = read_log(str(tmp_path / "log"))
+    assert rec["truncated"].sum() >= 19, "episode ends marked"
+    assert (rec["tick"] % 2 == 0).all()
+    import numpy as np
+    r = rec["reward"][np.isfinite(rec["reward"])]
+    assert abs(r.sum() / 20 - ret) < 0.15 * abs(ret), f"logged rewards {r.sum() / 20:.2f} per episode vs sim {ret:.2f}"
     assert ret >= threshold, f"closed-loop return {ret:.2f} < {threshold:.2f} (expert {EXPERT}, zero {ZERO})"
 
 
