@@ -502,6 +502,10 @@ impl Sac {
         spec.version = parent.version + 1;
         spec.parent_digest = Some(parent.digest.clone());
         spec.parent_version = Some(parent.version);
+        // SAC optimises the distribution of the sampled action itself; the
+        // BC-time denoising step σ²∇log p would move it off what was
+        // optimised, and grows as the policy sharpens.
+        spec.denoise = false;
         spec.created_by = format!(
             "flowpilot finetune (SAC, {} updates, seed {})",
             self.updates, self.cfg.seed
