@@ -8,8 +8,9 @@ use flowpilot::model::ModelFile;
 use flowpilot::reach;
 
 /// BC on detour demos, then 8 rounds of (10 logged episodes, 400 SAC
-/// updates). Seed 0 goes −28.3 → −20.9 (the straight line is ≈ −19; more
-/// seeds: `flowpilot eval reach-finetune --seeds 3`, docs/performance.md).
+/// updates). Seed 0 goes −28.25 → −23.85, −24.93, −24.15 over the last
+/// three rounds (the straight line is ≈ −19; more seeds: `flowpilot eval
+/// reach-finetune --seeds 3`, docs/finetuning.md).
 #[test]
 fn finetuning_from_its_own_logs_straightens_the_detour() {
     flowpilot::pin_threads(1);
@@ -27,11 +28,12 @@ fn finetuning_from_its_own_logs_straightens_the_detour() {
         eprintln!("{p:?}");
     }
     let first = curve[0].mean_return;
-    let last = curve.last().unwrap().mean_return;
-    let tail = (curve[curve.len() - 1].mean_return + curve[curve.len() - 2].mean_return) / 2.0;
+    let last3: Vec<f64> = curve[curve.len() - 3..].iter().map(|p| p.mean_return).collect();
+    let mean3 = last3.iter().sum::<f64>() / 3.0;
+    let min3 = last3.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(first < -26.0, "the BC policy reproduces the detour: {first:.2}");
-    assert!(last > first + 4.0, "fine-tuning gains at least 4: {first:.2} -> {last:.2}");
-    assert!(tail > first + 3.0, "and keeps it: last two points average {tail:.2}");
+    assert!(mean3 > first + 3.0, "fine-tuning gains at least 3 on the last three points: {first:.2} -> {last3:?}");
+    assert!(min3 > first + 2.0, "and none of them falls back: {first:.2} -> {last3:?}");
     // every round's checkpoint names its parent
     let mut prev = init.spec.digest.clone();
     for v in 2..=curve.last().unwrap().version {
