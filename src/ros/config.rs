@@ -163,6 +163,15 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
     if !(0.001..=1.0).contains(&flush) {
         bail!("'log.flush_period' must be within 0.001..1 s, got {flush}");
     }
+    let distance_reward = if a.is_empty() {
+        None
+    } else {
+        Some(crate::log::writer::DistanceReward {
+            a,
+            b,
+            action_cost: p.f64("log.reward.action_cost", 0.0)?,
+        })
+    };
     Ok(Some(LogSettings {
         dir,
         every: every as u64,
@@ -171,21 +180,8 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
         reward_topic: nonempty(p.string("log.reward_topic", Some(""))?),
         episode_topic: nonempty(p.string("log.episode_topic", Some(""))?),
         terminal_topic: nonempty(p.string("log.terminal_topic", Some(""))?),
-        distance_reward: (!a.is_empty()).then(|| crate::log::writer::DistanceReward {
-            a,
-            b,
-            action_cost: 0.0,
-        }),
+        distance_reward,
     }))
-    .and_then(|s: Option<LogSettings>| match s {
-        Some(mut s) => {
-            if let Some(r) = s.distance_reward.as_mut() {
-                r.action_cost = p.f64("log.reward.action_cost", 0.0)?;
-            }
-            Ok(Some(s))
-        }
-        None => Ok(None),
-    })
 }
 
 /// Typed access to the flat parameter map with "name: problem" errors.

@@ -591,6 +591,8 @@ pub fn run_node() -> Result<()> {
         ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>>,
     > = Arc::new(ArrayQueue::new(4));
     let fq = finetune_requests.clone();
+    let mut pending_stop: Option<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>> =
+        None;
     spawner.spawn_local(finetune_srv.for_each(move |req| {
         if let Err(req) = fq.push(req) {
             let _ = req.respond(r2r::std_srvs::srv::SetBool::Response {
@@ -727,17 +729,37 @@ pub fn run_node() -> Result<()> {
             };
             let _ = req.respond(r2r::std_srvs::srv::Trigger::Response { success, message });
         }
+        // A stop is answered once the learner has exited (it writes a last
+        // checkpoint first); waiting never blocks this thread.
+        if let (Some(req), Some(l)) = (pending_stop.take(), learner.as_mut()) {
+            match l.stop_progress() {
+                Some(message) => {
+                    let _ = req.respond(r2r::std_srvs::srv::SetBool::Response {
+                        success: true,
+                        message,
+                    });
+                }
+                None => pending_stop = Some(req),
+            }
+        }
         while let Some(req) = finetune_requests.pop() {
             let (success, message) = match (learner.as_mut(), req.message.data) {
                 (None, _) => (
                     false,
                     "fine-tuning needs log.dir and hot_swap.dir".to_string(),
                 ),
+                _ if pending_stop.is_some() => (false, "the learner is stopping".to_string()),
                 (Some(l), true) => match l.start() {
                     Ok(m) => (true, m),
                     Err(e) => (false, format!("{e:#}")),
                 },
-                (Some(l), false) => (true, l.stop()),
+                (Some(l), false) => {
+                    if l.request_stop() {
+                        pending_stop = Some(req);
+                        continue;
+                    }
+                    (true, "no learner running".to_string())
+                }
             };
             let _ = req.respond(r2r::std_srvs::srv::SetBool::Response { success, message });
         }

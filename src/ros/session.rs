@@ -119,6 +119,8 @@ pub struct Learner {
     exe: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// When a requested stop escalates to SIGKILL.
+    stop_deadline: Option<std::time::Instant>,
     /// Last exit, for /diagnostics.
     pub last_exit: String,
 }
@@ -136,6 +138,7 @@ impl Learner {
             exe,
             args,
             child: None,
+            stop_deadline: None,
             last_exit: String::new(),
         })
     }
@@ -147,6 +150,9 @@ impl Learner {
 
     /// Reap an exited learner (it never takes the node down with it).
     pub fn poll(&mut self) {
+        if self.stop_deadline.is_some() {
+            return; // a requested stop reports through stop_progress
+        }
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(st)) = c.try_wait() {
                 self.last_exit = st.to_string();
@@ -183,24 +189,50 @@ impl Learner {
         Ok(format!("learner started (pid {pid})"))
     }
 
-    /// SIGTERM, then wait up to 5 s, then SIGKILL.
-    pub fn stop(&mut self) -> String {
-        let Some(mut c) = self.child.take() else {
-            return "no learner running".into();
+    /// Ask the learner to stop (SIGTERM: it finishes its update and writes
+    /// a last checkpoint). Non-blocking: follow with [`Self::stop_progress`].
+    pub fn request_stop(&mut self) -> bool {
+        let Some(c) = self.child.as_ref() else {
+            return false;
         };
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if let Ok(Some(st)) = c.try_wait() {
-                self.last_exit = st.to_string();
-                return format!("learner stopped ({st})");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        self.stop_deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
+        true
+    }
+
+    /// After [`Self::request_stop`]: Some(outcome) once the learner has
+    /// exited, or was killed for not exiting within 5 s; None meanwhile.
+    pub fn stop_progress(&mut self) -> Option<String> {
+        let c = self.child.as_mut()?;
+        if let Ok(Some(st)) = c.try_wait() {
+            self.last_exit = st.to_string();
+            self.child = None;
+            self.stop_deadline = None;
+            return Some(format!("learner stopped ({st})"));
         }
-        let _ = c.kill();
-        let _ = c.wait();
-        self.last_exit = "killed after 5 s".into();
-        "learner killed (did not stop within 5 s)".into()
+        if self.stop_deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.child = None;
+            self.stop_deadline = None;
+            self.last_exit = "killed after 5 s".into();
+            return Some("learner killed (did not stop within 5 s)".into());
+        }
+        None
+    }
+
+    /// Blocking stop (shutdown only: the control loop has already ended).
+    pub fn stop(&mut self) -> String {
+        if !self.request_stop() {
+            return "no learner running".into();
+        }
+        loop {
+            if let Some(m) = self.stop_progress() {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
