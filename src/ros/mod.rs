@@ -457,6 +457,14 @@ pub fn run_node() -> Result<()> {
     // Transition log: reward/episode inputs and the writer thread.
     let log = match &cfg.log {
         Some(l) => {
+            if board.total() > crate::log::MAX_OBS || act_dim > crate::log::MAX_ACT {
+                bail!(
+                    "the transition log carries at most {} observation+goal values and {} actions; this model has {} and {act_dim}",
+                    crate::log::MAX_OBS,
+                    crate::log::MAX_ACT,
+                    board.total()
+                );
+            }
             let inputs = session::subscribe_log_inputs(
                 &mut node,
                 &spawner,
