@@ -620,6 +620,14 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     use std::sync::atomic::Ordering;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
+    // Temp files of a learner killed mid-write: never renamed, never read.
+    for e in std::fs::read_dir(&opts.out)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".safetensors.tmp") {
+            tracing::info!(file = %name, "removing a partial checkpoint left by a killed learner");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let init = ModelFile::load(&opts.init)
         .with_context(|| format!("loading {}", opts.init.display()))?;
     // Resume: the newest checkpoint in `out` whose dims match.

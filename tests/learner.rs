@@ -74,8 +74,14 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
     // checkpoints at 20 and 40 updates, and the final one at 50
     assert_eq!(m.spec.version, 4, "{}", p.display());
     assert!(learner::state_path(&o.out).exists());
-    // a restarted learner continues the lineage and the update count
+    // a restarted learner continues the lineage and the update count, and
+    // removes the partial file a killed learner left (never loaded: the
+    // hot swap and latest_checkpoint only read *.safetensors)
+    let partial = o.out.join(".policy_v000005.safetensors.tmp4242");
+    std::fs::write(&partial, &b"half a model"[..]).unwrap();
+    assert_eq!(learner::latest_checkpoint(&o.out).unwrap().1.spec.version, 4);
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
+    assert!(!partial.exists());
     let (_, m2) = learner::latest_checkpoint(&o.out).unwrap();
     assert_eq!(m2.spec.version, 7);
     assert_eq!(m2.spec.parent_digest.as_deref(), Some(
