@@ -29,6 +29,8 @@ def test_launch_file_runs_as_declared(domain, peer):
     assert len(cmds) == 1
     cmd = cmds[0]
     assert cmd[0] == os.path.join(INSTALL, "flowpilot", "lib", "flowpilot", "flowpilot_node") and os.access(cmd[0], os.X_OK)
+    # the learner ~/finetune starts is installed beside the node
+    assert os.access(os.path.join(INSTALL, "flowpilot", "lib", "flowpilot", "flowpilot"), os.X_OK)
     params = cmd[cmd.index("--params-file") + 1]
     model = [c for c in cmd if c.startswith("model:=")][0][len("model:="):]
     # the declared defaults resolve into the install, not the source tree
