@@ -148,7 +148,12 @@ pub fn twin_latency(model: &ModelFile, obs: &[f32], goal: &[f32], n: usize) -> R
 /// Time of one SAC update (critic, actor, temperature, Polyak) at `batch`
 /// on random transitions, critics 2×`critic_hidden`. The first 5 updates
 /// are warm-up and not timed.
-pub fn sac_updates(model: &ModelFile, batch: usize, n: usize, critic_hidden: usize) -> Result<Latency> {
+pub fn sac_updates(
+    model: &ModelFile,
+    batch: usize,
+    n: usize,
+    critic_hidden: usize,
+) -> Result<Latency> {
     use rand::{Rng, SeedableRng};
     let spec = &model.spec;
     let cfg = crate::learner::SacConfig {

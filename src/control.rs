@@ -59,7 +59,9 @@ pub enum Decision {
     Policy,
     WarmingUp,
     EStop,
-    Stale { source: usize },
+    Stale {
+        source: usize,
+    },
     Invalid,
     /// A human override was live: its action was applied.
     Override,

@@ -167,7 +167,10 @@ impl Demos {
             w.add_array("reward", &Array1::from_vec(r.clone()))?;
         }
         if let Some(t) = &self.terminal {
-            w.add_array("terminal", &Array1::from_vec(t.iter().map(|&b| b as i64).collect()))?;
+            w.add_array(
+                "terminal",
+                &Array1::from_vec(t.iter().map(|&b| b as i64).collect()),
+            )?;
         }
         if let (Some(l), Some(h)) = (&self.act_low, &self.act_high) {
             w.add_array("act_low", &Array1::from_vec(l.clone()))?;

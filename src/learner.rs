@@ -249,7 +249,11 @@ impl LogFollower {
                 if let Some(p) = prev.take() {
                     if usable(&p, &r, step, spec) {
                         let a = normalise(
-                            &p.applied().expect("checked").iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                            &p.applied()
+                                .expect("checked")
+                                .iter()
+                                .map(|&v| v as f32)
+                                .collect::<Vec<_>>(),
                             spec,
                         );
                         let s = &p.inputs[..p.n_obs + p.n_goal];
@@ -284,7 +288,9 @@ impl Critic {
         let mut vars = Vec::new();
         for (i, o) in [(inp, hidden), (hidden, hidden), (hidden, 1)] {
             let bound = (1.0 / i as f64).sqrt() as f32;
-            let w: Vec<f32> = (0..i * o).map(|_| rng.random_range(-bound..bound)).collect();
+            let w: Vec<f32> = (0..i * o)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
             vars.push(Var::from_tensor(&Tensor::from_vec(w, (i, o), dev)?)?);
             vars.push(Var::from_tensor(&Tensor::zeros(o, DType::F32, dev)?)?);
         }
@@ -517,7 +523,12 @@ impl Sac {
     /// (tmp file, fsync, rename).
     pub fn save_state(&self, path: &Path) -> Result<()> {
         let mut m: HashMap<String, Tensor> = HashMap::new();
-        for (name, c) in [("q0", &self.q[0]), ("q1", &self.q[1]), ("t0", &self.q_targ[0]), ("t1", &self.q_targ[1])] {
+        for (name, c) in [
+            ("q0", &self.q[0]),
+            ("q1", &self.q[1]),
+            ("t0", &self.q_targ[0]),
+            ("t1", &self.q_targ[1]),
+        ] {
             for (i, v) in c.vars.iter().enumerate() {
                 m.insert(format!("{name}.{i}"), v.as_tensor().clone());
             }
@@ -542,10 +553,18 @@ impl Sac {
         let m = candle_core::safetensors::load(path, &self.dev)
             .with_context(|| format!("reading learner state {}", path.display()))?;
         let get = |k: &str| m.get(k).with_context(|| format!("learner state lacks {k}"));
-        for (name, c) in [("q0", &self.q[0]), ("q1", &self.q[1]), ("t0", &self.q_targ[0]), ("t1", &self.q_targ[1])] {
+        for (name, c) in [
+            ("q0", &self.q[0]),
+            ("q1", &self.q[1]),
+            ("t0", &self.q_targ[0]),
+            ("t1", &self.q_targ[1]),
+        ] {
             for (i, v) in c.vars.iter().enumerate() {
                 let t = get(&format!("{name}.{i}"))?;
-                ensure!(t.dims() == v.as_tensor().dims(), "learner state: {name}.{i} has the wrong shape");
+                ensure!(
+                    t.dims() == v.as_tensor().dims(),
+                    "learner state: {name}.{i} has the wrong shape"
+                );
                 v.set(t)?;
             }
         }
@@ -571,7 +590,10 @@ pub fn latest_checkpoint(dir: &Path) -> Option<(PathBuf, ModelFile)> {
         }
         match ModelFile::load(&p) {
             Ok(m) => {
-                if best.as_ref().is_none_or(|(_, b)| m.spec.version > b.spec.version) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, b)| m.spec.version > b.spec.version)
+                {
                     best = Some((p, m));
                 }
             }
@@ -628,8 +650,8 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let init = ModelFile::load(&opts.init)
-        .with_context(|| format!("loading {}", opts.init.display()))?;
+    let init =
+        ModelFile::load(&opts.init).with_context(|| format!("loading {}", opts.init.display()))?;
     // Resume: the newest checkpoint in `out` whose dims match.
     let mut current = match latest_checkpoint(&opts.out) {
         Some((p, m))
@@ -660,13 +682,21 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             let mut f = LogFollower::new(dir);
             let mut rb = ReplayBuffer::new(spec.obs_dim + spec.goal_dim, spec.act_dim, 1_000_000);
             let n = f.poll(&mut rb, &spec)?;
-            tracing::info!(transitions = n, records = f.records, "replayed the log directory");
+            tracing::info!(
+                transitions = n,
+                records = f.records,
+                "replayed the log directory"
+            );
             (rb, Some(f), *follow)
         }
     };
     let min = opts.min_transitions.max(1);
     let start_updates = sac.updates;
-    let mut budget: f64 = if follow { rb.len() as f64 * opts.utd } else { f64::INFINITY };
+    let mut budget: f64 = if follow {
+        rb.len() as f64 * opts.utd
+    } else {
+        f64::INFINITY
+    };
     let mut last_ckpt = sac.updates;
     let mut next_poll = std::time::Instant::now() + opts.poll_period;
     let checkpoint = |sac: &Sac, current: &mut ModelFile| -> Result<()> {
@@ -675,7 +705,12 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         next.save(&path)?;
         sac.save_state(&state_path(&opts.out))?;
         tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates, "checkpoint written");
-        println!("checkpoint {} (version {}, {} updates)", path.display(), next.spec.version, sac.updates);
+        println!(
+            "checkpoint {} (version {}, {} updates)",
+            path.display(),
+            next.spec.version,
+            sac.updates
+        );
         *current = next;
         Ok(())
     };
@@ -692,7 +727,10 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         if rb.len() < min || budget < 1.0 {
             if !follow {
                 if rb.len() < min {
-                    bail!("only {} transitions, fewer than --min-transitions {min}", rb.len());
+                    bail!(
+                        "only {} transitions, fewer than --min-transitions {min}",
+                        rb.len()
+                    );
                 }
                 break;
             }
@@ -702,11 +740,18 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         let st = sac.update(&rb)?;
         budget -= 1.0;
         if sac.updates % 100 == 0 {
-            tracing::info!(updates = sac.updates, transitions = rb.len(), critic = st.critic_loss, actor = st.actor_loss, alpha = st.alpha, entropy = st.entropy, q = st.q, "update");
+            tracing::info!(
+                updates = sac.updates,
+                transitions = rb.len(),
+                critic = st.critic_loss,
+                actor = st.actor_loss,
+                alpha = st.alpha,
+                entropy = st.entropy,
+                q = st.q,
+                "update"
+            );
         }
-        if sac.updates > sac.cfg.critic_warmup
-            && sac.updates - last_ckpt >= opts.checkpoint_every
-        {
+        if sac.updates > sac.cfg.critic_warmup && sac.updates - last_ckpt >= opts.checkpoint_every {
             last_ckpt = sac.updates;
             checkpoint(&sac, &mut current)?;
         }

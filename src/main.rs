@@ -396,7 +396,10 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     }
     let data = match (a.offline, a.log_dir) {
         (Some(p), _) => flowpilot::learner::DataSource::Offline(p),
-        (None, Some(dir)) => flowpilot::learner::DataSource::Logs { dir, follow: a.follow },
+        (None, Some(dir)) => flowpilot::learner::DataSource::Logs {
+            dir,
+            follow: a.follow,
+        },
         (None, None) => bail!("give --log-dir or --offline"),
     };
     let opts = flowpilot::learner::FinetuneOptions {
@@ -431,21 +434,37 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Finetune(a) => finetune(a),
-        Cmd::Demos(DemosCmd::Reach { out, episodes, seed }) => {
+        Cmd::Demos(DemosCmd::Reach {
+            out,
+            episodes,
+            seed,
+        }) => {
             let d = flowpilot::reach::generate_demos(episodes, seed);
             d.save(&out)?;
-            println!("reach (detour expert): {episodes} episodes, {} rows -> {}", d.len(), out.display());
+            println!(
+                "reach (detour expert): {episodes} episodes, {} rows -> {}",
+                d.len(),
+                out.display()
+            );
             Ok(())
         }
-        Cmd::Eval(EvalCmd::Reach { model, episodes, seed }) => {
+        Cmd::Eval(EvalCmd::Reach {
+            model,
+            episodes,
+            seed,
+        }) => {
             let mut s = Sampler::new(&load(&model)?)?;
             let r = flowpilot::reach::evaluate(&mut s, episodes, seed);
             println!("reach: mean return {r:.2} over {episodes} episodes (straight line ≈ −19)");
             Ok(())
         }
-        Cmd::Eval(EvalCmd::ReachFinetune { seeds, rounds, updates_per_round, bc_lambda, curve }) => {
-            reach_finetune(seeds, rounds, updates_per_round, bc_lambda, curve)
-        }
+        Cmd::Eval(EvalCmd::ReachFinetune {
+            seeds,
+            rounds,
+            updates_per_round,
+            bc_lambda,
+            curve,
+        }) => reach_finetune(seeds, rounds, updates_per_round, bc_lambda, curve),
         Cmd::Inspect { model } => inspect(&load(&model)?),
         Cmd::Sample(a) => sample(a),
         Cmd::LogProb(a) => log_prob(a),
@@ -774,32 +793,56 @@ fn train_bc(a: BcArgs) -> Result<()> {
     Ok(())
 }
 
-fn reach_finetune(seeds: u64, rounds: usize, updates: usize, bc_lambda: f64, curve: Option<PathBuf>) -> Result<()> {
+fn reach_finetune(
+    seeds: u64,
+    rounds: usize,
+    updates: usize,
+    bc_lambda: f64,
+    curve: Option<PathBuf>,
+) -> Result<()> {
     let mut all = Vec::new();
     for seed in 0..seeds {
         let t0 = std::time::Instant::now();
         let init = flowpilot::reach::bc_policy(seed)?;
-        let dir = std::env::temp_dir().join(format!("flowpilot_reach_{}_{seed}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("flowpilot_reach_{}_{seed}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = flowpilot::reach::SessionConfig {
             rounds,
             episodes_per_round: 10,
             updates_per_round: updates,
             eval_episodes: 20,
-            sac: flowpilot::learner::SacConfig { seed, critic_warmup: updates as u64, bc_lambda, ..Default::default() },
+            sac: flowpilot::learner::SacConfig {
+                seed,
+                critic_warmup: updates as u64,
+                bc_lambda,
+                ..Default::default()
+            },
         };
         let c = flowpilot::reach::finetune_session(&init, &cfg, &dir)?;
         let _ = std::fs::remove_dir_all(&dir);
-        println!("seed {seed}: {:.2} -> {:.2} ({:.0} s)", c[0].mean_return, c.last().expect("points").mean_return, t0.elapsed().as_secs_f64());
+        println!(
+            "seed {seed}: {:.2} -> {:.2} ({:.0} s)",
+            c[0].mean_return,
+            c.last().expect("points").mean_return,
+            t0.elapsed().as_secs_f64()
+        );
         for p in &c {
-            println!("  updates {:5}  transitions {:5}  version {:3}  mean return {:7.2}", p.updates, p.transitions, p.version, p.mean_return);
+            println!(
+                "  updates {:5}  transitions {:5}  version {:3}  mean return {:7.2}",
+                p.updates, p.transitions, p.version, p.mean_return
+            );
         }
         all.push(c);
     }
     if let Some(path) = curve {
         let pts: Vec<Vec<(f64, f64)>> = all
             .iter()
-            .map(|c| c.iter().map(|p| (p.transitions as f64, p.mean_return)).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|p| (p.transitions as f64, p.mean_return))
+                    .collect()
+            })
             .collect();
         let names: Vec<String> = (0..all.len()).map(|s| format!("seed {s}")).collect();
         let ex = flowpilot::reach::expert_return(100, 0);
@@ -809,8 +852,17 @@ fn reach_finetune(seeds: u64, rounds: usize, updates: usize, bc_lambda: f64, cur
             .zip(&pts)
             .map(|(n, p)| flowpilot::plot::Series { name: n, points: p })
             .collect();
-        series.push(flowpilot::plot::Series { name: "detour expert (the demos)", points: &expert });
-        flowpilot::plot::line_plot(&path, "SAC fine-tuning of a BC flow (reach with detour)", "logged transitions", "mean return (20 episodes)", &series)?;
+        series.push(flowpilot::plot::Series {
+            name: "detour expert (the demos)",
+            points: &expert,
+        });
+        flowpilot::plot::line_plot(
+            &path,
+            "SAC fine-tuning of a BC flow (reach with detour)",
+            "logged transitions",
+            "mean return (20 episodes)",
+            &series,
+        )?;
         println!("wrote {}", path.display());
     }
     Ok(())

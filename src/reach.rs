@@ -179,7 +179,11 @@ pub struct CurvePoint {
 /// Fine-tune `init` on its own logged transitions (log files in
 /// `dir/log`, checkpoints in `dir/ckpt`); returns the learning curve
 /// (point 0 is the initial policy).
-pub fn finetune_session(init: &ModelFile, cfg: &SessionConfig, dir: &Path) -> Result<Vec<CurvePoint>> {
+pub fn finetune_session(
+    init: &ModelFile,
+    cfg: &SessionConfig,
+    dir: &Path,
+) -> Result<Vec<CurvePoint>> {
     let log_dir = dir.join("log");
     let ckpt_dir = dir.join("ckpt");
     std::fs::create_dir_all(&ckpt_dir)?;
@@ -246,7 +250,10 @@ fn log_dir_file(dir: &Path, round: usize) -> Result<std::path::PathBuf> {
 /// The detour expert's mean return over `episodes` (the demos' level).
 pub fn expert_return(episodes: usize, seed: u64) -> f64 {
     let d = generate_demos(episodes, seed);
-    d.reward.as_ref().map_or(0.0, |r| r.iter().map(|&v| v as f64).sum::<f64>()) / episodes as f64
+    d.reward
+        .as_ref()
+        .map_or(0.0, |r| r.iter().map(|&v| v as f64).sum::<f64>())
+        / episodes as f64
 }
 
 /// The benchmark's BC starting point: K = 2, C = 64 flow trained on 100

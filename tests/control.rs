@@ -216,8 +216,11 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
     use flowpilot::log::writer::{LogConfig, LogHandle};
     let (mut c, b, m) = setup(SafeBehaviour::Hold, 0, None);
     let human = Arc::new(Board::new(&[3]));
-    c.set_override(flowpilot::control::OverrideInput { board: human.clone(), max_age_s: 0.05 })
-        .unwrap();
+    c.set_override(flowpilot::control::OverrideInput {
+        board: human.clone(),
+        max_age_s: 0.05,
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = LogHandle::start(LogConfig {
         dir: dir.path().into(),
@@ -242,12 +245,20 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
         c.fill_transition(&mut rec);
         log.push(&rec);
     }
-    assert_eq!(thread_allocations() - before, 0, "ticks + log pushes allocated");
+    assert_eq!(
+        thread_allocations() - before,
+        0,
+        "ticks + log pushes allocated"
+    );
     let stats = log.stats.clone();
     log.close();
     let written = stats.written.load(Ordering::Relaxed);
     let dropped = stats.dropped.load(Ordering::Relaxed);
-    assert_eq!(written + dropped, 3000, "every record is written or counted as dropped");
+    assert_eq!(
+        written + dropped,
+        3000,
+        "every record is written or counted as dropped"
+    );
     let recs = flowpilot::log::reader::read_file(
         &flowpilot::log::reader::log_files(dir.path()).unwrap()[0],
     )
@@ -268,9 +279,14 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
     // policy records carry the sampled raw action and a finite log-prob
     let pol: Vec<_> = recs.iter().filter(|r| r.decision == 0).collect();
     assert!(pol.len() > 100);
-    assert!(pol.iter().all(|r| r.log_prob.is_finite() && r.sampled().iter().all(|v| v.is_finite())));
+    assert!(pol
+        .iter()
+        .all(|r| r.log_prob.is_finite() && r.sampled().iter().all(|v| v.is_finite())));
     assert_eq!(pol[0].policy.version, m.spec.version);
-    assert_eq!(flowpilot::log::digest_hex(&pol[0].policy.digest), m.spec.digest);
+    assert_eq!(
+        flowpilot::log::digest_hex(&pol[0].policy.digest),
+        m.spec.digest
+    );
 }
 
 #[test]

@@ -21,19 +21,35 @@ fn finetuning_from_its_own_logs_straightens_the_detour() {
         episodes_per_round: 10,
         updates_per_round: 400,
         eval_episodes: 20,
-        sac: SacConfig { seed: 0, critic_warmup: 400, ..Default::default() },
+        sac: SacConfig {
+            seed: 0,
+            critic_warmup: 400,
+            ..Default::default()
+        },
     };
     let curve = reach::finetune_session(&init, &cfg, dir.path()).unwrap();
     for p in &curve {
         eprintln!("{p:?}");
     }
     let first = curve[0].mean_return;
-    let last3: Vec<f64> = curve[curve.len() - 3..].iter().map(|p| p.mean_return).collect();
+    let last3: Vec<f64> = curve[curve.len() - 3..]
+        .iter()
+        .map(|p| p.mean_return)
+        .collect();
     let mean3 = last3.iter().sum::<f64>() / 3.0;
     let min3 = last3.iter().cloned().fold(f64::INFINITY, f64::min);
-    assert!(first < -26.0, "the BC policy reproduces the detour: {first:.2}");
-    assert!(mean3 > first + 3.0, "fine-tuning gains at least 3 on the last three points: {first:.2} -> {last3:?}");
-    assert!(min3 > first + 2.0, "and none of them falls back: {first:.2} -> {last3:?}");
+    assert!(
+        first < -26.0,
+        "the BC policy reproduces the detour: {first:.2}"
+    );
+    assert!(
+        mean3 > first + 3.0,
+        "fine-tuning gains at least 3 on the last three points: {first:.2} -> {last3:?}"
+    );
+    assert!(
+        min3 > first + 2.0,
+        "and none of them falls back: {first:.2} -> {last3:?}"
+    );
     // every round's checkpoint names its parent
     let mut prev = init.spec.digest.clone();
     for v in 2..=curve.last().unwrap().version {
@@ -44,12 +60,24 @@ fn finetuning_from_its_own_logs_straightens_the_detour() {
     }
 }
 
-fn opts(dir: &std::path::Path, data: DataSource, init: std::path::PathBuf, updates: u64) -> FinetuneOptions {
+fn opts(
+    dir: &std::path::Path,
+    data: DataSource,
+    init: std::path::PathBuf,
+    updates: u64,
+) -> FinetuneOptions {
     FinetuneOptions {
         data,
         init,
         out: dir.join("ckpt"),
-        sac: SacConfig { batch: 64, critic_hidden: 64, critic_warmup: 10, bc_lambda: 0.1, seed: 3, ..Default::default() },
+        sac: SacConfig {
+            batch: 64,
+            critic_hidden: 64,
+            critic_warmup: 10,
+            bc_lambda: 0.1,
+            seed: 3,
+            ..Default::default()
+        },
         max_updates: updates,
         utd: 1.0,
         min_transitions: 64,
@@ -68,7 +96,12 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
     let init_path = dir.path().join("init.safetensors");
     init.save(&init_path).unwrap();
     let stop = AtomicBool::new(false);
-    let o = opts(dir.path(), DataSource::Offline(demos_path.clone()), init_path.clone(), 50);
+    let o = opts(
+        dir.path(),
+        DataSource::Offline(demos_path.clone()),
+        init_path.clone(),
+        50,
+    );
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
     let (p, m) = learner::latest_checkpoint(&o.out).unwrap();
     // checkpoints at 20 and 40 updates, and the final one at 50
@@ -79,14 +112,29 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
     // hot swap and latest_checkpoint only read *.safetensors)
     let partial = o.out.join(".policy_v000005.safetensors.tmp4242");
     std::fs::write(&partial, &b"half a model"[..]).unwrap();
-    assert_eq!(learner::latest_checkpoint(&o.out).unwrap().1.spec.version, 4);
+    assert_eq!(
+        learner::latest_checkpoint(&o.out).unwrap().1.spec.version,
+        4
+    );
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
     assert!(!partial.exists());
     let (_, m2) = learner::latest_checkpoint(&o.out).unwrap();
     assert_eq!(m2.spec.version, 7);
-    assert_eq!(m2.spec.parent_digest.as_deref(), Some(
-        ModelFile::load(o.out.join(learner::checkpoint_name(6))).unwrap().spec.digest.as_str()));
-    assert!(m2.spec.created_by.contains("100 updates"), "{}", m2.spec.created_by);
+    assert_eq!(
+        m2.spec.parent_digest.as_deref(),
+        Some(
+            ModelFile::load(o.out.join(learner::checkpoint_name(6)))
+                .unwrap()
+                .spec
+                .digest
+                .as_str()
+        )
+    );
+    assert!(
+        m2.spec.created_by.contains("100 updates"),
+        "{}",
+        m2.spec.created_by
+    );
     // a corrupt learner state is ignored (critics restart), not fatal
     std::fs::write(learner::state_path(&o.out), b"garbage").unwrap();
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);

@@ -27,9 +27,17 @@ fn record(i: u64, episode: u64) -> Transition {
         episode,
         decision: (i % 6) as u8,
         intervention: i % 6 == 5,
-        reward: if i % 4 == 0 { f64::NAN } else { -(i as f64) * 0.5 },
+        reward: if i % 4 == 0 {
+            f64::NAN
+        } else {
+            -(i as f64) * 0.5
+        },
         log_prob: 0.25 * i as f32,
-        policy: PolicyId { version: 3, digest: [7; 32], normalizer_digest: [9; 32] },
+        policy: PolicyId {
+            version: 3,
+            digest: [7; 32],
+            normalizer_digest: [9; 32],
+        },
         seed: 42,
         n_obs: 3,
         n_goal: 2,
@@ -47,13 +55,19 @@ fn record(i: u64, episode: u64) -> Transition {
 
 fn same(a: &Transition, b: &Transition) {
     assert_eq!(a.tick, b.tick);
-    assert_eq!((a.mono_ns, a.wall_ns, a.episode, a.decision), (b.mono_ns, b.wall_ns, b.episode, b.decision));
+    assert_eq!(
+        (a.mono_ns, a.wall_ns, a.episode, a.decision),
+        (b.mono_ns, b.wall_ns, b.episode, b.decision)
+    );
     assert_eq!(a.intervention, b.intervention);
     assert!(a.reward == b.reward || (a.reward.is_nan() && b.reward.is_nan()));
     assert_eq!(a.log_prob, b.log_prob);
     assert_eq!(a.policy, b.policy);
     assert_eq!(a.seed, b.seed);
-    assert_eq!((a.obs(), a.goal(), a.sampled()), (b.obs(), b.goal(), b.sampled()));
+    assert_eq!(
+        (a.obs(), a.goal(), a.sampled()),
+        (b.obs(), b.goal(), b.sampled())
+    );
     assert_eq!(a.applied(), b.applied());
 }
 
@@ -83,12 +97,17 @@ fn records_round_trip_and_standard_mcap_tools_read_them() {
         assert_eq!(m.channel.topic, TOPIC);
         assert_eq!(m.channel.message_encoding, "cdr");
         let s = m.channel.schema.as_ref().unwrap();
-        assert_eq!((s.name.as_str(), s.encoding.as_str()), (SCHEMA_NAME, "ros2msg"));
+        assert_eq!(
+            (s.name.as_str(), s.encoding.as_str()),
+            (SCHEMA_NAME, "ros2msg")
+        );
         same(&sent[n], &Transition::decode(&m.data).unwrap());
         n += 1;
     }
     assert_eq!(n, 500);
-    let summary = mcap::Summary::read(&bytes).unwrap().expect("a closed file has a summary");
+    let summary = mcap::Summary::read(&bytes)
+        .unwrap()
+        .expect("a closed file has a summary");
     assert_eq!(summary.stats.unwrap().message_count, 500);
 }
 
@@ -134,7 +153,11 @@ fn an_open_file_holds_everything_older_than_the_flush_period() {
         let got = tail.poll().unwrap();
         seen += got.len();
         // one record is held back to mark episode ends
-        assert_eq!(seen as u64, batch * 100 + 99, "records on disk after 150 ms");
+        assert_eq!(
+            seen as u64,
+            batch * 100 + 99,
+            "records on disk after 150 ms"
+        );
     }
     assert!(!tail.closed);
     drop(log);
@@ -144,7 +167,11 @@ fn an_open_file_holds_everything_older_than_the_flush_period() {
 fn episode_boundaries_mark_the_last_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
-    c.reward = Some(DistanceReward { a: vec![0, 1], b: vec![3, 4], action_cost: 0.1 });
+    c.reward = Some(DistanceReward {
+        a: vec![0, 1],
+        b: vec![3, 4],
+        action_cost: 0.1,
+    });
     let log = LogHandle::start(c).unwrap();
     let eps = [0, 0, 0, 1, 1, 2, 2];
     for (i, &e) in eps.iter().enumerate() {
@@ -157,7 +184,15 @@ fn episode_boundaries_mark_the_last_record() {
     let flags: Vec<(bool, bool)> = got.iter().map(|t| (t.terminated, t.truncated)).collect();
     assert_eq!(
         flags,
-        vec![(false, false), (false, false), (false, true), (false, false), (true, false), (false, false), (false, false)]
+        vec![
+            (false, false),
+            (false, false),
+            (false, true),
+            (false, false),
+            (true, false),
+            (false, false),
+            (false, false)
+        ]
     );
     // configured reward: −‖x[0,1] − x[3,4]‖ − 0.1‖applied‖²
     for t in &got {
@@ -171,8 +206,11 @@ fn episode_boundaries_mark_the_last_record() {
 
 #[test]
 fn a_full_disk_stops_logging_with_an_error_and_push_never_blocks() {
-    let log = LogHandle::start_at(std::path::Path::new("/dev/full"), cfg(std::path::Path::new("/tmp")))
-        .unwrap();
+    let log = LogHandle::start_at(
+        std::path::Path::new("/dev/full"),
+        cfg(std::path::Path::new("/tmp")),
+    )
+    .unwrap();
     let t0 = std::time::Instant::now();
     let mut i = 0;
     while !log.stats.failed.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(10) {
@@ -182,9 +220,15 @@ fn a_full_disk_stops_logging_with_an_error_and_push_never_blocks() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert!(log.stats.failed.load(Ordering::SeqCst), "writing to /dev/full must fail");
+    assert!(
+        log.stats.failed.load(Ordering::SeqCst),
+        "writing to /dev/full must fail"
+    );
     let err = log.stats.error.lock().unwrap().clone();
-    assert!(err.contains("No space left"), "error names the cause: {err}");
+    assert!(
+        err.contains("No space left"),
+        "error names the cause: {err}"
+    );
     // pushes after the failure return at once and are counted
     let dropped = log.stats.dropped.load(Ordering::SeqCst);
     let t1 = std::time::Instant::now();
@@ -207,5 +251,8 @@ fn cdr_encoding_is_stable() {
     assert_eq!(f64::from_le_bytes(buf[44..52].try_into().unwrap()), -0.5); // reward (aligned to 8)
     let s = String::from_utf8_lossy(&buf);
     assert!(s.contains("sha256:0707"));
-    assert!(Transition::decode(&buf[..buf.len() - 3]).is_err(), "a truncated message is refused");
+    assert!(
+        Transition::decode(&buf[..buf.len() - 3]).is_err(),
+        "a truncated message is refused"
+    );
 }

@@ -178,8 +178,14 @@ impl Transition {
 
     /// Decode a CDR message written by [`Self::encode`].
     pub fn decode(buf: &[u8]) -> Result<Self> {
-        ensure!(buf.len() >= 4 && buf[..2] == [0x00, 0x01], "not little-endian CDR");
-        let mut c = CdrIn { b: &buf[4..], pos: 0 };
+        ensure!(
+            buf.len() >= 4 && buf[..2] == [0x00, 0x01],
+            "not little-endian CDR"
+        );
+        let mut c = CdrIn {
+            b: &buf[4..],
+            pos: 0,
+        };
         let mut t = Transition {
             tick: c.u64()?,
             mono_ns: c.u64()? as i64,
@@ -210,7 +216,10 @@ impl Transition {
         t.sampled[..s.len()].copy_from_slice(&s);
         let a = c.f64s()?;
         if !a.is_empty() {
-            ensure!(a.len() == t.n_act, "applied and sampled actions differ in width");
+            ensure!(
+                a.len() == t.n_act,
+                "applied and sampled actions differ in width"
+            );
             t.applied_valid = true;
             t.applied[..a.len()].copy_from_slice(&a);
         }

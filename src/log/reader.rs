@@ -91,7 +91,8 @@ impl Tail {
                 }
                 Ok(Record::Channel(c)) => {
                     let ours = *self.schemas.get(&c.schema_id).unwrap_or(&false);
-                    self.channels.insert(c.id, ours && c.message_encoding == "cdr");
+                    self.channels
+                        .insert(c.id, ours && c.message_encoding == "cdr");
                 }
                 Ok(Record::Metadata(m)) if m.name == "flowpilot" => self.metadata = m.metadata,
                 Ok(Record::Message { header, data }) => {

@@ -599,8 +599,7 @@ pub fn run_node() -> Result<()> {
         ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>>,
     > = Arc::new(ArrayQueue::new(4));
     let fq = finetune_requests.clone();
-    let mut pending_stop: Option<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>> =
-        None;
+    let mut pending_stop: Option<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>> = None;
     spawner.spawn_local(finetune_srv.for_each(move |req| {
         if let Err(req) = fq.push(req) {
             let _ = req.respond(r2r::std_srvs::srv::SetBool::Response {
@@ -699,8 +698,7 @@ pub fn run_node() -> Result<()> {
                             rec.wall_ns = wall_ns();
                             rec.reward = inputs.take_reward();
                             rec.episode = inputs.episode.load(Ordering::SeqCst);
-                            rec.began_after_terminal =
-                                inputs.last_terminal.load(Ordering::SeqCst);
+                            rec.began_after_terminal = inputs.last_terminal.load(Ordering::SeqCst);
                             h.push(&rec);
                         }
                     }
@@ -897,11 +895,17 @@ pub fn run_node() -> Result<()> {
                     ),
                     kv(
                         "log_written",
-                        log_stats.as_ref().map_or(0, |s| s.written.load(Ordering::Relaxed)).to_string(),
+                        log_stats
+                            .as_ref()
+                            .map_or(0, |s| s.written.load(Ordering::Relaxed))
+                            .to_string(),
                     ),
                     kv(
                         "log_dropped",
-                        log_stats.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed)).to_string(),
+                        log_stats
+                            .as_ref()
+                            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+                            .to_string(),
                     ),
                     kv(
                         "log_state",

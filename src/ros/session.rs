@@ -211,7 +211,10 @@ impl Learner {
             self.stop_deadline = None;
             return Some(format!("learner stopped ({st})"));
         }
-        if self.stop_deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        if self
+            .stop_deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
             let _ = c.kill();
             let _ = c.wait();
             self.child = None;
