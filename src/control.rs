@@ -212,6 +212,8 @@ pub struct Controller {
 #[derive(Clone, Copy)]
 struct LastTick {
     tick: u64,
+    mono_ns: i64,
+    wall_ns: i64,
     decision: Decision,
     publish: bool,
     log_prob: f32,
@@ -254,6 +256,8 @@ impl Controller {
             policy_id: PolicyId::of(&spec),
             last_out: LastTick {
                 tick: 0,
+                mono_ns: 0,
+                wall_ns: 0,
                 decision: Decision::WarmingUp,
                 publish: false,
                 log_prob: f32::NAN,
@@ -288,13 +292,16 @@ impl Controller {
     }
 
     /// Fill the controller's part of a log record for the tick just run:
-    /// inputs, the sampled (pre-clip, normalised) and applied actions, the
-    /// log-prob, the decision and the policy identity. No allocation.
+    /// its stamps, inputs, the sampled (pre-clip, normalised) and applied
+    /// actions, the log-prob, the decision and the policy identity. No
+    /// allocation.
     pub fn fill_transition(&self, t: &mut Transition) {
         let out = &self.last_out;
         let spec = self.sampler.spec();
         let n = self.obs.len().min(crate::log::MAX_OBS);
         t.tick = out.tick;
+        t.mono_ns = out.mono_ns;
+        t.wall_ns = out.wall_ns;
         t.decision = out.decision.code();
         t.intervention = out.decision == Decision::Override;
         t.log_prob = out.log_prob;
@@ -444,6 +451,8 @@ impl Controller {
         }
         self.last_out = LastTick {
             tick,
+            mono_ns: now_mono,
+            wall_ns: now_wall,
             decision,
             publish,
             log_prob,

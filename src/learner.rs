@@ -523,12 +523,7 @@ impl Sac {
     /// (tmp file, fsync, rename).
     pub fn save_state(&self, path: &Path) -> Result<()> {
         let mut m: HashMap<String, Tensor> = HashMap::new();
-        for (name, c) in [
-            ("q0", &self.q[0]),
-            ("q1", &self.q[1]),
-            ("t0", &self.q_targ[0]),
-            ("t1", &self.q_targ[1]),
-        ] {
+        for (name, c) in self.critics() {
             for (i, v) in c.vars.iter().enumerate() {
                 m.insert(format!("{name}.{i}"), v.as_tensor().clone());
             }
@@ -538,14 +533,17 @@ impl Sac {
             "updates".into(),
             Tensor::new(&[self.updates as f32], &self.dev)?,
         );
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        candle_core::safetensors::save(&m, &tmp)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        crate::model::write_atomic(path, |tmp| Ok(candle_core::safetensors::save(&m, tmp)?))
+    }
+
+    /// The critics and their targets, by their names in the state file.
+    fn critics(&self) -> [(&'static str, &Critic); 4] {
+        [
+            ("q0", &self.q[0]),
+            ("q1", &self.q[1]),
+            ("t0", &self.q_targ[0]),
+            ("t1", &self.q_targ[1]),
+        ]
     }
 
     /// Restore what [`Self::save_state`] wrote; shapes are checked.
@@ -553,12 +551,7 @@ impl Sac {
         let m = candle_core::safetensors::load(path, &self.dev)
             .with_context(|| format!("reading learner state {}", path.display()))?;
         let get = |k: &str| m.get(k).with_context(|| format!("learner state lacks {k}"));
-        for (name, c) in [
-            ("q0", &self.q[0]),
-            ("q1", &self.q[1]),
-            ("t0", &self.q_targ[0]),
-            ("t1", &self.q_targ[1]),
-        ] {
+        for (name, c) in self.critics() {
             for (i, v) in c.vars.iter().enumerate() {
                 let t = get(&format!("{name}.{i}"))?;
                 ensure!(
@@ -643,11 +636,14 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     // Temp files of a learner killed mid-write: never renamed, never read.
-    for e in std::fs::read_dir(&opts.out)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".safetensors.tmp") {
-            tracing::info!(file = %name, "removing a partial checkpoint left by a killed learner");
-            let _ = std::fs::remove_file(e.path());
+    let state_dir = state_path(&opts.out).with_file_name("");
+    for dir in [&opts.out, &state_dir] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".safetensors.tmp") {
+                tracing::info!(file = %name, "removing a partial file left by a killed learner");
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     let init =

@@ -456,29 +456,9 @@ impl ModelFile {
 
     /// Write atomically: temp file in the same directory, fsync, rename.
     pub fn save(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
-        use anyhow::Context;
-        use std::io::Write;
-        let path = path.as_ref();
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp{}",
-            path.file_name().and_then(|s| s.to_str()).unwrap_or("model"),
-            std::process::id()
-        ));
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&self.to_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomic(path.as_ref(), |tmp| {
+            Ok(std::fs::write(tmp, self.to_bytes())?)
+        })
     }
 
     fn validate(&self) -> Result<(), ModelError> {
@@ -633,3 +613,31 @@ fn bytemuck_i64(v: &[i64]) -> &[u8] {
 
 #[cfg(target_endian = "big")]
 compile_error!("flowpilot's model format is little-endian; big-endian targets are unsupported");
+
+/// Create `path` atomically: `write` fills a temp file `.<name>.tmp<pid>` in
+/// the same directory, which is fsynced and renamed over `path` (then the
+/// directory is fsynced). A reader sees the old file or the new one, never
+/// a partial one; a crash leaves at most the temp file.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -86,22 +86,32 @@ fn opts(
     }
 }
 
+/// 20 detour episodes with rewards and a BC policy (seed `bc_seed`) on
+/// disk in `dir`; options for an offline session on them.
+fn offline_setup(
+    dir: &std::path::Path,
+    bc_seed: u64,
+    updates: u64,
+) -> (FinetuneOptions, std::path::PathBuf) {
+    flowpilot::pin_threads(1);
+    let demos_path = dir.join("demos.npz");
+    reach::generate_demos(20, 1).save(&demos_path).unwrap();
+    let init_path = dir.join("init.safetensors");
+    reach::bc_policy(bc_seed).unwrap().save(&init_path).unwrap();
+    let o = opts(
+        dir,
+        DataSource::Offline(demos_path.clone()),
+        init_path,
+        updates,
+    );
+    (o, demos_path)
+}
+
 #[test]
 fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
-    flowpilot::pin_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let demos_path = dir.path().join("demos.npz");
-    reach::generate_demos(20, 1).save(&demos_path).unwrap();
-    let init = reach::bc_policy(1).unwrap();
-    let init_path = dir.path().join("init.safetensors");
-    init.save(&init_path).unwrap();
+    let (o, demos_path) = offline_setup(dir.path(), 1, 50);
     let stop = AtomicBool::new(false);
-    let o = opts(
-        dir.path(),
-        DataSource::Offline(demos_path.clone()),
-        init_path.clone(),
-        50,
-    );
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
     let (p, m) = learner::latest_checkpoint(&o.out).unwrap();
     // checkpoints at 20 and 40 updates, and the final one at 50
@@ -148,14 +158,9 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
 
 #[test]
 fn a_stop_request_ends_the_session_with_a_checkpoint() {
-    flowpilot::pin_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let demos_path = dir.path().join("demos.npz");
-    reach::generate_demos(20, 1).save(&demos_path).unwrap();
-    let init_path = dir.path().join("init.safetensors");
-    reach::bc_policy(2).unwrap().save(&init_path).unwrap();
+    let (mut o, _) = offline_setup(dir.path(), 2, 0);
     let stop = AtomicBool::new(false);
-    let mut o = opts(dir.path(), DataSource::Offline(demos_path), init_path, 0);
     o.checkpoint_every = 1_000_000;
     let n = std::thread::scope(|s| {
         let h = s.spawn(|| learner::run(&o, &stop).unwrap());

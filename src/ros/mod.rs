@@ -19,7 +19,7 @@ use futures::task::LocalSpawnExt;
 use r2r::QosProfile;
 
 use crate::board::{mono_ns, wall_ns, Board};
-use crate::control::{apply_rt_settings, ControlConfig, Controller, Decision, Periodic};
+use crate::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
 use crate::model::ModelFile;
 use crate::sampler::Sampler;
 use config::{ActionKind, JointField, NodeConfig, SourceConfig, SourceKind};
@@ -40,11 +40,6 @@ struct Outgoing {
     action: [f64; MAX_ACT],
     n_src: usize,
     stamps: [i64; MAX_SOURCES],
-}
-
-/// Decision codes in the trace topic.
-fn decision_code(d: Decision) -> f64 {
-    d.code() as f64
 }
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
@@ -387,6 +382,30 @@ fn kv(key: &str, value: String) -> r2r::diagnostic_msgs::msg::KeyValue {
     }
 }
 
+/// A service whose requests are queued for the spin loop (which owns the
+/// state they act on); when 4 are already waiting, a request is answered
+/// with `busy()` at once.
+fn queued_service<S>(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    name: &str,
+    busy: impl Fn() -> S::Response + 'static,
+) -> Result<Arc<ArrayQueue<r2r::ServiceRequest<S>>>>
+where
+    S: r2r::WrappedServiceTypeSupport + 'static,
+{
+    let srv = node.create_service::<S>(name, QosProfile::services_default())?;
+    let queue = Arc::new(ArrayQueue::new(4));
+    let q = queue.clone();
+    spawner.spawn_local(srv.for_each(move |req| {
+        if let Err(req) = q.push(req) {
+            let _ = req.respond(busy());
+        }
+        futures::future::ready(())
+    }))?;
+    Ok(queue)
+}
+
 /// Run the node until SIGINT/SIGTERM. Returns after a clean shutdown.
 pub fn run_node() -> Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
@@ -554,23 +573,15 @@ pub fn run_node() -> Result<()> {
             model.clone(),
         )
     });
-    let rollback_srv = node.create_service::<r2r::std_srvs::srv::Trigger::Service>(
+    let rollback_requests = queued_service::<r2r::std_srvs::srv::Trigger::Service>(
+        &mut node,
+        &spawner,
         "~/rollback",
-        QosProfile::services_default(),
+        || r2r::std_srvs::srv::Trigger::Response {
+            success: false,
+            message: "busy".into(),
+        },
     )?;
-    let rollback_requests: Arc<
-        ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::Trigger::Service>>,
-    > = Arc::new(ArrayQueue::new(4));
-    let rq = rollback_requests.clone();
-    spawner.spawn_local(rollback_srv.for_each(move |req| {
-        if let Err(req) = rq.push(req) {
-            let _ = req.respond(r2r::std_srvs::srv::Trigger::Response {
-                success: false,
-                message: "busy".into(),
-            });
-        }
-        futures::future::ready(())
-    }))?;
     // Fine-tuning sessions: ~/finetune (SetBool) starts/stops the learner.
     let mut learner = match (&cfg.log, &cfg.hot_swap_dir) {
         (Some(l), Some(out)) => {
@@ -591,24 +602,16 @@ pub fn run_node() -> Result<()> {
         }
         _ => None,
     };
-    let finetune_srv = node.create_service::<r2r::std_srvs::srv::SetBool::Service>(
+    let finetune_requests = queued_service::<r2r::std_srvs::srv::SetBool::Service>(
+        &mut node,
+        &spawner,
         "~/finetune",
-        QosProfile::services_default(),
+        || r2r::std_srvs::srv::SetBool::Response {
+            success: false,
+            message: "busy".into(),
+        },
     )?;
-    let finetune_requests: Arc<
-        ArrayQueue<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>>,
-    > = Arc::new(ArrayQueue::new(4));
-    let fq = finetune_requests.clone();
     let mut pending_stop: Option<r2r::ServiceRequest<r2r::std_srvs::srv::SetBool::Service>> = None;
-    spawner.spawn_local(finetune_srv.for_each(move |req| {
-        if let Err(req) = fq.push(req) {
-            let _ = req.respond(r2r::std_srvs::srv::SetBool::Response {
-                success: false,
-                message: "busy".into(),
-            });
-        }
-        futures::future::ready(())
-    }))?;
     let diag_pub = node.create_publisher::<r2r::diagnostic_msgs::msg::DiagnosticArray>(
         "/diagnostics",
         QosProfile::default(),
@@ -681,7 +684,7 @@ pub fn run_node() -> Result<()> {
                     let out = controller.tick();
                     let mut o = Outgoing {
                         tick: out.tick,
-                        decision: decision_code(out.decision),
+                        decision: out.decision.code() as f64,
                         publish: out.publish,
                         log_prob: out.log_prob,
                         n_act: out.action.len(),
@@ -694,8 +697,6 @@ pub fn run_node() -> Result<()> {
                     if let Some((h, inputs, every)) = &log {
                         if o.tick % every == 0 {
                             controller.fill_transition(&mut rec);
-                            rec.mono_ns = mono_ns();
-                            rec.wall_ns = wall_ns();
                             rec.reward = inputs.take_reward();
                             rec.episode = inputs.episode.load(Ordering::SeqCst);
                             rec.began_after_terminal = inputs.last_terminal.load(Ordering::SeqCst);
