@@ -9,8 +9,9 @@ scripts/setup-ros.sh
 source .ros/env.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
-cargo build --release --features ros --all-targets
-cargo test --release --features ros
+# The whole workspace, node included (the node is the root package's `ros` feature).
+cargo build --release --workspace --features flowpilot/ros --all-targets
+cargo test --release --workspace --features flowpilot/ros
 # Package as a robot would (colcon + colcon-ros-cargo + cargo-ament-build),
 # reusing the build above (the workspace maps its build dir onto target/).
 command -v cargo-ament-build >/dev/null || cargo install --locked cargo-ament-build

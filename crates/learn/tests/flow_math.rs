@@ -2,13 +2,13 @@
 //! invertibility, log-det against a finite-difference Jacobian, and the
 //! density integrating to one.
 
-mod common;
+use flowpilot_core::testkit as common;
 
 use candle_core::{Device, Tensor};
 use common::{all_variants, random_model, vals};
-use flowpilot::model::{Direction, PolicyKind};
-use flowpilot::sampler::Sampler;
-use flowpilot::twin::Twin;
+use flowpilot_core::model::{Direction, PolicyKind};
+use flowpilot_core::sampler::Sampler;
+use flowpilot_learn::twin::Twin;
 
 fn t2(v: &[f32], cols: usize) -> Tensor {
     Tensor::from_vec(v.to_vec(), (v.len() / cols, cols), &Device::Cpu).unwrap()
@@ -16,7 +16,7 @@ fn t2(v: &[f32], cols: usize) -> Tensor {
 
 #[test]
 fn sampler_and_twin_agree_on_actions_and_log_probs() {
-    flowpilot::pin_threads(1);
+    flowpilot_learn::pin_threads(1);
     for (name, m) in all_variants() {
         let spec = m.spec.clone();
         let (od, gd, d) = (spec.obs_dim, spec.goal_dim, spec.act_dim);
@@ -211,7 +211,7 @@ fn density_integrates_to_one() {
 /// one-step denoise a + σ²∇ₐ log p matches the twin's, for every variant.
 #[test]
 fn denoise_gradient_matches_autograd() {
-    use flowpilot::model::ModelFile;
+    use flowpilot_core::model::ModelFile;
     for (name, m) in all_variants() {
         let mut spec = m.spec.clone();
         spec.denoise = true;

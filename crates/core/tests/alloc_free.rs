@@ -1,10 +1,10 @@
 //! Proof of the real-time claim: once built, the sampler makes zero heap
 //! allocations per call, for every model variant and both entry points.
 
-mod common;
+use flowpilot_core::testkit as common;
 
-use flowpilot::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot::sampler::Sampler;
+use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
+use flowpilot_core::sampler::Sampler;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -24,7 +24,7 @@ fn sampler_makes_no_heap_allocation_per_call() {
         spec.denoise = true;
         (
             format!("{n} +denoise"),
-            flowpilot::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
+            flowpilot_core::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
         )
     });
     for (name, m) in common::all_variants().into_iter().chain(denoising) {

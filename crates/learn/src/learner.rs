@@ -24,10 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::demos::Demos;
-use crate::log::reader::{log_files, Tail};
-use crate::log::Transition;
-use crate::model::{ModelFile, ModelSpec};
 use crate::twin::Twin;
+use flowpilot_core::log::reader::{log_files, Tail};
+use flowpilot_core::log::Transition;
+use flowpilot_core::model::{ModelFile, ModelSpec};
 
 #[derive(Debug, Clone)]
 pub struct SacConfig {
@@ -533,7 +533,9 @@ impl Sac {
             "updates".into(),
             Tensor::new(&[self.updates as f32], &self.dev)?,
         );
-        crate::model::write_atomic(path, |tmp| Ok(candle_core::safetensors::save(&m, tmp)?))
+        flowpilot_core::model::write_atomic(path, |tmp| {
+            Ok(candle_core::safetensors::save(&m, tmp)?)
+        })
     }
 
     /// The critics and their targets, by their names in the state file.

@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use flowpilot::log::reader::{log_files, read_file, Tail};
-use flowpilot::log::writer::{DistanceReward, LogConfig, LogHandle};
-use flowpilot::log::{PolicyId, Transition, SCHEMA_NAME, TOPIC};
+use flowpilot_core::log::reader::{log_files, read_file, Tail};
+use flowpilot_core::log::writer::{DistanceReward, LogConfig, LogHandle};
+use flowpilot_core::log::{PolicyId, Transition, SCHEMA_NAME, TOPIC};
 
 fn cfg(dir: &std::path::Path) -> LogConfig {
     LogConfig {

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use flowpilot::model::{Direction, EncoderSpec, ModelFile, PolicyKind};
-use flowpilot::sampler::Sampler;
+use flowpilot_core::model::{Direction, EncoderSpec, ModelFile, PolicyKind};
+use flowpilot_core::sampler::Sampler;
 
 // Counts heap allocations so `bench` can report allocations per sample.
 #[global_allocator]
-static ALLOC: flowpilot::alloc_count::CountingAlloc = flowpilot::alloc_count::CountingAlloc;
+static ALLOC: flowpilot_core::alloc_count::CountingAlloc =
+    flowpilot_core::alloc_count::CountingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +167,7 @@ enum ImportCmd {
 struct Nf4rlArgs {
     checkpoint: PathBuf,
     #[arg(long, value_enum)]
-    kind: flowpilot::import::CheckpointKind,
+    kind: KindArg,
     #[arg(long)]
     out: PathBuf,
     /// How many of the conditioning inputs are the goal (the rest are obs).
@@ -193,6 +194,27 @@ struct Nf4rlArgs {
     /// Python with numpy for the checkpoint reader (default: $FLOWPILOT_PYTHON or python3).
     #[arg(long)]
     python: Option<PathBuf>,
+}
+
+/// Which code produced the checkpoint (`flowpilot import nf4rl --kind`).
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    /// il-and-cil flax GCBC: params pickle with 'model' and 'encoder'.
+    FlaxGcbc,
+    /// offline-rl flax agent pickle (NF-RLBC): modules_actor(+_encoder).
+    FlaxRlbc,
+    /// PyTorch state_dict (torch.save zip) of the NF-BC RealNVP.
+    TorchBc,
+}
+
+impl From<KindArg> for flowpilot_learn::import::CheckpointKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::FlaxGcbc => Self::FlaxGcbc,
+            KindArg::FlaxRlbc => Self::FlaxRlbc,
+            KindArg::TorchBc => Self::TorchBc,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -360,7 +382,7 @@ enum EvalCmd {
     },
 }
 
-fn main() {
+pub fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -368,7 +390,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    flowpilot::pin_threads(cli.threads);
+    flowpilot_learn::pin_threads(cli.threads);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -379,34 +401,24 @@ fn load(path: &PathBuf) -> Result<ModelFile> {
     ModelFile::load(path).with_context(|| format!("loading model {}", path.display()))
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 fn finetune(a: FinetuneArgs) -> Result<()> {
-    // SAFETY: lowering our own priority, and a handler that only stores an atomic.
-    unsafe {
-        if libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) != 0 {
-            tracing::warn!("could not set niceness {}", a.nice);
-        }
-        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+    let stop = flowpilot_core::shutdown::Shutdown::install();
+    if let Err(e) = flowpilot_core::control::set_niceness(a.nice) {
+        tracing::warn!("could not set niceness {}: {e}", a.nice);
     }
     let data = match (a.offline, a.log_dir) {
-        (Some(p), _) => flowpilot::learner::DataSource::Offline(p),
-        (None, Some(dir)) => flowpilot::learner::DataSource::Logs {
+        (Some(p), _) => flowpilot_learn::learner::DataSource::Offline(p),
+        (None, Some(dir)) => flowpilot_learn::learner::DataSource::Logs {
             dir,
             follow: a.follow,
         },
         (None, None) => bail!("give --log-dir or --offline"),
     };
-    let opts = flowpilot::learner::FinetuneOptions {
+    let opts = flowpilot_learn::learner::FinetuneOptions {
         data,
         init: a.init,
         out: a.out,
-        sac: flowpilot::learner::SacConfig {
+        sac: flowpilot_learn::learner::SacConfig {
             gamma: a.gamma,
             tau: a.tau,
             batch: a.batch,
@@ -426,7 +438,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every.max(1),
         poll_period: std::time::Duration::from_secs_f64(a.poll_period.max(0.01)),
     };
-    let n = flowpilot::learner::run(&opts, &STOP)?;
+    let n = flowpilot_learn::learner::run(&opts, stop.flag())?;
     println!("finetune: {n} updates");
     Ok(())
 }
@@ -439,7 +451,7 @@ fn run(cli: Cli) -> Result<()> {
             episodes,
             seed,
         }) => {
-            let d = flowpilot::reach::generate_demos(episodes, seed);
+            let d = crate::tasks::reach::generate_demos(episodes, seed);
             d.save(&out)?;
             println!(
                 "reach (detour expert): {episodes} episodes, {} rows -> {}",
@@ -454,7 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
         }) => {
             let mut s = Sampler::new(&load(&model)?)?;
-            let r = flowpilot::reach::evaluate(&mut s, episodes, seed);
+            let r = crate::tasks::reach::evaluate(&mut s, episodes, seed);
             println!("reach: mean return {r:.2} over {episodes} episodes (straight line ≈ −19)");
             Ok(())
         }
@@ -469,7 +481,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sample(a) => sample(a),
         Cmd::LogProb(a) => log_prob(a),
         Cmd::Import(ImportCmd::Nf4rl(a)) => {
-            let opts = flowpilot::import::ImportOptions {
+            let opts = flowpilot_learn::import::ImportOptions {
                 goal_dim: a.goal_dim,
                 obs_mean: a.obs_mean,
                 obs_std: a.obs_std,
@@ -482,7 +494,7 @@ fn run(cli: Cli) -> Result<()> {
                 python: a.python,
                 script: None,
             };
-            let m = flowpilot::import::import_nf4rl(&a.checkpoint, a.kind, &opts)
+            let m = flowpilot_learn::import::import_nf4rl(&a.checkpoint, a.kind.into(), &opts)
                 .with_context(|| format!("importing {}", a.checkpoint.display()))?;
             m.save(&a.out)?;
             println!("wrote {}", a.out.display());
@@ -491,7 +503,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(a) if a.sac => {
             let m = load(&a.model)?;
             let n = a.n.min(200);
-            let l = flowpilot::bench::sac_updates(&m, a.batch, n, 256)?;
+            let l = crate::bench::sac_updates(&m, a.batch, n, 256)?;
             if a.json {
                 println!("{}", serde_json::to_string(&l)?);
             } else {
@@ -505,15 +517,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(a) => bench(a),
         Cmd::New(a) => {
-            let mut spec = flowpilot::init::default_spec(a.obs, a.goal, a.act, a.blocks, a.hidden);
+            let mut spec =
+                flowpilot_core::init::default_spec(a.obs, a.goal, a.act, a.blocks, a.hidden);
             spec.created_by = format!("flowpilot new (random={}, seed={})", a.random, a.seed);
             spec.version = a.version;
             let init = if a.random {
-                flowpilot::init::Init::Random { last_scale: 0.3 }
+                flowpilot_core::init::Init::Random { last_scale: 0.3 }
             } else {
-                flowpilot::init::Init::Paper
+                flowpilot_core::init::Init::Paper
             };
-            let m = flowpilot::init::init_model(spec, init, a.seed)?;
+            let m = flowpilot_core::init::init_model(spec, init, a.seed)?;
             m.save(&a.out)?;
             println!(
                 "wrote {} ({} parameters, {})",
@@ -529,7 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             episodes,
             seed,
         }) => {
-            let d = flowpilot::pointmass::generate_demos(episodes, seed);
+            let d = crate::tasks::pointmass::generate_demos(episodes, seed);
             d.save(&out)?;
             println!(
                 "wrote {} ({} episodes, {} rows)",
@@ -550,10 +563,11 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the point-mass task needs obs_dim 2, no goal, act_dim 2");
             }
             let mode = match mode {
-                ModeArg::Sampled => flowpilot::pointmass::EvalMode::Sampled,
-                ModeArg::Zero => flowpilot::pointmass::EvalMode::ZeroNoise,
+                ModeArg::Sampled => crate::tasks::pointmass::EvalMode::Sampled,
+                ModeArg::Zero => crate::tasks::pointmass::EvalMode::ZeroNoise,
             };
-            let ev = flowpilot::pointmass::evaluate(&mut Sampler::new(&m)?, episodes, seed, mode);
+            let ev =
+                crate::tasks::pointmass::evaluate(&mut Sampler::new(&m)?, episodes, seed, mode);
             println!("{ev}");
             Ok(())
         }
@@ -627,7 +641,7 @@ fn twin_once(
 ) -> Result<(Vec<f32>, f32)> {
     use candle_core::{Device, Tensor};
     let dev = Device::Cpu;
-    let twin = flowpilot::twin::Twin::from_model(m, &dev)?;
+    let twin = flowpilot_learn::twin::Twin::from_model(m, &dev)?;
     let t = |x: &[f32]| Tensor::from_slice(x, (1, x.len()), &dev);
     let g = if goal.is_empty() {
         None
@@ -698,7 +712,7 @@ fn sample(a: SampleArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let m = load(&a.model)?;
-    let r = flowpilot::bench::run(&m, a.n, a.twin)?;
+    let r = crate::bench::run(&m, a.n, a.twin)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -726,8 +740,8 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn train_bc(a: BcArgs) -> Result<()> {
-    let demos = flowpilot::demos::Demos::load(&a.data)?;
-    let cfg = flowpilot::train::BcConfig {
+    let demos = flowpilot_learn::demos::Demos::load(&a.data)?;
+    let cfg = flowpilot_learn::train::BcConfig {
         kind: if a.gaussian {
             PolicyKind::Gaussian
         } else {
@@ -754,7 +768,7 @@ fn train_bc(a: BcArgs) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    let (model, report) = flowpilot::train::train_bc(&demos, &cfg, true)?;
+    let (model, report) = flowpilot_learn::train::train_bc(&demos, &cfg, true)?;
     model.save(&a.out)?;
     let plot = a.plot.unwrap_or_else(|| a.out.with_extension("loss.png"));
     let tl: Vec<(f64, f64)> = report
@@ -763,17 +777,17 @@ fn train_bc(a: BcArgs) -> Result<()> {
         .map(|&(s, l)| (s as f64, l))
         .collect();
     let vl: Vec<(f64, f64)> = report.val_nll.iter().map(|&(s, l)| (s as f64, l)).collect();
-    flowpilot::plot::line_plot(
+    crate::plot::line_plot(
         &plot,
         "NF-BC training",
         "step",
         "NLL (nats / sample)",
         &[
-            flowpilot::plot::Series {
+            crate::plot::Series {
                 name: "train (noisy actions)",
                 points: &tl,
             },
-            flowpilot::plot::Series {
+            crate::plot::Series {
                 name: "validation (clean actions)",
                 points: &vl,
             },
@@ -803,23 +817,23 @@ fn reach_finetune(
     let mut all = Vec::new();
     for seed in 0..seeds {
         let t0 = std::time::Instant::now();
-        let init = flowpilot::reach::bc_policy(seed)?;
+        let init = crate::tasks::reach::bc_policy(seed)?;
         let dir =
             std::env::temp_dir().join(format!("flowpilot_reach_{}_{seed}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = flowpilot::reach::SessionConfig {
+        let cfg = crate::tasks::reach::SessionConfig {
             rounds,
             episodes_per_round: 10,
             updates_per_round: updates,
             eval_episodes: 20,
-            sac: flowpilot::learner::SacConfig {
+            sac: flowpilot_learn::learner::SacConfig {
                 seed,
                 critic_warmup: updates as u64,
                 bc_lambda,
                 ..Default::default()
             },
         };
-        let c = flowpilot::reach::finetune_session(&init, &cfg, &dir)?;
+        let c = crate::tasks::reach::finetune_session(&init, &cfg, &dir)?;
         let _ = std::fs::remove_dir_all(&dir);
         println!(
             "seed {seed}: {:.2} -> {:.2} ({:.0} s)",
@@ -845,18 +859,18 @@ fn reach_finetune(
             })
             .collect();
         let names: Vec<String> = (0..all.len()).map(|s| format!("seed {s}")).collect();
-        let ex = flowpilot::reach::expert_return(100, 0);
+        let ex = crate::tasks::reach::expert_return(100, 0);
         let expert = vec![(0.0, ex), (pts[0].last().map_or(1.0, |p| p.0), ex)];
-        let mut series: Vec<flowpilot::plot::Series<'_>> = names
+        let mut series: Vec<crate::plot::Series<'_>> = names
             .iter()
             .zip(&pts)
-            .map(|(n, p)| flowpilot::plot::Series { name: n, points: p })
+            .map(|(n, p)| crate::plot::Series { name: n, points: p })
             .collect();
-        series.push(flowpilot::plot::Series {
+        series.push(crate::plot::Series {
             name: "detour expert (the demos)",
             points: &expert,
         });
-        flowpilot::plot::line_plot(
+        crate::plot::line_plot(
             &path,
             "SAC fine-tuning of a BC flow (reach with detour)",
             "logged transitions",

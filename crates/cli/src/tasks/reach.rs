@@ -17,12 +17,12 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::demos::Demos;
-use crate::learner::{LogFollower, ReplayBuffer, Sac, SacConfig};
-use crate::log::writer::{LogConfig, LogHandle};
-use crate::log::{PolicyId, Transition};
-use crate::model::ModelFile;
-use crate::sampler::Sampler;
+use flowpilot_core::log::writer::{LogConfig, LogHandle};
+use flowpilot_core::log::{PolicyId, Transition};
+use flowpilot_core::model::ModelFile;
+use flowpilot_core::sampler::Sampler;
+use flowpilot_learn::demos::Demos;
+use flowpilot_learn::learner::{LogFollower, ReplayBuffer, Sac, SacConfig};
 
 pub const GOAL: [f32; 2] = [1.0, 0.0];
 pub const WAYPOINT: [f32; 2] = [0.0, 0.8];
@@ -227,7 +227,7 @@ pub fn finetune_session(
             sac.update(&rb)?;
         }
         let next = sac.export(&current.spec)?;
-        let path = ckpt_dir.join(crate::learner::checkpoint_name(next.spec.version));
+        let path = ckpt_dir.join(flowpilot_learn::learner::checkpoint_name(next.spec.version));
         next.save(&path)?;
         current = ModelFile::load(&path)?;
         sampler = Sampler::new(&current)?;
@@ -260,7 +260,7 @@ pub fn expert_return(episodes: usize, seed: u64) -> f64 {
 /// detour episodes.
 pub fn bc_policy(seed: u64) -> Result<ModelFile> {
     let demos = generate_demos(100, seed);
-    let cfg = crate::train::BcConfig {
+    let cfg = flowpilot_learn::train::BcConfig {
         blocks: 2,
         hidden: 64,
         steps: 1500,
@@ -270,5 +270,5 @@ pub fn bc_policy(seed: u64) -> Result<ModelFile> {
         seed,
         ..Default::default()
     };
-    Ok(crate::train::train_bc(&demos, &cfg, false)?.0)
+    Ok(flowpilot_learn::train::train_bc(&demos, &cfg, false)?.0)
 }

@@ -562,3 +562,13 @@ pub fn apply_rt_settings(
     }
     warnings
 }
+
+/// Lower (or raise, if permitted) the calling process's CPU niceness: the
+/// learner runs at 19 so that it never delays the control thread.
+pub fn set_niceness(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscall on the calling process.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::alloc_count::thread_allocations;
-use crate::model::ModelFile;
-use crate::sampler::Sampler;
+use flowpilot_core::alloc_count::thread_allocations;
+use flowpilot_core::model::ModelFile;
+use flowpilot_core::sampler::Sampler;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -118,7 +118,7 @@ pub fn run(model: &ModelFile, n: usize, with_twin: bool) -> Result<BenchReport> 
 pub fn twin_latency(model: &ModelFile, obs: &[f32], goal: &[f32], n: usize) -> Result<Latency> {
     use candle_core::{Device, Tensor};
     let dev = Device::Cpu;
-    let twin = crate::twin::Twin::from_model(model, &dev)?;
+    let twin = flowpilot_learn::twin::Twin::from_model(model, &dev)?;
     let d = model.spec.act_dim;
     let z: Vec<f32> = (0..d).map(|i| 0.1 * i as f32).collect();
     let one = || -> Result<()> {
@@ -156,15 +156,15 @@ pub fn sac_updates(
 ) -> Result<Latency> {
     use rand::{Rng, SeedableRng};
     let spec = &model.spec;
-    let cfg = crate::learner::SacConfig {
+    let cfg = flowpilot_learn::learner::SacConfig {
         batch,
         critic_hidden,
         critic_warmup: 0,
         ..Default::default()
     };
-    let mut sac = crate::learner::Sac::new(model, cfg)?;
+    let mut sac = flowpilot_learn::learner::Sac::new(model, cfg)?;
     let (inp, d) = (spec.obs_dim + spec.goal_dim, spec.act_dim);
-    let mut rb = crate::learner::ReplayBuffer::new(inp, d, 10_000);
+    let mut rb = flowpilot_learn::learner::ReplayBuffer::new(inp, d, 10_000);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for _ in 0..10_000 {
         let s: Vec<f32> = (0..inp).map(|_| rng.random_range(-1.0..1.0)).collect();

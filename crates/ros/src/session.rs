@@ -12,7 +12,7 @@ use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::QosProfile;
 
-use crate::board::Board;
+use flowpilot_core::board::Board;
 
 /// Reward and episode state shared by the subscribers and the control thread.
 #[derive(Default)]

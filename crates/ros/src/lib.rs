@@ -1,12 +1,13 @@
-//! The ROS 2 bridge (feature `ros`, on r2r): subscriptions fill the board,
+//! flowpilot-ros: the ROS 2 node (on r2r, no candle): subscriptions fill the board,
 //! the control thread ticks at a fixed rate, a publisher thread turns its
 //! actions into messages (r2r's publish allocates and locks, so it never
 //! runs on the control thread — the realtime_tools pattern), and the spin
 //! thread serves e-stop, diagnostics and shutdown.
 
 pub mod config;
-pub mod hotswap;
 pub mod session;
+
+use flowpilot_core::hotswap;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::QosProfile;
 
-use crate::board::{mono_ns, wall_ns, Board};
-use crate::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
-use crate::model::ModelFile;
-use crate::sampler::Sampler;
 use config::{ActionKind, JointField, NodeConfig, SourceConfig, SourceKind};
+use flowpilot_core::board::{mono_ns, wall_ns, Board};
+use flowpilot_core::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
+use flowpilot_core::model::ModelFile;
+use flowpilot_core::sampler::Sampler;
 
 /// Largest action and source counts an [`Outgoing`] record carries.
 pub const MAX_ACT: usize = 32;
@@ -40,12 +41,6 @@ struct Outgoing {
     action: [f64; MAX_ACT],
     n_src: usize,
     stamps: [i64; MAX_SOURCES],
-}
-
-static SHUTDOWN: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::SeqCst);
 }
 
 /// Counters kept by the subscriber side.
@@ -408,13 +403,7 @@ where
 
 /// Run the node until SIGINT/SIGTERM. Returns after a clean shutdown.
 pub fn run_node() -> Result<()> {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        // A file-size limit must fail a log write, not kill the controller.
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
+    let shutdown = flowpilot_core::shutdown::Shutdown::install();
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot", "").context("creating the node")?;
     let params: std::collections::HashMap<String, r2r::ParameterValue> = node
@@ -432,7 +421,7 @@ pub fn run_node() -> Result<()> {
     if let Some(dir) = &cfg.hot_swap_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating hot_swap.dir {dir}"))?;
         if let Some((p, m)) = hotswap::HotSwap::resume(std::path::Path::new(dir)) {
-            let dims = |s: &crate::model::ModelSpec| (s.obs_dim, s.goal_dim, s.act_dim);
+            let dims = |s: &flowpilot_core::model::ModelSpec| (s.obs_dim, s.goal_dim, s.act_dim);
             if dims(&m.spec) == dims(&model.spec) {
                 tracing::info!(path = %p.display(), version = m.spec.version, "resuming with the last accepted version");
                 model = m;
@@ -468,7 +457,7 @@ pub fn run_node() -> Result<()> {
     let spawner = pool.spawner();
     if let Some((topic, max_age_s)) = &cfg.override_input {
         let b = session::subscribe_override(&mut node, &spawner, topic, act_dim)?;
-        controller.set_override(crate::control::OverrideInput {
+        controller.set_override(flowpilot_core::control::OverrideInput {
             board: b,
             max_age_s: *max_age_s,
         })?;
@@ -476,11 +465,13 @@ pub fn run_node() -> Result<()> {
     // Transition log: reward/episode inputs and the writer thread.
     let log = match &cfg.log {
         Some(l) => {
-            if board.total() > crate::log::MAX_OBS || act_dim > crate::log::MAX_ACT {
+            if board.total() > flowpilot_core::log::MAX_OBS
+                || act_dim > flowpilot_core::log::MAX_ACT
+            {
                 bail!(
                     "the transition log carries at most {} observation+goal values and {} actions; this model has {} and {act_dim}",
-                    crate::log::MAX_OBS,
-                    crate::log::MAX_ACT,
+                    flowpilot_core::log::MAX_OBS,
+                    flowpilot_core::log::MAX_ACT,
                     board.total()
                 );
             }
@@ -505,13 +496,15 @@ pub fn run_node() -> Result<()> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            let handle = crate::log::writer::LogHandle::start(crate::log::writer::LogConfig {
-                dir: l.dir.clone().into(),
-                flush_period: Duration::from_secs_f64(l.flush_period_s),
-                queue_capacity: l.queue,
-                reward: l.distance_reward.clone(),
-                metadata: meta,
-            })
+            let handle = flowpilot_core::log::writer::LogHandle::start(
+                flowpilot_core::log::writer::LogConfig {
+                    dir: l.dir.clone().into(),
+                    flush_period: Duration::from_secs_f64(l.flush_period_s),
+                    queue_capacity: l.queue,
+                    reward: l.distance_reward.clone(),
+                    metadata: meta,
+                },
+            )
             .context("starting the transition log")?;
             tracing::info!(path = %handle.stats.path.lock().expect("path").as_str(), every = l.every, "transition log started");
             Some((Arc::new(handle), inputs, l.every))
@@ -659,7 +652,7 @@ pub fn run_node() -> Result<()> {
                 for w in apply_rt_settings(rt.0, rt.1, rt.2) {
                     tracing::warn!("{w}");
                 }
-                let mut rec = crate::log::Transition::default();
+                let mut rec = flowpilot_core::log::Transition::default();
                 let mut timer = Periodic::new(rate);
                 let period = timer.period_ns() as u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -722,7 +715,7 @@ pub fn run_node() -> Result<()> {
     let obs_dim = model.spec.obs_dim;
     let mut next_poll = mono_ns();
     let mut next_diag = mono_ns() + (cfg.diagnostics_period_s * 1e9) as i64;
-    while !SHUTDOWN.load(Ordering::SeqCst) {
+    while !shutdown.requested() {
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
         while let Some(req) = rollback_requests.pop() {
@@ -971,7 +964,7 @@ pub fn run_node() -> Result<()> {
     let publisher = pub_thread
         .join()
         .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
-    if !matches!(cfg.safe, crate::control::SafeBehaviour::Stop) {
+    if !matches!(cfg.safe, flowpilot_core::control::SafeBehaviour::Stop) {
         publisher.publish_action(controller.shutdown_action())?;
     }
     // Let DDS deliver the last messages before the participant goes away.
@@ -982,4 +975,20 @@ pub fn run_node() -> Result<()> {
     drop(node);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The `flowpilot_node` binary: logging set-up, then [`run_node`]; exits 1
+/// with the reason on a fatal error.
+pub fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run_node() {
+        tracing::error!("{e:#}");
+        eprintln!("flowpilot_node: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,4 +1,4 @@
-//! The trainable twin: the same flow as [`crate::sampler`], over batches, on
+//! The trainable twin: the same flow as [`flowpilot_core::sampler`], over batches, on
 //! candle-core autograd. Used by the trainers and as the reference the
 //! real-time sampler is checked against.
 //!
@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use crate::model::{Direction, ModelFile, ModelSpec, PolicyKind, TensorData};
-use crate::sampler::{HALF_LN_2PI, LOG_STD_MAX, LOG_STD_MIN};
+use flowpilot_core::model::{Direction, ModelFile, ModelSpec, PolicyKind, TensorData};
+use flowpilot_core::sampler::{HALF_LN_2PI, LOG_STD_MAX, LOG_STD_MIN};
 
 pub struct Twin {
     spec: ModelSpec,
@@ -136,7 +136,7 @@ impl Twin {
             let t = v.as_tensor();
             tensors.insert(
                 name.clone(),
-                crate::model::Tensor::f32(
+                flowpilot_core::model::Tensor::f32(
                     t.dims().to_vec(),
                     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
                 ),
@@ -145,7 +145,7 @@ impl Twin {
         for (i, p) in self.perms.iter().enumerate() {
             tensors.insert(
                 format!("blocks.{i}.lin.perm"),
-                crate::model::Tensor {
+                flowpilot_core::model::Tensor {
                     shape: vec![p.len()],
                     data: TensorData::I64(p.clone()),
                 },

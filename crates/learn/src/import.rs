@@ -13,13 +13,13 @@ use anyhow::{bail, Context, Result};
 use ndarray_npy::NpzReader;
 use serde::Deserialize;
 
-use crate::model::{
+use flowpilot_core::model::{
     Direction, EncoderSpec, ModelFile, ModelSpec, Normalizer, PolicyKind, Tensor, TensorData,
     FORMAT_VERSION,
 };
 
 /// Which code produced the checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointKind {
     /// il-and-cil flax GCBC: params pickle with 'model' and 'encoder'.
     FlaxGcbc,
@@ -81,8 +81,9 @@ fn helper_script(opts: &ImportOptions) -> PathBuf {
     if let Some(dir) = std::env::var_os("FLOWPILOT_SCRIPTS") {
         return Path::new(&dir).join("nf4rl_import.py");
     }
+    // The repository's scripts/ (this crate lives in crates/learn).
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
+        .join("../../scripts")
         .join("nf4rl_import.py")
 }
 

@@ -2,16 +2,16 @@
 //! e-stop, the warm-up gate, rate limiting, equality with the offline
 //! sampler, and zero allocation per tick.
 
-mod common;
+use flowpilot_core::testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use flowpilot::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot::board::Board;
-use flowpilot::control::{ControlConfig, Controller, Decision, Periodic, SafeBehaviour};
-use flowpilot::model::{Direction, PolicyKind};
-use flowpilot::sampler::Sampler;
+use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
+use flowpilot_core::board::Board;
+use flowpilot_core::control::{ControlConfig, Controller, Decision, Periodic, SafeBehaviour};
+use flowpilot_core::model::{Direction, PolicyKind};
+use flowpilot_core::sampler::Sampler;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -21,7 +21,7 @@ fn setup(
     safe: SafeBehaviour,
     warmup: u64,
     max_delta: Option<Vec<f64>>,
-) -> (Controller, Arc<Board>, flowpilot::model::ModelFile) {
+) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
     let m = common::random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 21);
     let board = Arc::new(Board::new(&[3, 2, 2]));
     let cfg = ControlConfig {
@@ -41,7 +41,7 @@ fn setup(
 fn feed(b: &Board) {
     b.write(0, &[0.1, 0.2, 0.3], None);
     b.write(1, &[-0.5, 0.5], None);
-    b.write(2, &[1.0, -1.0], Some(flowpilot::board::wall_ns()));
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn header_stamp_age_is_used_when_present() {
     b.write(
         2,
         &[1.0, -1.0],
-        Some(flowpilot::board::wall_ns() - 20_000_000_000),
+        Some(flowpilot_core::board::wall_ns() - 20_000_000_000),
     );
     assert_eq!(c.tick().decision, Decision::Stale { source: 2 });
 }
@@ -213,10 +213,10 @@ fn a_tick_allocates_nothing() {
 
 #[test]
 fn logging_a_tick_allocates_nothing_and_never_blocks() {
-    use flowpilot::log::writer::{LogConfig, LogHandle};
+    use flowpilot_core::log::writer::{LogConfig, LogHandle};
     let (mut c, b, m) = setup(SafeBehaviour::Hold, 0, None);
     let human = Arc::new(Board::new(&[3]));
-    c.set_override(flowpilot::control::OverrideInput {
+    c.set_override(flowpilot_core::control::OverrideInput {
         board: human.clone(),
         max_age_s: 0.05,
     })
@@ -231,7 +231,7 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
     })
     .unwrap();
     feed(&b);
-    let mut rec = flowpilot::log::Transition::default();
+    let mut rec = flowpilot_core::log::Transition::default();
     c.tick();
     let before = thread_allocations();
     for i in 0..3000u64 {
@@ -259,8 +259,8 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
         3000,
         "every record is written or counted as dropped"
     );
-    let recs = flowpilot::log::reader::read_file(
-        &flowpilot::log::reader::log_files(dir.path()).unwrap()[0],
+    let recs = flowpilot_core::log::reader::read_file(
+        &flowpilot_core::log::reader::log_files(dir.path()).unwrap()[0],
     )
     .unwrap();
     assert_eq!(recs.len() as u64, written);
@@ -284,7 +284,7 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
         .all(|r| r.log_prob.is_finite() && r.sampled().iter().all(|v| v.is_finite())));
     assert_eq!(pol[0].policy.version, m.spec.version);
     assert_eq!(
-        flowpilot::log::digest_hex(&pol[0].policy.digest),
+        flowpilot_core::log::digest_hex(&pol[0].policy.digest),
         m.spec.digest
     );
 }
@@ -292,14 +292,14 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
 #[test]
 fn periodic_timer_uses_absolute_deadlines() {
     let mut p = Periodic::new(1000.0);
-    let t0 = flowpilot::board::mono_ns();
+    let t0 = flowpilot_core::board::mono_ns();
     let start = t0 + p.period_ns();
     let mut lateness = Vec::new();
     for _ in 0..200 {
         let (late, _) = p.wait();
         lateness.push(late);
     }
-    let end = flowpilot::board::mono_ns();
+    let end = flowpilot_core::board::mono_ns();
     // 200 deadlines after the first: never early, and no accumulated drift
     // (each wake-up is measured against start + k·period, not the last wake).
     assert!(end >= start + 199 * 1_000_000, "woke early");

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::AtomicBool;
 
-use flowpilot::learner::{self, DataSource, FinetuneOptions, SacConfig};
-use flowpilot::model::ModelFile;
-use flowpilot::reach;
+use flowpilot_cli::tasks::reach;
+use flowpilot_core::model::ModelFile;
+use flowpilot_learn::learner::{self, DataSource, FinetuneOptions, SacConfig};
 
 /// BC on detour demos, then 8 rounds of (10 logged episodes, 400 SAC
 /// updates). Seed 0 goes −28.25 → −23.85, −24.93, −24.15 over the last
@@ -13,7 +13,7 @@ use flowpilot::reach;
 /// reach-finetune --seeds 3`, docs/finetuning.md).
 #[test]
 fn finetuning_from_its_own_logs_straightens_the_detour() {
-    flowpilot::pin_threads(1);
+    flowpilot_learn::pin_threads(1);
     let init = reach::bc_policy(0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = reach::SessionConfig {
@@ -93,7 +93,7 @@ fn offline_setup(
     bc_seed: u64,
     updates: u64,
 ) -> (FinetuneOptions, std::path::PathBuf) {
-    flowpilot::pin_threads(1);
+    flowpilot_learn::pin_threads(1);
     let demos_path = dir.join("demos.npz");
     reach::generate_demos(20, 1).save(&demos_path).unwrap();
     let init_path = dir.join("init.safetensors");

@@ -8,8 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::demos::Demos;
-use crate::sampler::Sampler;
+use flowpilot_core::sampler::Sampler;
+use flowpilot_learn::demos::Demos;
 
 pub const START: [f32; 2] = [0.0, -1.2];
 pub const GOAL: [f32; 2] = [0.0, 1.2];

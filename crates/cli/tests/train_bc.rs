@@ -3,11 +3,11 @@
 //! point-mass policies behave as the docs say.
 
 use candle_core::{Device, Tensor};
-use flowpilot::model::{ModelFile, PolicyKind};
-use flowpilot::pointmass::{evaluate, generate_demos, EvalMode};
-use flowpilot::sampler::Sampler;
-use flowpilot::train::{lr_at, train_bc, BcConfig};
-use flowpilot::twin::Twin;
+use flowpilot_cli::tasks::pointmass::{evaluate, generate_demos, EvalMode};
+use flowpilot_core::model::{ModelFile, PolicyKind};
+use flowpilot_core::sampler::Sampler;
+use flowpilot_learn::train::{lr_at, train_bc, BcConfig};
+use flowpilot_learn::twin::Twin;
 
 fn small_cfg(kind: PolicyKind, steps: usize) -> BcConfig {
     BcConfig {
@@ -40,7 +40,7 @@ fn lr_schedule_warms_up_then_decays_to_zero() {
 
 #[test]
 fn training_is_deterministic_and_learns() {
-    flowpilot::pin_threads(1);
+    flowpilot_learn::pin_threads(1);
     let demos = generate_demos(30, 1);
     let cfg = small_cfg(PolicyKind::Flow, 80);
     let (a, ra) = train_bc(&demos, &cfg, false).unwrap();
@@ -98,14 +98,14 @@ fn demos_round_trip_through_npz() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("d.npz");
     d.save(&p).unwrap();
-    assert_eq!(flowpilot::demos::Demos::load(&p).unwrap(), d);
+    assert_eq!(flowpilot_learn::demos::Demos::load(&p).unwrap(), d);
     std::fs::write(dir.path().join("bad.npz"), b"not a zip").unwrap();
-    let e = flowpilot::demos::Demos::load(dir.path().join("bad.npz")).unwrap_err();
+    let e = flowpilot_learn::demos::Demos::load(dir.path().join("bad.npz")).unwrap_err();
     assert!(format!("{e:#}").contains("not a .npz"), "{e:#}");
 }
 
 fn bundled(name: &str) -> Sampler {
-    let p = format!("{}/models/{name}", env!("CARGO_MANIFEST_DIR"));
+    let p = format!("{}/../../models/{name}", env!("CARGO_MANIFEST_DIR"));
     Sampler::new(&ModelFile::load(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
 }
 

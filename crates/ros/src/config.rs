@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Context, Result};
 use r2r::ParameterValue;
 
-use crate::control::SafeBehaviour;
+use flowpilot_core::control::SafeBehaviour;
 
 /// One observation (or goal) source.
 #[derive(Debug, Clone)]
@@ -139,7 +139,7 @@ pub struct LogSettings {
     pub reward_topic: Option<String>,
     pub episode_topic: Option<String>,
     pub terminal_topic: Option<String>,
-    pub distance_reward: Option<crate::log::writer::DistanceReward>,
+    pub distance_reward: Option<flowpilot_core::log::writer::DistanceReward>,
 }
 
 fn nonempty(s: String) -> Option<String> {
@@ -166,7 +166,7 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
     let distance_reward = if a.is_empty() {
         None
     } else {
-        Some(crate::log::writer::DistanceReward {
+        Some(flowpilot_core::log::writer::DistanceReward {
             a,
             b,
             action_cost: p.f64("log.reward.action_cost", 0.0)?,

@@ -1,10 +1,10 @@
 //! The model file: round trip, and every kind of bad file is refused with
 //! an error naming the problem (never a panic).
 
-mod common;
+use flowpilot_core::testkit as common;
 
 use common::random_model;
-use flowpilot::model::{
+use flowpilot_core::model::{
     Direction, ModelError, ModelFile, PolicyKind, Tensor, TensorData, META_KEY,
 };
 

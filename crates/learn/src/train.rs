@@ -11,9 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::demos::Demos;
-use crate::init::{default_spec, init_model, Init};
-use crate::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
 use crate::twin::Twin;
+use flowpilot_core::init::{default_spec, init_model, Init};
+use flowpilot_core::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
 
 #[derive(Debug, Clone)]
 pub struct BcConfig {

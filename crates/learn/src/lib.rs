@@ -1,0 +1,25 @@
+//! flowpilot-learn: the learning half of flowpilot, on candle. Nothing here
+//! runs in the control loop.
+//!
+//! - [`twin`]: the same flow on candle autograd, for training and batches.
+//! - [`train`]: the NF-BC (and Gaussian baseline) trainer.
+//! - [`demos`]: the demonstrations file format.
+//! - [`import`]: import checkpoints of the paper's flax/PyTorch code.
+//! - [`learner`]: SAC fine-tuning of a flow policy from transition logs.
+
+pub mod demos;
+pub mod import;
+pub mod learner;
+pub mod train;
+pub mod twin;
+
+/// Pin the thread pools candle (and rayon) will use, before any of them
+/// starts. Unset, candle re-reads /proc/cpuinfo on every matmul (26× slower
+/// at batch 1) and may start threads that preempt the control loop.
+pub fn pin_threads(n: usize) {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, n.to_string());
+        }
+    }
+}
