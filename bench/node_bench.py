@@ -9,7 +9,7 @@ Measures, with the reference K=4, C=256 model (obs 39, act 8):
   2. the control loop at --rate for --seconds: wake-up jitter p50/p99/max
      and missed deadlines (the node's own full-run summary);
   3. round trip rclpy -> node -> rclpy, against a minimal r2r echo node
-     (examples/r2r_echo.rs) in the same run.
+     (crates/ros/examples/r2r_echo.rs) in the same run.
 Prints a Markdown table; numbers are min/median/p99 over the samples.
 """
 import argparse

@@ -2,7 +2,7 @@
 """The same SAC update as `flowpilot bench MODEL --sac`, in PyTorch eager,
 for a side-by-side throughput comparison (optional: torch stays out of CI).
 
-Architecture as src/twin.rs + src/learner.rs: K affine-coupling blocks, each
+Architecture as crates/learn/src/twin.rs + crates/learn/src/learner/: K affine-coupling blocks, each
 with an invertible linear layer W = P·L·U (learned L, U, s), s/t nets
 Linear(d1+k, C+k) → LeakyReLU(0.01) → LayerNorm → Linear(C+k, C) → LeakyReLU →
 LayerNorm → Linear(C, d2); sampling runs the blocks inverted; twin ReLU critics

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A simulated point-mass robot on ROS 2 (rclpy): the same task as
-src/pointmass.rs. It publishes its state and consumes velocity commands as a
+crates/cli/src/tasks/pointmass.rs. It publishes its state and consumes velocity commands as a
 ros2_control forward command controller would: it holds the last command and
 goes to zero when commands go stale.
 

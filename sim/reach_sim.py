@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A simulated 2-D reaching robot on ROS 2 (rclpy), the same task as
-src/reach.rs: start near (-1, 0), reach (1, 0), reward -|p - goal| per step,
+crates/cli/src/tasks/reach.rs: start near (-1, 0), reach (1, 0), reward -|p - goal| per step,
 30 steps per episode, velocity commands in [-1, 1]^2, dt 0.1 s. Its bundled
 BC policy learned a needless detour from the demos, so fine-tuning has
 something unambiguous to fix.

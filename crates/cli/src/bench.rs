@@ -1,5 +1,8 @@
 //! Batch-1 latency of the real-time sampler (and, side by side, the candle
 //! twin) against a bandwidth bound measured in the same run.
+//!
+//! Offline measurement: runs the sampler on the calling thread, as the
+//! control loop would, and counts its heap allocations per sample.
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -1,6 +1,8 @@
 //! Line plots to PNG (loss curves, learning curves). Text needs a TrueType
 //! font: DejaVu Sans from the system when present (Debian: fonts-dejavu-core);
 //! without one the plot is drawn without labels rather than failing.
+//!
+//! Offline only; allocates freely.
 
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! The SAC learner: a learning test on real log files, offline RL from a
 //! dataset, versioned checkpoints with parent digests, and resumption.
 
+use flowpilot_core::checkpoint::CheckpointDir;
 use std::sync::atomic::AtomicBool;
 
 use flowpilot_cli::tasks::reach;
@@ -53,7 +54,8 @@ fn finetuning_from_its_own_logs_straightens_the_detour() {
     // every round's checkpoint names its parent
     let mut prev = init.spec.digest.clone();
     for v in 2..=curve.last().unwrap().version {
-        let m = ModelFile::load(dir.path().join("ckpt").join(learner::checkpoint_name(v))).unwrap();
+        let m =
+            ModelFile::load(CheckpointDir::new(dir.path().join("ckpt")).policy_path(v)).unwrap();
         assert_eq!(m.spec.parent_digest.as_deref(), Some(prev.as_str()));
         assert_eq!(m.spec.parent_version, Some(v - 1));
         prev = m.spec.digest.clone();
@@ -113,27 +115,27 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
     let (o, demos_path) = offline_setup(dir.path(), 1, 50);
     let stop = AtomicBool::new(false);
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
-    let (p, m) = learner::latest_checkpoint(&o.out).unwrap();
+    let (p, m) = CheckpointDir::new(&o.out).latest().unwrap();
     // checkpoints at 20 and 40 updates, and the final one at 50
     assert_eq!(m.spec.version, 4, "{}", p.display());
-    assert!(learner::state_path(&o.out).exists());
+    assert!(CheckpointDir::new(&o.out).learner_state_path().exists());
     // a restarted learner continues the lineage and the update count, and
     // removes the partial file a killed learner left (never loaded: the
     // hot swap and latest_checkpoint only read *.safetensors)
     let partial = o.out.join(".policy_v000005.safetensors.tmp4242");
     std::fs::write(&partial, &b"half a model"[..]).unwrap();
     assert_eq!(
-        learner::latest_checkpoint(&o.out).unwrap().1.spec.version,
+        CheckpointDir::new(&o.out).latest().unwrap().1.spec.version,
         4
     );
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
     assert!(!partial.exists());
-    let (_, m2) = learner::latest_checkpoint(&o.out).unwrap();
+    let (_, m2) = CheckpointDir::new(&o.out).latest().unwrap();
     assert_eq!(m2.spec.version, 7);
     assert_eq!(
         m2.spec.parent_digest.as_deref(),
         Some(
-            ModelFile::load(o.out.join(learner::checkpoint_name(6)))
+            ModelFile::load(CheckpointDir::new(&o.out).policy_path(6))
                 .unwrap()
                 .spec
                 .digest
@@ -146,7 +148,7 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
         m2.spec.created_by
     );
     // a corrupt learner state is ignored (critics restart), not fatal
-    std::fs::write(learner::state_path(&o.out), b"garbage").unwrap();
+    std::fs::write(CheckpointDir::new(&o.out).learner_state_path(), b"garbage").unwrap();
     assert_eq!(learner::run(&o, &stop).unwrap(), 50);
     // a dataset without rewards is refused with a clear error
     let mut d = reach::generate_demos(5, 2);
@@ -169,6 +171,6 @@ fn a_stop_request_ends_the_session_with_a_checkpoint() {
         h.join().unwrap()
     });
     assert!(n > 10, "{n} updates in 1.5 s");
-    let (_, m) = learner::latest_checkpoint(&o.out).unwrap();
+    let (_, m) = CheckpointDir::new(&o.out).latest().unwrap();
     assert_eq!(m.spec.version, 2, "one checkpoint, written at the stop");
 }

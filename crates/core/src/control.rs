@@ -53,32 +53,24 @@ pub struct ControlConfig {
     pub seed: u64,
 }
 
-/// Why this tick's action is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Policy,
-    WarmingUp,
-    EStop,
-    Stale {
-        source: usize,
-    },
-    Invalid,
-    /// A human override was live: its action was applied.
-    Override,
-}
+pub use crate::decision::Decision;
 
-impl Decision {
-    /// The code used in the trace topic and the transition log.
-    pub fn code(self) -> u8 {
-        match self {
-            Decision::Policy => 0,
-            Decision::WarmingUp => 1,
-            Decision::EStop => 2,
-            Decision::Stale { .. } => 3,
-            Decision::Invalid => 4,
-            Decision::Override => 5,
-        }
-    }
+/// A controller that cannot be built from this configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("configured sources give obs {obs} + goal {goal} values; the model expects obs {model_obs} + goal {model_goal}")]
+    SourceWidths {
+        obs: usize,
+        goal: usize,
+        model_obs: usize,
+        model_goal: usize,
+    },
+    #[error("one max age per source")]
+    MaxAges,
+    #[error("max_delta needs {0} values")]
+    MaxDelta(usize),
+    #[error("the override source must carry {0} values")]
+    OverrideWidth(usize),
 }
 
 /// A human override: a one-slot board holding the operator's action
@@ -113,67 +105,7 @@ impl Stats {
     }
 }
 
-/// Lock-free latency histogram: 1 µs buckets to 2 ms, then 100 µs buckets
-/// to 100 ms; readers drain it.
-pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    max_ns: AtomicU64,
-}
-
-const FINE: usize = 2000;
-const COARSE: usize = 980;
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: (0..FINE + COARSE + 1).map(|_| AtomicU64::new(0)).collect(),
-            max_ns: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn record(&self, ns: u64) {
-        let us = (ns / 1000) as usize;
-        let b = if us < FINE {
-            us
-        } else {
-            (FINE + (us - FINE) / 100).min(FINE + COARSE)
-        };
-        self.buckets[b].fetch_add(1, Ordering::Relaxed);
-        self.max_ns.fetch_max(ns, Ordering::Relaxed);
-    }
-
-    /// Take and reset: (count, p50 µs, p99 µs, max µs).
-    pub fn drain(&self) -> (u64, f64, f64, f64) {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.swap(0, Ordering::Relaxed))
-            .collect();
-        let max = self.max_ns.swap(0, Ordering::Relaxed) as f64 / 1e3;
-        let n: u64 = counts.iter().sum();
-        let q = |p: f64| -> f64 {
-            let target = ((n as f64) * p).ceil().max(1.0) as u64;
-            let mut acc = 0;
-            for (i, c) in counts.iter().enumerate() {
-                acc += c;
-                if acc >= target {
-                    return if i < FINE {
-                        i as f64
-                    } else {
-                        (FINE + (i - FINE) * 100) as f64
-                    };
-                }
-            }
-            max
-        };
-        if n == 0 {
-            return (0, 0.0, 0.0, 0.0);
-        }
-        (n, q(0.5), q(0.99), max)
-    }
-}
+pub use crate::histogram::Histogram;
 
 /// One tick's result, in buffers owned by the loop.
 pub struct TickOut<'a> {
@@ -220,26 +152,29 @@ struct LastTick {
 }
 
 impl Controller {
-    pub fn new(cfg: ControlConfig, sampler: Sampler, board: Arc<Board>) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: ControlConfig,
+        sampler: Sampler,
+        board: Arc<Board>,
+    ) -> Result<Self, ControlError> {
         let spec = sampler.spec().clone();
         let obs_w: usize = (0..cfg.obs_sources).map(|i| board.width(i)).sum();
         let goal_w = board.total() - obs_w;
-        anyhow::ensure!(
-            obs_w == spec.obs_dim && goal_w == spec.goal_dim,
-            "configured sources give obs {obs_w} + goal {goal_w} values; the model expects obs {} + goal {}",
-            spec.obs_dim,
-            spec.goal_dim
-        );
-        anyhow::ensure!(
-            cfg.max_age_s.len() == board.sources(),
-            "one max age per source"
-        );
+        if obs_w != spec.obs_dim || goal_w != spec.goal_dim {
+            return Err(ControlError::SourceWidths {
+                obs: obs_w,
+                goal: goal_w,
+                model_obs: spec.obs_dim,
+                model_goal: spec.goal_dim,
+            });
+        }
+        if cfg.max_age_s.len() != board.sources() {
+            return Err(ControlError::MaxAges);
+        }
         if let Some(d) = &cfg.max_delta {
-            anyhow::ensure!(
-                d.len() == spec.act_dim,
-                "max_delta needs {} values",
-                spec.act_dim
-            );
+            if d.len() != spec.act_dim {
+                return Err(ControlError::MaxDelta(spec.act_dim));
+            }
         }
         let d = spec.act_dim;
         Ok(Self {
@@ -281,12 +216,10 @@ impl Controller {
     }
 
     /// Accept a human override action (act_dim wide, physical units).
-    pub fn set_override(&mut self, input: OverrideInput) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            input.board.sources() == 1 && input.board.width(0) == self.action.len(),
-            "the override source must carry {} values",
-            self.action.len()
-        );
+    pub fn set_override(&mut self, input: OverrideInput) -> Result<(), ControlError> {
+        if input.board.sources() != 1 || input.board.width(0) != self.action.len() {
+            return Err(ControlError::OverrideWidth(self.action.len()));
+        }
         self.human = Some(input);
         Ok(())
     }

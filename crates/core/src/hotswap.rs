@@ -8,22 +8,39 @@
 //! sampler off the control thread and offers it through a one-slot queue.
 //! The control thread swaps it in between two ticks (a move, no allocation)
 //! and hands the old sampler back to be dropped here. Accepted versions are
-//! recorded in `<dir>/.flowpilot_accepted` so a restarted node resumes with
-//! the last accepted version; a rollback restores the previous one.
+//! recorded in the directory's accepted record ([`crate::checkpoint`]) so a
+//! restarted node resumes with the last accepted version; a rollback
+//! restores the previous one. Nothing here runs on the control thread but
+//! the two queue operations of [`SwapChannel`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
 use crossbeam_queue::ArrayQueue;
 
-use crate::model::{ModelFile, ModelSpec};
-use crate::sampler::Sampler;
+use crate::checkpoint::{AcceptedRecord, CheckpointDir};
+use crate::model::{Incompatible, ModelError, ModelFile};
+use crate::sampler::{SampleError, Sampler, UnsupportedModel};
 
-/// Name of the state file: `accepted <path>` lines (oldest first) and
-/// `revoked <digest>` lines (versions rolled back, never re-accepted).
-pub const STATE_FILE: &str = ".flowpilot_accepted";
+/// Why a new version was not swapped in (or a rollback not made).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("validation: {0}")]
+    Invalid(#[from] ModelError),
+    #[error(transparent)]
+    Incompatible(#[from] Incompatible),
+    #[error("version {version} ({digest}) was rolled back; not accepting it again")]
+    Revoked { version: u64, digest: String },
+    #[error("mean action divergence {divergence:.4} on {n} recent observations exceeds {max}")]
+    Divergent { divergence: f64, n: usize, max: f64 },
+    #[error("building the sampler: {0}")]
+    Unsupported(#[from] UnsupportedModel),
+    #[error("comparing actions: {0}")]
+    Sample(#[from] SampleError),
+    #[error("no previous version to roll back to")]
+    NoPrevious,
+}
 
 /// Queues between the spin thread and the control thread.
 pub struct SwapChannel {
@@ -44,38 +61,16 @@ impl SwapChannel {
 
 /// The spin thread's view of hot-swapping.
 pub struct HotSwap {
-    dir: PathBuf,
+    dir: CheckpointDir,
     max_divergence: f64,
     /// Accepted models, oldest first; the last one is running (or offered).
     accepted: Vec<(PathBuf, ModelFile)>,
     seen: HashSet<(PathBuf, std::time::SystemTime)>,
     /// Digests rolled back by an operator: not offered again.
     revoked: HashSet<String>,
-    pub rejected: u64,
-    pub last_rejection: String,
-    pub swaps: u64,
-}
-
-/// Why two specs cannot be swapped.
-fn compatible(running: &ModelSpec, new: &ModelSpec) -> Result<()> {
-    let same = running.obs_dim == new.obs_dim
-        && running.goal_dim == new.goal_dim
-        && running.act_dim == new.act_dim
-        && running.kind == new.kind;
-    if !same {
-        bail!(
-            "dims/kind differ from the running model (obs {} goal {} act {} {:?} vs obs {} goal {} act {} {:?})",
-            new.obs_dim,
-            new.goal_dim,
-            new.act_dim,
-            new.kind,
-            running.obs_dim,
-            running.goal_dim,
-            running.act_dim,
-            running.kind
-        );
-    }
-    Ok(())
+    rejected: u64,
+    last_rejection: String,
+    swaps: u64,
 }
 
 impl HotSwap {
@@ -87,12 +82,8 @@ impl HotSwap {
         initial_path: PathBuf,
         initial: ModelFile,
     ) -> Self {
-        let revoked = std::fs::read_to_string(dir.join(STATE_FILE))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("revoked "))
-            .map(str::to_string)
-            .collect();
+        let dir = CheckpointDir::new(dir);
+        let revoked = dir.accepted().revoked.into_iter().collect();
         Self {
             dir,
             max_divergence,
@@ -107,13 +98,7 @@ impl HotSwap {
 
     /// The last accepted model recorded in `dir`, if any and loadable.
     pub fn resume(dir: &Path) -> Option<(PathBuf, ModelFile)> {
-        let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
-        let path = PathBuf::from(
-            text.lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("accepted "))?
-                .trim(),
-        );
+        let path = CheckpointDir::new(dir).accepted().accepted.pop()?;
         match ModelFile::load(&path) {
             Ok(m) => Some((path, m)),
             Err(e) => {
@@ -127,25 +112,25 @@ impl HotSwap {
         &self.accepted.last().expect("never empty").1
     }
 
+    /// Rejections since start, and the last one's reason.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+    pub fn last_rejection(&self) -> &str {
+        &self.last_rejection
+    }
+    /// Versions swapped in since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps
+    }
+
     fn record(&self) {
-        let mut text: String = self
-            .revoked
-            .iter()
-            .map(|d| format!("revoked {d}\n"))
-            .collect();
-        text.extend(
-            self.accepted
-                .iter()
-                .map(|(p, _)| format!("accepted {}\n", p.display())),
-        );
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let ok = std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, self.dir.join(STATE_FILE)));
-        if let Err(e) = ok {
-            tracing::warn!(
-                "cannot record the accepted version in {}: {e}",
-                self.dir.display()
-            );
+        let r = AcceptedRecord {
+            accepted: self.accepted.iter().map(|(p, _)| p.clone()).collect(),
+            revoked: self.revoked.iter().cloned().collect(),
+        };
+        if let Err(e) = self.dir.record_accepted(&r) {
+            tracing::warn!("cannot record the accepted version: {e}");
         }
     }
 
@@ -155,22 +140,12 @@ impl HotSwap {
         while let Some(old) = chan.retired.pop() {
             drop(old); // freed here, not on the control thread
         }
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut candidates: Vec<(PathBuf, std::time::SystemTime)> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .filter_map(|p| {
-                std::fs::metadata(&p)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .map(|t| (p, t))
-            })
+        let candidates: Vec<_> = self
+            .dir
+            .policies()
+            .into_iter()
             .filter(|k| !self.seen.contains(k))
             .collect();
-        candidates.sort();
         for (path, mtime) in candidates {
             self.seen.insert((path.clone(), mtime));
             match self.check(&path, recent) {
@@ -195,7 +170,7 @@ impl HotSwap {
                     self.record();
                     tracing::info!(path = %path.display(), version, digest = %digest, "policy accepted; swapping in");
                 }
-                Err(e) => self.reject(&path, &format!("{e:#}")),
+                Err(e) => self.reject(&path, &e.to_string()),
             }
         }
     }
@@ -207,37 +182,40 @@ impl HotSwap {
     }
 
     /// Ok(None): not newer than the running version (ignored).
-    fn check(&self, path: &Path, recent: &[(Vec<f32>, Vec<f32>)]) -> Result<Option<ModelFile>> {
-        let m = ModelFile::load(path).context("validation")?;
+    fn check(
+        &self,
+        path: &Path,
+        recent: &[(Vec<f32>, Vec<f32>)],
+    ) -> Result<Option<ModelFile>, SwapError> {
+        let m = ModelFile::load(path)?;
         let cur = self.current();
         if m.spec.version <= cur.spec.version || m.spec.digest == cur.spec.digest {
             return Ok(None);
         }
         if self.revoked.contains(&m.spec.digest) {
-            bail!(
-                "version {} ({}) was rolled back; not accepting it again",
-                m.spec.version,
-                m.spec.digest
-            );
+            return Err(SwapError::Revoked {
+                version: m.spec.version,
+                digest: m.spec.digest.clone(),
+            });
         }
-        compatible(&cur.spec, &m.spec)?;
+        cur.spec.check_compatible(&m.spec)?;
         if self.max_divergence > 0.0 && !recent.is_empty() {
             let d = divergence(cur, &m, recent)?;
             if d > self.max_divergence {
-                bail!(
-                    "mean action divergence {d:.4} on {} recent observations exceeds {}",
-                    recent.len(),
-                    self.max_divergence
-                );
+                return Err(SwapError::Divergent {
+                    divergence: d,
+                    n: recent.len(),
+                    max: self.max_divergence,
+                });
             }
         }
         Ok(Some(m))
     }
 
     /// Offer the previous accepted version again. Returns its description.
-    pub fn rollback(&mut self, chan: &SwapChannel) -> Result<String> {
+    pub fn rollback(&mut self, chan: &SwapChannel) -> Result<String, SwapError> {
         if self.accepted.len() < 2 {
-            bail!("no previous version to roll back to");
+            return Err(SwapError::NoPrevious);
         }
         let (path, undone) = self.accepted.pop().expect("len >= 2");
         self.revoked.insert(undone.spec.digest.clone());
@@ -261,7 +239,11 @@ impl HotSwap {
 
 /// Mean absolute difference of the two policies' z = 0 actions (physical
 /// units) over the given observations.
-fn divergence(a: &ModelFile, b: &ModelFile, recent: &[(Vec<f32>, Vec<f32>)]) -> Result<f64> {
+fn divergence(
+    a: &ModelFile,
+    b: &ModelFile,
+    recent: &[(Vec<f32>, Vec<f32>)],
+) -> Result<f64, SwapError> {
     let (mut sa, mut sb) = (Sampler::new(a)?, Sampler::new(b)?);
     let d = a.spec.act_dim;
     let z = vec![0.0; d];
@@ -278,4 +260,124 @@ fn divergence(a: &ModelFile, b: &ModelFile, recent: &[(Vec<f32>, Vec<f32>)]) -> 
             / d as f64;
     }
     Ok(total / recent.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, PolicyKind};
+    use crate::testkit::random_model;
+
+    /// A policy version with its own weights (so its own digest).
+    fn version(v: u64, act: usize, seed: u64) -> ModelFile {
+        let m = random_model(act, 0, false, Direction::Inverse, PolicyKind::Flow, seed);
+        let mut spec = m.spec.clone();
+        spec.version = v;
+        ModelFile::new(spec, m.tensors().clone()).unwrap()
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        dir: CheckpointDir,
+        chan: Arc<SwapChannel>,
+        hot: HotSwap,
+    }
+
+    fn setup(max_divergence: f64) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::new(tmp.path());
+        let v1 = version(1, 2, 1);
+        let p1 = dir.policy_path(1);
+        v1.save(&p1).unwrap();
+        let hot = HotSwap::new(tmp.path().into(), max_divergence, p1, v1);
+        Setup {
+            _tmp: tmp,
+            dir,
+            chan: SwapChannel::new(),
+            hot,
+        }
+    }
+
+    #[test]
+    fn accepts_a_newer_compatible_version_and_records_it() {
+        let mut s = setup(0.0);
+        let v2 = version(2, 2, 2);
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.hot.swaps(), 1);
+        assert_eq!(s.hot.current().spec.digest, v2.spec.digest);
+        let offered = s.chan.incoming.pop().expect("a sampler is offered");
+        assert_eq!(offered.spec().digest, v2.spec.digest);
+        // polled again, nothing new
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 0));
+        // resume after a restart picks the last accepted version
+        let (p, m) = HotSwap::resume(s.dir.path()).unwrap();
+        assert_eq!((p, m.spec.digest), (s.dir.policy_path(2), v2.spec.digest));
+    }
+
+    #[test]
+    fn rejects_bad_files_other_dims_and_divergent_versions() {
+        let mut s = setup(1e-6);
+        std::fs::write(s.dir.policy_path(5), b"not a model").unwrap();
+        version(6, 3, 3).save(s.dir.policy_path(6)).unwrap(); // act 3, running act 2
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 2));
+        assert!(
+            s.hot.last_rejection().contains("dims/kind differ"),
+            "{}",
+            s.hot.last_rejection()
+        );
+        // different weights act differently: over the divergence cap
+        version(7, 2, 4).save(s.dir.policy_path(7)).unwrap();
+        let recent = vec![(vec![0.1; 5], vec![]), (vec![-0.3; 5], vec![])];
+        s.hot.poll(&s.chan, &recent);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 3));
+        assert!(
+            s.hot.last_rejection().contains("divergence"),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert!(s.chan.incoming.pop().is_none(), "nothing offered");
+        assert_eq!(s.hot.current().spec.version, 1);
+        // an older version is ignored, not rejected
+        version(0, 2, 5)
+            .save(s.dir.path().join("old.safetensors"))
+            .unwrap();
+        s.hot.poll(&s.chan, &recent);
+        assert_eq!(s.hot.rejected(), 3);
+    }
+
+    #[test]
+    fn rollback_offers_the_previous_version_and_revokes_the_undone_one() {
+        let mut s = setup(0.0);
+        assert!(matches!(
+            s.hot.rollback(&s.chan),
+            Err(SwapError::NoPrevious)
+        ));
+        let v1 = s.hot.current().spec.digest.clone();
+        let v2 = version(2, 2, 2);
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        s.chan.incoming.pop().unwrap();
+        let msg = s.hot.rollback(&s.chan).unwrap();
+        assert!(msg.contains("rolled back"), "{msg}");
+        assert_eq!(s.chan.incoming.pop().unwrap().spec().digest, v1);
+        assert_eq!(s.hot.current().spec.digest, v1);
+        // the revoked version is remembered across a restart and refused
+        let rec = s.dir.accepted();
+        assert!(rec.revoked.contains(&v2.spec.digest));
+        assert_eq!(rec.accepted, vec![s.dir.policy_path(1)]);
+        let m1 = ModelFile::load(s.dir.policy_path(1)).unwrap();
+        let mut again = HotSwap::new(s.dir.path().into(), 0.0, s.dir.policy_path(1), m1);
+        std::fs::remove_file(s.dir.policy_path(2)).unwrap();
+        v2.save(s.dir.policy_path(2)).unwrap();
+        again.poll(&s.chan, &[]);
+        assert_eq!((again.swaps(), again.rejected()), (0, 1));
+        assert!(
+            again.last_rejection().contains("rolled back"),
+            "{}",
+            again.last_rejection()
+        );
+    }
 }

@@ -1,13 +1,20 @@
 //! flowpilot-core: the real-time half of flowpilot. No candle, no ROS.
 //!
+//! - [`action_space`]: flow space [-1, 1] <-> physical units (one owner).
+//! - [`checkpoint`]: the checkpoint directory's file contract (one owner).
+//! - [`histogram`]: the lock-free wake-up latency histogram.
 //! - [`hotswap`]: checked swap of new policy versions between ticks.
 //! - [`init`]: fresh models with the paper's initialisation.
 //! - [`model`]: the model file (safetensors + validated spec).
 //! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
+//! - [`decision`]: why a tick's action is what it is (the codes the log carries).
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
+//! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
+//! - [`config`]: the node's parameters, parsed and checked without ROS types.
+//! - [`diagnostics`]: the /diagnostics content from a snapshot of the counters.
 //! - [`alloc_count`]: a counting global allocator for zero-allocation proofs.
 //!
 //! ```
@@ -30,13 +37,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod action_space;
 pub mod alloc_count;
 pub mod board;
+pub mod checkpoint;
+pub mod config;
 pub mod control;
+pub mod decision;
+pub mod diagnostics;
+pub mod histogram;
 pub mod hotswap;
 pub mod init;
 pub mod log;
 pub mod model;
+pub mod runner;
 pub mod sampler;
 pub mod shutdown;
 #[doc(hidden)]

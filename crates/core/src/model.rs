@@ -161,7 +161,33 @@ fn one() -> u64 {
     1
 }
 
+/// Why a model cannot replace another on the same robot wiring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "dims/kind differ from the running model (obs {} goal {} act {} {:?} vs obs {} goal {} act {} {:?})",
+    new.0, new.1, new.2, new.3, running.0, running.1, running.2, running.3
+)]
+pub struct Incompatible {
+    running: (usize, usize, usize, PolicyKind),
+    new: (usize, usize, usize, PolicyKind),
+}
+
 impl ModelSpec {
+    /// The one rule for whether `new` can take this model's place (hot
+    /// swap, resume after restart, a learner resuming from a checkpoint):
+    /// same observation, goal and action widths, same policy kind.
+    pub fn check_compatible(&self, new: &ModelSpec) -> Result<(), Incompatible> {
+        let key = |s: &ModelSpec| (s.obs_dim, s.goal_dim, s.act_dim, s.kind);
+        if key(self) == key(new) {
+            Ok(())
+        } else {
+            Err(Incompatible {
+                running: key(self),
+                new: key(new),
+            })
+        }
+    }
+
     /// Conditioning width fed to the flow: encoder output, or obs+goal.
     pub fn cond_dim(&self) -> usize {
         match &self.encoder {
@@ -455,10 +481,8 @@ impl ModelFile {
     }
 
     /// Write atomically: temp file in the same directory, fsync, rename.
-    pub fn save(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
-        write_atomic(path.as_ref(), |tmp| {
-            Ok(std::fs::write(tmp, self.to_bytes())?)
-        })
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), crate::checkpoint::StoreError> {
+        crate::checkpoint::write_atomic(path.as_ref(), |tmp| std::fs::write(tmp, self.to_bytes()))
     }
 
     fn validate(&self) -> Result<(), ModelError> {
@@ -613,31 +637,3 @@ fn bytemuck_i64(v: &[i64]) -> &[u8] {
 
 #[cfg(target_endian = "big")]
 compile_error!("flowpilot's model format is little-endian; big-endian targets are unsupported");
-
-/// Create `path` atomically: `write` fills a temp file `.<name>.tmp<pid>` in
-/// the same directory, which is fsynced and renamed over `path` (then the
-/// directory is fsynced). A reader sees the old file or the new one, never
-/// a partial one; a crash leaves at most the temp file.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}

@@ -1,6 +1,8 @@
 //! Demonstrations on disk: a NumPy `.npz` archive, so users write it with
 //! `np.savez(path, obs=..., act=..., episode=...)`. Documented in
 //! `docs/demos-format.md`.
+//!
+//! Offline only: loading and saving allocate; never on the control thread.
 
 use std::fs::File;
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! checkpoint runs) and writes the tensors in flowpilot's layout; this module
 //! adds what the checkpoint lacks (normalisers, bounds), then builds,
 //! validates and digests the model file like any other.
+//!
+//! Offline only (spawns Python, allocates); never on the control thread.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,9 @@
 //! - [`demos`]: the demonstrations file format.
 //! - [`import`]: import checkpoints of the paper's flax/PyTorch code.
 //! - [`learner`]: SAC fine-tuning of a flow policy from transition logs.
+//!
+//! Feature `clap`: [`learner::SacConfig`] doubles as the `flowpilot finetune`
+//! flag set (one owner of the flags' names, help and defaults).
 
 pub mod demos;
 pub mod import;

@@ -1,6 +1,8 @@
 //! NF-BC: behaviour cloning by exact maximum likelihood (paper recipe:
 //! Gaussian noise on the actions, AdamW, linear warm-up then cosine decay,
 //! batch 256). The same loop fits the diagonal-Gaussian baseline.
+//!
+//! Offline only (candle thread pool, allocates); never on the control thread.
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -200,15 +202,12 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     let init = init_model(spec.clone(), Init::Paper, cfg.seed ^ 0x5EED)?;
     let twin = Twin::from_model(&init, &dev)?;
 
-    // Actions normalised to [-1, 1] by the bounds.
+    // Actions in the flow's [-1, 1] space, by the bounds just chosen.
+    let actions = flowpilot_core::action_space::ActionSpace::new(&spec);
     let act_n: Vec<f32> = demos
         .act
         .chunks_exact(d)
-        .flat_map(|row| {
-            (0..d)
-                .map(|j| 2.0 * (row[j] - low[j]) / (high[j] - low[j]) - 1.0)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|row| actions.to_flow_vec(row))
         .collect();
     let to_t = |v: Vec<f32>, cols: usize| Tensor::from_vec(v.clone(), (v.len() / cols, cols), &dev);
 

@@ -7,6 +7,10 @@
 //! differentiable composite. W⁻¹ is built from exact finite Neumann series
 //! of the nilpotent triangular parts, so the inverse pass is differentiable
 //! with matmuls only.
+//!
+//! Never on the control thread: every pass allocates (candle tensors).
+//! [`sample_once`] and [`log_prob_once`] are the batch-1 references the CLI
+//! checks the real-time sampler against.
 
 use std::collections::BTreeMap;
 
@@ -116,21 +120,17 @@ impl Twin {
         })
     }
 
-    pub fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         &self.dev
     }
 
     /// Trainable variables (for an optimiser).
-    pub fn vars(&self) -> Vec<Var> {
+    pub(crate) fn vars(&self) -> Vec<Var> {
         self.params.values().cloned().collect()
     }
 
     /// Export the current weights as a model file with the given spec.
-    pub fn to_model(&self, spec: ModelSpec) -> Result<ModelFile> {
+    pub(crate) fn to_model(&self, spec: ModelSpec) -> Result<ModelFile> {
         let mut tensors = BTreeMap::new();
         for (name, v) in &self.params {
             let t = v.as_tensor();
@@ -358,7 +358,44 @@ impl Twin {
 }
 
 /// log N(z; 0, I) per row.
-pub fn log_normal(z: &Tensor) -> Result<Tensor> {
+fn log_normal(z: &Tensor) -> Result<Tensor> {
     let d = z.dim(1)? as f64;
     Ok(((z.sqr()?.sum(1)? * -0.5)? - d * HALF_LN_2PI as f64)?)
+}
+
+/// A batch-1 twin and the conditioning of one (obs, goal): the shared start
+/// of [`sample_once`] and [`log_prob_once`].
+fn one_row(m: &ModelFile, obs: &[f32], goal: &[f32]) -> Result<(Twin, Tensor)> {
+    let dev = Device::Cpu;
+    let twin = Twin::from_model(m, &dev)?;
+    let obs = Tensor::from_slice(obs, (1, obs.len()), &dev)?;
+    let goal = if goal.is_empty() {
+        None
+    } else {
+        Some(Tensor::from_slice(goal, (1, goal.len()), &dev)?)
+    };
+    let c = twin.condition(&obs, goal.as_ref())?;
+    Ok((twin, c))
+}
+
+/// One batch-1 sample of the twin from base noise `z`: the raw (normalised,
+/// unclipped, denoised if the model says so) action and its log-prob. The
+/// reference `flowpilot sample --twin` checks the real-time sampler against.
+pub fn sample_once(m: &ModelFile, obs: &[f32], goal: &[f32], z: &[f32]) -> Result<(Vec<f32>, f32)> {
+    let (twin, c) = one_row(m, obs, goal)?;
+    let z = Tensor::from_slice(z, (1, z.len()), twin.device())?;
+    let (a, lp) = twin.sample(&c, &z)?;
+    let a = if m.spec.denoise {
+        twin.denoise(&c, &a)?
+    } else {
+        a
+    };
+    Ok((a.flatten_all()?.to_vec1()?, lp.to_vec1::<f32>()?[0]))
+}
+
+/// Exact log p(a | obs, goal) of one normalised action, on the twin.
+pub fn log_prob_once(m: &ModelFile, obs: &[f32], goal: &[f32], a: &[f32]) -> Result<f32> {
+    let (twin, c) = one_row(m, obs, goal)?;
+    let a = Tensor::from_slice(a, (1, a.len()), twin.device())?;
+    Ok(twin.log_prob(&c, &a)?.to_vec1::<f32>()?[0])
 }

@@ -147,7 +147,8 @@ fn collect(
                 p = q;
                 prev_r = r as f64;
             } else {
-                t.decision = 1; // no action: the episode's final state
+                // no action: the episode's final state
+                t.decision = flowpilot_core::decision::Decision::WarmingUp.code();
             }
             // The writer's queue is large enough for a round; if it were
             // full the record would be dropped and counted, like the node's.
@@ -227,12 +228,13 @@ pub fn finetune_session(
             sac.update(&rb)?;
         }
         let next = sac.export(&current.spec)?;
-        let path = ckpt_dir.join(flowpilot_learn::learner::checkpoint_name(next.spec.version));
+        let path = flowpilot_core::checkpoint::CheckpointDir::new(&ckpt_dir)
+            .policy_path(next.spec.version);
         next.save(&path)?;
         current = ModelFile::load(&path)?;
         sampler = Sampler::new(&current)?;
         curve.push(CurvePoint {
-            updates: sac.updates,
+            updates: sac.updates(),
             transitions: rb.len(),
             mean_return: evaluate(&mut sampler, cfg.eval_episodes, eval_seed),
             version: current.spec.version,

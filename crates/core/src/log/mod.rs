@@ -8,10 +8,22 @@
 //! - [`reader`]: a tail-tolerant reader that recovers every complete record
 //!   of a file that was killed mid-write, and follows files still growing.
 
+mod error;
 pub mod reader;
 pub mod writer;
 
-use anyhow::{bail, ensure, Result};
+pub use error::{IoStep, LogError, WriteStep};
+
+type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// `ensure!` for [`LogError`]: return `err` unless `cond`.
+fn ensure(cond: bool, err: LogError) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
 
 /// Largest observation (+ goal) and action widths a record carries.
 pub const MAX_OBS: usize = 128;
@@ -21,13 +33,23 @@ pub const MAX_ACT: usize = 32;
 /// [`TOPIC`]. Foxglove and rosbag2 tooling decode CDR against this text.
 pub const SCHEMA_NAME: &str = "flowpilot_msgs/msg/Transition";
 pub const TOPIC: &str = "/flowpilot/transitions";
-pub const SCHEMA_TEXT: &str = "\
+
+/// The ros2msg schema text, with the decision codes written from
+/// [`crate::decision::CODES`] (their one owner).
+pub fn schema_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        SCHEMA_TEMPLATE.replace("{decisions}", &crate::decision::Decision::legend())
+    })
+}
+
+const SCHEMA_TEMPLATE: &str = "\
 # One control tick of flowpilot_node (docs/log-format.md).
 uint64 tick              # control tick index since the node started
 int64 mono_ns            # CLOCK_MONOTONIC at the tick
 int64 wall_ns            # wall clock at the tick
 uint64 episode           # episode boundaries seen before this tick
-uint8 decision           # 0 policy, 1 warm-up, 2 e-stop, 3 stale, 4 invalid
+uint8 decision           # {decisions}
 bool intervention        # the applied action is a human override
 bool terminated          # last record of an episode that ended in a terminal state
 bool truncated           # last record of an episode cut by a time limit
@@ -134,6 +156,13 @@ impl Default for Transition {
 }
 
 impl Transition {
+    /// Whether this record's applied action is one SAC may learn from: the
+    /// policy's own sample, or a human override that was sent.
+    pub fn acted(&self) -> bool {
+        self.applied_valid
+            && (crate::decision::Decision::is_policy_code(self.decision) || self.intervention)
+    }
+
     pub fn obs(&self) -> &[f32] {
         &self.inputs[..self.n_obs]
     }
@@ -178,10 +207,7 @@ impl Transition {
 
     /// Decode a CDR message written by [`Self::encode`].
     pub fn decode(buf: &[u8]) -> Result<Self> {
-        ensure!(
-            buf.len() >= 4 && buf[..2] == [0x00, 0x01],
-            "not little-endian CDR"
-        );
+        ensure(buf.len() >= 4 && buf[..2] == [0x00, 0x01], LogError::NotCdr)?;
         let mut c = CdrIn {
             b: &buf[4..],
             pos: 0,
@@ -205,21 +231,18 @@ impl Transition {
         t.policy.normalizer_digest = c.digest()?;
         let obs = c.f32s()?;
         let goal = c.f32s()?;
-        ensure!(obs.len() + goal.len() <= MAX_OBS, "observation too wide");
+        ensure(obs.len() + goal.len() <= MAX_OBS, LogError::ObsTooWide)?;
         t.n_obs = obs.len();
         t.n_goal = goal.len();
         t.inputs[..obs.len()].copy_from_slice(&obs);
         t.inputs[obs.len()..obs.len() + goal.len()].copy_from_slice(&goal);
         let s = c.f32s()?;
-        ensure!(s.len() <= MAX_ACT, "action too wide");
+        ensure(s.len() <= MAX_ACT, LogError::ActionTooWide)?;
         t.n_act = s.len();
         t.sampled[..s.len()].copy_from_slice(&s);
         let a = c.f64s()?;
         if !a.is_empty() {
-            ensure!(
-                a.len() == t.n_act,
-                "applied and sampled actions differ in width"
-            );
+            ensure(a.len() == t.n_act, LogError::AppliedWidth)?;
             t.applied_valid = true;
             t.applied[..a.len()].copy_from_slice(&a);
         }
@@ -244,7 +267,7 @@ struct CdrOut<'a>(&'a mut Vec<u8>);
 
 impl CdrOut<'_> {
     fn align(&mut self, n: usize) {
-        while (self.0.len() - 4) % n != 0 {
+        while !(self.0.len() - 4).is_multiple_of(n) {
             self.0.push(0);
         }
     }
@@ -300,27 +323,31 @@ struct CdrIn<'a> {
 impl CdrIn<'_> {
     fn take(&mut self, n: usize, align: usize) -> Result<&[u8]> {
         self.pos = self.pos.div_ceil(align) * align;
-        if self.pos + n > self.b.len() {
-            bail!("truncated message");
+        if self.pos.checked_add(n).is_none_or(|end| end > self.b.len()) {
+            return Err(LogError::Truncated);
         }
         let s = &self.b[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
+    /// `N` bytes aligned to `N`.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N, N)?.try_into().expect("take returns N bytes"))
+    }
     fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1, 1)?[0])
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, 4)?.try_into()?))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, 8)?.try_into()?))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn f32(&mut self) -> Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4, 4)?.try_into()?))
+        Ok(f32::from_le_bytes(self.array()?))
     }
     fn f64(&mut self) -> Result<f64> {
-        Ok(f64::from_le_bytes(self.take(8, 8)?.try_into()?))
+        Ok(f64::from_le_bytes(self.array()?))
     }
     fn digest(&mut self) -> Result<[u8; 32]> {
         let n = self.u32()? as usize;
@@ -335,12 +362,12 @@ impl CdrIn<'_> {
     }
     fn f32s(&mut self) -> Result<Vec<f32>> {
         let n = self.u32()? as usize;
-        ensure!(n <= 1 << 20, "sequence too long");
+        ensure(n <= 1 << 20, LogError::SequenceTooLong)?;
         (0..n).map(|_| self.f32()).collect()
     }
     fn f64s(&mut self) -> Result<Vec<f64>> {
         let n = self.u32()? as usize;
-        ensure!(n <= 1 << 20, "sequence too long");
+        ensure(n <= 1 << 20, LogError::SequenceTooLong)?;
         (0..n).map(|_| self.f64()).collect()
     }
 }

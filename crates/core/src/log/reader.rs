@@ -8,10 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use mcap::records::Record;
 
-use super::{Transition, SCHEMA_NAME};
+use super::{IoStep, LogError, Result, Transition, SCHEMA_NAME};
 
 /// Follows one log file: each [`Tail::poll`] returns the records completed
 /// since the last call.
@@ -59,8 +58,11 @@ impl Tail {
         if self.closed {
             return Ok(out);
         }
-        let mut f = std::fs::File::open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
+        let mut f = std::fs::File::open(&self.path).map_err(|source| LogError::Path {
+            step: IoStep::Opening,
+            path: self.path.clone(),
+            source,
+        })?;
         let mut buf = Vec::new();
         f.seek(SeekFrom::Start(self.offset))?;
         f.read_to_end(&mut buf)?;
@@ -70,7 +72,9 @@ impl Tail {
                 return Ok(out);
             }
             if &buf[..mcap::MAGIC.len()] != mcap::MAGIC {
-                bail!("{} is not an MCAP file", self.path.display());
+                return Err(LogError::NotMcap {
+                    path: self.path.clone(),
+                });
             }
             pos = mcap::MAGIC.len();
         }
@@ -111,11 +115,13 @@ impl Tail {
                 Ok(_) => {}
                 // A complete but unparsable record: corrupt, not torn. Stop
                 // here; everything before it has been returned.
-                Err(e) => bail!(
-                    "{}: corrupt record at byte {}: {e}",
-                    self.path.display(),
-                    self.offset + pos as u64 - len - 9
-                ),
+                Err(error) => {
+                    return Err(LogError::CorruptRecord {
+                        path: self.path.clone(),
+                        offset: self.offset + pos as u64 - len - 9,
+                        error,
+                    })
+                }
             }
         }
         self.offset += pos as u64;
@@ -131,7 +137,11 @@ pub fn read_file(path: &Path) -> Result<Vec<Transition>> {
 /// The `*.mcap` files in a directory, oldest name first.
 pub fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading log dir {}", dir.display()))?
+        .map_err(|source| LogError::Path {
+            step: IoStep::ReadingDir,
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "mcap"))
         .collect();

@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use crossbeam_queue::ArrayQueue;
 
-use super::{Transition, SCHEMA_NAME, SCHEMA_TEXT, TOPIC};
+use super::{schema_text, IoStep, LogError, Result, Transition, WriteStep, SCHEMA_NAME, TOPIC};
 
 /// A reward computed from the logged observation, for robots without a
 /// reward topic: `-‖x[a] − x[b]‖ − action_cost·‖applied‖²`, with x the
@@ -76,8 +75,11 @@ pub struct LogHandle {
 impl LogHandle {
     /// Create the log file in `cfg.dir` and start the writer thread.
     pub fn start(cfg: LogConfig) -> Result<Self> {
-        std::fs::create_dir_all(&cfg.dir)
-            .with_context(|| format!("creating log dir {}", cfg.dir.display()))?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
+            step: IoStep::CreatingDir,
+            path: cfg.dir.clone(),
+            source,
+        })?;
         let secs = crate::board::wall_ns() / 1_000_000_000;
         let path = cfg
             .dir
@@ -87,7 +89,11 @@ impl LogHandle {
 
     /// As [`Self::start`], writing to exactly `path` (tests use /dev/full).
     pub fn start_at(path: &Path, cfg: LogConfig) -> Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file = File::create(path).map_err(|source| LogError::Path {
+            step: IoStep::Creating,
+            path: path.to_path_buf(),
+            source,
+        })?;
         let stats = Arc::new(LogStats::default());
         *stats.path.lock().expect("fresh") = path.display().to_string();
         let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
@@ -151,7 +157,7 @@ impl Open {
             .profile("ros2")
             .library(concat!("flowpilot ", env!("CARGO_PKG_VERSION")))
             .create(BufWriter::with_capacity(1 << 16, file))?;
-        let schema = w.add_schema(SCHEMA_NAME, "ros2msg", SCHEMA_TEXT.as_bytes())?;
+        let schema = w.add_schema(SCHEMA_NAME, "ros2msg", schema_text().as_bytes())?;
         let channel = w.add_channel(schema, TOPIC, "cdr", &BTreeMap::new())?;
         w.write_metadata(&mcap::records::Metadata {
             name: "flowpilot".into(),
@@ -166,7 +172,7 @@ impl Open {
         })
     }
 
-    fn write(&mut self, t: &Transition) -> Result<()> {
+    fn write(&mut self, t: &Transition) -> Result<(), mcap::McapError> {
         t.encode(&mut self.buf);
         self.seq = self.seq.wrapping_add(1);
         let header = mcap::records::MessageHeader {
@@ -175,8 +181,7 @@ impl Open {
             log_time: t.wall_ns.max(0) as u64,
             publish_time: t.wall_ns.max(0) as u64,
         };
-        self.w.write_to_known_channel(&header, &self.buf)?;
-        Ok(())
+        self.w.write_to_known_channel(&header, &self.buf)
     }
 }
 
@@ -187,9 +192,10 @@ fn writer_thread(
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
 ) {
-    let fail = |e: anyhow::Error| {
-        tracing::error!("transition log stopped: {e:#} (control continues without logging)");
-        *stats.error.lock().expect("log error lock") = format!("{e:#}");
+    let fail = |e: LogError| {
+        let msg = e.chain();
+        tracing::error!("transition log stopped: {msg} (control continues without logging)");
+        *stats.error.lock().expect("log error lock") = msg;
         stats.failed.store(true, Ordering::SeqCst);
     };
     let mut open = match Open::new(file, &cfg) {
@@ -210,7 +216,10 @@ fn writer_thread(
                     stats.written.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    fail(e.context("writing a record"));
+                    fail(LogError::Write {
+                        step: WriteStep::WritingRecord,
+                        source: e,
+                    });
                     *open = None;
                 }
             }
@@ -240,7 +249,10 @@ fn writer_thread(
             last_flush = Instant::now();
             if let Some(o) = open.as_mut() {
                 if let Err(e) = o.w.flush() {
-                    fail(anyhow::Error::from(e).context("flushing the log"));
+                    fail(LogError::Write {
+                        step: WriteStep::Flushing,
+                        source: e,
+                    });
                     open = None;
                 }
             }
@@ -252,7 +264,10 @@ fn writer_thread(
     }
     if let Some(mut o) = open {
         if let Err(e) = o.w.finish() {
-            fail(anyhow::Error::from(e).context("closing the log"));
+            fail(LogError::Write {
+                step: WriteStep::Closing,
+                source: e,
+            });
         }
     }
 }

@@ -1,0 +1,84 @@
+//! The `flowpilot` command tree (clap), its dispatch, and small helpers the
+//! commands share. Runs at the binary's edge, off any control loop.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::commands::{
+    bench, demos, eval, finetune, import, inspect, log_prob, new, sample, train,
+};
+use flowpilot_core::model::ModelFile;
+
+#[derive(Parser)]
+#[command(
+    name = "flowpilot",
+    version,
+    about = "Real-time normalizing-flow robot policies"
+)]
+pub(crate) struct Cli {
+    /// Threads for candle/rayon (training and the twin). The real-time
+    /// sampler is single-threaded regardless.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a model's architecture, dims, digest and parameter count.
+    Inspect(inspect::InspectArgs),
+    /// Sample one action.
+    Sample(sample::SampleArgs),
+    /// Exact log p(action | obs, goal) of a normalised action, and its latent.
+    LogProb(log_prob::LogProbArgs),
+    /// Import a policy trained with other code.
+    #[command(subcommand)]
+    Import(import::ImportCmd),
+    /// Batch-1 latency, allocations and the bandwidth bound.
+    Bench(bench::BenchArgs),
+    /// Create a fresh (or fully random, for benchmarks) model file.
+    New(new::NewArgs),
+    /// Train a policy.
+    #[command(subcommand)]
+    Train(train::TrainCmd),
+    /// Generate demonstrations from a built-in expert.
+    #[command(subcommand)]
+    Demos(demos::DemosCmd),
+    /// Evaluate a policy on a built-in task.
+    #[command(subcommand)]
+    Eval(eval::EvalCmd),
+    /// Fine-tune a flow policy with SAC (exact log π) from transition logs
+    /// (replayed, and followed live with --follow) or a fixed dataset.
+    Finetune(finetune::FinetuneArgs),
+}
+
+impl Cli {
+    /// Threads for candle/rayon (`--threads`).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Run the chosen subcommand.
+    pub(crate) fn run(self) -> Result<()> {
+        match self.cmd {
+            Cmd::Inspect(a) => inspect::run(a),
+            Cmd::Sample(a) => sample::run(a),
+            Cmd::LogProb(a) => log_prob::run(a),
+            Cmd::Import(c) => import::run(c),
+            Cmd::Bench(a) => bench::run(a),
+            Cmd::New(a) => new::run(a),
+            Cmd::Train(c) => train::run(c),
+            Cmd::Demos(c) => demos::run(c),
+            Cmd::Eval(c) => eval::run(c),
+            Cmd::Finetune(a) => finetune::run(a),
+        }
+    }
+}
+
+/// A model file, with its path in the error.
+pub(crate) fn load(path: &Path) -> Result<ModelFile> {
+    ModelFile::load(path).with_context(|| format!("loading model {}", path.display()))
+}

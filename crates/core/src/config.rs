@@ -1,0 +1,1043 @@
+//! The node's configuration, parsed from a flat parameter map
+//! (`--params-file`, `-p name:=value`) with no ROS types: the ROS node
+//! converts its `r2r::ParameterValue`s into [`ParamValue`]s and calls
+//! [`NodeConfig::from_params`]. Every parameter is documented in
+//! docs/configuration.md.
+//!
+//! Real-time: none of this runs on the control thread; it runs once at
+//! start-up and allocates freely.
+
+use std::collections::HashMap;
+
+use crate::control::SafeBehaviour;
+use crate::log::writer::DistanceReward;
+
+/// One parameter's value, mirroring the ROS 2 parameter types (the variant
+/// names match r2r's, so error messages read the same as before).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    NotSet,
+    Bool(bool),
+    Integer(i64),
+    Double(f64),
+    String(String),
+    BoolArray(Vec<bool>),
+    ByteArray(Vec<u8>),
+    IntegerArray(Vec<i64>),
+    DoubleArray(Vec<f64>),
+    StringArray(Vec<String>),
+}
+
+/// The flat parameter map: dotted names (`sources.arm.topic`) to values.
+pub type ParamMap = HashMap<String, ParamValue>;
+
+/// A rejected parameter set. `Display` gives the same text as the node
+/// has always printed; [`ConfigError::param`] names the parameter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// One parameter is missing, of the wrong type or out of range.
+    #[error("{message}")]
+    Param { param: String, message: String },
+    /// A problem inside one observation or goal source.
+    #[error("{role} source '{name}'")]
+    Source {
+        role: &'static str,
+        name: String,
+        #[source]
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Param {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The full name of the offending parameter.
+    pub fn parameter(&self) -> &str {
+        match self {
+            Self::Param { param, .. } => param,
+            Self::Source { error, .. } => error.parameter(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// One observation (or goal) source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub topic: String,
+    pub kind: SourceKind,
+    pub max_age_s: f64,
+    pub best_effort: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// sensor_msgs/JointState: for each joint (by name), each field.
+    JointState {
+        joints: Vec<String>,
+        fields: Vec<JointField>,
+    },
+    /// std_msgs/Float64MultiArray: the given data indices.
+    Float64MultiArray {
+        indices: Vec<usize>,
+    },
+    /// Fixed-layout messages: selected component indices into the full vector
+    /// (see [`SourceKind::components`]).
+    PoseStamped {
+        select: Vec<usize>,
+    },
+    TwistStamped {
+        select: Vec<usize>,
+    },
+    Imu {
+        select: Vec<usize>,
+    },
+    Odometry {
+        select: Vec<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JointField {
+    Position,
+    Velocity,
+    Effort,
+}
+
+impl SourceKind {
+    /// Names of the full component vector of fixed-layout messages.
+    pub fn components(kind: &str) -> Option<&'static [&'static str]> {
+        const POSE: &[&str] = &["x", "y", "z", "qx", "qy", "qz", "qw"];
+        const TWIST: &[&str] = &["vx", "vy", "vz", "wx", "wy", "wz"];
+        const IMU: &[&str] = &["qx", "qy", "qz", "qw", "wx", "wy", "wz", "ax", "ay", "az"];
+        const ODOM: &[&str] = &[
+            "x", "y", "z", "qx", "qy", "qz", "qw", "vx", "vy", "vz", "wx", "wy", "wz",
+        ];
+        match kind {
+            "pose_stamped" => Some(POSE),
+            "twist_stamped" => Some(TWIST),
+            "imu" => Some(IMU),
+            "odometry" => Some(ODOM),
+            _ => None,
+        }
+    }
+
+    /// Values this source contributes to the board.
+    pub fn width(&self) -> usize {
+        match self {
+            Self::JointState { joints, fields } => joints.len() * fields.len(),
+            Self::Float64MultiArray { indices } => indices.len(),
+            Self::PoseStamped { select }
+            | Self::TwistStamped { select }
+            | Self::Imu { select }
+            | Self::Odometry { select } => select.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionKind {
+    /// std_msgs/Float64MultiArray (ros2_control forward command controllers).
+    Float64MultiArray,
+    /// trajectory_msgs/JointTrajectory: one point at one period.
+    JointTrajectory {
+        joints: Vec<String>,
+    },
+    Twist,
+    TwistStamped {
+        frame_id: String,
+    },
+}
+
+impl ActionKind {
+    /// Whether this message type can carry a model's `act_dim` actions.
+    pub fn check_act_dim(&self, act_dim: usize) -> Result<()> {
+        match self {
+            Self::Float64MultiArray => Ok(()),
+            Self::JointTrajectory { joints } if joints.len() != act_dim => Err(ConfigError::param(
+                "action.joints",
+                format!(
+                    "'action.joints' names {} joints, the model outputs {act_dim} actions",
+                    joints.len()
+                ),
+            )),
+            Self::JointTrajectory { .. } => Ok(()),
+            Self::Twist | Self::TwistStamped { .. } if ![2, 3, 6].contains(&act_dim) => {
+                Err(ConfigError::param(
+                    "action.type",
+                    format!("twist actions need 2 (vx, wz), 3 (vx, vy, wz) or 6 values; the model outputs {act_dim}"),
+                ))
+            }
+            Self::Twist | Self::TwistStamped { .. } => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub model: String,
+    pub rate_hz: f64,
+    pub seed: u64,
+    pub safe: SafeBehaviour,
+    pub warmup_ticks: u64,
+    pub startup_hold_s: f64,
+    pub max_delta: Option<Vec<f64>>,
+    pub observations: Vec<SourceConfig>,
+    pub goals: Vec<SourceConfig>,
+    pub action_topic: String,
+    pub action: ActionKind,
+    pub action_best_effort: bool,
+    pub fifo_priority: Option<i32>,
+    pub cpu: Option<usize>,
+    pub mlockall: bool,
+    pub diagnostics_period_s: f64,
+    /// Directory a learner writes versioned checkpoints to (None: off).
+    pub hot_swap_dir: Option<String>,
+    pub hot_swap_poll_s: f64,
+    /// Reject a new version whose mean |Δaction| on recent observations
+    /// exceeds this (physical units; 0: off).
+    pub hot_swap_max_divergence: f64,
+    /// Transition log (None: off).
+    pub log: Option<LogSettings>,
+    /// Human override: (topic, max age s).
+    pub override_input: Option<(String, f64)>,
+    /// Learner started by `~/finetune`: extra arguments and executable.
+    pub finetune_args: Vec<String>,
+    pub finetune_exe: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: String,
+    /// Log every k-th tick.
+    pub every: u64,
+    pub flush_period_s: f64,
+    pub queue: usize,
+    pub reward_topic: Option<String>,
+    pub episode_topic: Option<String>,
+    pub terminal_topic: Option<String>,
+    pub distance_reward: Option<DistanceReward>,
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Typed access to the flat parameter map with "name: problem" errors.
+struct Params<'a>(&'a ParamMap);
+
+impl Params<'_> {
+    fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.0
+            .get(name)
+            .filter(|v| !matches!(v, ParamValue::NotSet))
+    }
+    fn string(&self, name: &str, default: Option<&str>) -> Result<String> {
+        match (self.get(name), default) {
+            (Some(ParamValue::String(s)), _) => Ok(s.clone()),
+            (None, Some(d)) => Ok(d.to_string()),
+            (None, None) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' is required"),
+            )),
+            (Some(v), _) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be a string, got {v:?}"),
+            )),
+        }
+    }
+    fn f64(&self, name: &str, default: f64) -> Result<f64> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(ParamValue::Double(v)) => Ok(*v),
+            Some(ParamValue::Integer(v)) => Ok(*v as f64),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be a number, got {v:?}"),
+            )),
+        }
+    }
+    fn i64(&self, name: &str, default: i64) -> Result<i64> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(ParamValue::Integer(v)) => Ok(*v),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be an integer, got {v:?}"),
+            )),
+        }
+    }
+    fn bool(&self, name: &str, default: bool) -> Result<bool> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(ParamValue::Bool(v)) => Ok(*v),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be true or false, got {v:?}"),
+            )),
+        }
+    }
+    fn strings(&self, name: &str) -> Result<Vec<String>> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(ParamValue::StringArray(v)) => Ok(v.clone()),
+            Some(ParamValue::String(s)) if s.is_empty() => Ok(Vec::new()),
+            Some(ParamValue::String(s)) => Ok(vec![s.clone()]),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be a list of strings, got {v:?}"),
+            )),
+        }
+    }
+    fn f64s(&self, name: &str) -> Result<Vec<f64>> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(ParamValue::DoubleArray(v)) => Ok(v.clone()),
+            Some(ParamValue::IntegerArray(v)) => Ok(v.iter().map(|&x| x as f64).collect()),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be a list of numbers, got {v:?}"),
+            )),
+        }
+    }
+    fn usizes(&self, name: &str) -> Result<Vec<usize>> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(ParamValue::IntegerArray(v)) => v
+                .iter()
+                .map(|&x| {
+                    usize::try_from(x).map_err(|_| {
+                        ConfigError::param(name, format!("parameter '{name}': negative index {x}"))
+                    })
+                })
+                .collect(),
+            Some(v) => Err(ConfigError::param(
+                name,
+                format!("parameter '{name}' must be a list of integers, got {v:?}"),
+            )),
+        }
+    }
+}
+
+fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
+    let Some(dir) = nonempty(p.string("log.dir", Some(""))?) else {
+        return Ok(None);
+    };
+    let a = p.usizes("log.reward.distance_a")?;
+    let b = p.usizes("log.reward.distance_b")?;
+    if a.len() != b.len() {
+        return Err(ConfigError::param(
+            "log.reward.distance_b",
+            "'log.reward.distance_a' and 'log.reward.distance_b' must have the same length",
+        ));
+    }
+    let every = p.i64("log.every", 1)?;
+    if every < 1 {
+        return Err(ConfigError::param(
+            "log.every",
+            format!("'log.every' must be >= 1, got {every}"),
+        ));
+    }
+    let flush = p.f64("log.flush_period", 0.05)?;
+    if !(0.001..=1.0).contains(&flush) {
+        return Err(ConfigError::param(
+            "log.flush_period",
+            format!("'log.flush_period' must be within 0.001..1 s, got {flush}"),
+        ));
+    }
+    let distance_reward = if a.is_empty() {
+        None
+    } else {
+        Some(DistanceReward {
+            a,
+            b,
+            action_cost: p.f64("log.reward.action_cost", 0.0)?,
+        })
+    };
+    Ok(Some(LogSettings {
+        dir,
+        every: every as u64,
+        flush_period_s: flush,
+        queue: p.i64("log.queue", 4096)?.max(1) as usize,
+        reward_topic: nonempty(p.string("log.reward_topic", Some(""))?),
+        episode_topic: nonempty(p.string("log.episode_topic", Some(""))?),
+        terminal_topic: nonempty(p.string("log.terminal_topic", Some(""))?),
+        distance_reward,
+    }))
+}
+
+fn source(p: &Params<'_>, name: &str) -> Result<SourceConfig> {
+    let k = |f: &str| format!("sources.{name}.{f}");
+    let kind_s = p.string(&k("type"), None)?;
+    let kind = match kind_s.as_str() {
+        "joint_state" => {
+            let joints = p.strings(&k("joints"))?;
+            if joints.is_empty() {
+                return Err(ConfigError::param(
+                    k("joints"),
+                    format!("'{}' must list the joint names to read", k("joints")),
+                ));
+            }
+            let mut fields = Vec::new();
+            for f in p.strings(&k("fields"))? {
+                fields.push(match f.as_str() {
+                    "position" => JointField::Position,
+                    "velocity" => JointField::Velocity,
+                    "effort" => JointField::Effort,
+                    o => {
+                        return Err(ConfigError::param(
+                            k("fields"),
+                            format!(
+                                "'{}': unknown field '{o}' (position, velocity, effort)",
+                                k("fields")
+                            ),
+                        ))
+                    }
+                });
+            }
+            if fields.is_empty() {
+                fields.push(JointField::Position);
+            }
+            SourceKind::JointState { joints, fields }
+        }
+        "float64_multi_array" => {
+            let mut indices = p.usizes(&k("indices"))?;
+            if indices.is_empty() {
+                let n = p.i64(&k("size"), 0)?;
+                if n <= 0 {
+                    return Err(ConfigError::param(
+                        k("indices"),
+                        format!(
+                            "'{}' needs 'indices' (list) or 'size' (take data[0..size])",
+                            k("type")
+                        ),
+                    ));
+                }
+                indices = (0..n as usize).collect();
+            }
+            SourceKind::Float64MultiArray { indices }
+        }
+        "pose_stamped" | "twist_stamped" | "imu" | "odometry" => {
+            let all = SourceKind::components(&kind_s).expect("known kind");
+            let names = p.strings(&k("components"))?;
+            let select = if names.is_empty() {
+                (0..all.len()).collect()
+            } else {
+                names
+                    .iter()
+                    .map(|n| {
+                        all.iter().position(|c| c == n).ok_or_else(|| {
+                            ConfigError::param(
+                                k("components"),
+                                format!("'{}': '{n}' is not one of {all:?}", k("components")),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            match kind_s.as_str() {
+                "pose_stamped" => SourceKind::PoseStamped { select },
+                "twist_stamped" => SourceKind::TwistStamped { select },
+                "imu" => SourceKind::Imu { select },
+                _ => SourceKind::Odometry { select },
+            }
+        }
+        o => {
+            return Err(ConfigError::param(
+                k("type"),
+                format!(
+                    "'{}': unknown source type '{o}' (joint_state, float64_multi_array, pose_stamped, twist_stamped, imu, odometry)",
+                    k("type")
+                ),
+            ))
+        }
+    };
+    let qos = p.string(&k("qos"), Some("best_effort"))?;
+    Ok(SourceConfig {
+        name: name.to_string(),
+        topic: p.string(&k("topic"), None)?,
+        kind,
+        max_age_s: p.f64(&k("max_age"), 0.5)?,
+        best_effort: parse_qos(&k("qos"), &qos)?,
+    })
+}
+
+fn sources(p: &Params<'_>, list: &str, role: &'static str) -> Result<Vec<SourceConfig>> {
+    p.strings(list)?
+        .iter()
+        .map(|n| {
+            source(p, n).map_err(|e| ConfigError::Source {
+                role,
+                name: n.clone(),
+                error: Box::new(e),
+            })
+        })
+        .collect()
+}
+
+fn parse_qos(name: &str, v: &str) -> Result<bool> {
+    match v {
+        "best_effort" => Ok(true),
+        "reliable" => Ok(false),
+        o => Err(ConfigError::param(
+            name,
+            format!("'{name}': unknown QoS '{o}' (best_effort or reliable)"),
+        )),
+    }
+}
+
+impl NodeConfig {
+    /// Parse and check the whole parameter set; the first problem found is
+    /// returned, naming its parameter.
+    pub fn from_params(map: &ParamMap) -> Result<Self> {
+        let p = Params(map);
+        let rate_hz = p.f64("rate_hz", 100.0)?;
+        if !(10.0..=1000.0).contains(&rate_hz) {
+            return Err(ConfigError::param(
+                "rate_hz",
+                format!("'rate_hz' must be within 10..1000, got {rate_hz}"),
+            ));
+        }
+        let observations = sources(&p, "observations", "observation")?;
+        if observations.is_empty() {
+            return Err(ConfigError::param(
+                "observations",
+                "'observations' must list at least one source name",
+            ));
+        }
+        let goals = sources(&p, "goals", "goal")?;
+        let action = match p
+            .string("action.type", Some("float64_multi_array"))?
+            .as_str()
+        {
+            "float64_multi_array" => ActionKind::Float64MultiArray,
+            "joint_trajectory" => {
+                let joints = p.strings("action.joints")?;
+                if joints.is_empty() {
+                    return Err(ConfigError::param(
+                        "action.joints",
+                        "'action.joints' must name the joints for joint_trajectory",
+                    ));
+                }
+                ActionKind::JointTrajectory { joints }
+            }
+            "twist" => ActionKind::Twist,
+            "twist_stamped" => ActionKind::TwistStamped {
+                frame_id: p.string("action.frame_id", Some("base_link"))?,
+            },
+            o => return Err(ConfigError::param(
+                "action.type",
+                format!("'action.type': unknown '{o}' (float64_multi_array, joint_trajectory, twist, twist_stamped)"),
+            )),
+        };
+        let max_delta = p.f64s("max_delta")?;
+        let prio = p.i64("rt.fifo_priority", 0)?;
+        let cpu = p.i64("rt.cpu", -1)?;
+        Ok(Self {
+            model: p.string("model", None)?,
+            rate_hz,
+            seed: p.i64("seed", 0)? as u64,
+            safe: p
+                .string("safe_behaviour", Some("hold"))?
+                .parse()
+                .map_err(|e: String| {
+                    ConfigError::param("safe_behaviour", format!("'safe_behaviour': {e}"))
+                })?,
+            warmup_ticks: p.i64("warmup_ticks", 10)?.max(0) as u64,
+            startup_hold_s: p.f64("startup_hold", 1.0)?.max(0.0),
+            max_delta: (!max_delta.is_empty()).then_some(max_delta),
+            observations,
+            goals,
+            action_topic: p.string("action.topic", Some("~/action"))?,
+            action,
+            action_best_effort: parse_qos(
+                "action.qos",
+                &p.string("action.qos", Some("reliable"))?,
+            )?,
+            fifo_priority: (prio > 0).then_some(prio as i32),
+            cpu: (cpu >= 0).then_some(cpu as usize),
+            mlockall: p.bool("rt.mlockall", false)?,
+            diagnostics_period_s: p.f64("diagnostics_period", 1.0)?,
+            hot_swap_dir: nonempty(p.string("hot_swap.dir", Some(""))?),
+            hot_swap_poll_s: p.f64("hot_swap.poll_period", 0.5)?,
+            hot_swap_max_divergence: p.f64("hot_swap.max_divergence", 0.0)?,
+            log: log_settings(&p)?,
+            override_input: nonempty(p.string("override.topic", Some(""))?)
+                .map(|t| Ok::<_, ConfigError>((t, p.f64("override.max_age", 0.2)?)))
+                .transpose()?,
+            finetune_args: p.strings("finetune.args")?,
+            finetune_exe: nonempty(p.string("finetune.exe", Some(""))?),
+        })
+    }
+
+    /// All sources in board order: observations, then goals.
+    pub fn sources(&self) -> impl Iterator<Item = &SourceConfig> {
+        self.observations.iter().chain(&self.goals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ParamValue as V;
+
+    fn s(v: &str) -> ParamValue {
+        V::String(v.into())
+    }
+    fn ss(v: &[&str]) -> ParamValue {
+        V::StringArray(v.iter().map(|x| x.to_string()).collect())
+    }
+
+    /// The smallest valid parameter set: a model and one source.
+    fn minimal() -> ParamMap {
+        [
+            ("model", s("policy.safetensors")),
+            ("observations", ss(&["arm"])),
+            ("sources.arm.type", s("joint_state")),
+            ("sources.arm.topic", s("/joint_states")),
+            ("sources.arm.joints", ss(&["j1", "j2"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn with(mut m: ParamMap, kvs: &[(&str, ParamValue)]) -> ParamMap {
+        for (k, v) in kvs {
+            m.insert(k.to_string(), v.clone());
+        }
+        m
+    }
+
+    fn err(m: &ParamMap) -> ConfigError {
+        NodeConfig::from_params(m).expect_err("must be rejected")
+    }
+
+    /// The whole chain, as the node prints it (`{:#}` of the anyhow error).
+    fn chain(e: &ConfigError) -> String {
+        let mut s = e.to_string();
+        let mut cur: &dyn std::error::Error = e;
+        while let Some(next) = cur.source() {
+            s = format!("{s}: {next}");
+            cur = next;
+        }
+        s
+    }
+
+    #[test]
+    fn defaults() {
+        let c = NodeConfig::from_params(&minimal()).unwrap();
+        assert_eq!(c.model, "policy.safetensors");
+        assert_eq!(c.rate_hz, 100.0);
+        assert_eq!(c.seed, 0);
+        assert_eq!(c.safe, SafeBehaviour::Hold);
+        assert_eq!(c.warmup_ticks, 10);
+        assert_eq!(c.startup_hold_s, 1.0);
+        assert!(c.max_delta.is_none());
+        assert!(c.goals.is_empty());
+        assert_eq!(c.action_topic, "~/action");
+        assert_eq!(c.action, ActionKind::Float64MultiArray);
+        assert!(!c.action_best_effort);
+        assert_eq!((c.fifo_priority, c.cpu, c.mlockall), (None, None, false));
+        assert_eq!(c.diagnostics_period_s, 1.0);
+        assert!(c.hot_swap_dir.is_none());
+        assert_eq!(c.hot_swap_poll_s, 0.5);
+        assert_eq!(c.hot_swap_max_divergence, 0.0);
+        assert!(c.log.is_none());
+        assert!(c.override_input.is_none());
+        assert!(c.finetune_args.is_empty() && c.finetune_exe.is_none());
+        let arm = &c.observations[0];
+        assert_eq!(arm.name, "arm");
+        assert_eq!(arm.topic, "/joint_states");
+        assert_eq!(arm.max_age_s, 0.5);
+        assert!(arm.best_effort);
+        assert_eq!(
+            arm.kind,
+            SourceKind::JointState {
+                joints: vec!["j1".into(), "j2".into()],
+                fields: vec![JointField::Position],
+            }
+        );
+        assert_eq!(arm.kind.width(), 2);
+    }
+
+    #[test]
+    fn full_config() {
+        let m = with(
+            minimal(),
+            &[
+                ("rate_hz", V::Integer(250)),
+                ("seed", V::Integer(7)),
+                ("safe_behaviour", s("zero")),
+                ("warmup_ticks", V::Integer(-3)),
+                ("startup_hold", V::Double(0.25)),
+                ("max_delta", V::IntegerArray(vec![1, 2])),
+                ("sources.arm.fields", ss(&["position", "velocity"])),
+                ("sources.arm.qos", s("reliable")),
+                ("sources.arm.max_age", V::Double(0.1)),
+                ("goals", s("target")),
+                ("sources.target.type", s("pose_stamped")),
+                ("sources.target.topic", s("/goal")),
+                ("sources.target.components", ss(&["x", "qw"])),
+                ("action.type", s("joint_trajectory")),
+                ("action.joints", ss(&["j1", "j2"])),
+                ("action.topic", s("/cmd")),
+                ("action.qos", s("best_effort")),
+                ("rt.fifo_priority", V::Integer(80)),
+                ("rt.cpu", V::Integer(3)),
+                ("rt.mlockall", V::Bool(true)),
+                ("diagnostics_period", V::Double(2.0)),
+                ("hot_swap.dir", s("/tmp/ckpt")),
+                ("hot_swap.poll_period", V::Double(0.1)),
+                ("hot_swap.max_divergence", V::Double(0.3)),
+                ("log.dir", s("/tmp/log")),
+                ("log.every", V::Integer(5)),
+                ("log.flush_period", V::Double(0.2)),
+                ("log.queue", V::Integer(0)),
+                ("log.reward_topic", s("/reward")),
+                ("log.episode_topic", s("/episode")),
+                ("log.terminal_topic", s("")),
+                ("log.reward.distance_a", V::IntegerArray(vec![0, 1])),
+                ("log.reward.distance_b", V::IntegerArray(vec![4, 5])),
+                ("log.reward.action_cost", V::Double(0.01)),
+                ("override.topic", s("/human")),
+                ("override.max_age", V::Double(0.5)),
+                ("finetune.args", ss(&["--steps", "10"])),
+                ("finetune.exe", s("/bin/flowpilot")),
+                ("an.unused.parameter", V::NotSet),
+            ],
+        );
+        let c = NodeConfig::from_params(&m).unwrap();
+        assert_eq!(c.rate_hz, 250.0);
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.safe, SafeBehaviour::Zero);
+        assert_eq!(c.warmup_ticks, 0, "negative clamps to 0");
+        assert_eq!(c.startup_hold_s, 0.25);
+        assert_eq!(c.max_delta, Some(vec![1.0, 2.0]));
+        let arm = &c.observations[0];
+        assert!(!arm.best_effort);
+        assert_eq!(arm.max_age_s, 0.1);
+        assert_eq!(arm.kind.width(), 4);
+        assert_eq!(c.goals.len(), 1, "a single string is a one-item list");
+        assert_eq!(
+            c.goals[0].kind,
+            SourceKind::PoseStamped { select: vec![0, 6] }
+        );
+        assert_eq!(c.sources().count(), 2);
+        assert_eq!(
+            c.action,
+            ActionKind::JointTrajectory {
+                joints: vec!["j1".into(), "j2".into()]
+            }
+        );
+        assert_eq!(c.action_topic, "/cmd");
+        assert!(c.action_best_effort);
+        assert_eq!(
+            (c.fifo_priority, c.cpu, c.mlockall),
+            (Some(80), Some(3), true)
+        );
+        assert_eq!(c.diagnostics_period_s, 2.0);
+        assert_eq!(c.hot_swap_dir.as_deref(), Some("/tmp/ckpt"));
+        assert_eq!(c.hot_swap_poll_s, 0.1);
+        assert_eq!(c.hot_swap_max_divergence, 0.3);
+        let l = c.log.unwrap();
+        assert_eq!(l.dir, "/tmp/log");
+        assert_eq!(l.every, 5);
+        assert_eq!(l.flush_period_s, 0.2);
+        assert_eq!(l.queue, 1, "queue clamps to >= 1");
+        assert_eq!(l.reward_topic.as_deref(), Some("/reward"));
+        assert_eq!(l.episode_topic.as_deref(), Some("/episode"));
+        assert_eq!(l.terminal_topic, None, "empty means off");
+        let r = l.distance_reward.unwrap();
+        assert_eq!((r.a, r.b, r.action_cost), (vec![0, 1], vec![4, 5], 0.01));
+        assert_eq!(c.override_input, Some(("/human".into(), 0.5)));
+        assert_eq!(c.finetune_args, vec!["--steps", "10"]);
+        assert_eq!(c.finetune_exe.as_deref(), Some("/bin/flowpilot"));
+    }
+
+    #[test]
+    fn every_source_type() {
+        let m = with(
+            minimal(),
+            &[
+                ("observations", ss(&["a", "b", "c", "d", "e"])),
+                ("sources.a.type", s("float64_multi_array")),
+                ("sources.a.topic", s("/a")),
+                ("sources.a.size", V::Integer(3)),
+                ("sources.b.type", s("float64_multi_array")),
+                ("sources.b.topic", s("/b")),
+                ("sources.b.indices", V::IntegerArray(vec![4, 2])),
+                ("sources.c.type", s("twist_stamped")),
+                ("sources.c.topic", s("/c")),
+                ("sources.d.type", s("imu")),
+                ("sources.d.topic", s("/d")),
+                ("sources.d.components", ss(&["az"])),
+                ("sources.e.type", s("odometry")),
+                ("sources.e.topic", s("/e")),
+                ("action.type", s("twist_stamped")),
+            ],
+        );
+        let c = NodeConfig::from_params(&m).unwrap();
+        let kinds: Vec<_> = c.observations.iter().map(|s| s.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                SourceKind::Float64MultiArray {
+                    indices: vec![0, 1, 2]
+                },
+                SourceKind::Float64MultiArray {
+                    indices: vec![4, 2]
+                },
+                SourceKind::TwistStamped {
+                    select: (0..6).collect()
+                },
+                SourceKind::Imu { select: vec![9] },
+                SourceKind::Odometry {
+                    select: (0..13).collect()
+                },
+            ]
+        );
+        assert_eq!(
+            c.action,
+            ActionKind::TwistStamped {
+                frame_id: "base_link".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rejected_values_name_their_parameter() {
+        let cases: Vec<(ParamMap, &str, &str)> = vec![
+            (
+                {
+                    let mut m = minimal();
+                    m.remove("model");
+                    m
+                },
+                "model",
+                "parameter 'model' is required",
+            ),
+            (
+                with(minimal(), &[("model", V::NotSet)]),
+                "model",
+                "parameter 'model' is required",
+            ),
+            (
+                with(minimal(), &[("model", V::Integer(3))]),
+                "model",
+                "parameter 'model' must be a string, got Integer(3)",
+            ),
+            (
+                with(minimal(), &[("rate_hz", V::Double(5000.0))]),
+                "rate_hz",
+                "'rate_hz' must be within 10..1000, got 5000",
+            ),
+            (
+                with(minimal(), &[("rate_hz", s("fast"))]),
+                "rate_hz",
+                "parameter 'rate_hz' must be a number, got String(\"fast\")",
+            ),
+            (
+                with(minimal(), &[("seed", V::Double(1.5))]),
+                "seed",
+                "parameter 'seed' must be an integer, got Double(1.5)",
+            ),
+            (
+                with(minimal(), &[("rt.mlockall", V::Integer(1))]),
+                "rt.mlockall",
+                "parameter 'rt.mlockall' must be true or false, got Integer(1)",
+            ),
+            (
+                with(minimal(), &[("observations", ss(&[]))]),
+                "observations",
+                "'observations' must list at least one source name",
+            ),
+            (
+                with(minimal(), &[("observations", V::Integer(1))]),
+                "observations",
+                "parameter 'observations' must be a list of strings, got Integer(1)",
+            ),
+            (
+                with(minimal(), &[("sources.arm.type", s("laser"))]),
+                "sources.arm.type",
+                "observation source 'arm': 'sources.arm.type': unknown source type 'laser' (joint_state, float64_multi_array, pose_stamped, twist_stamped, imu, odometry)",
+            ),
+            (
+                with(minimal(), &[("sources.arm.qos", s("fast"))]),
+                "sources.arm.qos",
+                "observation source 'arm': 'sources.arm.qos': unknown QoS 'fast' (best_effort or reliable)",
+            ),
+            (
+                with(minimal(), &[("sources.arm.joints", ss(&[]))]),
+                "sources.arm.joints",
+                "observation source 'arm': 'sources.arm.joints' must list the joint names to read",
+            ),
+            (
+                with(minimal(), &[("sources.arm.fields", ss(&["torque"]))]),
+                "sources.arm.fields",
+                "observation source 'arm': 'sources.arm.fields': unknown field 'torque' (position, velocity, effort)",
+            ),
+            (
+                {
+                    let mut m = minimal();
+                    m.remove("sources.arm.topic");
+                    m
+                },
+                "sources.arm.topic",
+                "observation source 'arm': parameter 'sources.arm.topic' is required",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("goals", ss(&["g"])),
+                        ("sources.g.type", s("float64_multi_array")),
+                        ("sources.g.topic", s("/g")),
+                    ],
+                ),
+                "sources.g.indices",
+                "goal source 'g': 'sources.g.type' needs 'indices' (list) or 'size' (take data[0..size])",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("goals", ss(&["g"])),
+                        ("sources.g.type", s("float64_multi_array")),
+                        ("sources.g.topic", s("/g")),
+                        ("sources.g.indices", V::IntegerArray(vec![0, -1])),
+                    ],
+                ),
+                "sources.g.indices",
+                "goal source 'g': parameter 'sources.g.indices': negative index -1",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("goals", ss(&["g"])),
+                        ("sources.g.type", s("imu")),
+                        ("sources.g.topic", s("/g")),
+                        ("sources.g.components", ss(&["x"])),
+                    ],
+                ),
+                "sources.g.components",
+                "goal source 'g': 'sources.g.components': 'x' is not one of [\"qx\", \"qy\", \"qz\", \"qw\", \"wx\", \"wy\", \"wz\", \"ax\", \"ay\", \"az\"]",
+            ),
+            (
+                with(minimal(), &[("safe_behaviour", s("panic"))]),
+                "safe_behaviour",
+                "'safe_behaviour': unknown safe behaviour 'panic' (hold, zero or stop)",
+            ),
+            (
+                with(minimal(), &[("action.type", s("wrench"))]),
+                "action.type",
+                "'action.type': unknown 'wrench' (float64_multi_array, joint_trajectory, twist, twist_stamped)",
+            ),
+            (
+                with(minimal(), &[("action.type", s("joint_trajectory"))]),
+                "action.joints",
+                "'action.joints' must name the joints for joint_trajectory",
+            ),
+            (
+                with(minimal(), &[("action.qos", s("sometimes"))]),
+                "action.qos",
+                "'action.qos': unknown QoS 'sometimes' (best_effort or reliable)",
+            ),
+            (
+                with(minimal(), &[("max_delta", s("1"))]),
+                "max_delta",
+                "parameter 'max_delta' must be a list of numbers, got String(\"1\")",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[("log.dir", s("/l")), ("log.every", V::Integer(0))],
+                ),
+                "log.every",
+                "'log.every' must be >= 1, got 0",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[("log.dir", s("/l")), ("log.flush_period", V::Double(2.0))],
+                ),
+                "log.flush_period",
+                "'log.flush_period' must be within 0.001..1 s, got 2",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("log.dir", s("/l")),
+                        ("log.reward.distance_a", V::IntegerArray(vec![0])),
+                    ],
+                ),
+                "log.reward.distance_b",
+                "'log.reward.distance_a' and 'log.reward.distance_b' must have the same length",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("log.dir", s("/l")),
+                        ("log.reward.distance_a", V::DoubleArray(vec![0.0])),
+                    ],
+                ),
+                "log.reward.distance_a",
+                "parameter 'log.reward.distance_a' must be a list of integers, got DoubleArray([0.0])",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("override.topic", s("/h")),
+                        ("override.max_age", V::Bool(true)),
+                    ],
+                ),
+                "override.max_age",
+                "parameter 'override.max_age' must be a number, got Bool(true)",
+            ),
+        ];
+        for (m, param, msg) in cases {
+            let e = err(&m);
+            assert_eq!(e.parameter(), param, "{e}");
+            assert_eq!(chain(&e), msg);
+        }
+    }
+
+    #[test]
+    fn unset_log_dir_ignores_log_parameters() {
+        // log.* is only read when logging is on, as before
+        let m = with(minimal(), &[("log.every", V::Integer(0))]);
+        assert!(NodeConfig::from_params(&m).unwrap().log.is_none());
+    }
+
+    #[test]
+    fn action_kind_checks_the_model_width() {
+        let traj = ActionKind::JointTrajectory {
+            joints: vec!["a".into(), "b".into()],
+        };
+        assert!(traj.check_act_dim(2).is_ok());
+        let e = traj.check_act_dim(3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "'action.joints' names 2 joints, the model outputs 3 actions"
+        );
+        for d in [2, 3, 6] {
+            assert!(ActionKind::Twist.check_act_dim(d).is_ok());
+        }
+        assert_eq!(
+            ActionKind::Twist.check_act_dim(4).unwrap_err().to_string(),
+            "twist actions need 2 (vx, wz), 3 (vx, vy, wz) or 6 values; the model outputs 4"
+        );
+        assert!(ActionKind::Float64MultiArray.check_act_dim(17).is_ok());
+    }
+}

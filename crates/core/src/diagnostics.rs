@@ -1,0 +1,333 @@
+//! What the node reports on /diagnostics, without ROS: a plain
+//! [`StatsSnapshot`] of every counter (taken from [`Stats`] plus the input,
+//! output, log, hot-swap and learner state), and [`report`], the pure
+//! function that turns a snapshot into the level, message and key/values.
+//! The ROS node only copies the [`Report`] into a DiagnosticArray.
+//!
+//! Real-time: not on the control thread. Snapshots read relaxed atomics
+//! (and drain the per-period jitter histogram); reports allocate strings.
+
+use std::sync::atomic::Ordering;
+
+use crate::control::Stats;
+
+/// Diagnostic levels, as diagnostic_msgs/DiagnosticStatus numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok = 0,
+    Warn = 1,
+    Error = 2,
+}
+
+/// The transition log's state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum LogState {
+    #[default]
+    Off,
+    /// Writing to `path`.
+    Ok { path: String },
+    /// Logging stopped on `error` (the loop runs on).
+    Failed { error: String },
+}
+
+/// The fine-tuning learner's state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum LearnerState {
+    /// Fine-tuning is not configured.
+    #[default]
+    Off,
+    Running {
+        pid: u32,
+    },
+    /// Never started, or stopped without an exit status to report.
+    Stopped,
+    Exited {
+        status: String,
+    },
+}
+
+/// Every counter the diagnostics report, at one instant. Plain data.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatsSnapshot {
+    // from the control thread's Stats
+    pub ticks: u64,
+    pub published: u64,
+    pub overruns: u64,
+    pub stale_ticks: u64,
+    pub invalid_ticks: u64,
+    pub estop_ticks: u64,
+    pub override_ticks: u64,
+    pub last_inference_ns: u64,
+    pub max_inference_ns: u64,
+    /// Wake-ups since the previous snapshot and their lateness, µs.
+    pub jitter_samples: u64,
+    pub jitter_p50_us: f64,
+    pub jitter_p99_us: f64,
+    pub jitter_max_us: f64,
+    // the rest of the node
+    pub estop: bool,
+    pub received_messages: u64,
+    pub rejected_messages: u64,
+    pub dropped_outputs: u64,
+    pub policy_digest: String,
+    pub policy_version: u64,
+    pub policy_swaps: u64,
+    pub policy_rejections: u64,
+    pub policy_last_rejection: String,
+    pub log_written: u64,
+    pub log_dropped: u64,
+    pub log: LogState,
+    pub learner: LearnerState,
+}
+
+impl Stats {
+    /// The control counters, with the rest of the snapshot left default.
+    /// Drains the per-period jitter histogram (one snapshot per message).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let (n, p50, p99, max) = self.jitter.drain();
+        StatsSnapshot {
+            ticks: ld(&self.ticks),
+            published: ld(&self.published),
+            overruns: ld(&self.overruns),
+            stale_ticks: ld(&self.stale_ticks),
+            invalid_ticks: ld(&self.invalid_ticks),
+            estop_ticks: ld(&self.estop_ticks),
+            override_ticks: ld(&self.override_ticks),
+            last_inference_ns: ld(&self.last_inference_ns),
+            max_inference_ns: ld(&self.max_inference_ns),
+            jitter_samples: n,
+            jitter_p50_us: p50,
+            jitter_p99_us: p99,
+            jitter_max_us: max,
+            ..StatsSnapshot::default()
+        }
+    }
+}
+
+/// One diagnostics status: level, message and ordered key/values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub level: Level,
+    pub message: &'static str,
+    pub values: Vec<(&'static str, String)>,
+}
+
+impl Report {
+    /// The value of `key`, if reported.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Ticks per second between two snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct RateMeter {
+    last_ticks: u64,
+    last_ns: i64,
+}
+
+impl RateMeter {
+    pub fn new(now_ns: i64) -> Self {
+        Self {
+            last_ticks: 0,
+            last_ns: now_ns,
+        }
+    }
+
+    /// The tick rate since the previous call (or since `new`).
+    pub fn update(&mut self, ticks: u64, now_ns: i64) -> f64 {
+        let rate =
+            ticks.saturating_sub(self.last_ticks) as f64 / ((now_ns - self.last_ns) as f64 * 1e-9);
+        self.last_ticks = ticks;
+        self.last_ns = now_ns;
+        rate
+    }
+}
+
+/// The diagnostics status for a snapshot: WARN while the e-stop is engaged
+/// or once any tick has seen stale input, OK otherwise.
+pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Report {
+    let level = if s.estop || s.stale_ticks > 0 {
+        Level::Warn
+    } else {
+        Level::Ok
+    };
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1e3);
+    let log_state = match &s.log {
+        LogState::Off => "off".to_string(),
+        LogState::Failed { error } => format!("failed: {error}"),
+        LogState::Ok { path } => format!("ok {path}"),
+    };
+    let learner = match &s.learner {
+        LearnerState::Off => "off".to_string(),
+        LearnerState::Running { pid } => format!("running pid {pid}"),
+        LearnerState::Stopped => "stopped".to_string(),
+        LearnerState::Exited { status } => format!("exited: {status}"),
+    };
+    Report {
+        level,
+        message: if s.estop { "e-stop engaged" } else { "running" },
+        values: vec![
+            ("rate_hz", format!("{rate_hz:.2}")),
+            ("configured_rate_hz", format!("{configured_rate_hz}")),
+            ("jitter_samples", s.jitter_samples.to_string()),
+            ("jitter_p50_us", format!("{:.1}", s.jitter_p50_us)),
+            ("jitter_p99_us", format!("{:.1}", s.jitter_p99_us)),
+            ("jitter_max_us", format!("{:.1}", s.jitter_max_us)),
+            ("overruns", s.overruns.to_string()),
+            ("inference_us", us(s.last_inference_ns)),
+            ("inference_max_us", us(s.max_inference_ns)),
+            ("stale_ticks", s.stale_ticks.to_string()),
+            ("invalid_ticks", s.invalid_ticks.to_string()),
+            ("rejected_messages", s.rejected_messages.to_string()),
+            ("received_messages", s.received_messages.to_string()),
+            ("estop", s.estop.to_string()),
+            ("estop_ticks", s.estop_ticks.to_string()),
+            ("published", s.published.to_string()),
+            ("dropped_outputs", s.dropped_outputs.to_string()),
+            ("policy_digest", s.policy_digest.clone()),
+            ("policy_version", s.policy_version.to_string()),
+            ("policy_swaps", s.policy_swaps.to_string()),
+            ("policy_rejections", s.policy_rejections.to_string()),
+            ("override_ticks", s.override_ticks.to_string()),
+            ("log_written", s.log_written.to_string()),
+            ("log_dropped", s.log_dropped.to_string()),
+            ("log_state", log_state),
+            ("learner", learner),
+            ("policy_last_rejection", s.policy_last_rejection.clone()),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_copies_the_counters_and_drains_the_jitter() {
+        let st = Stats::default();
+        st.ticks.store(12, Ordering::Relaxed);
+        st.stale_ticks.store(2, Ordering::Relaxed);
+        st.max_inference_ns.store(1500, Ordering::Relaxed);
+        st.record_wakeup(3_000);
+        st.record_wakeup(5_000);
+        let s = st.snapshot();
+        assert_eq!((s.ticks, s.stale_ticks, s.max_inference_ns), (12, 2, 1500));
+        assert_eq!(s.jitter_samples, 2);
+        assert!(s.jitter_max_us >= 5.0);
+        assert_eq!(st.snapshot().jitter_samples, 0, "drained");
+        assert_eq!(s.log, LogState::Off);
+        assert_eq!(s.learner, LearnerState::Off);
+    }
+
+    #[test]
+    fn a_healthy_loop_reports_ok_and_every_key_in_order() {
+        let s = StatsSnapshot {
+            ticks: 100,
+            last_inference_ns: 12_345,
+            policy_digest: "sha256:ab".into(),
+            policy_version: 3,
+            log: LogState::Ok {
+                path: "/l/a.mcap".into(),
+            },
+            learner: LearnerState::Running { pid: 42 },
+            ..Default::default()
+        };
+        let r = report(&s, 99.987, 100.0);
+        assert_eq!(r.level, Level::Ok);
+        assert_eq!(r.message, "running");
+        let keys: Vec<&str> = r.values.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_hz",
+                "configured_rate_hz",
+                "jitter_samples",
+                "jitter_p50_us",
+                "jitter_p99_us",
+                "jitter_max_us",
+                "overruns",
+                "inference_us",
+                "inference_max_us",
+                "stale_ticks",
+                "invalid_ticks",
+                "rejected_messages",
+                "received_messages",
+                "estop",
+                "estop_ticks",
+                "published",
+                "dropped_outputs",
+                "policy_digest",
+                "policy_version",
+                "policy_swaps",
+                "policy_rejections",
+                "override_ticks",
+                "log_written",
+                "log_dropped",
+                "log_state",
+                "learner",
+                "policy_last_rejection",
+            ]
+        );
+        assert_eq!(r.get("rate_hz"), Some("99.99"));
+        assert_eq!(r.get("configured_rate_hz"), Some("100"));
+        assert_eq!(r.get("inference_us"), Some("12.3"));
+        assert_eq!(r.get("estop"), Some("false"));
+        assert_eq!(r.get("policy_digest"), Some("sha256:ab"));
+        assert_eq!(r.get("log_state"), Some("ok /l/a.mcap"));
+        assert_eq!(r.get("learner"), Some("running pid 42"));
+        assert_eq!(r.get("nope"), None);
+    }
+
+    #[test]
+    fn e_stop_and_stale_input_warn() {
+        let estop = StatsSnapshot {
+            estop: true,
+            ..Default::default()
+        };
+        let r = report(&estop, 100.0, 100.0);
+        assert_eq!((r.level, r.message), (Level::Warn, "e-stop engaged"));
+        assert_eq!(r.get("estop"), Some("true"));
+        let stale = StatsSnapshot {
+            stale_ticks: 1,
+            ..Default::default()
+        };
+        let r = report(&stale, 100.0, 100.0);
+        assert_eq!((r.level, r.message), (Level::Warn, "running"));
+        assert_eq!(Level::Warn as u8, 1);
+    }
+
+    #[test]
+    fn log_and_learner_states_read_as_before() {
+        let mut s = StatsSnapshot {
+            log: LogState::Failed {
+                error: "disk full".into(),
+            },
+            learner: LearnerState::Exited {
+                status: "exit status: 1".into(),
+            },
+            ..Default::default()
+        };
+        let r = report(&s, 0.0, 100.0);
+        assert_eq!(r.get("log_state"), Some("failed: disk full"));
+        assert_eq!(r.get("learner"), Some("exited: exit status: 1"));
+        s.log = LogState::Off;
+        s.learner = LearnerState::Stopped;
+        let r = report(&s, 0.0, 100.0);
+        assert_eq!(r.get("log_state"), Some("off"));
+        assert_eq!(r.get("learner"), Some("stopped"));
+        s.learner = LearnerState::Off;
+        assert_eq!(report(&s, 0.0, 100.0).get("learner"), Some("off"));
+    }
+
+    #[test]
+    fn rate_meter_measures_ticks_per_second() {
+        let mut m = RateMeter::new(0);
+        assert_eq!(m.update(50, 500_000_000), 100.0);
+        assert_eq!(m.update(150, 1_500_000_000), 100.0);
+    }
+}

@@ -1,0 +1,502 @@
+//! The control thread's body, without ROS: once per period it waits on the
+//! clock, records wake-up lateness and overruns, swaps in a checked new
+//! policy from the hot swap, ticks the [`Controller`], hands every
+//! `every`-th tick to the transition log and pushes the tick's output
+//! ([`Outgoing`]) to a bounded queue for the publisher thread.
+//!
+//! Real-time: [`Runner::step`] runs on the control thread. After
+//! construction it allocates nothing and never blocks: the queues are
+//! bounded and lock-free (a full one drops and counts), the log inputs are
+//! atomics. Only a retired policy that finds its return queue full is freed
+//! here (a deallocation, and the spin thread drains that queue every few ms).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::control::{Controller, Periodic};
+use crate::hotswap::SwapChannel;
+use crate::log::writer::LogHandle;
+use crate::log::{Transition, MAX_ACT};
+
+/// Most sources (observations + goals) an [`Outgoing`] record carries.
+pub const MAX_SOURCES: usize = 16;
+
+/// The control loop's time base: the real [`Periodic`] timer, or a fake one
+/// in tests.
+pub trait Clock {
+    /// The control period in ns.
+    fn period_ns(&self) -> i64;
+    /// Block until the next deadline; returns the wake-up lateness (ns) and
+    /// how many deadlines were missed before this one.
+    fn wait(&mut self) -> (u64, u64);
+}
+
+impl Clock for Periodic {
+    fn period_ns(&self) -> i64 {
+        Periodic::period_ns(self)
+    }
+    fn wait(&mut self) -> (u64, u64) {
+        Periodic::wait(self)
+    }
+}
+
+/// One tick's output, copied (no allocation) from the control thread to the
+/// publisher thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing {
+    tick: u64,
+    decision: u8,
+    publish: bool,
+    log_prob: f32,
+    n_act: usize,
+    action: [f64; MAX_ACT],
+    n_src: usize,
+    stamps: [i64; MAX_SOURCES],
+}
+
+impl Outgoing {
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+    /// The decision code (see `Decision::code`).
+    pub fn decision(&self) -> u8 {
+        self.decision
+    }
+    /// Whether the action is to be sent this tick.
+    pub fn publish(&self) -> bool {
+        self.publish
+    }
+    pub fn log_prob(&self) -> f32 {
+        self.log_prob
+    }
+    /// The action, physical units.
+    pub fn action(&self) -> &[f64] {
+        &self.action[..self.n_act]
+    }
+    /// Header stamps (wall ns, 0 if none) of each source used.
+    pub fn stamps(&self) -> &[i64] {
+        &self.stamps[..self.n_src]
+    }
+}
+
+/// The bounded, lock-free queue from the control thread to the publisher:
+/// a full queue drops the newest output and counts it, never blocks.
+pub struct OutputQueue {
+    queue: ArrayQueue<Outgoing>,
+    dropped: AtomicU64,
+}
+
+impl OutputQueue {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queue: ArrayQueue::new(capacity.max(1)),
+            dropped: AtomicU64::new(0),
+        })
+    }
+    fn push(&self, o: Outgoing) {
+        if self.queue.push(o).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn pop(&self) -> Option<Outgoing> {
+        self.queue.pop()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+    /// Outputs dropped because the publisher fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Reward and episode state written by the subscribers and read by the
+/// control thread. All atomics: neither side ever waits for the other.
+#[derive(Debug)]
+pub struct LogInputs {
+    /// f64 bits of the reward sum since the last logged tick; NaN: none.
+    reward: AtomicU64,
+    episode: AtomicU64,
+    last_terminal: AtomicBool,
+}
+
+impl Default for LogInputs {
+    fn default() -> Self {
+        Self {
+            reward: AtomicU64::new(f64::NAN.to_bits()),
+            episode: AtomicU64::new(0),
+            last_terminal: AtomicBool::new(false),
+        }
+    }
+}
+
+impl LogInputs {
+    /// Add a received reward (the caller drops non-finite ones).
+    pub fn add_reward(&self, r: f64) {
+        let _ = self
+            .reward
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                let old = f64::from_bits(old);
+                Some(if old.is_nan() { r } else { old + r }.to_bits())
+            });
+    }
+
+    /// Sum of the rewards received since the previous call, NaN if none.
+    pub fn take_reward(&self) -> f64 {
+        f64::from_bits(self.reward.swap(f64::NAN.to_bits(), Ordering::AcqRel))
+    }
+
+    /// An episode just ended, in a terminal state or not (time limit).
+    pub fn boundary(&self, terminal: bool) {
+        self.last_terminal.store(terminal, Ordering::SeqCst);
+        self.episode.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Episode boundaries seen so far.
+    pub fn episode(&self) -> u64 {
+        self.episode.load(Ordering::SeqCst)
+    }
+
+    /// Whether the latest boundary was a terminal state.
+    pub fn last_terminal(&self) -> bool {
+        self.last_terminal.load(Ordering::SeqCst)
+    }
+}
+
+/// Where the runner sends its transition records.
+pub struct LogTap {
+    pub handle: Arc<LogHandle>,
+    pub inputs: Arc<LogInputs>,
+    /// Log every k-th tick (>= 1).
+    pub every: u64,
+}
+
+/// The control thread's state: the controller and everything it talks to.
+pub struct Runner<C: Clock> {
+    controller: Controller,
+    clock: C,
+    period_ns: u64,
+    chan: Arc<SwapChannel>,
+    out: Arc<OutputQueue>,
+    waker: Option<std::thread::Thread>,
+    log: Option<LogTap>,
+    /// Preallocated log record (boxed: it is ~1.5 KB).
+    rec: Box<Transition>,
+}
+
+impl<C: Clock> Runner<C> {
+    pub fn new(
+        controller: Controller,
+        clock: C,
+        chan: Arc<SwapChannel>,
+        out: Arc<OutputQueue>,
+    ) -> Self {
+        let period_ns = clock.period_ns().max(0) as u64;
+        Self {
+            controller,
+            clock,
+            period_ns,
+            chan,
+            out,
+            waker: None,
+            log: None,
+            rec: Box::default(),
+        }
+    }
+
+    /// Also write every `tap.every`-th tick to the transition log.
+    pub fn with_log(mut self, mut tap: LogTap) -> Self {
+        tap.every = tap.every.max(1);
+        self.log = Some(tap);
+        self
+    }
+
+    /// Unpark this thread (the publisher) after each pushed output.
+    pub fn with_waker(mut self, t: std::thread::Thread) -> Self {
+        self.waker = Some(t);
+        self
+    }
+
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// One control period: wait, account the wake-up, maybe swap the
+    /// policy, tick, log, push the output. Returns a copy of the output.
+    /// Allocation-free and non-blocking (apart from the clock's wait).
+    pub fn step(&mut self) -> Outgoing {
+        let (late, missed) = self.clock.wait();
+        let stats = &self.controller.stats;
+        stats.record_wakeup(late);
+        if missed > 0 {
+            stats.overruns.fetch_add(missed, Ordering::Relaxed);
+        }
+        self.controller
+            .note_deadline(missed == 0 && late < self.period_ns);
+        // A checked new policy swaps in between two ticks: a move.
+        if let Some(new) = self.chan.incoming.pop() {
+            let old = self.controller.set_sampler(new);
+            // Freed by the spin thread; only if that queue is full is it
+            // freed here.
+            if let Err(old) = self.chan.retired.push(old) {
+                drop(old);
+            }
+        }
+        let out = self.controller.tick();
+        let mut o = Outgoing {
+            tick: out.tick,
+            decision: out.decision.code(),
+            publish: out.publish,
+            log_prob: out.log_prob,
+            n_act: out.action.len().min(MAX_ACT),
+            action: [0.0; MAX_ACT],
+            n_src: out.stamps.len().min(MAX_SOURCES),
+            stamps: [0; MAX_SOURCES],
+        };
+        o.action[..o.n_act].copy_from_slice(&out.action[..o.n_act]);
+        o.stamps[..o.n_src].copy_from_slice(&out.stamps[..o.n_src]);
+        if let Some(tap) = &self.log {
+            if o.tick.is_multiple_of(tap.every) {
+                self.controller.fill_transition(&mut self.rec);
+                self.rec.reward = tap.inputs.take_reward();
+                self.rec.episode = tap.inputs.episode();
+                self.rec.began_after_terminal = tap.inputs.last_terminal();
+                tap.handle.push(&self.rec);
+            }
+        }
+        self.out.push(o);
+        if let Some(w) = &self.waker {
+            w.unpark();
+        }
+        o
+    }
+
+    /// The thread body: step until `stop` is set, then hand the controller
+    /// back (for the shutdown action). Dropping the runner releases its
+    /// reference to the log.
+    pub fn run(mut self, stop: &AtomicBool) -> Controller {
+        while !stop.load(Ordering::Relaxed) {
+            self.step();
+        }
+        self.controller
+    }
+
+    /// End without running (tests, aborted start-up).
+    pub fn into_controller(self) -> Controller {
+        self.controller
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::Board;
+    use crate::control::{ControlConfig, SafeBehaviour};
+    use crate::model::{Direction, PolicyKind};
+    use crate::sampler::Sampler;
+    use crate::testkit::random_model;
+
+    /// A clock that never sleeps; the next wake-up's (late, missed) is
+    /// set by the test.
+    struct FakeClock {
+        period_ns: i64,
+        next: (u64, u64),
+        waits: u64,
+    }
+
+    impl Clock for FakeClock {
+        fn period_ns(&self) -> i64 {
+            self.period_ns
+        }
+        fn wait(&mut self) -> (u64, u64) {
+            self.waits += 1;
+            std::mem::take(&mut self.next)
+        }
+    }
+
+    fn clock() -> FakeClock {
+        FakeClock {
+            period_ns: 10_000_000,
+            next: (0, 0),
+            waits: 0,
+        }
+    }
+
+    fn controller(warmup: u64, model_seed: u64) -> (Controller, Arc<Board>) {
+        let m = random_model(
+            3,
+            0,
+            false,
+            Direction::Inverse,
+            PolicyKind::Flow,
+            model_seed,
+        );
+        let board = Arc::new(Board::new(&[5]));
+        board.write(0, &[0.1, 0.2, 0.3, 0.4, 0.5], None);
+        let cfg = ControlConfig {
+            rate_hz: 100.0,
+            max_age_s: vec![1e6],
+            obs_sources: 1,
+            safe: SafeBehaviour::Zero,
+            max_delta: None,
+            warmup_ticks: warmup,
+            startup_hold_ticks: 0,
+            seed: 3,
+        };
+        let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
+        (c, board)
+    }
+
+    fn runner(
+        warmup: u64,
+        queue: usize,
+    ) -> (Runner<FakeClock>, Arc<SwapChannel>, Arc<OutputQueue>) {
+        let (c, _) = controller(warmup, 5);
+        let chan = SwapChannel::new();
+        let out = OutputQueue::new(queue);
+        (
+            Runner::new(c, clock(), chan.clone(), out.clone()),
+            chan,
+            out,
+        )
+    }
+
+    #[test]
+    fn ticks_advance_and_decisions_come_out() {
+        let (mut r, _, out) = runner(0, 16);
+        for t in 0..5 {
+            let o = r.step();
+            assert_eq!(o.tick(), t);
+            assert_eq!(o.decision(), 0, "fresh input: policy");
+            assert!(o.publish());
+            assert_eq!(o.action().len(), 3);
+            assert_eq!(o.stamps().len(), 1);
+            assert!(o.log_prob().is_finite());
+        }
+        assert_eq!(r.clock.waits, 5);
+        let queued: Vec<u64> = std::iter::from_fn(|| out.pop()).map(|o| o.tick()).collect();
+        assert_eq!(queued, vec![0, 1, 2, 3, 4]);
+        assert_eq!(r.controller().stats.ticks.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn warm_up_gate_opens_after_on_time_wakeups() {
+        let (mut r, _, _) = runner(2, 16);
+        let codes: Vec<u8> = (0..4).map(|_| r.step().decision()).collect();
+        // the second on-time wake-up opens the gate for its own tick
+        assert_eq!(codes, vec![1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_swap_takes_effect_between_two_ticks_and_retires_the_old_sampler() {
+        let (mut r, chan, _) = runner(0, 16);
+        r.step();
+        let other = random_model(3, 0, false, Direction::Inverse, PolicyKind::Flow, 77);
+        let old_digest = r.controller().sampler().spec().digest.clone();
+        assert!(chan.incoming.push(Sampler::new(&other).unwrap()).is_ok());
+        assert!(chan.retired.is_empty());
+        r.step();
+        assert_eq!(r.controller().sampler().spec().digest, other.spec.digest);
+        let retired = chan.retired.pop().expect("old sampler retired");
+        assert_eq!(retired.spec().digest, old_digest);
+        assert!(chan.incoming.is_empty());
+    }
+
+    #[test]
+    fn a_full_output_queue_counts_drops_instead_of_blocking() {
+        let (mut r, _, out) = runner(0, 2);
+        for _ in 0..5 {
+            r.step();
+        }
+        assert_eq!(out.dropped(), 3);
+        assert_eq!(out.pop().unwrap().tick(), 0, "the oldest outputs stay");
+        assert_eq!(out.pop().unwrap().tick(), 1);
+        assert!(out.pop().is_none() && out.is_empty());
+    }
+
+    #[test]
+    fn missed_periods_count_as_overruns_and_reset_the_warm_up() {
+        let (mut r, _, _) = runner(2, 16);
+        r.step();
+        r.clock.next = (25_000_000, 2); // woke 2.5 periods late
+        assert_eq!(r.step().decision(), 1);
+        let stats = r.controller().stats.clone();
+        assert_eq!(stats.overruns.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.jitter.drain().0, 2, "both wake-ups recorded");
+        // the streak restarted: two more on-time wake-ups open the gate
+        assert_eq!(r.step().decision(), 1);
+        assert_eq!(r.step().decision(), 0);
+        // late within the period is no overrun
+        r.clock.next = (1_000, 0);
+        r.step();
+        assert_eq!(stats.overruns.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn run_stops_on_the_flag() {
+        let (r, _, out) = runner(0, 16);
+        let stop = AtomicBool::new(true);
+        let c = r.run(&stop);
+        assert_eq!(c.stats.ticks.load(Ordering::Relaxed), 0);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_log_gets_a_record_every_k_ticks_with_the_log_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = LogHandle::start(crate::log::writer::LogConfig {
+            dir: dir.path().into(),
+            flush_period: std::time::Duration::from_millis(10),
+            queue_capacity: 64,
+            reward: None,
+            metadata: Default::default(),
+        })
+        .unwrap();
+        let stats = handle.stats.clone();
+        let inputs = Arc::new(LogInputs::default());
+        let (r, _, _) = runner(0, 64);
+        let mut r = r.with_log(LogTap {
+            handle: Arc::new(handle),
+            inputs: inputs.clone(),
+            every: 3,
+        });
+        r.step(); // tick 0: logged, no reward yet
+        inputs.add_reward(0.25);
+        inputs.add_reward(0.5);
+        r.step();
+        r.step();
+        r.step(); // tick 3: logged with both rewards
+        inputs.boundary(false);
+        for _ in 0..3 {
+            r.step(); // tick 6 logged in episode 1
+        }
+        drop(r.into_controller()); // last reference: flush and close
+        assert_eq!(stats.written.load(Ordering::Relaxed), 3);
+        let files = crate::log::reader::log_files(dir.path()).unwrap();
+        let recs = crate::log::reader::read_file(&files[0]).unwrap();
+        let ticks: Vec<u64> = recs.iter().map(|t| t.tick).collect();
+        assert_eq!(ticks, vec![0, 3, 6]);
+        assert!(recs[0].reward.is_nan());
+        assert_eq!(recs[1].reward, 0.75);
+        assert!(recs[2].reward.is_nan(), "taken at tick 3");
+        let eps: Vec<u64> = recs.iter().map(|t| t.episode).collect();
+        assert_eq!(eps, vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn log_inputs_sum_rewards_between_takes() {
+        let i = LogInputs::default();
+        assert!(i.take_reward().is_nan(), "none yet");
+        i.add_reward(1.5);
+        i.add_reward(-0.5);
+        assert_eq!(i.take_reward(), 1.0);
+        assert!(i.take_reward().is_nan(), "taken");
+        assert_eq!((i.episode(), i.last_terminal()), (0, false));
+        i.boundary(true);
+        assert_eq!((i.episode(), i.last_terminal()), (1, true));
+        i.boundary(false);
+        assert_eq!((i.episode(), i.last_terminal()), (2, false));
+    }
+}

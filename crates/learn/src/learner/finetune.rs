@@ -1,0 +1,163 @@
+//! The fine-tuning session driver (`flowpilot finetune`): resume from the
+//! newest checkpoint and learner state, fill the replay from logs or a
+//! dataset, run updates at the requested ratio, and write versioned
+//! checkpoints atomically for the node's hot swap. Off the control thread.
+
+use std::path::PathBuf;
+
+use super::error::{LearnerError, Result};
+use super::follower::LogFollower;
+use super::replay::ReplayBuffer;
+use super::sac::{Sac, SacConfig};
+use crate::demos::Demos;
+use flowpilot_core::checkpoint::CheckpointDir;
+use flowpilot_core::model::ModelFile;
+
+/// What `flowpilot finetune` runs on.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    /// Transition logs in a directory; `follow` keeps reading new records.
+    Logs { dir: PathBuf, follow: bool },
+    /// A fixed dataset (demos .npz with rewards): offline RL.
+    Offline(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    pub data: DataSource,
+    /// Starting policy (ignored when `out` already holds a newer checkpoint
+    /// of the same lineage: a restarted learner resumes from it).
+    pub init: PathBuf,
+    pub out: PathBuf,
+    pub sac: SacConfig,
+    /// Stop after this many updates in total (0: until stopped).
+    pub max_updates: u64,
+    /// Updates per new transition when following logs.
+    pub utd: f64,
+    /// No updates before the replay holds this many transitions.
+    pub min_transitions: usize,
+    pub checkpoint_every: u64,
+    pub poll_period: std::time::Duration,
+}
+
+/// Run a fine-tuning session until `max_updates`, the end of the data
+/// (offline or not following), or `stop` is set (SIGTERM). Writes a
+/// checkpoint every `checkpoint_every` updates and at the end.
+pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Result<u64> {
+    use std::sync::atomic::Ordering;
+    std::fs::create_dir_all(&opts.out).map_err(|source| LearnerError::CreateDir {
+        path: opts.out.clone(),
+        source,
+    })?;
+    let store = CheckpointDir::new(&opts.out);
+    // Temp files of a learner killed mid-write: never renamed, never read.
+    store.remove_partials();
+    let init = ModelFile::load(&opts.init).map_err(|source| LearnerError::LoadModel {
+        path: opts.init.clone(),
+        source,
+    })?;
+    // Resume: the newest checkpoint in `out` that could replace `init`.
+    let mut current = match store.latest() {
+        Some((p, m))
+            if m.spec.version > init.spec.version
+                && init.spec.check_compatible(&m.spec).is_ok() =>
+        {
+            tracing::info!(path = %p.display(), version = m.spec.version, "resuming from checkpoint");
+            m
+        }
+        _ => init,
+    };
+    let mut sac = Sac::new(&current, opts.sac.clone())?;
+    let sp = store.learner_state_path();
+    if sp.exists() && current.spec.version > 1 {
+        match sac.load_state(&sp) {
+            Ok(()) => tracing::info!(updates = sac.updates(), "resumed critics and temperature"),
+            Err(e) => tracing::warn!("ignoring learner state: {e:#} (critics start fresh)"),
+        }
+    }
+    let spec = current.spec.clone();
+    let (mut rb, mut follower, follow) = match &opts.data {
+        DataSource::Offline(p) => {
+            let demos = Demos::load(p)?;
+            (ReplayBuffer::from_demos(&demos, &spec)?, None, false)
+        }
+        DataSource::Logs { dir, follow } => {
+            let mut f = LogFollower::new(dir);
+            let mut rb = ReplayBuffer::new(spec.obs_dim + spec.goal_dim, spec.act_dim, 1_000_000);
+            let n = f.poll(&mut rb, &spec)?;
+            tracing::info!(
+                transitions = n,
+                records = f.records(),
+                skipped = f.skipped(),
+                "replayed the log directory"
+            );
+            (rb, Some(f), *follow)
+        }
+    };
+    let min = opts.min_transitions.max(1);
+    let start_updates = sac.updates();
+    let mut budget: f64 = if follow {
+        rb.len() as f64 * opts.utd
+    } else {
+        f64::INFINITY
+    };
+    let mut last_ckpt = sac.updates();
+    let mut next_poll = std::time::Instant::now() + opts.poll_period;
+    let checkpoint = |sac: &Sac, current: &mut ModelFile| -> Result<()> {
+        let next = sac.export(&current.spec)?;
+        let path = store.policy_path(next.spec.version);
+        next.save(&path)?;
+        sac.save_state(&store.learner_state_path())?;
+        tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates(), "checkpoint written");
+        *current = next;
+        Ok(())
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if opts.max_updates > 0 && sac.updates() - start_updates >= opts.max_updates {
+            break;
+        }
+        if follow && std::time::Instant::now() >= next_poll {
+            next_poll = std::time::Instant::now() + opts.poll_period;
+            if let Some(f) = follower.as_mut() {
+                budget += f.poll(&mut rb, &spec)? as f64 * opts.utd;
+            }
+        }
+        if rb.len() < min || budget < 1.0 {
+            if !follow {
+                if rb.len() < min {
+                    return Err(LearnerError::TooFewTransitions {
+                        have: rb.len(),
+                        min,
+                    });
+                }
+                break;
+            }
+            std::thread::sleep(opts.poll_period.min(std::time::Duration::from_millis(100)));
+            continue;
+        }
+        let st = sac.update(&rb)?;
+        budget -= 1.0;
+        if sac.updates() % 100 == 0 {
+            tracing::info!(
+                updates = sac.updates(),
+                transitions = rb.len(),
+                critic = st.critic_loss,
+                actor = st.actor_loss,
+                alpha = st.alpha,
+                entropy = st.entropy,
+                q = st.q,
+                "update"
+            );
+        }
+        if sac.updates() > sac.cfg().critic_warmup
+            && sac.updates() - last_ckpt >= opts.checkpoint_every
+        {
+            last_ckpt = sac.updates();
+            checkpoint(&sac, &mut current)?;
+        }
+    }
+    if sac.updates() > last_ckpt && sac.updates() > sac.cfg().critic_warmup {
+        checkpoint(&sac, &mut current)?;
+    }
+    Ok(sac.updates() - start_updates)
+}

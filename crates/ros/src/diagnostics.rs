@@ -1,0 +1,126 @@
+//! Publishing /diagnostics: once per `diagnostics_period`, gather a
+//! [`StatsSnapshot`] of the node's counters and publish core's
+//! [`report`] of it as a DiagnosticArray. Spin thread only.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
+use r2r::QosProfile;
+
+use flowpilot_core::board::{mono_ns, wall_ns};
+use flowpilot_core::control::Stats;
+use flowpilot_core::diagnostics::{report, LogState, RateMeter, StatsSnapshot};
+use flowpilot_core::log::writer::LogStats;
+use flowpilot_core::model::ModelFile;
+use flowpilot_core::runner::OutputQueue;
+
+use crate::inputs::InputStats;
+use crate::learner::Learner;
+use crate::outputs::to_time;
+use crate::swap::Poller;
+
+/// Where each part of the snapshot comes from.
+pub(crate) struct Sources<'a> {
+    pub(crate) stats: &'a Stats,
+    pub(crate) estop: &'a AtomicBool,
+    pub(crate) inputs: &'a InputStats,
+    pub(crate) outputs: &'a OutputQueue,
+    /// The model the node started with (reported while hot swap is off).
+    pub(crate) model: &'a ModelFile,
+    pub(crate) swap: Option<&'a Poller>,
+    pub(crate) log: Option<&'a LogStats>,
+    pub(crate) learner: Option<&'a mut Learner>,
+}
+
+impl Sources<'_> {
+    fn snapshot(self) -> StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        s.estop = self.estop.load(Ordering::Relaxed);
+        s.received_messages = self.inputs.received();
+        s.rejected_messages = self.inputs.rejected();
+        s.dropped_outputs = self.outputs.dropped();
+        let hot = self.swap.map(Poller::hot);
+        let policy = hot.map_or(self.model, |h| h.current());
+        s.policy_digest = policy.spec.digest.clone();
+        s.policy_version = policy.spec.version;
+        if let Some(h) = hot {
+            s.policy_swaps = h.swaps();
+            s.policy_rejections = h.rejected();
+            s.policy_last_rejection = h.last_rejection().to_string();
+        }
+        if let Some(l) = self.log {
+            s.log_written = l.written.load(Ordering::Relaxed);
+            s.log_dropped = l.dropped.load(Ordering::Relaxed);
+            s.log = if l.failed.load(Ordering::Relaxed) {
+                LogState::Failed {
+                    error: l.error.lock().expect("log error").clone(),
+                }
+            } else {
+                LogState::Ok {
+                    path: l.path.lock().expect("log path").clone(),
+                }
+            };
+        }
+        if let Some(l) = self.learner {
+            s.learner = l.state();
+        }
+        s
+    }
+}
+
+/// The /diagnostics publisher and its schedule.
+pub(crate) struct DiagPublisher {
+    publisher: r2r::Publisher<DiagnosticArray>,
+    period_ns: i64,
+    next_ns: i64,
+    configured_rate_hz: f64,
+    rate: RateMeter,
+}
+
+impl DiagPublisher {
+    pub(crate) fn new(
+        node: &mut r2r::Node,
+        period_s: f64,
+        configured_rate_hz: f64,
+    ) -> Result<Self> {
+        let period_ns = (period_s * 1e9) as i64;
+        let now = mono_ns();
+        Ok(Self {
+            publisher: node.create_publisher("/diagnostics", QosProfile::default())?,
+            period_ns,
+            next_ns: now + period_ns,
+            configured_rate_hz,
+            rate: RateMeter::new(now),
+        })
+    }
+
+    /// Publish if a period has passed; `sources` is only read then.
+    pub(crate) fn publish_if_due<'a>(&mut self, sources: impl FnOnce() -> Sources<'a>) {
+        if mono_ns() < self.next_ns {
+            return;
+        }
+        self.next_ns += self.period_ns;
+        let snap = sources().snapshot();
+        let rate = self.rate.update(snap.ticks, mono_ns());
+        let r = report(&snap, rate, self.configured_rate_hz);
+        let status = DiagnosticStatus {
+            level: r.level as u8,
+            name: "flowpilot: control loop".into(),
+            message: r.message.into(),
+            hardware_id: "flowpilot".into(),
+            values: r
+                .values
+                .into_iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.into(),
+                    value,
+                })
+                .collect(),
+        };
+        let mut arr = DiagnosticArray::default();
+        arr.header.stamp = to_time(wall_ns());
+        arr.status.push(status);
+        let _ = self.publisher.publish(&arr);
+    }
+}

@@ -1,0 +1,132 @@
+//! The ROS side of the transition log and of human overrides: reward,
+//! episode and terminal subscriptions writing core's atomic [`LogInputs`],
+//! the override subscription writing a one-slot board, and starting the
+//! log writer with the run's metadata. Subscriptions run on the spin
+//! thread; what they write is lock-free for the control thread to read.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::stream::StreamExt;
+use futures::task::LocalSpawnExt;
+use r2r::QosProfile;
+
+use flowpilot_core::board::Board;
+use flowpilot_core::config::{LogSettings, NodeConfig};
+use flowpilot_core::log::writer::{LogConfig, LogHandle};
+use flowpilot_core::model::ModelFile;
+use flowpilot_core::runner::{LogInputs, LogTap};
+
+/// Subscribe the reward topic (std_msgs/Float64) and the episode-boundary
+/// topics (std_msgs/Int64: an episode just ended by time limit / terminal).
+fn subscribe_log_inputs(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    l: &LogSettings,
+) -> Result<Arc<LogInputs>> {
+    let inputs = Arc::new(LogInputs::default());
+    let q = QosProfile::default().reliable().keep_last(100);
+    if let Some(t) = &l.reward_topic {
+        let s = node.subscribe::<r2r::std_msgs::msg::Float64>(t, q.clone())?;
+        let i = inputs.clone();
+        spawner.spawn_local(s.for_each(move |m| {
+            if m.data.is_finite() {
+                i.add_reward(m.data);
+            }
+            futures::future::ready(())
+        }))?;
+    }
+    for (topic, terminal) in [(&l.episode_topic, false), (&l.terminal_topic, true)] {
+        if let Some(t) = topic {
+            let s = node.subscribe::<r2r::std_msgs::msg::Int64>(t, q.clone())?;
+            let i = inputs.clone();
+            spawner.spawn_local(s.for_each(move |_| {
+                i.boundary(terminal);
+                futures::future::ready(())
+            }))?;
+        }
+    }
+    Ok(inputs)
+}
+
+/// Subscribe the human override topic (std_msgs/Float64MultiArray,
+/// act_dim values, physical units) into a one-slot board.
+pub(crate) fn subscribe_override(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    topic: &str,
+    act_dim: usize,
+) -> Result<Arc<Board>> {
+    let board = Arc::new(Board::new(&[act_dim]));
+    let s = node.subscribe::<r2r::std_msgs::msg::Float64MultiArray>(
+        topic,
+        QosProfile::default().keep_last(1),
+    )?;
+    let b = board.clone();
+    spawner.spawn_local(s.for_each(move |m| {
+        if m.data.len() == act_dim && m.data.iter().all(|v| v.is_finite()) {
+            b.write(0, &m.data, None);
+        } else {
+            tracing::warn!(
+                len = m.data.len(),
+                "rejected a malformed override message (needs {act_dim} finite values)"
+            );
+        }
+        futures::future::ready(())
+    }))?;
+    Ok(board)
+}
+
+/// If `log.dir` is set: subscribe the log inputs and start the writer.
+pub(crate) fn start(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    cfg: &NodeConfig,
+    model: &ModelFile,
+    model_path: &Path,
+    board_total: usize,
+) -> Result<Option<LogTap>> {
+    let Some(l) = &cfg.log else {
+        return Ok(None);
+    };
+    let act_dim = model.spec.act_dim;
+    if board_total > flowpilot_core::log::MAX_OBS || act_dim > flowpilot_core::log::MAX_ACT {
+        bail!(
+            "the transition log carries at most {} observation+goal values and {} actions; this model has {} and {act_dim}",
+            flowpilot_core::log::MAX_OBS,
+            flowpilot_core::log::MAX_ACT,
+            board_total
+        );
+    }
+    let inputs = subscribe_log_inputs(node, spawner, l)?;
+    let spec = &model.spec;
+    let meta = [
+        ("obs_dim", spec.obs_dim.to_string()),
+        ("goal_dim", spec.goal_dim.to_string()),
+        ("act_dim", spec.act_dim.to_string()),
+        ("action_low", serde_json::to_string(&spec.action_low)?),
+        ("action_high", serde_json::to_string(&spec.action_high)?),
+        ("rate_hz", cfg.rate_hz.to_string()),
+        ("every", l.every.to_string()),
+        ("model", model_path.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let handle = LogHandle::start(LogConfig {
+        dir: l.dir.clone().into(),
+        flush_period: Duration::from_secs_f64(l.flush_period_s),
+        queue_capacity: l.queue,
+        reward: l.distance_reward.clone(),
+        metadata: meta,
+    })
+    .context("starting the transition log")?;
+    tracing::info!(path = %handle.stats.path.lock().expect("path").as_str(), every = l.every, "transition log started");
+    Ok(Some(LogTap {
+        handle: Arc::new(handle),
+        inputs,
+        every: l.every,
+    }))
+}

@@ -1,0 +1,176 @@
+//! The action side: [`ActionPublisher`] turns a tick's output into the
+//! configured message type (and the `~/action_trace` topic), and the
+//! publisher thread drains the control thread's output queue into it.
+//! r2r's publish allocates and locks, so it never runs on the control
+//! thread (the realtime_tools pattern): the control thread only pushes to a
+//! lock-free queue and unparks this thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use r2r::QosProfile;
+
+use flowpilot_core::board::wall_ns;
+use flowpilot_core::config::{ActionKind, NodeConfig};
+use flowpilot_core::runner::{Outgoing, OutputQueue};
+
+use crate::inputs::qos;
+
+/// A wall-clock ns stamp as a ROS Time.
+pub(crate) fn to_time(ns: i64) -> r2r::builtin_interfaces::msg::Time {
+    r2r::builtin_interfaces::msg::Time {
+        sec: (ns / 1_000_000_000) as i32,
+        nanosec: (ns % 1_000_000_000) as u32,
+    }
+}
+
+/// The configured publisher, one of four message types.
+enum Sink {
+    F64a(r2r::Publisher<r2r::std_msgs::msg::Float64MultiArray>),
+    Traj(
+        r2r::Publisher<r2r::trajectory_msgs::msg::JointTrajectory>,
+        Vec<String>,
+    ),
+    Twist(r2r::Publisher<r2r::geometry_msgs::msg::Twist>),
+    TwistStamped(
+        r2r::Publisher<r2r::geometry_msgs::msg::TwistStamped>,
+        String,
+    ),
+}
+
+/// Publishes actions (and the trace) in the configured message type.
+pub(crate) struct ActionPublisher {
+    sink: Sink,
+    period_ns: i64,
+    trace: r2r::Publisher<r2r::std_msgs::msg::Float64MultiArray>,
+}
+
+impl ActionPublisher {
+    pub(crate) fn new(node: &mut r2r::Node, cfg: &NodeConfig, act_dim: usize) -> Result<Self> {
+        cfg.action.check_act_dim(act_dim)?;
+        let q = qos(cfg.action_best_effort).keep_last(10);
+        let t = &cfg.action_topic;
+        let sink = match &cfg.action {
+            ActionKind::Float64MultiArray => Sink::F64a(node.create_publisher(t, q)?),
+            ActionKind::JointTrajectory { joints } => {
+                Sink::Traj(node.create_publisher(t, q)?, joints.clone())
+            }
+            ActionKind::Twist => Sink::Twist(node.create_publisher(t, q)?),
+            ActionKind::TwistStamped { frame_id } => {
+                Sink::TwistStamped(node.create_publisher(t, q)?, frame_id.clone())
+            }
+        };
+        Ok(Self {
+            sink,
+            period_ns: (1e9 / cfg.rate_hz) as i64,
+            trace: node.create_publisher("~/action_trace", QosProfile::default().keep_last(100))?,
+        })
+    }
+
+    /// 2 values: (vx, wz); 3: (vx, vy, wz); 6: linear then angular.
+    fn twist(a: &[f64]) -> r2r::geometry_msgs::msg::Twist {
+        let mut t = r2r::geometry_msgs::msg::Twist::default();
+        match a.len() {
+            2 => {
+                t.linear.x = a[0];
+                t.angular.z = a[1];
+            }
+            3 => {
+                t.linear.x = a[0];
+                t.linear.y = a[1];
+                t.angular.z = a[2];
+            }
+            _ => {
+                (t.linear.x, t.linear.y, t.linear.z) = (a[0], a[1], a[2]);
+                (t.angular.x, t.angular.y, t.angular.z) = (a[3], a[4], a[5]);
+            }
+        }
+        t
+    }
+
+    pub(crate) fn publish_action(&self, a: &[f64]) -> Result<()> {
+        match &self.sink {
+            Sink::F64a(p) => p.publish(&r2r::std_msgs::msg::Float64MultiArray {
+                data: a.to_vec(),
+                ..Default::default()
+            })?,
+            Sink::Traj(p, joints) => {
+                let mut m = r2r::trajectory_msgs::msg::JointTrajectory {
+                    joint_names: joints.clone(),
+                    ..Default::default()
+                };
+                m.header.stamp = to_time(wall_ns());
+                m.points
+                    .push(r2r::trajectory_msgs::msg::JointTrajectoryPoint {
+                        positions: a.to_vec(),
+                        time_from_start: r2r::builtin_interfaces::msg::Duration {
+                            sec: (self.period_ns / 1_000_000_000) as i32,
+                            nanosec: (self.period_ns % 1_000_000_000) as u32,
+                        },
+                        ..Default::default()
+                    });
+                p.publish(&m)?
+            }
+            Sink::Twist(p) => p.publish(&Self::twist(a))?,
+            Sink::TwistStamped(p, frame_id) => {
+                let mut m = r2r::geometry_msgs::msg::TwistStamped {
+                    twist: Self::twist(a),
+                    ..Default::default()
+                };
+                m.header.stamp = to_time(wall_ns());
+                m.header.frame_id = frame_id.clone();
+                p.publish(&m)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Trace: [tick, decision, published, log_prob, stamp_s per source..., action...].
+    fn publish_trace(&self, o: &Outgoing) -> Result<()> {
+        let mut data = vec![
+            o.tick() as f64,
+            o.decision() as f64,
+            if o.publish() { 1.0 } else { 0.0 },
+            o.log_prob() as f64,
+        ];
+        data.extend(o.stamps().iter().map(|&s| s as f64 * 1e-9));
+        data.extend_from_slice(o.action());
+        self.trace.publish(&r2r::std_msgs::msg::Float64MultiArray {
+            data,
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+}
+
+/// Start the publisher thread: it publishes every output the control
+/// thread queues until `stop` is set and the queue is empty, then hands
+/// the publisher back (for the shutdown action).
+pub(crate) fn spawn_publisher(
+    publisher: ActionPublisher,
+    queue: Arc<OutputQueue>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<ActionPublisher>> {
+    std::thread::Builder::new()
+        .name("flowpilot-pub".into())
+        .spawn(move || {
+            loop {
+                while let Some(o) = queue.pop() {
+                    if o.publish() {
+                        if let Err(e) = publisher.publish_action(o.action()) {
+                            tracing::error!("publishing action: {e}");
+                        }
+                    }
+                    let _ = publisher.publish_trace(&o);
+                }
+                if stop.load(Ordering::SeqCst) && queue.is_empty() {
+                    break;
+                }
+                // Woken by the control thread after each output.
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+            publisher
+        })
+}
