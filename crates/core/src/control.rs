@@ -124,8 +124,8 @@ pub struct Controller {
     cfg: ControlConfig,
     sampler: Sampler,
     board: Arc<Board>,
-    pub estop: Arc<AtomicBool>,
-    pub stats: Arc<Stats>,
+    estop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     obs: Vec<f32>,
     act32: Vec<f32>,
     action: Vec<f64>,
@@ -152,6 +152,16 @@ struct LastTick {
 }
 
 impl Controller {
+    /// The e-stop flag: any thread may set it; the next tick obeys.
+    pub fn estop(&self) -> &Arc<AtomicBool> {
+        &self.estop
+    }
+
+    /// The counters the diagnostics read (relaxed atomics).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
     pub fn new(
         cfg: ControlConfig,
         sampler: Sampler,

@@ -45,9 +45,9 @@ pub enum SwapError {
 /// Queues between the spin thread and the control thread.
 pub struct SwapChannel {
     /// New samplers for the control thread (capacity 1).
-    pub incoming: ArrayQueue<Sampler>,
+    incoming: ArrayQueue<Sampler>,
     /// Retired samplers, dropped off the control thread.
-    pub retired: ArrayQueue<Sampler>,
+    retired: ArrayQueue<Sampler>,
 }
 
 impl SwapChannel {
@@ -56,6 +56,29 @@ impl SwapChannel {
             incoming: ArrayQueue::new(1),
             retired: ArrayQueue::new(4),
         })
+    }
+
+    /// Offer a checked sampler (spin thread). A pending offer not yet taken
+    /// is replaced and returned, to be dropped by the caller.
+    pub fn offer(&self, s: Sampler) -> Option<Sampler> {
+        self.incoming.force_push(s)
+    }
+
+    /// Take the offered sampler, if any (control thread: lock-free, no
+    /// allocation).
+    pub fn take(&self) -> Option<Sampler> {
+        self.incoming.pop()
+    }
+
+    /// Hand a replaced sampler back to be freed off the control thread;
+    /// returns it if the queue is full (the caller then drops it itself).
+    pub fn retire(&self, old: Sampler) -> Result<(), Sampler> {
+        self.retired.push(old)
+    }
+
+    /// A retired sampler, to drop here (spin thread).
+    pub fn take_retired(&self) -> Option<Sampler> {
+        self.retired.pop()
     }
 }
 
@@ -137,7 +160,7 @@ impl HotSwap {
     /// Look for new versions; offer the newest valid one. `recent` holds
     /// recent (obs, goal) snapshots for the divergence check.
     pub fn poll(&mut self, chan: &SwapChannel, recent: &[(Vec<f32>, Vec<f32>)]) {
-        while let Some(old) = chan.retired.pop() {
+        while let Some(old) = chan.take_retired() {
             drop(old); // freed here, not on the control thread
         }
         let candidates: Vec<_> = self
@@ -161,7 +184,7 @@ impl HotSwap {
                         }
                     };
                     // A pending offer not yet taken is replaced by the newer one.
-                    if let Some(stale) = chan.incoming.force_push(sampler) {
+                    if let Some(stale) = chan.offer(sampler) {
                         drop(stale);
                         self.accepted.pop();
                     }
@@ -221,7 +244,7 @@ impl HotSwap {
         self.revoked.insert(undone.spec.digest.clone());
         let (prev_path, prev) = self.accepted.last().expect("len >= 1");
         let sampler = Sampler::new(prev)?;
-        if let Some(stale) = chan.incoming.force_push(sampler) {
+        if let Some(stale) = chan.offer(sampler) {
             drop(stale);
         }
         let msg = format!(
@@ -306,7 +329,7 @@ mod tests {
         s.hot.poll(&s.chan, &[]);
         assert_eq!(s.hot.swaps(), 1);
         assert_eq!(s.hot.current().spec.digest, v2.spec.digest);
-        let offered = s.chan.incoming.pop().expect("a sampler is offered");
+        let offered = s.chan.take().expect("a sampler is offered");
         assert_eq!(offered.spec().digest, v2.spec.digest);
         // polled again, nothing new
         s.hot.poll(&s.chan, &[]);
@@ -338,7 +361,7 @@ mod tests {
             "{}",
             s.hot.last_rejection()
         );
-        assert!(s.chan.incoming.pop().is_none(), "nothing offered");
+        assert!(s.chan.take().is_none(), "nothing offered");
         assert_eq!(s.hot.current().spec.version, 1);
         // an older version is ignored, not rejected
         version(0, 2, 5)
@@ -359,10 +382,10 @@ mod tests {
         let v2 = version(2, 2, 2);
         v2.save(s.dir.policy_path(2)).unwrap();
         s.hot.poll(&s.chan, &[]);
-        s.chan.incoming.pop().unwrap();
+        s.chan.take().unwrap();
         let msg = s.hot.rollback(&s.chan).unwrap();
         assert!(msg.contains("rolled back"), "{msg}");
-        assert_eq!(s.chan.incoming.pop().unwrap().spec().digest, v1);
+        assert_eq!(s.chan.take().unwrap().spec().digest, v1);
         assert_eq!(s.hot.current().spec.digest, v1);
         // the revoked version is remembered across a restart and refused
         let rec = s.dir.accepted();

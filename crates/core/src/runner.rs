@@ -228,7 +228,7 @@ impl<C: Clock> Runner<C> {
     /// Allocation-free and non-blocking (apart from the clock's wait).
     pub fn step(&mut self) -> Outgoing {
         let (late, missed) = self.clock.wait();
-        let stats = &self.controller.stats;
+        let stats = &self.controller.stats();
         stats.record_wakeup(late);
         if missed > 0 {
             stats.overruns.fetch_add(missed, Ordering::Relaxed);
@@ -236,11 +236,11 @@ impl<C: Clock> Runner<C> {
         self.controller
             .note_deadline(missed == 0 && late < self.period_ns);
         // A checked new policy swaps in between two ticks: a move.
-        if let Some(new) = self.chan.incoming.pop() {
+        if let Some(new) = self.chan.take() {
             let old = self.controller.set_sampler(new);
             // Freed by the spin thread; only if that queue is full is it
             // freed here.
-            if let Err(old) = self.chan.retired.push(old) {
+            if let Err(old) = self.chan.retire(old) {
                 drop(old);
             }
         }
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(r.clock.waits, 5);
         let queued: Vec<u64> = std::iter::from_fn(|| out.pop()).map(|o| o.tick()).collect();
         assert_eq!(queued, vec![0, 1, 2, 3, 4]);
-        assert_eq!(r.controller().stats.ticks.load(Ordering::Relaxed), 5);
+        assert_eq!(r.controller().stats().ticks.load(Ordering::Relaxed), 5);
     }
 
     #[test]
@@ -395,13 +395,13 @@ mod tests {
         r.step();
         let other = random_model(3, 0, false, Direction::Inverse, PolicyKind::Flow, 77);
         let old_digest = r.controller().sampler().spec().digest.clone();
-        assert!(chan.incoming.push(Sampler::new(&other).unwrap()).is_ok());
-        assert!(chan.retired.is_empty());
+        assert!(chan.offer(Sampler::new(&other).unwrap()).is_none());
+        assert!(chan.take_retired().is_none());
         r.step();
         assert_eq!(r.controller().sampler().spec().digest, other.spec.digest);
-        let retired = chan.retired.pop().expect("old sampler retired");
+        let retired = chan.take_retired().expect("old sampler retired");
         assert_eq!(retired.spec().digest, old_digest);
-        assert!(chan.incoming.is_empty());
+        assert!(chan.take().is_none());
     }
 
     #[test]
@@ -422,7 +422,7 @@ mod tests {
         r.step();
         r.clock.next = (25_000_000, 2); // woke 2.5 periods late
         assert_eq!(r.step().decision(), 1);
-        let stats = r.controller().stats.clone();
+        let stats = r.controller().stats().clone();
         assert_eq!(stats.overruns.load(Ordering::Relaxed), 2);
         assert_eq!(stats.jitter.drain().0, 2, "both wake-ups recorded");
         // the streak restarted: two more on-time wake-ups open the gate
@@ -439,7 +439,7 @@ mod tests {
         let (r, _, out) = runner(0, 16);
         let stop = AtomicBool::new(true);
         let c = r.run(&stop);
-        assert_eq!(c.stats.ticks.load(Ordering::Relaxed), 0);
+        assert_eq!(c.stats().ticks.load(Ordering::Relaxed), 0);
         assert!(out.is_empty());
     }
 
@@ -454,7 +454,7 @@ mod tests {
             metadata: Default::default(),
         })
         .unwrap();
-        let stats = handle.stats.clone();
+        let stats = handle.stats().clone();
         let inputs = Arc::new(LogInputs::default());
         let (r, _, _) = runner(0, 64);
         let mut r = r.with_log(LogTap {

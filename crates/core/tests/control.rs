@@ -106,7 +106,7 @@ fn never_written_and_stale_sources_trigger_safe_behaviour_then_recover() {
             Decision::Policy,
             "recovers when input returns"
         );
-        assert_eq!(c.stats.stale_ticks.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats().stale_ticks.load(Ordering::Relaxed), 2);
     }
 }
 
@@ -128,14 +128,14 @@ fn estop_forces_zero_until_released() {
     let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, Some(vec![0.01; 3]));
     feed(&b);
     c.tick();
-    c.estop.store(true, Ordering::Relaxed);
+    c.estop().store(true, Ordering::Relaxed);
     let out = c.tick();
     assert_eq!(out.decision, Decision::EStop);
     assert!(
         out.publish && out.action.iter().all(|&a| a == 0.0),
         "e-stop is zero and not rate-limited"
     );
-    c.estop.store(false, Ordering::Relaxed);
+    c.estop().store(false, Ordering::Relaxed);
     assert_eq!(c.tick().decision, Decision::Policy);
 }
 
@@ -193,14 +193,14 @@ fn a_tick_allocates_nothing() {
     for i in 0..2000 {
         c.note_deadline(i % 7 != 0);
         if i % 100 == 50 {
-            c.estop.store(i % 200 == 50, Ordering::Relaxed);
+            c.estop().store(i % 200 == 50, Ordering::Relaxed);
         }
         if i % 3 == 0 {
             feed(&b);
         }
         std::hint::black_box(c.tick().action[0]);
     }
-    c.estop.store(false, Ordering::Relaxed);
+    c.estop().store(false, Ordering::Relaxed);
     // stale path too
     std::thread::sleep(std::time::Duration::from_millis(60));
     let before2 = thread_allocations();
@@ -250,7 +250,7 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
         0,
         "ticks + log pushes allocated"
     );
-    let stats = log.stats.clone();
+    let stats = log.stats().clone();
     log.close();
     let written = stats.written.load(Ordering::Relaxed);
     let dropped = stats.dropped.load(Ordering::Relaxed);

@@ -79,7 +79,7 @@ fn records_round_trip_and_standard_mcap_tools_read_them() {
     for t in &sent {
         log.push(t);
     }
-    let stats = log.stats.clone();
+    let stats = log.stats().clone();
     log.close();
     assert_eq!(stats.written.load(Ordering::Relaxed), 500);
     assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
@@ -213,7 +213,7 @@ fn a_full_disk_stops_logging_with_an_error_and_push_never_blocks() {
     .unwrap();
     let t0 = std::time::Instant::now();
     let mut i = 0;
-    while !log.stats.failed.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(10) {
+    while !log.stats().failed.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(10) {
         log.push(&record(i, 0));
         i += 1;
         if i % 1000 == 0 {
@@ -221,22 +221,22 @@ fn a_full_disk_stops_logging_with_an_error_and_push_never_blocks() {
         }
     }
     assert!(
-        log.stats.failed.load(Ordering::SeqCst),
+        log.stats().failed.load(Ordering::SeqCst),
         "writing to /dev/full must fail"
     );
-    let err = log.stats.error.lock().unwrap().clone();
+    let err = log.stats().error.lock().unwrap().clone();
     assert!(
         err.contains("No space left"),
         "error names the cause: {err}"
     );
     // pushes after the failure return at once and are counted
-    let dropped = log.stats.dropped.load(Ordering::SeqCst);
+    let dropped = log.stats().dropped.load(Ordering::SeqCst);
     let t1 = std::time::Instant::now();
     for j in 0..10_000 {
         log.push(&record(j, 0));
     }
     assert!(t1.elapsed() < Duration::from_millis(500));
-    assert_eq!(log.stats.dropped.load(Ordering::SeqCst), dropped + 10_000);
+    assert_eq!(log.stats().dropped.load(Ordering::SeqCst), dropped + 10_000);
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn a_control_period_makes_no_heap_allocation() {
         metadata: Default::default(),
     })
     .unwrap();
-    let log_stats = handle.stats.clone();
+    let log_stats = handle.stats().clone();
     let inputs = Arc::new(LogInputs::default());
     let chan = SwapChannel::new();
     let out = OutputQueue::new(16); // fills: never drained here
@@ -85,7 +85,7 @@ fn a_control_period_makes_no_heap_allocation() {
     }
     // prepared off the RT path, as the hot swap does
     let fresh = Sampler::new(&other).unwrap();
-    assert!(chan.incoming.push(fresh).is_ok());
+    assert!(chan.offer(fresh).is_none());
 
     let before = thread_allocations();
     for i in 0..1000 {
@@ -102,7 +102,7 @@ fn a_control_period_makes_no_heap_allocation() {
     );
 
     assert!(
-        chan.retired.pop().is_some(),
+        chan.take_retired().is_some(),
         "the swap happened in the window"
     );
     assert_eq!(r.controller().sampler().spec().digest, other.spec.digest);
@@ -110,7 +110,7 @@ fn a_control_period_makes_no_heap_allocation() {
         out.dropped() > 900,
         "the full output queue dropped and counted"
     );
-    let stats = r.controller().stats.clone();
+    let stats = r.controller().stats().clone();
     assert_eq!(stats.ticks.load(Ordering::Relaxed), 1020);
     assert!(stats.overruns.load(Ordering::Relaxed) > 0);
     drop(r);

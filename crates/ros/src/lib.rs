@@ -79,8 +79,8 @@ pub fn run_node() -> Result<()> {
     let board = Arc::new(Board::new(&widths));
     let mut controller =
         Controller::new(control_config(&cfg), Sampler::new(&model)?, board.clone())?;
-    let estop = controller.estop.clone();
-    let stats = controller.stats.clone();
+    let estop = controller.estop().clone();
+    let stats = controller.stats().clone();
 
     // 3. Subscriptions, the transition log, services, publishers.
     let mut pool = futures::executor::LocalPool::new();
@@ -100,7 +100,7 @@ pub fn run_node() -> Result<()> {
         &model_path,
         board.total(),
     )?;
-    let log_stats = log.as_ref().map(|t| t.handle.stats.clone());
+    let log_stats = log.as_ref().map(|t| t.handle.stats().clone());
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
     let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;

@@ -123,7 +123,7 @@ pub(crate) fn start(
         metadata: meta,
     })
     .context("starting the transition log")?;
-    tracing::info!(path = %handle.stats.path.lock().expect("path").as_str(), every = l.every, "transition log started");
+    tracing::info!(path = %handle.stats().path.lock().expect("path").as_str(), every = l.every, "transition log started");
     Ok(Some(LogTap {
         handle: Arc::new(handle),
         inputs,

@@ -67,12 +67,17 @@ pub struct LogStats {
 /// The control thread's end: push records; the writer thread owns the file.
 pub struct LogHandle {
     queue: Arc<ArrayQueue<Transition>>,
-    pub stats: Arc<LogStats>,
+    stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogHandle {
+    /// The writer's counters and state, shared with whoever reports them.
+    pub fn stats(&self) -> &Arc<LogStats> {
+        &self.stats
+    }
+
     /// Create the log file in `cfg.dir` and start the writer thread.
     pub fn start(cfg: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
