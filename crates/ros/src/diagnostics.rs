@@ -51,7 +51,7 @@ impl Sources<'_> {
         }
         if let Some(l) = self.log {
             s.log_written = l.written.load(Ordering::Relaxed);
-            s.log_dropped = l.dropped.load(Ordering::Relaxed);
+            s.log_dropped = l.not_written();
             s.log = if l.failed.load(Ordering::Relaxed) {
                 LogState::Failed {
                     error: l.error.lock().expect("log error").clone(),

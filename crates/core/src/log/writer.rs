@@ -57,7 +57,12 @@ pub struct LogConfig {
 #[derive(Default)]
 pub struct LogStats {
     pub written: AtomicU64,
+    /// Records refused by [`LogHandle::push`] (queue full, or logging failed).
     pub dropped: AtomicU64,
+    /// Records already queued when logging failed, never written. Counted
+    /// apart from `dropped` so that each counter has one writer thread and
+    /// a reader sees push-side refusals exactly.
+    pub lost: AtomicU64,
     pub failed: AtomicBool,
     /// The error that stopped logging, and the file (read off the RT path).
     pub error: Mutex<String>,
@@ -70,6 +75,13 @@ pub struct LogHandle {
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogStats {
+    /// Every record that did not reach the file: refused or lost.
+    pub fn not_written(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.lost.load(Ordering::Relaxed)
+    }
 }
 
 impl LogHandle {
@@ -229,7 +241,7 @@ fn writer_thread(
                 }
             }
         } else {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.lost.fetch_add(1, Ordering::Relaxed);
         }
     };
     loop {
