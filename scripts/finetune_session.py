@@ -2,22 +2,41 @@
 """An on-robot fine-tuning session against a running flowpilot_node (with
 log.dir and hot_swap.dir configured) and a simulated robot:
 
-  1. evaluate the running policy for --eval-episodes;
+  1. evaluate the running policy for --eval-episodes on fixed seeds (sim
+     seed 1000);
   2. start the learner (~/finetune true) and let the robot act for
      --train-episodes while every tick is logged and new versions are
-     hot-swapped in;
+     hot-swapped in; with --eval-every K the training episodes run in
+     chunks of K, each chunk but the last followed by an evaluation on the
+     same fixed seeds (the learner keeps running meanwhile, and learns from
+     those episodes too);
   3. stop the learner (it writes a last checkpoint), wait until the node
      runs that version, and evaluate again on the same seeds.
 
   python3 scripts/finetune_session.py --task reach [--train-episodes 80] [--eval-episodes 10]
+  python3 scripts/finetune_session.py --task reacher --train-episodes 300 [--eval-every 50] [--sim-rate 50]
 
-Prints the return before and after, and the policy version.
+Prints the return before and after, robot time and steps (training
+episodes only), learner updates (from the newest policy file's spec),
+versions swapped and log records dropped (/diagnostics), and the worst
+evaluation relative to the start. Writes a learning-curve PNG (--plot) and
+a JSON summary (--summary, default next to the plot).
+
+Defaults per task: reach evaluates 10 episodes and does not chunk (as
+before); reacher evaluates 20 episodes, evaluates every 50 training
+episodes, and draws the scripted expert's return on the eval seeds (one
+expert run of the sim on topics remapped away from the node; --expert-return
+skips it).
 """
 import argparse
+import glob
+import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import rclpy
@@ -26,71 +45,268 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+EVAL_SEED = 1000
+REACH_STEPS = 30  # sim/reach_sim.py STEPS
+EPISODE_RE = re.compile(r"episode\s+(\d+): return\s+(-?[\d.]+)[^\n\[]*(?:\[t ([\d.]+) s, ep ([\d.]+) s(?:, (\d+) steps)?\])?")
+CREATED_BY_RE = re.compile(r"SAC, (\d+) updates, seed (\d+)")
 
 
-def run_sim(task, episodes, seed, rate):
-    if task == "reach":
-        cmd = [sys.executable, os.path.join(ROOT, "sim", "reach_sim.py"), "--episodes", str(episodes),
-               "--seed", str(seed), "--rate", str(rate)]
-    else:
-        cmd = [sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args", "-p", f"task:={task}",
-               "-p", f"episodes:={episodes}", "-p", f"seed:={seed}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    m = re.search(r"mean return (-?[\d.]+)", out.stdout)
-    if out.returncode != 0 or not m:
-        raise SystemExit(f"sim failed:\n{out.stdout}\n{out.stderr}")
-    return float(m.group(1))
+class Session:
+    """The session's ROS node: /diagnostics and the ~/finetune service."""
 
+    def __init__(self, node_name):
+        self.node = rclpy.create_node("finetune_session")
+        self.diag = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag,
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.cli = self.node.create_client(SetBool, f"{node_name}/finetune")
+        if not self.cli.wait_for_service(timeout_sec=30):
+            raise SystemExit(f"{node_name}/finetune not available: is flowpilot_node running?")
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="reach", choices=["reach", "reacher"])
-    ap.add_argument("--eval-episodes", type=int, default=10)
-    ap.add_argument("--train-episodes", type=int, default=80)
-    ap.add_argument("--rate", type=float, default=20.0, help="reach sim steps per second")
-    ap.add_argument("--node", default="/flowpilot")
-    a = ap.parse_args()
-    rclpy.init()
-    node = rclpy.create_node("finetune_session")
-    diag = {}
-
-    def on_diag(m):
+    def _on_diag(self, m):
         for s in m.status:
             if s.name.startswith("flowpilot"):
-                diag.update({v.key: v.value for v in s.values})
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    cli = node.create_client(SetBool, f"{a.node}/finetune")
-    if not cli.wait_for_service(timeout_sec=30):
-        raise SystemExit(f"{a.node}/finetune not available: is flowpilot_node running?")
+                self.diag.update({v.key: v.value for v in s.values})
 
-    def call(on):
-        fut = cli.call_async(SetBool.Request(data=on))
-        rclpy.spin_until_future_complete(node, fut, timeout_sec=30)
+    def spin(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+
+    def call(self, on):
+        fut = self.cli.call_async(SetBool.Request(data=on))
+        rclpy.spin_until_future_complete(self.node, fut, timeout_sec=30)
         r = fut.result()
         if r is None or not r.success:
             raise SystemExit(f"~/finetune {on}: {r.message if r else 'no response'}")
         return r.message
 
-    def spin(seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.05)
+    def version(self):
+        v = self.diag.get("policy_version")
+        return int(v) if v is not None and str(v).isdigit() else None
 
-    spin(1.5)
-    v0 = diag.get("policy_version", "?")
-    before = run_sim(a.task, a.eval_episodes, 1000, a.rate)
-    print(f"before: mean return {before:.2f} over {a.eval_episodes} episodes (policy version {v0})", flush=True)
-    print(call(True), flush=True)
+    def run(self, cmd, timeout):
+        """Run a sim to completion while keeping /diagnostics current."""
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+            end = time.monotonic() + timeout
+            while p.poll() is None:
+                rclpy.spin_once(self.node, timeout_sec=0.05)
+                if time.monotonic() > end:
+                    p.kill()
+                    p.wait()
+                    break
+            out.seek(0)
+            err.seek(0)
+            return p.returncode, out.read(), err.read()
+
+
+def sim_cmd(task, episodes, seed, a, expert=False):
+    if task == "reach":
+        return [sys.executable, os.path.join(ROOT, "sim", "reach_sim.py"), "--episodes", str(episodes),
+                "--seed", str(seed), "--rate", str(a.rate)]
+    # the expert ignores commands, so it can run faster than real time
+    rate = 1000.0 if expert else float(a.sim_rate)
+    cmd = [sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args", "-p", f"task:={task}",
+           "-p", f"episodes:={episodes}", "-p", f"seed:={seed}", "-p", f"rate_hz:={rate}"]
+    if expert:
+        # its topics are remapped away from the node (which would log them)
+        cmd += ["-p", "expert:=true"]
+        for topic in ("/joint_states", "/task/obs", "/reward", "/episode", f"/{task}/cmd"):
+            cmd += ["-r", f"{topic}:=/finetune_session_expert{topic}"]
+    return cmd
+
+
+def run_sim(session, task, episodes, seed, a, expert=False):
+    """Mean return and per-episode (return, seconds, steps) of one sim run."""
+    rate = a.rate if task == "reach" else (1000.0 if expert else a.sim_rate)
+    steps_per_s = rate
+    timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else 50) / steps_per_s
     t0 = time.monotonic()
-    run_sim(a.task, a.train_episodes, 1, a.rate)
-    print(call(False), f"after {time.monotonic() - t0:.0f} s of robot time", flush=True)
-    spin(3.0)  # the hot swap polls the checkpoint directory
-    v1 = diag.get("policy_version", "?")
-    after = run_sim(a.task, a.eval_episodes, 1000, a.rate)
-    print(f"after:  mean return {after:.2f} over {a.eval_episodes} episodes (policy version {v1})", flush=True)
-    print(f"fine-tuning changed the return by {after - before:+.2f}; log: {diag.get('log_written')} records written, "
-          f"{diag.get('log_dropped')} dropped; swaps {diag.get('policy_swaps')}, rejections {diag.get('policy_rejections')}")
-    node.destroy_node()
+    rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert), timeout)
+    wall = time.monotonic() - t0
+    m = re.search(r"mean return (-?[\d.]+)", out)
+    if rc != 0 or not m:
+        raise SystemExit(f"sim failed (rc {rc}):\n{out}\n{err}")
+    eps = []
+    for g in EPISODE_RE.finditer(out):
+        ret = float(g.group(2))
+        secs = float(g.group(4)) if g.group(4) else None
+        steps = int(g.group(5)) if g.group(5) else (REACH_STEPS if task == "reach" else None)
+        eps.append([ret, secs, steps])
+    if eps and any(e[1] is None for e in eps):  # reach: no per-episode times; share the run's wall time
+        for e in eps:
+            e[1] = wall / len(eps)
+    return float(m.group(1)), eps
+
+
+def newest_policy(ckpt_dir):
+    """(version, learner updates, seed, path) of the newest policy file in the
+    hot-swap directory, from its spec's created_by; None if there is none."""
+    files = glob.glob(os.path.join(ckpt_dir, "policy_v*.safetensors"))
+    if not files:
+        return None
+    path = max(files, key=lambda p: int(re.search(r"policy_v(\d+)", os.path.basename(p)).group(1)))
+    version = int(re.search(r"policy_v(\d+)", os.path.basename(path)).group(1))
+    updates = seed = None
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        for v in meta.values():  # {"flowpilot": "<spec JSON>"}
+            try:
+                spec = json.loads(v)
+            except (TypeError, ValueError):
+                continue
+            m = CREATED_BY_RE.search(str(spec.get("created_by", ""))) if isinstance(spec, dict) else None
+            if m:
+                updates, seed = int(m.group(1)), int(m.group(2))
+    except (OSError, ValueError, struct.error):
+        pass
+    return {"version": version, "updates": updates, "seed": seed, "path": path}
+
+
+def plot(path, task, train, evals, expert, before):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.scatter([e["robot_time_s"] for e in train], [e["return"] for e in train], s=8, alpha=0.25,
+                   color="tab:blue", label="training episodes")
+    ax.plot([e["robot_time_s"] for e in evals], [e["return"] for e in evals], "o-", color="tab:orange",
+            label=f"evaluation ({evals[0]['episodes']} episodes, seed {EVAL_SEED})")
+    ax.axhline(before, color="tab:gray", ls="--", lw=1, label=f"BC start {before:.2f}")
+    if expert is not None:
+        ax.axhline(expert, color="tab:green", ls="--", lw=1, label=f"scripted expert {expert:.2f}")
+    ax.set_xlabel("robot time in training episodes (s)")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{task}: on-robot SAC fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="reach", choices=["reach", "reacher"])
+    ap.add_argument("--eval-episodes", type=int, help="default: reach 10, reacher 20")
+    ap.add_argument("--train-episodes", type=int, default=80)
+    ap.add_argument("--eval-every", type=int, help="training episodes per chunk, each followed by an evaluation "
+                    "(0: one chunk; default: reach 0, reacher 50)")
+    ap.add_argument("--rate", type=float, default=20.0, help="reach sim steps per second")
+    ap.add_argument("--sim-rate", type=float, default=50.0,
+                    help="reacher sim steps per second (its rate_hz; 50 is real time)")
+    ap.add_argument("--node", default="/flowpilot")
+    ap.add_argument("--ckpt-dir", help="the node's hot_swap.dir (default /tmp/flowpilot_<task>/ckpt, as config/<task>.yaml)")
+    ap.add_argument("--expert-return", type=float, help="the scripted expert's mean return on the eval seeds "
+                    "(reacher: measured with the sim unless given)")
+    ap.add_argument("--plot", help="learning-curve PNG (default /tmp/flowpilot_<task>/finetune.png)")
+    ap.add_argument("--summary", help="JSON summary (default: next to the plot, .json)")
+    a = ap.parse_args()
+    n_eval = a.eval_episodes or (20 if a.task == "reacher" else 10)
+    every = a.eval_every if a.eval_every is not None else (50 if a.task == "reacher" else 0)
+    ckpt_dir = a.ckpt_dir or f"/tmp/flowpilot_{a.task}/ckpt"
+    plot_path = a.plot or f"/tmp/flowpilot_{a.task}/finetune.png"
+    summary_path = a.summary or os.path.splitext(plot_path)[0] + ".json"
+
+    rclpy.init()
+    s = Session(a.node)
+    s.spin(1.5)
+    v0 = s.diag.get("policy_version", "?")
+
+    expert = a.expert_return
+    if expert is None and a.task == "reacher":
+        expert, _ = run_sim(s, a.task, n_eval, EVAL_SEED, a, expert=True)
+        print(f"scripted expert: mean return {expert:.2f} over {n_eval} episodes (seed {EVAL_SEED})", flush=True)
+
+    def evaluate(label, robot_time, chunk):
+        ver0 = s.version()
+        ret, eps = run_sim(s, a.task, n_eval, EVAL_SEED, a)
+        pol = newest_policy(ckpt_dir)
+        e = {"label": label, "after_train_episodes": chunk, "robot_time_s": robot_time, "return": ret,
+             "episodes": n_eval, "episode_returns": [x[0] for x in eps], "policy_version_start": ver0,
+             "policy_version_end": s.version(), "learner_updates": pol["updates"] if pol else None}
+        print(f"{label}: mean return {ret:.2f} over {n_eval} episodes (policy version {ver0}"
+              f"{'' if e['policy_version_end'] == ver0 else '->' + str(e['policy_version_end'])}"
+              f"{'' if e['learner_updates'] is None else ', newest checkpoint ' + str(e['learner_updates']) + ' updates'})",
+              flush=True)
+        return e
+
+    before = evaluate("before", 0.0, 0)
+    evals = [before]
+    print(s.call(True), flush=True)
+    train, robot_time, robot_steps, done, chunk = [], 0.0, 0, 0, 0
+    t0 = time.monotonic()
+    size = every if every > 0 else a.train_episodes
+    while done < a.train_episodes:
+        n = min(size, a.train_episodes - done)
+        _, eps = run_sim(s, a.task, n, 1 + chunk, a)  # a fresh seed per chunk: new episodes
+        for ret, secs, steps in eps:
+            robot_time += secs
+            robot_steps += steps or 0
+            train.append({"episode": len(train) + 1, "return": ret, "robot_time_s": round(robot_time, 3),
+                          "steps": steps})
+        done += n
+        chunk += 1
+        if done < a.train_episodes:
+            evals.append(evaluate(f"eval after {done} episodes", round(robot_time, 3), done))
+    session_s = time.monotonic() - t0
+    print(s.call(False), f"after {robot_time:.0f} s of robot time in {a.train_episodes} training episodes "
+          f"({session_s:.0f} s with evaluations)", flush=True)
+    pol = newest_policy(ckpt_dir)
+    if pol:  # the hot swap polls the checkpoint directory
+        end = time.monotonic() + 20
+        while s.version() != pol["version"] and time.monotonic() < end:
+            s.spin(0.2)
+    s.spin(1.5)
+    v1 = s.diag.get("policy_version", "?")
+    if pol and s.version() != pol["version"]:
+        print(f"warning: the node runs version {v1}, the newest checkpoint is {pol['version']}", flush=True)
+    after = evaluate("after", round(robot_time, 3), a.train_episodes)
+    evals.append(after)
+    s.spin(1.5)
+    d = s.diag
+    worst = min(e["return"] for e in evals[1:])
+    summary = {
+        "task": a.task, "train_episodes": a.train_episodes, "eval_episodes": n_eval, "eval_seed": EVAL_SEED,
+        "eval_every": every, "sim_rate_hz": a.rate if a.task == "reach" else a.sim_rate,
+        "return_before": before["return"], "return_after": after["return"],
+        "change": after["return"] - before["return"], "min_eval_minus_before": worst - before["return"],
+        "expert_return": expert, "robot_time_s": round(robot_time, 3), "robot_steps": robot_steps,
+        "session_wall_s": round(session_s, 1),
+        "learner_updates": pol["updates"] if pol else 0, "learner_seed": pol["seed"] if pol else None,
+        "newest_checkpoint": pol["path"] if pol else None,
+        "policy_version_before": v0, "policy_version_after": v1,
+        "policy_swaps": d.get("policy_swaps"), "policy_rejections": d.get("policy_rejections"),
+        "log_written": d.get("log_written"), "log_dropped": d.get("log_dropped"),
+        "evals": evals, "train": train, "plot": plot_path,
+    }
+    print(f"return before {before['return']:.2f}, after {after['return']:.2f} ({after['return'] - before['return']:+.2f}) "
+          f"over {n_eval} episodes (seed {EVAL_SEED}); min eval - before {worst - before['return']:+.2f}"
+          f"{'' if expert is None else f'; scripted expert {expert:.2f}'}")
+    print(f"robot time {robot_time:.1f} s, {robot_steps} robot steps in {a.train_episodes} training episodes; "
+          f"learner updates {summary['learner_updates']}; policy version {v0} -> {v1}, "
+          f"swaps {d.get('policy_swaps')}, rejections {d.get('policy_rejections')}; "
+          f"log: {d.get('log_written')} records written, {d.get('log_dropped')} dropped")
+    # the line scripts and docs quote (kept from earlier versions)
+    print(f"fine-tuning changed the return by {after['return'] - before['return']:+.2f}; log: {d.get('log_written')} "
+          f"records written, {d.get('log_dropped')} dropped; swaps {d.get('policy_swaps')}, "
+          f"rejections {d.get('policy_rejections')}")
+    try:
+        plot(plot_path, a.task, train, evals, expert, before["return"])
+        print(f"learning curve: {plot_path}")
+    except ImportError as e:
+        print(f"no plot ({e}); pip install matplotlib", file=sys.stderr)
+        summary["plot"] = None
+    os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
+    with open(summary_path, "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    print(f"summary: {summary_path}")
+    s.node.destroy_node()
     rclpy.shutdown()
     return 0
 

@@ -7,6 +7,12 @@ complete record is returned. See docs/log-format.md.
   python3 scripts/read_log.py LOG_DIR --npz out.npz
 
 As a module: `read_log(path) -> dict of numpy arrays`.
+
+Records are decoded against the ros2msg schema text each file embeds, so
+fields appended to the schema later decode without a change here; a record
+that ends before them (written by an older node) gets their defaults. The
+fields after action_applied (action_executed, robot_steps, temperature) are
+always in the output: NaN rows / 0 / NaN when a log lacks them.
 """
 import argparse
 import glob
@@ -66,7 +72,55 @@ class _Cdr:
         return a
 
 
-def decode(buf):
+# The fields up to action_applied: every log has them (the layout used when a
+# file's schema text is missing or unreadable).
+BASE_FIELDS = [("uint64", "tick"), ("int64", "mono_ns"), ("int64", "wall_ns"), ("uint64", "episode"),
+               ("uint8", "decision"), ("bool", "intervention"), ("bool", "terminated"), ("bool", "truncated"),
+               ("float64", "reward"), ("float32", "log_prob"), ("uint64", "policy_version"), ("uint64", "seed"),
+               ("string", "policy_digest"), ("string", "normalizer_digest"), ("float32[]", "obs"),
+               ("float32[]", "goal"), ("float32[]", "action_sampled"), ("float64[]", "action_applied")]
+# ros2msg type -> (struct format, size, numpy dtype)
+_SCALAR = {"bool": ("<B", 1, "u1"), "uint8": ("<B", 1, "u1"), "byte": ("<B", 1, "u1"), "char": ("<B", 1, "u1"),
+           "int8": ("<b", 1, "i1"), "uint16": ("<H", 2, "<u2"), "int16": ("<h", 2, "<i2"),
+           "uint32": ("<I", 4, "<u4"), "int32": ("<i", 4, "<i4"), "uint64": ("<Q", 8, "<u8"),
+           "int64": ("<q", 8, "<i8"), "float32": ("<f", 4, "<f4"), "float64": ("<d", 8, "<f8")}
+
+
+def parse_schema(text):
+    """[(type, name)] of a flat ros2msg schema (comments and constants skipped)."""
+    fields = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or "=" in line:
+            continue
+        typ, name = line.split()[:2]
+        fields.append((typ, name))
+    return fields
+
+
+def _field(c, typ):
+    if typ == "string":
+        return c.string()
+    if typ.endswith("[]"):
+        _, size, dtype = _SCALAR[typ[:-2]]
+        return c.seq(dtype, size)
+    fmt, size, _ = _SCALAR[typ]
+    v = c._take(fmt, size)
+    return bool(v) if typ == "bool" else v
+
+
+def decode(buf, fields=None):
+    """One record as a dict. With `fields` (from the file's schema), decode
+    against them; a record that ends after action_applied stops there."""
+    if fields is not None:
+        c = _Cdr(buf)
+        r, past_base = {}, False
+        for typ, name in fields:
+            if past_base and c.p >= len(c.b):
+                break  # written before the later fields existed
+            r[name] = _field(c, typ)
+            past_base = past_base or name == "action_applied"
+        return r
     c = _Cdr(buf)
     r = dict(tick=c.u64(), mono_ns=c.i64(), wall_ns=c.i64(), episode=c.u64(), decision=c.u8(),
              intervention=bool(c.u8()), terminated=bool(c.u8()), truncated=bool(c.u8()),
@@ -76,6 +130,10 @@ def decode(buf):
     r["goal"] = c.seq("<f4", 4)
     r["action_sampled"] = c.seq("<f4", 4)
     r["action_applied"] = c.seq("<f8", 8)
+    if c.p < len(c.b):  # the fields of the step contract (docs/log-format.md)
+        r["action_executed"] = c.seq("<f8", 8)
+        r["robot_step"] = c.u64()
+        r["temperature"] = c.f32()
     return r
 
 
@@ -90,7 +148,8 @@ def records(path):
         data = f.read()
     if data[:8] != MAGIC:
         raise ValueError(f"{path} is not an MCAP file")
-    schemas, ours, meta, p = {}, set(), {}, 8
+    schemas, texts, ours, meta, p = {}, {}, set(), {}, 8
+    fields = {}
     while len(data) - p >= 9:
         op, n = data[p], struct.unpack_from("<Q", data, p + 1)[0]
         if p + 9 + n > len(data):
@@ -99,11 +158,19 @@ def records(path):
         p += 9 + n
         if op == 0x03:  # Schema
             sid = struct.unpack_from("<H", body, 0)[0]
-            schemas[sid], _ = _str(body, 2)
+            schemas[sid], q = _str(body, 2)
+            enc, q = _str(body, q)
+            try:
+                texts[sid] = parse_schema(_str(body, q)[0]) if enc == "ros2msg" else None
+            except Exception:
+                texts[sid] = None
         elif op == 0x04:  # Channel
             cid, sid = struct.unpack_from("<HH", body, 0)
             if schemas.get(sid) == SCHEMA_NAME:
                 ours.add(cid)
+                f = texts.get(sid)
+                # the schema text drives decoding if it starts with the base layout
+                fields[cid] = f if f and f[:len(BASE_FIELDS)] == BASE_FIELDS else None
         elif op == 0x0C:  # Metadata
             name, q = _str(body, 0)
             end = q + 4 + struct.unpack_from("<I", body, q)[0]
@@ -118,25 +185,55 @@ def records(path):
         elif op == 0x05:  # Message
             cid = struct.unpack_from("<H", body, 0)[0]
             if cid in ours:
-                yield meta, decode(bytes(body[22:]))
+                yield meta, decode(bytes(body[22:]), fields.get(cid))
         elif op in (0x0F, 0x02):  # DataEnd / Footer
             break
 
 
+ARRAYS = ("obs", "goal", "action_sampled", "action_applied", "action_executed")
+
+
+def _steps_from_counter(rows):
+    """robot_steps (new steps since the previous record) from a cumulative
+    robot_step counter, per file: the first record of a file counts 1 when
+    the counter is running (0 when it is 0, i.e. no step source)."""
+    prev = None
+    for r in rows:
+        n = int(r["robot_step"])
+        r["robot_steps"] = 0 if n == 0 else (1 if prev is None or prev == 0 else n - prev)
+        prev = n
+
+
 def read_log(path):
     """All complete records of a file, or of every *.mcap in a directory, as
-    numpy arrays (actions NaN where none was applied)."""
+    numpy arrays (actions NaN where none was applied / reported)."""
     files = sorted(glob.glob(os.path.join(path, "*.mcap"))) if os.path.isdir(path) else [path]
-    rows = [r for f in files for _, r in records(f)]
+    rows = []
+    for f in files:
+        file_rows = [r for _, r in records(f)]
+        if file_rows and "robot_steps" not in file_rows[0] and "robot_step" in file_rows[0]:
+            _steps_from_counter(file_rows)
+        rows += file_rows
     if not rows:
         return {}
-    out = {k: np.array([r[k] for r in rows]) for k in rows[0] if k not in
-           ("obs", "goal", "action_sampled", "action_applied")}
+    for r in rows:  # defaults for records written before the step contract
+        r.setdefault("action_executed", np.zeros(0))
+        r.setdefault("robot_steps", 0)
+        r.setdefault("temperature", np.nan)
+    keys = list(rows[0])
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    out = {k: np.array([r.get(k, 0) for r in rows]) for k in keys if k not in ARRAYS}
+    out["robot_steps"] = out["robot_steps"].astype(np.uint32)
+    out["temperature"] = out["temperature"].astype(np.float32)
+    if "robot_step" in out:
+        out["robot_step"] = out["robot_step"].astype(np.uint64)
     d = max(len(r["action_sampled"]) for r in rows)
+    d = max([d] + [len(r[k]) for r in rows for k in ("action_applied", "action_executed")])
     for k in ("obs", "goal", "action_sampled"):
         out[k] = np.stack([r[k] for r in rows]) if rows[0][k].size else np.zeros((len(rows), 0), np.float32)
-    out["action_applied"] = np.stack([r["action_applied"] if r["action_applied"].size else np.full(d, np.nan)
-                                      for r in rows])
+    for k in ("action_applied", "action_executed"):
+        out[k] = np.stack([r[k].astype(np.float64) if r[k].size else np.full(d, np.nan) for r in rows])
     return out
 
 
@@ -153,6 +250,12 @@ def main():
     print(f"{n} records, ticks {log['tick'][0]}..{log['tick'][-1]}, "
           f"{len(np.unique(log['episode']))} episodes, policy versions {sorted(set(log['policy_version'].tolist()))}, "
           f"{int(np.isfinite(log['reward']).sum())} rewards, {int(log['intervention'].sum())} interventions")
+    if np.isfinite(log["action_executed"]).all(axis=1).any() or log["robot_steps"].any():
+        rs = log["robot_steps"]
+        print(f"step contract: {int(np.isfinite(log['action_executed']).all(axis=1).sum())} records report the "
+              f"executed action; robot steps per record: {int((rs == 1).sum())} x1, {int((rs == 0).sum())} x0, "
+              f"{int((rs > 1).sum())} >1 (gaps); temperatures "
+              f"{sorted(set(np.round(log['temperature'][np.isfinite(log['temperature'])], 4).tolist()))[:5]}")
     if a.npz:
         np.savez(a.npz, **log)
         print(f"wrote {a.npz}")

@@ -5,8 +5,10 @@
 #
 # --finetune runs an on-robot fine-tuning session instead (node + learner +
 # sim, scripts/finetune_session.py): the return before, EPISODES episodes of
-# logged robot time with the learner hot-swapping new versions in, and the
-# return after. `reach` is the robot whose bundled policy takes a detour.
+# logged robot time with the learner hot-swapping new versions in (reacher:
+# an evaluation every 150 episodes), and the return after, with a learning
+# curve PNG and a JSON summary in /tmp/flowpilot_<task>/. `reach` is the
+# robot whose bundled policy takes a detour.
 #
 # Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
 # then starts the simulated robot (rclpy) and flowpilot_node exactly as
@@ -31,6 +33,15 @@ scripts/setup-ros.sh >/dev/null
 # shellcheck disable=SC1091
 source .ros/env.sh
 python3 -c 'import gymnasium, mujoco' 2>/dev/null || pip install -q "gymnasium[mujoco]==1.4.0" "mujoco==3.17.0"
+if [ $finetune = 1 ]; then
+  python3 -c 'import matplotlib' 2>/dev/null || pip install -q "matplotlib==3.10.*"
+  if [ "$task" = reacher ]; then
+    # The learner's prior data (config/reacher.yaml: --prior): the scripted
+    # expert's demonstrations with their rewards, as the BC policy saw them.
+    mkdir -p /tmp/flowpilot_reacher
+    python3 sim/record_demos.py --task reacher --episodes 300 --seed 0 --out /tmp/flowpilot_reacher/demos.npz
+  fi
+fi
 cargo build --release --features ros --bin flowpilot_node --bin flowpilot 2>&1 | tail -1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
 log=$(mktemp)
@@ -39,7 +50,8 @@ python3 scripts/launch_run.py launch/flowpilot.launch.xml \
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
 if [ $finetune = 1 ]; then
-  python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes"
+  python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes" \
+    $([ "$task" = reacher ] && echo --eval-every 150)
 elif [ "$task" = reacher ]; then
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
 elif [ "$task" = reach ]; then

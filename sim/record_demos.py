@@ -5,7 +5,10 @@
 
 Observations are recorded in the layout the node assembles from the sim's
 ROS topics (sim/tasks.py), actions in physical units, one episode index per
-row; the file also carries the action bounds. Prints the expert's return.
+row, the reward received for row i's action (`reward`, float32) and whether
+that action ended the episode in a terminal state (`terminal`, bool; a time
+limit is not terminal), so the demos can serve as prior data for offline RL;
+the file also carries the action bounds. Prints the expert's return.
 """
 import argparse
 import os
@@ -26,7 +29,7 @@ def main():
     a = ap.parse_args()
     t, env = tasks.make(a.task)
     rng = np.random.default_rng(a.seed)
-    obs_rows, act_rows, ep_rows, returns = [], [], [], []
+    obs_rows, act_rows, ep_rows, rew_rows, term_rows, returns = [], [], [], [], [], []
     for ep in range(a.episodes):
         expert = t.expert(rng)
         o, _ = env.reset(seed=a.seed * 100_000 + ep)
@@ -38,11 +41,14 @@ def main():
             act_rows.append(act)
             ep_rows.append(ep)
             o, r, term, trunc, _ = env.step(act)
+            rew_rows.append(r)
+            term_rows.append(bool(term))
             ret += r
             done = term or trunc
         returns.append(ret)
     np.savez(a.out, obs=np.array(obs_rows, np.float32), act=np.array(act_rows, np.float32),
-             episode=np.array(ep_rows, np.int64), act_low=np.array(t.act_low, np.float32),
+             episode=np.array(ep_rows, np.int64), reward=np.array(rew_rows, np.float32),
+             terminal=np.array(term_rows, bool), act_low=np.array(t.act_low, np.float32),
              act_high=np.array(t.act_high, np.float32))
     print(f"{a.task}: {a.episodes} episodes, {len(obs_rows)} rows -> {a.out}; "
           f"expert return {np.mean(returns):.2f} +- {np.std(returns):.2f}")

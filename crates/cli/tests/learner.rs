@@ -85,6 +85,9 @@ fn opts(
         min_transitions: 64,
         checkpoint_every: 20,
         poll_period: std::time::Duration::from_millis(10),
+        prior: None,
+        prior_share: 0.5,
+        critic_pretrain: 0,
     }
 }
 

@@ -42,6 +42,8 @@ pub struct SourceState {
     pub age_ns: i64,
     /// Header stamp (wall ns) or 0.
     pub stamp_ns: i64,
+    /// When the data arrived (CLOCK_MONOTONIC ns; 0: never).
+    pub recv_ns: i64,
     pub ever_written: bool,
     /// The writer was mid-update on every retry.
     pub busy: bool,
@@ -107,6 +109,12 @@ impl Board {
         s.seq.store(q + 2, Ordering::Release); // even: stable
     }
 
+    /// Completed writes to source `i` so far (a counter: a reader that saw
+    /// n and now sees n + k knows k new samples arrived).
+    pub fn writes(&self, i: usize) -> u64 {
+        self.slots[i].seq.load(Ordering::Acquire) / 2
+    }
+
     /// Copy source `i` into `out` (its width) and report its age.
     /// `now_mono`/`now_wall` are the tick's clocks.
     pub fn read(&self, i: usize, out: &mut [f32], now_mono: i64, now_wall: i64) -> SourceState {
@@ -132,6 +140,7 @@ impl Board {
                 return SourceState {
                     age_ns,
                     stamp_ns: stamp,
+                    recv_ns: recv,
                     ever_written: recv != 0,
                     busy: false,
                 };

@@ -185,6 +185,8 @@ pub struct NodeConfig {
     pub model: String,
     pub rate_hz: f64,
     pub seed: u64,
+    /// Latent temperature τ ∈ [0, 1] (None: the model's own).
+    pub temperature: Option<f32>,
     pub safe: SafeBehaviour,
     pub warmup_ticks: u64,
     pub startup_hold_s: f64,
@@ -204,6 +206,8 @@ pub struct NodeConfig {
     /// Reject a new version whose mean |Δaction| on recent observations
     /// exceeds this (physical units; 0: off).
     pub hot_swap_max_divergence: f64,
+    /// The return guard's automatic rollback rule (`hot_swap.guard.*`).
+    pub hot_swap_guard: crate::guard::GuardConfig,
     /// Transition log (None: off).
     pub log: Option<LogSettings>,
     /// Human override: (topic, max age s).
@@ -224,6 +228,10 @@ pub struct LogSettings {
     pub episode_topic: Option<String>,
     pub terminal_topic: Option<String>,
     pub distance_reward: Option<DistanceReward>,
+    /// The robot's step report (`log.step_source`, a source in `sources`):
+    /// the action it executed in the step that produced its new state. With
+    /// it, one record per robot step (docs/log-format.md).
+    pub step_source: Option<SourceConfig>,
 }
 
 fn nonempty(s: String) -> Option<String> {
@@ -370,7 +378,39 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
         episode_topic: nonempty(p.string("log.episode_topic", Some(""))?),
         terminal_topic: nonempty(p.string("log.terminal_topic", Some(""))?),
         distance_reward,
+        step_source: nonempty(p.string("log.step_source", Some(""))?)
+            .map(|n| {
+                source(p, &n).map_err(|e| ConfigError::Source {
+                    role: "step",
+                    name: n.clone(),
+                    error: Box::new(e),
+                })
+            })
+            .transpose()?,
     }))
+}
+
+fn guard_config(p: &Params<'_>) -> Result<crate::guard::GuardConfig> {
+    let episodes = p.i64("hot_swap.guard.episodes", 20)?;
+    let margin = p.f64("hot_swap.guard.margin", 0.5)?;
+    let z = p.f64("hot_swap.guard.z", 2.0)?;
+    for (name, ok) in [
+        ("hot_swap.guard.episodes", episodes >= 0),
+        ("hot_swap.guard.margin", margin >= 0.0 && margin.is_finite()),
+        ("hot_swap.guard.z", z >= 0.0 && z.is_finite()),
+    ] {
+        if !ok {
+            return Err(ConfigError::param(
+                name,
+                format!("'{name}' must be a finite number >= 0"),
+            ));
+        }
+    }
+    Ok(crate::guard::GuardConfig {
+        episodes: episodes as usize,
+        margin,
+        z,
+    })
 }
 
 fn source(p: &Params<'_>, name: &str) -> Result<SourceConfig> {
@@ -538,12 +578,26 @@ impl NodeConfig {
             )),
         };
         let max_delta = p.f64s("max_delta")?;
+        let temperature = match p.get("temperature") {
+            None => None,
+            Some(_) => {
+                let t = p.f64("temperature", 1.0)?;
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(ConfigError::param(
+                        "temperature",
+                        format!("'temperature' must be within 0..1, got {t}"),
+                    ));
+                }
+                Some(t as f32)
+            }
+        };
         let prio = p.i64("rt.fifo_priority", 0)?;
         let cpu = p.i64("rt.cpu", -1)?;
         Ok(Self {
             model: p.string("model", None)?,
             rate_hz,
             seed: p.i64("seed", 0)? as u64,
+            temperature,
             safe: p
                 .string("safe_behaviour", Some("hold"))?
                 .parse()
@@ -568,6 +622,7 @@ impl NodeConfig {
             hot_swap_dir: nonempty(p.string("hot_swap.dir", Some(""))?),
             hot_swap_poll_s: p.f64("hot_swap.poll_period", 0.5)?,
             hot_swap_max_divergence: p.f64("hot_swap.max_divergence", 0.0)?,
+            hot_swap_guard: guard_config(&p)?,
             log: log_settings(&p)?,
             override_input: nonempty(p.string("override.topic", Some(""))?)
                 .map(|t| Ok::<_, ConfigError>((t, p.f64("override.max_age", 0.2)?)))

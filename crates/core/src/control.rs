@@ -51,6 +51,9 @@ pub struct ControlConfig {
     /// latched state (an engaged e-stop) can arrive over discovery first.
     pub startup_hold_ticks: u64,
     pub seed: u64,
+    /// Latent temperature τ ∈ [0, 1] of every policy sample (1: the policy
+    /// as trained; 0: the deterministic z = 0 action).
+    pub temperature: f32,
 }
 
 pub use crate::decision::Decision;
@@ -219,6 +222,12 @@ impl Controller {
         &self.sampler
     }
 
+    /// What the last tick read from each observation source (goals not
+    /// included).
+    pub fn observation_states(&self) -> &[SourceState] {
+        &self.states[..self.cfg.obs_sources.min(self.states.len())]
+    }
+
     /// Swap the policy between ticks (same dims are checked by the caller).
     pub fn set_sampler(&mut self, s: Sampler) -> Sampler {
         self.policy_id = PolicyId::of(s.spec());
@@ -248,6 +257,7 @@ impl Controller {
         t.decision = out.decision.code();
         t.intervention = out.decision == Decision::Override;
         t.log_prob = out.log_prob;
+        t.temperature = self.cfg.temperature;
         t.policy = self.policy_id;
         t.seed = self.cfg.seed;
         t.n_obs = spec.obs_dim.min(n);
@@ -311,9 +321,14 @@ impl Controller {
             let obs_w = self.sampler.spec().obs_dim;
             let t0 = mono_ns();
             let (obs, goal) = self.obs.split_at(obs_w);
-            let r = self
-                .sampler
-                .sample_seeded(obs, goal, self.cfg.seed, tick, &mut self.act32);
+            let r = self.sampler.sample_tempered(
+                obs,
+                goal,
+                self.cfg.seed,
+                tick,
+                self.cfg.temperature,
+                &mut self.act32,
+            );
             let dt = (mono_ns() - t0) as u64;
             self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
             self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);

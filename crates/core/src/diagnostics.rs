@@ -74,6 +74,9 @@ pub struct StatsSnapshot {
     pub policy_swaps: u64,
     pub policy_rejections: u64,
     pub policy_last_rejection: String,
+    /// Rollbacks made by the return guard, and its latest verdict.
+    pub policy_auto_rollbacks: u64,
+    pub policy_guard_verdict: String,
     pub log_written: u64,
     pub log_dropped: u64,
     pub log: LogState,
@@ -199,6 +202,8 @@ pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Repor
             ("log_state", log_state),
             ("learner", learner),
             ("policy_last_rejection", s.policy_last_rejection.clone()),
+            ("policy_auto_rollbacks", s.policy_auto_rollbacks.to_string()),
+            ("policy_guard_verdict", s.policy_guard_verdict.clone()),
         ],
     }
 }
@@ -271,6 +276,8 @@ mod tests {
                 "log_state",
                 "learner",
                 "policy_last_rejection",
+                "policy_auto_rollbacks",
+                "policy_guard_verdict",
             ]
         );
         assert_eq!(r.get("rate_hz"), Some("99.99"));

@@ -94,6 +94,9 @@ pub struct HotSwap {
     rejected: u64,
     last_rejection: String,
     swaps: u64,
+    guard: crate::guard::ReturnGuard,
+    auto_rollbacks: u64,
+    last_verdict: String,
 }
 
 impl HotSwap {
@@ -116,7 +119,52 @@ impl HotSwap {
             rejected: 0,
             last_rejection: String::new(),
             swaps: 0,
+            guard: crate::guard::ReturnGuard::new(crate::guard::GuardConfig {
+                episodes: 0,
+                margin: 0.0,
+                z: 0.0,
+            }),
+            auto_rollbacks: 0,
+            last_verdict: String::new(),
         }
+    }
+
+    /// Judge new versions by their online return ([`crate::guard`]) and
+    /// roll back one that is clearly worse than its parent.
+    pub fn with_guard(mut self, cfg: crate::guard::GuardConfig) -> Self {
+        self.guard = crate::guard::ReturnGuard::new(cfg);
+        self
+    }
+
+    /// An episode just ended with return `ret`: book it to the running
+    /// version; roll that version back if the guard says so.
+    pub fn episode_ended(&mut self, ret: f64, chan: &SwapChannel) {
+        let n = self.accepted.len();
+        let live = self.accepted[n - 1].1.spec.digest.clone();
+        let parent = (n >= 2).then(|| self.accepted[n - 2].1.spec.digest.clone());
+        let Some(v) = self.guard.episode(ret, &live, parent.as_deref()) else {
+            return;
+        };
+        let version = self.current().spec.version;
+        self.last_verdict = format!("version {version} {v}");
+        match v {
+            crate::guard::Verdict::Keep { .. } => tracing::info!("{}", self.last_verdict),
+            crate::guard::Verdict::RollBack { .. } => {
+                tracing::warn!("{}", self.last_verdict);
+                match self.rollback(chan) {
+                    Ok(_) => self.auto_rollbacks += 1,
+                    Err(e) => tracing::error!("automatic rollback failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Rollbacks made by the return guard, and its latest verdict.
+    pub fn auto_rollbacks(&self) -> u64 {
+        self.auto_rollbacks
+    }
+    pub fn last_verdict(&self) -> &str {
+        &self.last_verdict
     }
 
     /// The last accepted model recorded in `dir`, if any and loadable.

@@ -197,6 +197,7 @@ pub fn default_spec(
         direction: Direction::Inverse,
         noise_sigma: 0.1,
         denoise: false,
+        temperature: 1.0,
         obs_norm: Normalizer::identity(obs_dim),
         goal_norm: (goal_dim > 0).then(|| Normalizer::identity(goal_dim)),
         action_low: vec![-1.0; act_dim],

@@ -45,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod decision;
 pub mod diagnostics;
+pub mod guard;
 pub mod histogram;
 pub mod hotswap;
 pub mod init;

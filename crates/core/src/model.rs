@@ -136,6 +136,12 @@ pub struct ModelSpec {
     /// Apply one-step denoising a <- a + sigma^2 * grad log p(a|y) at sampling.
     #[serde(default)]
     pub denoise: bool,
+    /// Latent temperature τ ∈ [0, 1] the node samples with unless its
+    /// `temperature` parameter says otherwise: z ~ N(0, τ²I); τ = 0 gives
+    /// the deterministic z = 0 action. Omitted from the file when 1, so
+    /// files written before it existed keep their digest.
+    #[serde(default = "one_f32", skip_serializing_if = "is_one")]
+    pub temperature: f32,
     pub obs_norm: Normalizer,
     #[serde(default)]
     pub goal_norm: Option<Normalizer>,
@@ -159,6 +165,14 @@ pub struct ModelSpec {
 
 fn one() -> u64 {
     1
+}
+
+fn one_f32() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 /// Why a model cannot replace another on the same robot wiring.
@@ -271,6 +285,12 @@ impl ModelSpec {
         }
         if !(self.noise_sigma >= 0.0 && self.noise_sigma.is_finite()) {
             return bad("noise_sigma must be finite and >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.temperature) {
+            return bad(format!(
+                "temperature must be within 0..1, got {}",
+                self.temperature
+            ));
         }
         if let Some(e) = &self.encoder {
             if e.width == 0 || e.layers == 0 || e.rep_dim == 0 {

@@ -120,6 +120,11 @@ pub struct LogInputs {
     reward: AtomicU64,
     episode: AtomicU64,
     last_terminal: AtomicBool,
+    /// f64 bits of the running episode's reward sum.
+    episode_return: AtomicU64,
+    /// Returns of finished episodes, for the return guard (a full queue
+    /// drops the newest).
+    finished: ArrayQueue<f64>,
 }
 
 impl Default for LogInputs {
@@ -128,6 +133,8 @@ impl Default for LogInputs {
             reward: AtomicU64::new(f64::NAN.to_bits()),
             episode: AtomicU64::new(0),
             last_terminal: AtomicBool::new(false),
+            episode_return: AtomicU64::new(0f64.to_bits()),
+            finished: ArrayQueue::new(64),
         }
     }
 }
@@ -141,6 +148,16 @@ impl LogInputs {
                 let old = f64::from_bits(old);
                 Some(if old.is_nan() { r } else { old + r }.to_bits())
             });
+        let _ = self
+            .episode_return
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some((f64::from_bits(old) + r).to_bits())
+            });
+    }
+
+    /// The next finished episode's return (reward sum), oldest first.
+    pub fn pop_episode_return(&self) -> Option<f64> {
+        self.finished.pop()
     }
 
     /// Sum of the rewards received since the previous call, NaN if none.
@@ -150,6 +167,8 @@ impl LogInputs {
 
     /// An episode just ended, in a terminal state or not (time limit).
     pub fn boundary(&self, terminal: bool) {
+        let ret = f64::from_bits(self.episode_return.swap(0f64.to_bits(), Ordering::AcqRel));
+        let _ = self.finished.push(ret);
         self.last_terminal.store(terminal, Ordering::SeqCst);
         self.episode.fetch_add(1, Ordering::SeqCst);
     }
@@ -169,8 +188,34 @@ impl LogInputs {
 pub struct LogTap {
     pub handle: Arc<LogHandle>,
     pub inputs: Arc<LogInputs>,
-    /// Log every k-th tick (>= 1).
+    /// Log every k-th tick (>= 1); ignored with a step source.
     pub every: u64,
+    /// The robot's step report (`log.step_source`): a one-slot board the
+    /// robot's message writes with the action it executed in the step that
+    /// produced its new state. With it, one record is written per robot
+    /// step instead of every k ticks.
+    pub step: Option<Arc<crate::board::Board>>,
+}
+
+/// Ticks a step report waits for the observation sources to catch up with
+/// it before its record is written anyway.
+const STEP_WAIT_TICKS: u32 = 2;
+
+/// Messages of one robot step arrive within this of each other (publish
+/// order across topics is not arrival order).
+const STEP_WINDOW_NS: i64 = 5_000_000;
+
+/// Step-synchronous logging state: the report being held until the
+/// observation it belongs to has been read.
+#[derive(Default)]
+struct StepLog {
+    seen: u64,
+    robot_step: u64,
+    pending: bool,
+    stamp_ns: i64,
+    recv_ns: i64,
+    waited: u32,
+    executed: [f32; MAX_ACT],
 }
 
 /// The control thread's state: the controller and everything it talks to.
@@ -184,6 +229,7 @@ pub struct Runner<C: Clock> {
     log: Option<LogTap>,
     /// Preallocated log record (boxed: it is ~1.5 KB).
     rec: Box<Transition>,
+    step_log: StepLog,
 }
 
 impl<C: Clock> Runner<C> {
@@ -203,6 +249,7 @@ impl<C: Clock> Runner<C> {
             waker: None,
             log: None,
             rec: Box::default(),
+            step_log: StepLog::default(),
         }
     }
 
@@ -244,6 +291,25 @@ impl<C: Clock> Runner<C> {
                 drop(old);
             }
         }
+        // A new step report is read before the tick reads the observation,
+        // so the observation logged with it is at least as new.
+        if let Some(board) = self.log.as_ref().and_then(|t| t.step.as_ref()) {
+            let w = board.writes(0);
+            let sl = &mut self.step_log;
+            if w != sl.seen {
+                let n = board.width(0).min(MAX_ACT);
+                let st = board.read(0, &mut sl.executed[..n], 0, 0);
+                // Mid-write (the read gave up): taken on the next tick.
+                if !st.busy {
+                    sl.robot_step += w - sl.seen;
+                    sl.seen = w;
+                    sl.pending = true;
+                    sl.stamp_ns = st.stamp_ns;
+                    sl.recv_ns = st.recv_ns;
+                    sl.waited = 0;
+                }
+            }
+        }
         let out = self.controller.tick();
         let mut o = Outgoing {
             tick: out.tick,
@@ -258,11 +324,38 @@ impl<C: Clock> Runner<C> {
         o.action[..o.n_act].copy_from_slice(&out.action[..o.n_act]);
         o.stamps[..o.n_src].copy_from_slice(&out.stamps[..o.n_src]);
         if let Some(tap) = &self.log {
-            if o.tick.is_multiple_of(tap.every) {
+            let write = match &tap.step {
+                None => o.tick.is_multiple_of(tap.every),
+                Some(_) => {
+                    let sl = &mut self.step_log;
+                    // Written once every observation source holds the
+                    // robot's state of that step: a stamp at least the
+                    // report's, and a message received within the step's
+                    // arrival window (or later).
+                    let caught_up = self.controller.observation_states().iter().all(|s| {
+                        (s.stamp_ns == 0 || s.stamp_ns >= sl.stamp_ns)
+                            && s.recv_ns >= sl.recv_ns - STEP_WINDOW_NS
+                    });
+                    let go = sl.pending && (caught_up || sl.waited >= STEP_WAIT_TICKS);
+                    sl.waited += sl.pending as u32;
+                    go
+                }
+            };
+            if write {
                 self.controller.fill_transition(&mut self.rec);
                 self.rec.reward = tap.inputs.take_reward();
                 self.rec.episode = tap.inputs.episode();
                 self.rec.began_after_terminal = tap.inputs.last_terminal();
+                if tap.step.is_some() {
+                    let sl = &mut self.step_log;
+                    sl.pending = false;
+                    let n = self.rec.n_act;
+                    self.rec.executed_valid = true;
+                    for (e, v) in self.rec.executed[..n].iter_mut().zip(&sl.executed) {
+                        *e = *v as f64;
+                    }
+                    self.rec.robot_step = sl.robot_step;
+                }
                 tap.handle.push(&self.rec);
             }
         }
@@ -344,6 +437,7 @@ mod tests {
             warmup_ticks: warmup,
             startup_hold_ticks: 0,
             seed: 3,
+            temperature: 1.0,
         };
         let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
         (c, board)
@@ -461,6 +555,7 @@ mod tests {
             handle: Arc::new(handle),
             inputs: inputs.clone(),
             every: 3,
+            step: None,
         });
         r.step(); // tick 0: logged, no reward yet
         inputs.add_reward(0.25);
@@ -486,6 +581,85 @@ mod tests {
     }
 
     #[test]
+    fn a_step_source_gives_one_record_per_robot_step_once_the_state_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = LogHandle::start(crate::log::writer::LogConfig {
+            dir: dir.path().into(),
+            flush_period: std::time::Duration::from_millis(10),
+            queue_capacity: 64,
+            reward: None,
+            metadata: Default::default(),
+        })
+        .unwrap();
+        let inputs = Arc::new(LogInputs::default());
+        let (c, board) = controller(0, 5);
+        let step = Arc::new(Board::new(&[3]));
+        let mut r =
+            Runner::new(c, clock(), SwapChannel::new(), OutputQueue::new(64)).with_log(LogTap {
+                handle: Arc::new(handle),
+                inputs: inputs.clone(),
+                every: 1,
+                step: Some(step.clone()),
+            });
+        let obs = |v: f64, stamp: i64| board.write(0, &[v, 0.2, 0.3, 0.4, 0.5], Some(stamp));
+        obs(0.0, 1_000);
+        r.step(); // no report yet: no record
+                  // step 1: the report and its state arrive together
+        inputs.add_reward(-1.0);
+        step.write(0, &[0.1, 0.2, 0.3], Some(2_000));
+        obs(1.0, 2_000);
+        r.step();
+        r.step(); // nothing new: no record
+                  // step 2: the report comes first, its state one tick later
+        inputs.add_reward(-2.0);
+        step.write(0, &[0.4, 0.5, 0.6], Some(3_000));
+        r.step(); // held: the observation is still step 1's
+        obs(2.0, 3_000);
+        r.step();
+        // steps 3 and 4 within one tick: a gap in robot_step
+        step.write(0, &[0.7, 0.8, 0.9], Some(4_000));
+        step.write(0, &[1.0, 1.1, 1.2], Some(5_000));
+        obs(4.0, 5_000);
+        r.step();
+        // step 5: its state never shows a newer stamp; written after the wait
+        step.write(0, &[1.3, 1.4, 1.5], Some(9_000));
+        for _ in 0..=STEP_WAIT_TICKS {
+            r.step();
+        }
+        // step 6, unstamped: a state received well before the report is
+        // the previous step's, however its stamp compares
+        std::thread::sleep(std::time::Duration::from_nanos(2 * STEP_WINDOW_NS as u64));
+        step.write(0, &[1.6, 1.7, 1.8], None);
+        r.step(); // held
+        board.write(0, &[6.0, 0.2, 0.3, 0.4, 0.5], None);
+        r.step();
+        drop(r.into_controller());
+        let files = crate::log::reader::log_files(dir.path()).unwrap();
+        let recs = crate::log::reader::read_file(&files[0]).unwrap();
+        // The board holds f32 values: the report comes back at f32 precision.
+        let got: Vec<(u64, f32, f32)> = recs
+            .iter()
+            .map(|t| (t.robot_step, t.obs()[0], t.executed().unwrap()[0] as f32))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 1.0, 0.1),
+                (2, 2.0, 0.4),
+                (4, 4.0, 1.0),
+                (5, 4.0, 1.3),
+                (6, 6.0, 1.6)
+            ]
+        );
+        assert_eq!(recs[4].tick, 10);
+        assert_eq!(recs[0].reward, -1.0);
+        assert_eq!(recs[1].reward, -2.0);
+        assert_eq!(recs[1].tick, 4, "held one tick for its state");
+        assert_eq!(recs[3].tick, 6 + STEP_WAIT_TICKS as u64);
+        assert!(recs.iter().all(|t| t.temperature == 1.0));
+    }
+
+    #[test]
     fn log_inputs_sum_rewards_between_takes() {
         let i = LogInputs::default();
         assert!(i.take_reward().is_nan(), "none yet");
@@ -498,5 +672,9 @@ mod tests {
         assert_eq!((i.episode(), i.last_terminal()), (1, true));
         i.boundary(false);
         assert_eq!((i.episode(), i.last_terminal()), (2, false));
+        // episode returns: 1.0 in the first, nothing in the second
+        assert_eq!(i.pop_episode_return(), Some(1.0));
+        assert_eq!(i.pop_episode_return(), Some(0.0));
+        assert_eq!(i.pop_episode_return(), None);
     }
 }

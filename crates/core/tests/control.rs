@@ -33,6 +33,7 @@ fn setup(
         warmup_ticks: warmup,
         startup_hold_ticks: 0,
         seed: 9,
+        temperature: 1.0,
     };
     let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     (c, board, m)

@@ -37,6 +37,17 @@ impl Clock for FakeClock {
 
 #[test]
 fn a_control_period_makes_no_heap_allocation() {
+    check(false);
+}
+
+/// Step-synchronous logging (`log.step_source`): the robot's step report
+/// arrives every 3rd tick and each one gives one record.
+#[test]
+fn a_step_logged_control_period_makes_no_heap_allocation() {
+    check(true);
+}
+
+fn check(with_step: bool) {
     let before = thread_allocations();
     std::hint::black_box(vec![1u8; 16]);
     assert!(
@@ -58,6 +69,7 @@ fn a_control_period_makes_no_heap_allocation() {
         warmup_ticks: 3,
         startup_hold_ticks: 0,
         seed: 1,
+        temperature: 1.0,
     };
     let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -71,6 +83,7 @@ fn a_control_period_makes_no_heap_allocation() {
     .unwrap();
     let log_stats = handle.stats().clone();
     let inputs = Arc::new(LogInputs::default());
+    let step = with_step.then(|| Arc::new(Board::new(&[3])));
     let chan = SwapChannel::new();
     let out = OutputQueue::new(16); // fills: never drained here
     let mut r = Runner::new(controller, FakeClock(0), chan.clone(), out.clone())
@@ -78,9 +91,18 @@ fn a_control_period_makes_no_heap_allocation() {
             handle: Arc::new(handle),
             inputs: inputs.clone(),
             every: 2,
+            step: step.clone(),
         })
         .with_waker(std::thread::current());
-    for _ in 0..20 {
+    let report = |i: u64| {
+        if let Some(b) = &step {
+            if i % 3 == 0 {
+                b.write(0, &[0.1, -0.2, i as f64 * 1e-3], None);
+            }
+        }
+    };
+    for i in 0..21 {
+        report(i);
         r.step();
     }
     // prepared off the RT path, as the hot swap does
@@ -89,6 +111,7 @@ fn a_control_period_makes_no_heap_allocation() {
 
     let before = thread_allocations();
     for i in 0..1000 {
+        report(i);
         inputs.add_reward(0.5);
         if i % 100 == 0 {
             inputs.boundary(i % 200 == 0);
@@ -111,10 +134,14 @@ fn a_control_period_makes_no_heap_allocation() {
         "the full output queue dropped and counted"
     );
     let stats = r.controller().stats().clone();
-    assert_eq!(stats.ticks.load(Ordering::Relaxed), 1020);
+    assert_eq!(stats.ticks.load(Ordering::Relaxed), 1021);
     assert!(stats.overruns.load(Ordering::Relaxed) > 0);
     drop(r);
     let logged =
         log_stats.written.load(Ordering::Relaxed) + log_stats.dropped.load(Ordering::Relaxed);
-    assert_eq!(logged, 510, "one record every 2 ticks");
+    if with_step {
+        assert_eq!(logged, 7 + 334, "one record per step report");
+    } else {
+        assert_eq!(logged, 511, "one record every 2 ticks");
+    }
 }

@@ -167,6 +167,7 @@ pub fn import_nf4rl(
         direction: meta.direction,
         noise_sigma: opts.noise_sigma,
         denoise: opts.denoise,
+        temperature: 1.0,
         obs_norm: norm(&opts.obs_mean, &opts.obs_std, obs_dim, "obs")?,
         goal_norm: if opts.goal_dim > 0 {
             Some(norm(

@@ -48,6 +48,8 @@ impl Sources<'_> {
             s.policy_swaps = h.swaps();
             s.policy_rejections = h.rejected();
             s.policy_last_rejection = h.last_rejection().to_string();
+            s.policy_auto_rollbacks = h.auto_rollbacks();
+            s.policy_guard_verdict = h.last_verdict().to_string();
         }
         if let Some(l) = self.log {
             s.log_written = l.written.load(Ordering::Relaxed);

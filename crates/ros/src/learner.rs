@@ -104,6 +104,10 @@ impl Learner {
                 cmd.env(v, "1");
             }
         }
+        // Its progress (updates, losses, checkpoints) goes to the node's log.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} finetune", self.exe.display()))?;

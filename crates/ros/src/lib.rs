@@ -46,7 +46,7 @@ use flowpilot_core::sampler::Sampler;
 const OUTPUT_QUEUE: usize = 256;
 
 /// The control tick's settings from the node's.
-fn control_config(cfg: &NodeConfig) -> ControlConfig {
+fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> ControlConfig {
     ControlConfig {
         rate_hz: cfg.rate_hz,
         max_age_s: cfg.sources().map(|s| s.max_age_s).collect(),
@@ -56,6 +56,7 @@ fn control_config(cfg: &NodeConfig) -> ControlConfig {
         warmup_ticks: cfg.warmup_ticks,
         startup_hold_ticks: (cfg.startup_hold_s * cfg.rate_hz).ceil() as u64,
         seed: cfg.seed,
+        temperature: cfg.temperature.unwrap_or(spec.temperature),
     }
 }
 
@@ -77,8 +78,11 @@ pub fn run_node() -> Result<()> {
     // 2. The board and the controller.
     let widths: Vec<usize> = cfg.sources().map(|s| s.kind.width()).collect();
     let board = Arc::new(Board::new(&widths));
-    let mut controller =
-        Controller::new(control_config(&cfg), Sampler::new(&model)?, board.clone())?;
+    let mut controller = Controller::new(
+        control_config(&cfg, &model.spec),
+        Sampler::new(&model)?,
+        board.clone(),
+    )?;
     let estop = controller.estop().clone();
     let stats = controller.stats().clone();
 
@@ -101,6 +105,7 @@ pub fn run_node() -> Result<()> {
         board.total(),
     )?;
     let log_stats = log.as_ref().map(|t| t.handle.stats().clone());
+    let episode_returns = log.as_ref().map(|t| t.inputs.clone());
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
     let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
@@ -151,6 +156,12 @@ pub fn run_node() -> Result<()> {
         );
         if let Some(s) = swap.as_mut() {
             s.poll_if_due(&chan, &board);
+            // The return guard judges versions by their episodes' returns.
+            if let Some(inputs) = &episode_returns {
+                while let Some(ret) = inputs.pop_episode_return() {
+                    s.hot_mut().episode_ended(ret, &chan);
+                }
+            }
         }
         diag.publish_if_due(|| diagnostics::Sources {
             stats: &stats,

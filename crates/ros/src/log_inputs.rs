@@ -102,6 +102,21 @@ pub(crate) fn start(
     }
     let inputs = subscribe_log_inputs(node, spawner, l)?;
     let spec = &model.spec;
+    let step = match &l.step_source {
+        None => None,
+        Some(src) => {
+            if src.kind.width() != act_dim {
+                bail!(
+                    "log.step_source '{}' gives {} values; it must report the {act_dim} action values the robot executed",
+                    src.name,
+                    src.kind.width()
+                );
+            }
+            let b = Arc::new(Board::new(&[act_dim]));
+            crate::inputs::subscribe_all(node, spawner, [src], &b)?;
+            Some(b)
+        }
+    };
     let meta = [
         ("obs_dim", spec.obs_dim.to_string()),
         ("goal_dim", spec.goal_dim.to_string()),
@@ -110,6 +125,13 @@ pub(crate) fn start(
         ("action_high", serde_json::to_string(&spec.action_high)?),
         ("rate_hz", cfg.rate_hz.to_string()),
         ("every", l.every.to_string()),
+        (
+            "step_source",
+            l.step_source
+                .as_ref()
+                .map(|s| s.topic.clone())
+                .unwrap_or_default(),
+        ),
         ("model", model_path.display().to_string()),
     ]
     .into_iter()
@@ -128,5 +150,6 @@ pub(crate) fn start(
         handle: Arc::new(handle),
         inputs,
         every: l.every,
+        step,
     }))
 }

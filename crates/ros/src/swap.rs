@@ -66,7 +66,8 @@ impl Poller {
                 cfg.hot_swap_max_divergence,
                 model_path.to_path_buf(),
                 model.clone(),
-            ),
+            )
+            .with_guard(cfg.hot_swap_guard),
             period_ns: (cfg.hot_swap_poll_s * 1e9) as i64,
             next_ns: mono_ns(),
             obs_dim: model.spec.obs_dim,

@@ -42,6 +42,15 @@ pub(crate) struct FinetuneArgs {
     /// Seconds between reads of new log records.
     #[arg(long, default_value_t = 0.5)]
     poll_period: f64,
+    /// Prior data mixed into every batch (demos .npz with 'reward'; with --follow).
+    #[arg(long)]
+    prior: Option<PathBuf>,
+    /// Share of each batch from the prior data.
+    #[arg(long, default_value_t = 0.5)]
+    prior_share: f64,
+    /// Critic-only updates on the prior data before the online ones.
+    #[arg(long, default_value_t = 0)]
+    critic_pretrain: u64,
     /// CPU niceness of the learner (19: lowest; the control loop wins).
     #[arg(long, default_value_t = 19)]
     nice: i32,
@@ -70,6 +79,9 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
         min_transitions: a.min_transitions,
         checkpoint_every: a.checkpoint_every.max(1),
         poll_period: std::time::Duration::from_secs_f64(a.poll_period.max(0.01)),
+        prior: a.prior,
+        prior_share: a.prior_share.clamp(0.0, 1.0),
+        critic_pretrain: a.critic_pretrain,
     };
     let n = learner::run(&opts, stop.flag())?;
     println!("finetune: {n} updates");

@@ -63,6 +63,9 @@ float32[] obs            # raw observation (physical units)
 float32[] goal           # raw goal (empty without one)
 float32[] action_sampled # sampled action before clipping, normalised [-1, 1] space
 float64[] action_applied # action sent to the robot, physical units (empty: none)
+float64[] action_executed # action the robot reports it applied in the step that ended at this record's observation (log.step_source; empty: none)
+uint64 robot_step        # robot steps reported so far (log.step_source samples; 0: no step source)
+float32 temperature      # latent temperature the action was sampled with
 ";
 
 /// Who produced a policy and with which input normalisation: fixed per
@@ -126,6 +129,13 @@ pub struct Transition {
     /// Whether an action was sent this tick.
     pub applied_valid: bool,
     pub applied: [f64; MAX_ACT],
+    /// Whether the robot reported the action it executed (step source).
+    pub executed_valid: bool,
+    pub executed: [f64; MAX_ACT],
+    /// Robot steps reported so far (0 without a step source): consecutive
+    /// robot steps have consecutive numbers, so a lost record shows.
+    pub robot_step: u64,
+    pub temperature: f32,
 }
 
 impl Default for Transition {
@@ -151,6 +161,10 @@ impl Default for Transition {
             sampled: [0.0; MAX_ACT],
             applied_valid: false,
             applied: [0.0; MAX_ACT],
+            executed_valid: false,
+            executed: [0.0; MAX_ACT],
+            robot_step: 0,
+            temperature: f32::NAN,
         }
     }
 }
@@ -174,6 +188,11 @@ impl Transition {
     }
     pub fn applied(&self) -> Option<&[f64]> {
         self.applied_valid.then(|| &self.applied[..self.n_act])
+    }
+    /// The action the robot reports it executed in the step that ended at
+    /// this record's observation.
+    pub fn executed(&self) -> Option<&[f64]> {
+        self.executed_valid.then(|| &self.executed[..self.n_act])
     }
 
     /// CDR (little-endian, XCDR1) encoding of the schema above into `out`
@@ -203,6 +222,12 @@ impl Transition {
             Some(a) => c.f64s(a),
             None => c.f64s(&[]),
         }
+        match self.executed() {
+            Some(a) => c.f64s(a),
+            None => c.f64s(&[]),
+        }
+        c.u64(self.robot_step);
+        c.f32(self.temperature);
     }
 
     /// Decode a CDR message written by [`Self::encode`].
@@ -246,6 +271,18 @@ impl Transition {
             t.applied_valid = true;
             t.applied[..a.len()].copy_from_slice(&a);
         }
+        // Fields added later: a record written before them ends here.
+        if c.at_end() {
+            return Ok(t);
+        }
+        let e = c.f64s()?;
+        if !e.is_empty() {
+            ensure(e.len() == t.n_act, LogError::AppliedWidth)?;
+            t.executed_valid = true;
+            t.executed[..e.len()].copy_from_slice(&e);
+        }
+        t.robot_step = c.u64()?;
+        t.temperature = c.f32()?;
         Ok(t)
     }
 }
@@ -321,6 +358,9 @@ struct CdrIn<'a> {
 }
 
 impl CdrIn<'_> {
+    fn at_end(&self) -> bool {
+        self.pos >= self.b.len()
+    }
     fn take(&mut self, n: usize, align: usize) -> Result<&[u8]> {
         self.pos = self.pos.div_ceil(align) * align;
         if self.pos.checked_add(n).is_none_or(|end| end > self.b.len()) {

@@ -533,12 +533,41 @@ impl Sampler {
         tick: u64,
         action: &mut [f32],
     ) -> Result<f32, SampleError> {
+        self.sample_tempered(obs, goal, seed, tick, 1.0, action)
+    }
+
+    /// [`Self::sample_seeded`] at latent temperature `tau` ∈ [0, 1]: the
+    /// base noise is z = τ·ε with ε ~ N(0, I) drawn from (seed, tick), so
+    /// τ = 0 is the deterministic z = 0 action. Returns the exact log-density
+    /// of the unclipped normalised action under the tempered policy
+    /// (z ~ N(0, τ²I)); at τ = 0, where that density is a point mass, the
+    /// density of the same action under the untempered policy (τ = 1).
+    pub fn sample_tempered(
+        &mut self,
+        obs: &[f32],
+        goal: &[f32],
+        seed: u64,
+        tick: u64,
+        tau: f32,
+        action: &mut [f32],
+    ) -> Result<f32, SampleError> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ tick.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut z = std::mem::take(&mut self.sc.z);
         for v in z.iter_mut() {
             *v = StandardNormal.sample(&mut rng);
         }
+        let log_eps = log_normal(&z);
+        for v in z.iter_mut() {
+            *v *= tau;
+        }
         let r = self.sample_with_noise(obs, goal, &z, action);
+        // log N(z; 0, τ²I) = log N(ε; 0, I) − d·ln τ replaces log N(z; 0, I).
+        let r = match r {
+            Ok(lp) if tau > 0.0 && tau != 1.0 => {
+                Ok(lp - log_normal(&z) + log_eps - z.len() as f32 * tau.ln())
+            }
+            other => other,
+        };
         self.sc.z = z;
         r
     }
@@ -745,4 +774,56 @@ fn inverse_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
         logdet += sum_s - b.sum_log_abs_s;
     }
     logdet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sampler;
+    use crate::model::{Direction, PolicyKind};
+    use crate::testkit::random_model;
+
+    /// The tempered log-density is that of the action actually returned:
+    /// the likelihood pass recovers z = τ·ε and log N(z; 0, τ²I) − log|det|.
+    #[test]
+    fn tempered_samples_carry_their_exact_log_density() {
+        for (kind, blocks) in [
+            (PolicyKind::Flow, Direction::Inverse),
+            (PolicyKind::Flow, Direction::Forward),
+            (PolicyKind::Gaussian, Direction::Inverse),
+        ] {
+            let m = random_model(3, 2, false, blocks, kind, 11);
+            let mut s = Sampler::new(&m).unwrap();
+            let (obs, goal) = ([0.3, -0.1, 0.7, 0.2, -0.5], [0.2, 0.4]);
+            let mut act = [0.0f32; 3];
+            let mut z = [0.0f32; 3];
+            for tau in [1.0f32, 0.5, 0.1] {
+                for tick in 0..20 {
+                    let lp = s
+                        .sample_tempered(&obs, &goal, 9, tick, tau, &mut act)
+                        .unwrap();
+                    let raw = s.last_raw_action().to_vec();
+                    let lp1 = s.log_prob(&obs, &goal, &raw, &mut z).unwrap();
+                    let zz: f32 = z.iter().map(|v| v * v).sum();
+                    // log N(z; 0, τ²I) − log N(z; 0, I)
+                    let shift = -0.5 * zz * (1.0 / (tau * tau) - 1.0) - 3.0 * tau.ln();
+                    let want = lp1 + shift;
+                    assert!(
+                        (lp - want).abs() < 2e-3 * (1.0 + want.abs()),
+                        "{kind:?} τ {tau} tick {tick}: {lp} vs {want}"
+                    );
+                }
+            }
+            // τ = 0: the z = 0 action, with its untempered density.
+            let lp0 = s.sample_tempered(&obs, &goal, 9, 3, 0.0, &mut act).unwrap();
+            let mut act_z = [0.0f32; 3];
+            let lpz = s
+                .sample_with_noise(&obs, &goal, &[0.0; 3], &mut act_z)
+                .unwrap();
+            assert_eq!((lp0, act), (lpz, act_z));
+            // τ = 1 is the plain seeded sample.
+            let a = s.sample_tempered(&obs, &goal, 9, 4, 1.0, &mut act).unwrap();
+            let b = s.sample_seeded(&obs, &goal, 9, 4, &mut act_z).unwrap();
+            assert_eq!((a, act), (b, act_z));
+        }
+    }
 }

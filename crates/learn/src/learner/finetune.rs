@@ -38,6 +38,15 @@ pub struct FinetuneOptions {
     pub min_transitions: usize,
     pub checkpoint_every: u64,
     pub poll_period: std::time::Duration,
+    /// Prior data (demos .npz with rewards) mixed into every batch
+    /// (RLPD-style symmetric sampling) when learning from logs.
+    pub prior: Option<PathBuf>,
+    /// Share of each batch drawn from the prior data once the online
+    /// replay holds `min_transitions` (before that, all of it).
+    pub prior_share: f64,
+    /// Critic-only updates on the prior data before any online update
+    /// (policy evaluation of the starting policy, offline to online).
+    pub critic_pretrain: u64,
 }
 
 /// Run a fine-tuning session until `max_updates`, the end of the data
@@ -94,6 +103,42 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             (rb, Some(f), *follow)
         }
     };
+    let prior = match &opts.prior {
+        Some(p) if matches!(opts.data, DataSource::Logs { .. }) => {
+            let rb = ReplayBuffer::from_demos(&Demos::load(p)?, &spec)?;
+            tracing::info!(path = %p.display(), transitions = rb.len(), share = opts.prior_share, "prior data");
+            Some(rb)
+        }
+        _ => None,
+    };
+    if opts.sac.target_entropy_from_policy {
+        let on = prior.as_ref().filter(|p| !p.is_empty()).unwrap_or(&rb);
+        if !on.is_empty() {
+            let h = sac.policy_entropy(on, 2048)?;
+            tracing::info!(
+                target_entropy = h,
+                "target entropy: the starting policy's own"
+            );
+            sac.set_target_entropy(h);
+        }
+    }
+    if let Some(p) = prior.as_ref().filter(|_| sac.updates() == 0) {
+        let b = sac.cfg().batch;
+        for i in 0..opts.critic_pretrain {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let st = sac.update_mixed(&[(p, b)], false)?;
+            if (i + 1) % 200 == 0 {
+                tracing::info!(
+                    updates = i + 1,
+                    critic = st.critic_loss,
+                    q = st.q,
+                    "critic pre-training on prior data"
+                );
+            }
+        }
+    }
     let min = opts.min_transitions.max(1);
     let start_updates = sac.updates();
     let mut budget: f64 = if follow {
@@ -135,7 +180,14 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             std::thread::sleep(opts.poll_period.min(std::time::Duration::from_millis(100)));
             continue;
         }
-        let st = sac.update(&rb)?;
+        let st = match &prior {
+            Some(p) => {
+                let b = sac.cfg().batch;
+                let n_prior = ((b as f64 * opts.prior_share).round() as usize).min(b);
+                sac.update_mixed(&[(&rb, b - n_prior), (p, n_prior)], true)?
+            }
+            None => sac.update(&rb)?,
+        };
         budget -= 1.0;
         if sac.updates() % 100 == 0 {
             tracing::info!(
@@ -146,6 +198,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
                 alpha = st.alpha,
                 entropy = st.entropy,
                 q = st.q,
+                bc_lambda = st.bc_lambda,
                 "update"
             );
         }

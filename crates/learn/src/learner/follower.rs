@@ -14,10 +14,10 @@ use flowpilot_core::log::Transition;
 use flowpilot_core::model::ModelSpec;
 
 /// Follows every `*.mcap` log in a directory (new files included) and turns
-/// consecutive records into transitions: record i's state and applied
-/// action, record i+1's reward (rewards received after the action) and
-/// state. Records without an applied action, across an episode boundary
-/// or a gap (dropped records) form no transition.
+/// consecutive records into transitions (s, a, r, s', done) by [`pair`]:
+/// record i's state, the action, record i+1's reward and state. Records
+/// without an action, across an episode boundary or a gap (dropped records
+/// or missed robot steps) form no transition.
 pub struct LogFollower {
     dir: PathBuf,
     tails: BTreeMap<PathBuf, (Tail, Option<Transition>)>,
@@ -40,7 +40,7 @@ impl LogFollower {
         self.records
     }
 
-    /// Records that formed no transition (see [`usable`]).
+    /// Records that formed no transition (see [`pair`]).
     pub(crate) fn skipped(&self) -> u64 {
         self.skipped
     }
@@ -69,20 +69,16 @@ impl LogFollower {
             for r in recs {
                 self.records += 1;
                 if let Some(p) = prev.take() {
-                    if usable(&p, &r, step, spec) {
-                        let a = actions.to_flow_vec(
-                            &p.applied()
-                                .expect("checked")
-                                .iter()
-                                .map(|&v| v as f32)
-                                .collect::<Vec<_>>(),
-                        );
-                        let s = &p.inputs[..p.n_obs + p.n_goal];
-                        let s2 = &r.inputs[..r.n_obs + r.n_goal];
-                        rb.push(s, &a, r.reward as f32, s2, p.terminated);
-                        added += 1;
-                    } else {
-                        self.skipped += 1;
+                    match pair(&p, &r, step, spec) {
+                        Some((a, done)) => {
+                            let a = actions
+                                .to_flow_vec(&a.iter().map(|&v| v as f32).collect::<Vec<_>>());
+                            let s = &p.inputs[..p.n_obs + p.n_goal];
+                            let s2 = &r.inputs[..r.n_obs + r.n_goal];
+                            rb.push(s, &a, r.reward as f32, s2, done);
+                            added += 1;
+                        }
+                        None => self.skipped += 1,
                     }
                 }
                 *prev = Some(r);
@@ -92,8 +88,87 @@ impl LogFollower {
     }
 }
 
-fn usable(p: &Transition, r: &Transition, step: u64, spec: &ModelSpec) -> bool {
+/// The transition two consecutive records form, as (action, done), or
+/// None (see [`LogFollower`]).
+///
+/// - Step-logged records (`robot_step > 0`, docs/log-format.md): record
+///   i + 1 carries the action the robot reports it executed from record
+///   i's state, the reward of that step and the state it produced; the two
+///   must be consecutive robot steps of one episode.
+/// - Tick-logged records: record i's applied action, record i + 1's reward
+///   and state, `every` ticks apart (an episode's last record may pair with
+///   the next one when the episode ended in a terminal state).
+fn pair<'a>(
+    p: &'a Transition,
+    r: &'a Transition,
+    step: u64,
+    spec: &ModelSpec,
+) -> Option<(&'a [f64], bool)> {
     let dims = p.n_obs == spec.obs_dim && p.n_goal == spec.goal_dim && p.n_act == spec.act_dim;
+    if !dims || p.truncated || !r.reward.is_finite() {
+        return None;
+    }
+    if r.robot_step > 0 {
+        let next = r.robot_step == p.robot_step + 1 && r.episode == p.episode;
+        return r.executed().filter(|_| next).map(|a| (a, r.terminated));
+    }
     let same = r.tick == p.tick + step && (r.episode == p.episode || p.terminated);
-    p.acted() && dims && same && !p.truncated && r.reward.is_finite()
+    (p.acted() && same).then(|| (p.applied().expect("acted"), p.terminated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pair;
+    use flowpilot_core::log::Transition;
+    use flowpilot_core::model::{Direction, PolicyKind};
+    use flowpilot_core::testkit::random_model;
+
+    fn rec(robot_step: u64, episode: u64, executed: f64, reward: f64) -> Transition {
+        let mut t = Transition {
+            n_obs: 5,
+            n_act: 2,
+            robot_step,
+            episode,
+            reward,
+            applied_valid: true,
+            executed_valid: true,
+            ..Default::default()
+        };
+        t.applied[..2].copy_from_slice(&[9.0, 9.0]);
+        t.executed[..2].copy_from_slice(&[executed, -executed]);
+        t
+    }
+
+    #[test]
+    fn step_logged_records_pair_with_the_next_records_executed_action() {
+        let spec = random_model(2, 0, false, Direction::Inverse, PolicyKind::Flow, 1).spec;
+        let (p, r) = (rec(7, 0, 0.1, -1.0), rec(8, 0, 0.3, -2.0));
+        let (a, done) = pair(&p, &r, 1, &spec).unwrap();
+        assert_eq!(
+            (a, done),
+            (&[0.3, -0.3][..], false),
+            "not the sent action 9.0"
+        );
+        let mut t = r;
+        t.terminated = true;
+        assert!(
+            pair(&p, &t, 1, &spec).unwrap().1,
+            "done from the later record"
+        );
+        assert!(
+            pair(&p, &rec(9, 0, 0.3, -2.0), 1, &spec).is_none(),
+            "a missed step"
+        );
+        assert!(
+            pair(&p, &rec(8, 1, 0.3, -2.0), 1, &spec).is_none(),
+            "a new episode"
+        );
+        assert!(
+            pair(&p, &rec(8, 0, 0.3, f64::NAN), 1, &spec).is_none(),
+            "no reward"
+        );
+        let mut unreported = rec(8, 0, 0.3, -2.0);
+        unreported.executed_valid = false;
+        assert!(pair(&p, &unreported, 1, &spec).is_none());
+    }
 }

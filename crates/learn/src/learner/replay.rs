@@ -33,6 +33,44 @@ pub struct Batch {
     pub done: Tensor,
 }
 
+impl Batch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.r.dims()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows of several batches, in order (one batch: itself).
+    pub fn cat(parts: &[Batch]) -> Result<Batch> {
+        match parts {
+            [] => Err(LearnerError::EmptyReplay),
+            [one] => Ok(Batch {
+                s: one.s.clone(),
+                a: one.a.clone(),
+                r: one.r.clone(),
+                s2: one.s2.clone(),
+                done: one.done.clone(),
+            }),
+            _ => {
+                let cat = |f: fn(&Batch) -> &Tensor| -> Result<Tensor> {
+                    let v: Vec<&Tensor> = parts.iter().map(f).collect();
+                    Ok(Tensor::cat(&v, 0)?)
+                };
+                Ok(Batch {
+                    s: cat(|b| &b.s)?,
+                    a: cat(|b| &b.a)?,
+                    r: cat(|b| &b.r)?,
+                    s2: cat(|b| &b.s2)?,
+                    done: cat(|b| &b.done)?,
+                })
+            }
+        }
+    }
+}
+
 impl ReplayBuffer {
     pub fn new(in_dim: usize, act_dim: usize, cap: usize) -> Self {
         Self {

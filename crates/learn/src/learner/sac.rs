@@ -46,9 +46,30 @@ pub struct SacConfig {
         )
     )]
     pub target_entropy: Option<f64>,
+    /// Set the target entropy to the starting policy's own entropy,
+    /// measured on the data's states at start-up (overrides
+    /// --target-entropy; logged).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, help = "Target entropy = the starting policy's measured entropy", long_help = None::<&str>)
+    )]
+    pub target_entropy_from_policy: bool,
     /// λ of the BC term λ·(−log π(a_data|s)) (NF-RLBC; 0 = plain SAC).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.0))]
     pub bc_lambda: f64,
+    /// Actor updates over which λ falls linearly to 0 (0: constant λ).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value_t = 0, help = "Actor updates over which the BC term anneals to 0 (0: constant)", long_help = None::<&str>)
+    )]
+    pub bc_anneal: u64,
+    /// LayerNorm (no affine) after each hidden layer of the critics, as in
+    /// RLPD: keeps Q bounded when the actor leaves the data.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, help = "LayerNorm in the critics' hidden layers", long_help = None::<&str>)
+    )]
+    pub critic_layer_norm: bool,
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.99))]
     pub gamma: f64,
     /// Polyak factor for the target critics.
@@ -86,7 +107,10 @@ impl Default for SacConfig {
             lr_alpha: 3e-4,
             init_alpha: 0.01,
             target_entropy: None,
+            target_entropy_from_policy: false,
             bc_lambda: 0.0,
+            bc_anneal: 0,
+            critic_layer_norm: false,
             critic_hidden: 256,
             critic_warmup: 500,
             seed: 0,
@@ -94,13 +118,29 @@ impl Default for SacConfig {
     }
 }
 
-/// A ReLU MLP critic Q(s, a) with its own seeded init.
+/// A ReLU MLP critic Q(s, a) with its own seeded init, optionally with
+/// LayerNorm (no affine) before each ReLU.
 struct Critic {
     vars: Vec<Var>,
+    layer_norm: bool,
+}
+
+/// (x − mean) / sqrt(var + ε) over the last dim.
+fn layer_norm(h: &Tensor) -> Result<Tensor> {
+    let mean = h.mean_keepdim(D::Minus1)?;
+    let c = h.broadcast_sub(&mean)?;
+    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(c.broadcast_div(&(var + 1e-5)?.sqrt()?)?)
 }
 
 impl Critic {
-    fn new(inp: usize, hidden: usize, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
+    fn new(
+        inp: usize,
+        hidden: usize,
+        layer_norm: bool,
+        rng: &mut impl Rng,
+        dev: &Device,
+    ) -> Result<Self> {
         let mut vars = Vec::new();
         for (i, o) in [(inp, hidden), (hidden, hidden), (hidden, 1)] {
             let bound = (1.0 / i as f64).sqrt() as f32;
@@ -110,7 +150,7 @@ impl Critic {
             vars.push(Var::from_tensor(&Tensor::from_vec(w, (i, o), dev)?)?);
             vars.push(Var::from_tensor(&Tensor::zeros(o, DType::F32, dev)?)?);
         }
-        Ok(Self { vars })
+        Ok(Self { vars, layer_norm })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -120,6 +160,9 @@ impl Critic {
                 .matmul(self.vars[2 * l].as_tensor())?
                 .broadcast_add(self.vars[2 * l + 1].as_tensor())?;
             if l < 2 {
+                if self.layer_norm {
+                    h = layer_norm(&h)?;
+                }
                 h = h.relu()?;
             }
         }
@@ -149,6 +192,7 @@ pub struct UpdateStats {
     pub alpha: f32,
     pub entropy: f32,
     pub q: f32,
+    pub bc_lambda: f32,
 }
 
 pub struct Sac {
@@ -188,7 +232,9 @@ impl Sac {
         let twin = Twin::from_model(model, &dev)?;
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let inp = spec.obs_dim + spec.goal_dim + spec.act_dim;
-        let mk = |rng: &mut ChaCha8Rng| Critic::new(inp, cfg.critic_hidden, rng, &dev);
+        let mk = |rng: &mut ChaCha8Rng| {
+            Critic::new(inp, cfg.critic_hidden, cfg.critic_layer_norm, rng, &dev)
+        };
         let q = [mk(&mut rng)?, mk(&mut rng)?];
         let q_targ = [mk(&mut rng)?, mk(&mut rng)?];
         q_targ[0].copy_from(&q[0])?;
@@ -227,6 +273,33 @@ impl Sac {
         &self.cfg
     }
 
+    /// The BC weight at this update: λ, falling linearly to 0 over
+    /// `bc_anneal` actor updates.
+    fn bc_lambda_now(&self) -> f64 {
+        let cfg = &self.cfg;
+        if cfg.bc_anneal == 0 {
+            return cfg.bc_lambda;
+        }
+        let actor_updates = self.updates.saturating_sub(cfg.critic_warmup) as f64;
+        cfg.bc_lambda * (1.0 - actor_updates / cfg.bc_anneal as f64).max(0.0)
+    }
+
+    /// The actor's entropy estimate −E[log π(a|s)] on up to `n` states of
+    /// `rb` (one exact log π per sampled action), in the flow's normalised
+    /// action space.
+    pub fn policy_entropy(&mut self, rb: &ReplayBuffer, n: usize) -> Result<f64> {
+        let batch = rb.sample(n, &mut self.rng, &self.dev)?;
+        let z = self.noise(batch.len())?;
+        let c = self.cond(&batch.s)?;
+        let (_, lp) = self.twin.sample(&c, &z)?;
+        Ok(-(lp.mean_all()?.to_scalar::<f32>()? as f64))
+    }
+
+    /// Replace the target entropy (e.g. by the measured one).
+    pub fn set_target_entropy(&mut self, h: f64) {
+        self.cfg.target_entropy = Some(h);
+    }
+
     /// Updates done so far (restored ones included).
     pub fn updates(&self) -> u64 {
         self.updates
@@ -262,7 +335,24 @@ impl Sac {
     /// One SAC update on a batch from `rb`.
     pub fn update(&mut self, rb: &ReplayBuffer) -> Result<UpdateStats> {
         let b = self.cfg.batch;
-        let batch = rb.sample(b, &mut self.rng, &self.dev)?;
+        self.update_mixed(&[(rb, b)], true)
+    }
+
+    /// One update on a batch drawn `n` rows from each `(buffer, n)` (RLPD's
+    /// symmetric sampling: online and prior data in fixed shares). With
+    /// `actor` false only the critics move (offline critic pre-training).
+    pub fn update_mixed(
+        &mut self,
+        sources: &[(&ReplayBuffer, usize)],
+        actor: bool,
+    ) -> Result<UpdateStats> {
+        let parts = sources
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(rb, n)| rb.sample(*n, &mut self.rng, &self.dev))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = super::replay::Batch::cat(&parts)?;
+        let b = batch.len();
         let alpha = self.log_alpha.as_tensor().exp()?.detach();
         let alpha_v = alpha.to_vec1::<f32>()?[0];
 
@@ -290,7 +380,7 @@ impl Sac {
             ..Default::default()
         };
         self.updates += 1;
-        if self.updates > self.cfg.critic_warmup {
+        if actor && self.updates > self.cfg.critic_warmup {
             // Actor: α log π(a|s) − min Q(s, a), a reparameterised; the
             // exact log π comes from the same flow pass.
             let z = self.noise(b)?;
@@ -302,10 +392,12 @@ impl Sac {
             let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
             let mut loss = (lp.broadcast_mul(&alpha)? - qa)?.mean_all()?;
             loss = (loss + (outside.mean_all()? * 10.0)?)?;
-            if self.cfg.bc_lambda > 0.0 {
+            let lambda = self.bc_lambda_now();
+            if lambda > 0.0 {
                 let bc = self.twin.log_prob(&c, &batch.a)?.mean_all()?.neg()?;
-                loss = (loss + (bc * self.cfg.bc_lambda)?)?;
+                loss = (loss + (bc * lambda)?)?;
             }
+            st.bc_lambda = lambda as f32;
             self.opt_actor.backward_step(&loss)?;
             st.actor_loss = loss.to_scalar::<f32>()?;
             let lp_mean = lp.mean_all()?.to_scalar::<f32>()? as f64;
