@@ -36,7 +36,7 @@ def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
     try:
         out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "finetune_session.py"),
                               "--task", "reacher", "--train-episodes", str(TRAIN), "--eval-every", "0",
-                              "--expert-return", "-4.3", "--ckpt-dir", str(tmp_path / "ckpt"),
+                              "--expert-return", "-4.97", "--ckpt-dir", str(tmp_path / "ckpt"),
                               "--plot", str(tmp_path / "curve.png"), "--summary", str(summary)],
                              env=env, capture_output=True, text=True, timeout=900)
     finally:

@@ -39,6 +39,8 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain, tmp_path):
                                "model": os.path.join(ROOT, "models", "reacher_flow.safetensors")})[0]
     # this test's own log and checkpoint dirs (the config's live in /tmp)
     cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt"]
+    # the reference was measured sampling at τ = 1 (the config acts at 0.3 for fine-tuning)
+    cmd += ["-p", "temperature:=1.0"]
     node = subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     truth = tmp_path / "truth.npz"
