@@ -537,17 +537,22 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    #[test]
-    fn the_log_gets_a_record_every_k_ticks_with_the_log_inputs() {
-        let dir = tempfile::tempdir().unwrap();
-        let handle = LogHandle::start(crate::log::writer::LogConfig {
-            dir: dir.path().into(),
+    /// A log writer into `dir` for the runner's log tests.
+    fn test_log(dir: &std::path::Path) -> LogHandle {
+        LogHandle::start(crate::log::writer::LogConfig {
+            dir: dir.into(),
             flush_period: std::time::Duration::from_millis(10),
             queue_capacity: 64,
             reward: None,
             metadata: Default::default(),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_log_gets_a_record_every_k_ticks_with_the_log_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = test_log(dir.path());
         let stats = handle.stats().clone();
         let inputs = Arc::new(LogInputs::default());
         let (r, _, _) = runner(0, 64);
@@ -583,14 +588,7 @@ mod tests {
     #[test]
     fn a_step_source_gives_one_record_per_robot_step_once_the_state_caught_up() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = LogHandle::start(crate::log::writer::LogConfig {
-            dir: dir.path().into(),
-            flush_period: std::time::Duration::from_millis(10),
-            queue_capacity: 64,
-            reward: None,
-            metadata: Default::default(),
-        })
-        .unwrap();
+        let handle = test_log(dir.path());
         let inputs = Arc::new(LogInputs::default());
         let (c, board) = controller(0, 5);
         let step = Arc::new(Board::new(&[3]));
