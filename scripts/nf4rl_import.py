@@ -22,6 +22,7 @@ Kinds:
 import argparse
 import io
 import json
+import math
 import os
 import pickle
 import sys
@@ -39,12 +40,39 @@ class CheckpointError(Exception):
 
 # ---------------------------------------------------------------- unpickling
 
+try:  # numpy >= 2 (numpy.core is a deprecated alias there)
+    from numpy._core import multiarray as _np_multiarray
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _np_multiarray
+_NP_RECONSTRUCT = _np_multiarray._reconstruct
+
+
+def _callable_name(fun):
+    mod, name = getattr(fun, "__module__", None), getattr(fun, "__qualname__", None)
+    return f"{mod}.{name}" if isinstance(mod, str) and isinstance(name, str) else type(fun).__name__
+
+
 def _jax_reconstruct(fun, args, arr_state, aval_state=None):
     """jax.Array.__reduce__ -> (_reconstruct_array, (fun, args, arr_state, aval_state)):
-    rebuild the numpy value only (fun is numpy's own _reconstruct, already vetted)."""
-    value = fun(*args)
-    value.__setstate__(arr_state)
-    return np.asarray(value)
+    rebuild the numpy value only. fun comes from the pickle, so it is checked to be
+    numpy's own _reconstruct building a plain ndarray (anything else is refused)."""
+    if fun is not _NP_RECONSTRUCT:
+        raise CheckpointError(
+            f"a jax array in the checkpoint is rebuilt through {_callable_name(fun)}; the importer refuses "
+            "anything but numpy's _reconstruct there")
+    if not (isinstance(args, tuple) and len(args) == 3 and args[0] is np.ndarray):
+        raise CheckpointError("a jax array in the checkpoint has a malformed numpy reduce record")
+    value = _NP_RECONSTRUCT(*args)
+    np.ndarray.__setstate__(value, arr_state)
+    return value
+
+
+class _StateDict(dict):
+    """collections.OrderedDict: a torch state_dict carries `_metadata` (module
+    versions), set by a BUILD opcode. Accept that state and drop it; nothing runs."""
+
+    def __setstate__(self, state):
+        pass
 
 
 class _Inert:
@@ -59,13 +87,13 @@ class _Inert:
 
 
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): np.core.multiarray.scalar,
-    ("collections", "OrderedDict"): dict,
+    ("numpy.core.multiarray", "scalar"): _np_multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _np_multiarray.scalar,
+    ("collections", "OrderedDict"): _StateDict,
     ("flax.core.frozen_dict", "FrozenDict"): dict,
     ("jax._src.array", "_reconstruct_array"): _jax_reconstruct,
 }
@@ -98,14 +126,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if self.storages is None:
             raise CheckpointError("unexpected persistent id in a plain pickle")
-        kind, storage_type, key, _location, numel = pid[:5]
-        if kind != "storage" or not isinstance(storage_type, np.dtype):
+        if not isinstance(pid, tuple) or len(pid) < 5:
             raise CheckpointError(f"unsupported torch storage record {pid!r}")
+        kind, storage_type, key, _location, numel = pid[:5]
+        if kind != "storage" or not any(storage_type is t for t in _TORCH_DTYPES.values()):
+            raise CheckpointError(f"unsupported torch storage record {pid!r}")
+        if type(numel) is not int or numel < 0:
+            raise CheckpointError(f"torch storage {key!r} has a bad size {numel!r}")
         raw = self.storages(str(key))
-        arr = np.frombuffer(raw, dtype=storage_type.newbyteorder("<"))
-        if arr.size < numel:
-            raise CheckpointError(f"torch storage {key} is truncated ({arr.size} of {numel} values)")
-        return arr
+        if len(raw) < numel * storage_type.itemsize:
+            raise CheckpointError(f"torch storage {key} is truncated ({len(raw) // storage_type.itemsize} of {numel} values)")
+        return _Storage(str(key), np.frombuffer(raw, dtype=storage_type.newbyteorder("<"), count=numel))
 
 
 def _unknown(module, name):
@@ -119,23 +150,95 @@ _TORCH_DTYPES = {
 }
 
 
+class _Storage:
+    def __init__(self, key, values):
+        self.key, self.values = key, values
+
+
+def _is_ints(xs):
+    return isinstance(xs, (tuple, list)) and all(type(x) is int for x in xs)
+
+
+class _TensorView:
+    """A torch tensor as the pickle describes it: a view (offset, size, stride) of
+    a storage. Nothing is read until `array` has checked the view lies inside it."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def array(self, name):
+        st, off, size, stride = self.storage, self.offset, self.size, self.stride
+        if not isinstance(st, _Storage):
+            raise CheckpointError(f"torch tensor {name}: its storage is not a storage record")
+        where = f"torch tensor {name} (storage {st.key}, offset {off!r}, size {size!r}, stride {stride!r})"
+        if type(off) is not int or not _is_ints(size) or not _is_ints(stride) or len(size) != len(stride):
+            raise CheckpointError(f"{where}: offset, size and stride must be integers, one stride per dimension")
+        if off < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+            raise CheckpointError(f"{where}: negative offset, size or stride")
+        values, total = st.values, st.values.size
+        count = math.prod(size)
+        if count == 0:
+            if off > total:
+                raise CheckpointError(f"{where}: offset lies beyond its storage of {total} values")
+            return np.zeros(tuple(size), dtype=values.dtype)
+        last = off + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= total:
+            raise CheckpointError(f"{where}: reads value {last} of a storage of {total} values")
+        if count > total:
+            raise CheckpointError(f"{where}: has {count} values, more than its storage of {total} (overlapping view)")
+        contiguous, step = True, 1
+        for n, s in reversed(list(zip(size, stride))):
+            if n != 1 and s != step:
+                contiguous = False
+            step *= n
+        if contiguous:
+            return values[off:off + count].reshape(tuple(size)).copy()
+        index = np.array(off, dtype=np.int64)
+        for n, s in zip(size, stride):  # every index lies in [off, last], checked above
+            index = index[..., None] + np.arange(n, dtype=np.int64) * s
+        return values[index]
+
+    def __array__(self, *a, **k):  # a tensor outside any named container
+        return self.array("(unnamed)")
+
+
 def _rebuild_tensor(storage, offset, size, stride, *rest):
-    item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride))
-    return np.array(view)
+    return _TensorView(storage, offset, size, stride)
+
+
+def _materialize(node, name, done):
+    """Turn every tensor view into an array, checking it against its storage and
+    naming it by its key path in the error. Shared or cyclic containers are walked once."""
+    if isinstance(node, _TensorView):
+        return node.array(name or "(top level)")
+    if not isinstance(node, (dict, list, tuple)):
+        return node
+    if id(node) in done:  # entries hold the original too, so its id is not reused meanwhile
+        return done[id(node)][1]
+    label = lambda k: f"{name}.{k}" if name else str(k)
+    if isinstance(node, tuple):
+        done[id(node)] = (node, node)  # a tuple inside itself goes through a list or dict, already marked
+        out = tuple(_materialize(v, label(i), done) for i, v in enumerate(node))
+        done[id(node)] = (node, out)
+        return out
+    done[id(node)] = (node, node)
+    for k in (list(node.keys()) if isinstance(node, dict) else range(len(node))):
+        node[k] = _materialize(node[k], label(k), done)
+    return node
 
 
 def load_pickle(path):
     with open(path, "rb") as f:
         data = f.read()
-    if data[:2] == b"PK":
-        return load_torch_zip(data)
     try:
+        if data[:2] == b"PK":
+            return load_torch_zip(data)
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except CheckpointError:
         raise
-    except Exception as e:  # truncated or not a pickle
-        raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    except Exception as e:  # truncated, not a pickle, or a broken torch zip
+        what = "torch checkpoint" if data[:2] == b"PK" else "pickle"
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
 
 
 def load_torch_zip(data):
@@ -145,7 +248,8 @@ def load_torch_zip(data):
     if len(pkl) != 1:
         raise CheckpointError("torch checkpoint has no single data.pkl")
     prefix = pkl[0][: -len("data.pkl")]
-    return RestrictedUnpickler(io.BytesIO(z.read(pkl[0])), storages=lambda k: z.read(f"{prefix}data/{k}")).load()
+    tree = RestrictedUnpickler(io.BytesIO(z.read(pkl[0])), storages=lambda k: z.read(f"{prefix}data/{k}")).load()
+    return _materialize(tree, "", {})
 
 
 # ---------------------------------------------------------------- conversion

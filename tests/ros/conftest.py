@@ -71,23 +71,31 @@ class Peer:
 
 
 class NodeProc:
-    def __init__(self, domain, extra_args=(), params=PARAMS):
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
+    def __init__(self, domain, extra_args=(), params=PARAMS, env=None):
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info", **(env or {}))
         # The bundled config's relative model path is resolved for it; other
         # params files name their own model.
         model = ["-p", f"model:={MODEL}"] if params == PARAMS else []
         args = [NODE, "--ros-args", "--params-file", params, *model, *extra_args]
-        self.log = open(os.path.join(os.environ.get("FLOWPILOT_TEST_LOGS", "/tmp"), f"flowpilot_node_{domain}.log"), "w")
+        self.log_path = os.path.join(os.environ.get("FLOWPILOT_TEST_LOGS", "/tmp"), f"flowpilot_node_{domain}.log")
+        self.log = open(self.log_path, "w")
         self.p = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def alive(self):
         return self.p.poll() is None
 
+    def output(self):
+        """What the node has printed so far."""
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.alive():
             self.p.send_signal(sig)
         rc = self.p.wait(timeout=timeout)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return rc
 
 

@@ -6,7 +6,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, Float64MultiArray
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 
 from conftest import (BEST_EFFORT, LATCHED, MODEL, RELIABLE, NodeProc, Peer, offline_action, wait_for)
 
@@ -129,9 +129,12 @@ def test_estop_by_service_and_latched_topic(domain, peer):
     try:
         wait_decision(trace, POLICY)
         assert client.wait_for_service(timeout_sec=10)
+        reset = peer.node.create_client(Trigger, "/flowpilot/reset_estop")
+        assert reset.wait_for_service(timeout_sec=10)
         for on in (True, False):
             t = time.monotonic()
-            fut = client.call_async(SetBool.Request(data=on))
+            # Engage with ~/estop; release with the distinct ~/reset_estop.
+            fut = client.call_async(SetBool.Request(data=True)) if on else reset.call_async(Trigger.Request())
             wait_for(fut.done, 5, "estop service reply")
             assert fut.result().success
             code = ESTOP if on else POLICY
@@ -147,9 +150,13 @@ def test_estop_by_service_and_latched_topic(domain, peer):
         t = time.monotonic()
         pub.publish(Bool(data=True))
         wait_for(lambda: any(d[1] == ESTOP for _, d in decisions(trace, t)), 5, "topic e-stop")
-        t = time.monotonic()
         pub.publish(Bool(data=False))
-        wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, "topic release")
+        time.sleep(0.2)
+        t = time.monotonic()
+        fut = reset.call_async(Trigger.Request())
+        wait_for(fut.done, 5, "reset reply")
+        assert fut.result().success, fut.result().message
+        wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, "release: topic false, then reset")
     finally:
         assert node.stop() == 0
 

@@ -38,8 +38,12 @@ struct Slot {
 /// What a snapshot learned about one source.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct SourceState {
-    /// Age of the data in ns (header stamp if present, else receive time).
+    /// Age of the data in ns (header stamp if present, else receive time);
+    /// negative for a stamp ahead of the clock.
     pub age_ns: i64,
+    /// Time since the data arrived, ns (CLOCK_MONOTONIC: immune to wall
+    /// clock steps).
+    pub recv_age_ns: i64,
     /// Header stamp (wall ns) or 0.
     pub stamp_ns: i64,
     /// When the data arrived (CLOCK_MONOTONIC ns; 0: never).
@@ -139,6 +143,7 @@ impl Board {
                 };
                 return SourceState {
                     age_ns,
+                    recv_age_ns: now_mono - recv,
                     stamp_ns: stamp,
                     recv_ns: recv,
                     ever_written: recv != 0,

@@ -67,6 +67,127 @@ impl ConfigError {
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
+/// Every parameter the node reads, by full name: the one list that says
+/// which names exist. [`Params`] refuses (in debug builds) to read a name
+/// missing here, and [`NodeConfig::from_params`] rejects a parameter set
+/// naming one that is not here (a typo must not silently fall back to a
+/// default), suggesting the nearest valid name.
+const KEYS: &[&str] = &[
+    "model",
+    "rate_hz",
+    "seed",
+    "temperature",
+    "safe_behaviour",
+    "warmup_ticks",
+    "startup_hold",
+    "max_delta",
+    "max_future_stamp",
+    "observations",
+    "goals",
+    "action.type",
+    "action.topic",
+    "action.qos",
+    "action.joints",
+    "action.frame_id",
+    "rt.fifo_priority",
+    "rt.cpu",
+    "rt.mlockall",
+    "diagnostics_period",
+    "watchdog.stall_periods",
+    "hot_swap.dir",
+    "hot_swap.poll_period",
+    "hot_swap.max_divergence",
+    "hot_swap.guard.episodes",
+    "hot_swap.guard.margin",
+    "hot_swap.guard.z",
+    "log.dir",
+    "log.every",
+    "log.flush_period",
+    "log.queue",
+    "log.reward_topic",
+    "log.episode_topic",
+    "log.terminal_topic",
+    "log.step_source",
+    "log.reward.distance_a",
+    "log.reward.distance_b",
+    "log.reward.action_cost",
+    "override.topic",
+    "override.max_age",
+    "finetune.args",
+    "finetune.exe",
+];
+
+/// The fields of one source, `sources.<name>.<field>`.
+const SOURCE_FIELDS: &[&str] = &[
+    "type",
+    "topic",
+    "qos",
+    "max_age",
+    "joints",
+    "fields",
+    "indices",
+    "size",
+    "components",
+];
+
+/// Parameters that ROS 2 itself declares on a node (or its launch files
+/// pass to every node); accepted and not used.
+const ROS_KEYS: &[&str] = &["use_sim_time", "start_type_description_service"];
+
+/// The highest CPU index `sched_setaffinity`'s fixed-size set can hold.
+pub const MAX_CPU: usize = 1023;
+
+fn is_known(name: &str) -> bool {
+    if KEYS.contains(&name) || ROS_KEYS.contains(&name) || name.starts_with("qos_overrides.") {
+        return true;
+    }
+    match name
+        .strip_prefix("sources.")
+        .and_then(|r| r.rsplit_once('.'))
+    {
+        Some((src, field)) => !src.is_empty() && SOURCE_FIELDS.contains(&field),
+        None => false,
+    }
+}
+
+/// The valid name closest to a misspelt one, if one is close.
+fn nearest(name: &str) -> Option<String> {
+    let mut candidates: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+    if let Some((src, _)) = name
+        .strip_prefix("sources.")
+        .and_then(|r| r.rsplit_once('.'))
+    {
+        candidates.extend(SOURCE_FIELDS.iter().map(|f| format!("sources.{src}.{f}")));
+    }
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, &c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Reject any parameter the node does not read (first in name order).
+fn reject_unknown(map: &ParamMap) -> Result<()> {
+    // An unset value (declared, never given) is as good as absent.
+    let mut names: Vec<&String> = map
+        .iter()
+        .filter(|(k, v)| !is_known(k) && !matches!(v, ParamValue::NotSet))
+        .map(|(k, _)| k)
+        .collect();
+    names.sort();
+    match names.first() {
+        None => Ok(()),
+        Some(k) => Err(ConfigError::param(
+            k.as_str(),
+            match nearest(k) {
+                Some(n) => format!("unknown parameter '{k}' (did you mean '{n}'?)"),
+                None => format!("unknown parameter '{k}' (docs/configuration.md lists them all)"),
+            },
+        )),
+    }
+}
+
 /// One observation (or goal) source.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -190,6 +311,9 @@ pub struct NodeConfig {
     pub safe: SafeBehaviour,
     pub warmup_ticks: u64,
     pub startup_hold_s: f64,
+    /// A header stamp further than this ahead of the node's clock makes its
+    /// source invalid (clock skew, or a wall clock stepped back).
+    pub max_future_stamp_s: f64,
     pub max_delta: Option<Vec<f64>>,
     pub observations: Vec<SourceConfig>,
     pub goals: Vec<SourceConfig>,
@@ -200,6 +324,9 @@ pub struct NodeConfig {
     pub cpu: Option<usize>,
     pub mlockall: bool,
     pub diagnostics_period_s: f64,
+    /// The watchdog trips after this many periods without a tick
+    /// (at least `watchdog::MIN_STALL_NS`).
+    pub stall_periods: u32,
     /// Directory a learner writes versioned checkpoints to (None: off).
     pub hot_swap_dir: Option<String>,
     pub hot_swap_poll_s: f64,
@@ -243,6 +370,10 @@ struct Params<'a>(&'a ParamMap);
 
 impl Params<'_> {
     fn get(&self, name: &str) -> Option<&ParamValue> {
+        debug_assert!(
+            is_known(name),
+            "parameter '{name}' is missing from config::KEYS"
+        );
         self.0
             .get(name)
             .filter(|v| !matches!(v, ParamValue::NotSet))
@@ -270,6 +401,30 @@ impl Params<'_> {
                 name,
                 format!("parameter '{name}' must be a number, got {v:?}"),
             )),
+        }
+    }
+    /// A number within `lo..=hi` (finite); `what` says the unit or rule.
+    fn f64_in(&self, name: &str, default: f64, lo: f64, hi: f64, what: &str) -> Result<f64> {
+        let v = self.f64(name, default)?;
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::param(
+                name,
+                format!("'{name}' must be {what}, got {v}"),
+            ))
+        }
+    }
+    /// An integer within `lo..=hi`.
+    fn i64_in(&self, name: &str, default: i64, lo: i64, hi: i64) -> Result<i64> {
+        let v = self.i64(name, default)?;
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ConfigError::param(
+                name,
+                format!("'{name}' must be within {lo}..={hi}, got {v}"),
+            ))
         }
     }
     fn i64(&self, name: &str, default: i64) -> Result<i64> {
@@ -334,7 +489,9 @@ impl Params<'_> {
     }
 }
 
-fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
+/// The transition log's settings; `width` is the observation + goal width
+/// that the distance reward's indices point into.
+fn log_settings(p: &Params<'_>, width: usize) -> Result<Option<LogSettings>> {
     let Some(dir) = nonempty(p.string("log.dir", Some(""))?) else {
         return Ok(None);
     };
@@ -345,6 +502,14 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
             "log.reward.distance_b",
             "'log.reward.distance_a' and 'log.reward.distance_b' must have the same length",
         ));
+    }
+    for (name, idx) in [("log.reward.distance_a", &a), ("log.reward.distance_b", &b)] {
+        if let Some(i) = idx.iter().find(|&&i| i >= width) {
+            return Err(ConfigError::param(
+                name,
+                format!("'{name}': index {i} is outside the observation and goal ({width} values)"),
+            ));
+        }
     }
     let every = p.i64("log.every", 1)?;
     if every < 1 {
@@ -366,14 +531,20 @@ fn log_settings(p: &Params<'_>) -> Result<Option<LogSettings>> {
         Some(DistanceReward {
             a,
             b,
-            action_cost: p.f64("log.reward.action_cost", 0.0)?,
+            action_cost: p.f64_in(
+                "log.reward.action_cost",
+                0.0,
+                0.0,
+                f64::MAX,
+                "a number >= 0",
+            )?,
         })
     };
     Ok(Some(LogSettings {
         dir,
         every: every as u64,
         flush_period_s: flush,
-        queue: p.i64("log.queue", 4096)?.max(1) as usize,
+        queue: p.i64_in("log.queue", 4096, 1, 1 << 20)? as usize,
         reward_topic: nonempty(p.string("log.reward_topic", Some(""))?),
         episode_topic: nonempty(p.string("log.episode_topic", Some(""))?),
         terminal_topic: nonempty(p.string("log.terminal_topic", Some(""))?),
@@ -504,7 +675,7 @@ fn source(p: &Params<'_>, name: &str) -> Result<SourceConfig> {
         name: name.to_string(),
         topic: p.string(&k("topic"), None)?,
         kind,
-        max_age_s: p.f64(&k("max_age"), 0.5)?,
+        max_age_s: p.f64_in(&k("max_age"), 0.5, 1e-3, 3600.0, "within 0.001..3600 s")?,
         best_effort: parse_qos(&k("qos"), &qos)?,
     })
 }
@@ -537,6 +708,7 @@ impl NodeConfig {
     /// Parse and check the whole parameter set; the first problem found is
     /// returned, naming its parameter.
     pub fn from_params(map: &ParamMap) -> Result<Self> {
+        reject_unknown(map)?;
         let p = Params(map);
         let rate_hz = p.f64("rate_hz", 100.0)?;
         if !(10.0..=1000.0).contains(&rate_hz) {
@@ -578,6 +750,12 @@ impl NodeConfig {
             )),
         };
         let max_delta = p.f64s("max_delta")?;
+        if let Some(m) = max_delta.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
+            return Err(ConfigError::param(
+                "max_delta",
+                format!("'max_delta' entries must be finite and > 0 (a per-tick step), got {m}"),
+            ));
+        }
         let temperature = match p.get("temperature") {
             None => None,
             Some(_) => {
@@ -591,12 +769,17 @@ impl NodeConfig {
                 Some(t as f32)
             }
         };
-        let prio = p.i64("rt.fifo_priority", 0)?;
-        let cpu = p.i64("rt.cpu", -1)?;
+        let prio = p.i64_in("rt.fifo_priority", 0, 0, 99)?;
+        let cpu = p.i64_in("rt.cpu", -1, -1, MAX_CPU as i64)?;
+        let width: usize = observations
+            .iter()
+            .chain(&goals)
+            .map(|s| s.kind.width())
+            .sum();
         Ok(Self {
             model: p.string("model", None)?,
             rate_hz,
-            seed: p.i64("seed", 0)? as u64,
+            seed: p.i64_in("seed", 0, 0, i64::MAX)? as u64,
             temperature,
             safe: p
                 .string("safe_behaviour", Some("hold"))?
@@ -604,8 +787,9 @@ impl NodeConfig {
                 .map_err(|e: String| {
                     ConfigError::param("safe_behaviour", format!("'safe_behaviour': {e}"))
                 })?,
-            warmup_ticks: p.i64("warmup_ticks", 10)?.max(0) as u64,
-            startup_hold_s: p.f64("startup_hold", 1.0)?.max(0.0),
+            warmup_ticks: p.i64_in("warmup_ticks", 10, 0, 1_000_000)? as u64,
+            startup_hold_s: p.f64_in("startup_hold", 1.0, 0.0, 3600.0, "within 0..3600 s")?,
+            max_future_stamp_s: p.f64_in("max_future_stamp", 0.05, 0.0, 60.0, "within 0..60 s")?,
             max_delta: (!max_delta.is_empty()).then_some(max_delta),
             observations,
             goals,
@@ -618,14 +802,38 @@ impl NodeConfig {
             fifo_priority: (prio > 0).then_some(prio as i32),
             cpu: (cpu >= 0).then_some(cpu as usize),
             mlockall: p.bool("rt.mlockall", false)?,
-            diagnostics_period_s: p.f64("diagnostics_period", 1.0)?,
+            diagnostics_period_s: p.f64_in(
+                "diagnostics_period",
+                1.0,
+                0.01,
+                3600.0,
+                "within 0.01..3600 s",
+            )?,
+            stall_periods: p.i64_in("watchdog.stall_periods", 50, 2, 1_000_000)? as u32,
             hot_swap_dir: nonempty(p.string("hot_swap.dir", Some(""))?),
-            hot_swap_poll_s: p.f64("hot_swap.poll_period", 0.5)?,
-            hot_swap_max_divergence: p.f64("hot_swap.max_divergence", 0.0)?,
+            hot_swap_poll_s: p.f64_in(
+                "hot_swap.poll_period",
+                0.5,
+                0.01,
+                3600.0,
+                "within 0.01..3600 s",
+            )?,
+            hot_swap_max_divergence: p.f64_in(
+                "hot_swap.max_divergence",
+                0.0,
+                0.0,
+                f64::MAX,
+                "a number >= 0 (0: off)",
+            )?,
             hot_swap_guard: guard_config(&p)?,
-            log: log_settings(&p)?,
+            log: log_settings(&p, width)?,
             override_input: nonempty(p.string("override.topic", Some(""))?)
-                .map(|t| Ok::<_, ConfigError>((t, p.f64("override.max_age", 0.2)?)))
+                .map(|t| {
+                    Ok::<_, ConfigError>((
+                        t,
+                        p.f64_in("override.max_age", 0.2, 1e-3, 60.0, "within 0.001..60 s")?,
+                    ))
+                })
                 .transpose()?,
             finetune_args: p.strings("finetune.args")?,
             finetune_exe: nonempty(p.string("finetune.exe", Some(""))?),
@@ -673,6 +881,15 @@ mod tests {
 
     fn err(m: &ParamMap) -> ConfigError {
         NodeConfig::from_params(m).expect_err("must be rejected")
+    }
+
+    /// Each set is refused, naming `param`, with exactly `msg`.
+    fn assert_rejected(cases: Vec<(ParamMap, &str, &str)>) {
+        for (m, param, msg) in cases {
+            let e = err(&m);
+            assert_eq!(e.parameter(), param, "{e}");
+            assert_eq!(chain(&e), msg);
+        }
     }
 
     /// The whole chain, as the node prints it (`{:#}` of the anyhow error).
@@ -731,7 +948,7 @@ mod tests {
                 ("rate_hz", V::Integer(250)),
                 ("seed", V::Integer(7)),
                 ("safe_behaviour", s("zero")),
-                ("warmup_ticks", V::Integer(-3)),
+                ("warmup_ticks", V::Integer(0)),
                 ("startup_hold", V::Double(0.25)),
                 ("max_delta", V::IntegerArray(vec![1, 2])),
                 ("sources.arm.fields", ss(&["position", "velocity"])),
@@ -755,7 +972,7 @@ mod tests {
                 ("log.dir", s("/tmp/log")),
                 ("log.every", V::Integer(5)),
                 ("log.flush_period", V::Double(0.2)),
-                ("log.queue", V::Integer(0)),
+                ("log.queue", V::Integer(1)),
                 ("log.reward_topic", s("/reward")),
                 ("log.episode_topic", s("/episode")),
                 ("log.terminal_topic", s("")),
@@ -773,7 +990,7 @@ mod tests {
         assert_eq!(c.rate_hz, 250.0);
         assert_eq!(c.seed, 7);
         assert_eq!(c.safe, SafeBehaviour::Zero);
-        assert_eq!(c.warmup_ticks, 0, "negative clamps to 0");
+        assert_eq!(c.warmup_ticks, 0);
         assert_eq!(c.startup_hold_s, 0.25);
         assert_eq!(c.max_delta, Some(vec![1.0, 2.0]));
         let arm = &c.observations[0];
@@ -806,7 +1023,7 @@ mod tests {
         assert_eq!(l.dir, "/tmp/log");
         assert_eq!(l.every, 5);
         assert_eq!(l.flush_period_s, 0.2);
-        assert_eq!(l.queue, 1, "queue clamps to >= 1");
+        assert_eq!(l.queue, 1);
         assert_eq!(l.reward_topic.as_deref(), Some("/reward"));
         assert_eq!(l.episode_topic.as_deref(), Some("/episode"));
         assert_eq!(l.terminal_topic, None, "empty means off");
@@ -1061,11 +1278,120 @@ mod tests {
                 "parameter 'override.max_age' must be a number, got Bool(true)",
             ),
         ];
-        for (m, param, msg) in cases {
-            let e = err(&m);
-            assert_eq!(e.parameter(), param, "{e}");
-            assert_eq!(chain(&e), msg);
-        }
+        assert_rejected(cases);
+    }
+
+    /// Values that used to reach a panic on the control or log writer
+    /// thread (issue: negative max_delta in f64::clamp, CPU_SET out of
+    /// bounds, distance indices past the record) are refused at start-up.
+    #[test]
+    fn values_that_would_panic_a_thread_are_refused() {
+        let cases: Vec<(ParamMap, &str, &str)> = vec![
+            (
+                with(minimal(), &[("max_delta", V::DoubleArray(vec![0.1, -0.1]))]),
+                "max_delta",
+                "'max_delta' entries must be finite and > 0 (a per-tick step), got -0.1",
+            ),
+            (
+                with(minimal(), &[("max_delta", V::DoubleArray(vec![f64::NAN, 0.1]))]),
+                "max_delta",
+                "'max_delta' entries must be finite and > 0 (a per-tick step), got NaN",
+            ),
+            (
+                with(minimal(), &[("rt.cpu", V::Integer(1024))]),
+                "rt.cpu",
+                "'rt.cpu' must be within -1..=1023, got 1024",
+            ),
+            (
+                with(minimal(), &[("rt.fifo_priority", V::Integer(120))]),
+                "rt.fifo_priority",
+                "'rt.fifo_priority' must be within 0..=99, got 120",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("log.dir", s("/l")),
+                        ("log.reward.distance_a", V::IntegerArray(vec![0])),
+                        ("log.reward.distance_b", V::IntegerArray(vec![2])),
+                    ],
+                ),
+                "log.reward.distance_b",
+                "'log.reward.distance_b': index 2 is outside the observation and goal (2 values)",
+            ),
+            (
+                with(minimal(), &[("sources.arm.max_age", V::Double(-1.0))]),
+                "sources.arm.max_age",
+                "observation source 'arm': 'sources.arm.max_age' must be within 0.001..3600 s, got -1",
+            ),
+            (
+                with(minimal(), &[("diagnostics_period", V::Double(0.0))]),
+                "diagnostics_period",
+                "'diagnostics_period' must be within 0.01..3600 s, got 0",
+            ),
+            (
+                with(minimal(), &[("hot_swap.max_divergence", V::Double(f64::INFINITY))]),
+                "hot_swap.max_divergence",
+                "'hot_swap.max_divergence' must be a number >= 0 (0: off), got inf",
+            ),
+            (
+                with(minimal(), &[("max_future_stamp", V::Double(-0.1))]),
+                "max_future_stamp",
+                "'max_future_stamp' must be within 0..60 s, got -0.1",
+            ),
+            (
+                with(minimal(), &[("warmup_ticks", V::Integer(-3))]),
+                "warmup_ticks",
+                "'warmup_ticks' must be within 0..=1000000, got -3",
+            ),
+            (
+                with(minimal(), &[("log.dir", s("/l")), ("log.queue", V::Integer(0))]),
+                "log.queue",
+                "'log.queue' must be within 1..=1048576, got 0",
+            ),
+            (
+                with(minimal(), &[("seed", V::Integer(-3))]),
+                "seed",
+                "'seed' must be within 0..=9223372036854775807, got -3",
+            ),
+        ];
+        assert_rejected(cases);
+    }
+
+    #[test]
+    fn unknown_parameters_are_refused_with_the_nearest_name() {
+        let cases: Vec<(ParamMap, &str, &str)> = vec![
+            (
+                with(minimal(), &[("safe_behavior", s("zero"))]),
+                "safe_behavior",
+                "unknown parameter 'safe_behavior' (did you mean 'safe_behaviour'?)",
+            ),
+            (
+                with(minimal(), &[("hot_swap.max_divergance", V::Double(0.1))]),
+                "hot_swap.max_divergance",
+                "unknown parameter 'hot_swap.max_divergance' (did you mean 'hot_swap.max_divergence'?)",
+            ),
+            (
+                with(minimal(), &[("sources.arm.max_agee", V::Double(0.1))]),
+                "sources.arm.max_agee",
+                "unknown parameter 'sources.arm.max_agee' (did you mean 'sources.arm.max_age'?)",
+            ),
+            (
+                with(minimal(), &[("colour", s("red"))]),
+                "colour",
+                "unknown parameter 'colour' (docs/configuration.md lists them all)",
+            ),
+        ];
+        assert_rejected(cases);
+        // What ROS itself sets on every node is accepted.
+        let ros = with(
+            minimal(),
+            &[
+                ("use_sim_time", V::Bool(false)),
+                ("qos_overrides./tf.subscription.depth", V::Integer(10)),
+            ],
+        );
+        assert!(NodeConfig::from_params(&ros).is_ok());
     }
 
     #[test]

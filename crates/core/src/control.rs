@@ -37,8 +37,12 @@ impl std::str::FromStr for SafeBehaviour {
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     pub rate_hz: f64,
-    /// Per source: maximum age in seconds.
+    /// Per source: maximum age in seconds, of the header stamp and of the
+    /// receive time alike.
     pub max_age_s: Vec<f64>,
+    /// A header stamp more than this ahead of the tick's wall clock makes
+    /// its source invalid (seconds).
+    pub max_future_stamp_s: f64,
     /// Number of leading board sources that form the observation; the rest
     /// form the goal.
     pub obs_sources: usize,
@@ -91,6 +95,9 @@ pub struct Stats {
     pub overruns: AtomicU64,
     pub stale_ticks: AtomicU64,
     pub invalid_ticks: AtomicU64,
+    /// Ticks refused because a source's header stamp lay in the future
+    /// (counted apart from, and also in, `invalid_ticks`).
+    pub future_stamp_ticks: AtomicU64,
     pub estop_ticks: AtomicU64,
     pub override_ticks: AtomicU64,
     pub last_inference_ns: AtomicU64,
@@ -290,6 +297,8 @@ impl Controller {
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         let (now_mono, now_wall) = (mono_ns(), wall_ns());
         let mut stale = None;
+        let mut future = false;
+        let max_future = (self.cfg.max_future_stamp_s * 1e9) as i64;
         for i in 0..self.board.sources() {
             let off = self.board.offset(i);
             let w = self.board.width(i);
@@ -299,7 +308,15 @@ impl Controller {
             self.states[i] = st;
             self.stamps[i] = st.stamp_ns;
             let max_age = (self.cfg.max_age_s[i] * 1e9) as i64;
-            if stale.is_none() && (st.busy || !st.ever_written || st.age_ns > max_age) {
+            // A stamp ahead of the clock would read as fresh for as long as
+            // the skew lasts: refuse it. The receive time bounds the age as
+            // well, whatever the stamp says.
+            if st.ever_written && !st.busy && st.stamp_ns != 0 && -st.age_ns > max_future {
+                future = true;
+            }
+            if stale.is_none()
+                && (st.busy || !st.ever_written || st.age_ns > max_age || st.recv_age_ns > max_age)
+            {
                 stale = Some(i);
             }
         }
@@ -317,6 +334,11 @@ impl Controller {
             Decision::Override
         } else if let Some(source) = stale {
             Decision::Stale { source }
+        } else if future {
+            self.stats
+                .future_stamp_ticks
+                .fetch_add(1, Ordering::Relaxed);
+            Decision::Invalid
         } else {
             let obs_w = self.sampler.spec().obs_dim;
             let t0 = mono_ns();
@@ -496,8 +518,11 @@ pub fn apply_rt_settings(
             ));
         }
     }
-    if let Some(c) = cpu {
-        // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+    if let Some(c) = cpu.filter(|&c| c > crate::config::MAX_CPU) {
+        // The config rejects these; CPU_SET would panic on them.
+        warnings.push(format!("CPU {c} is beyond the affinity set; not pinned"));
+    } else if let Some(c) = cpu {
+        // SAFETY: cpu_set_t is plain data; c is within its size (checked above).
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(c, &mut set);

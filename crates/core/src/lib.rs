@@ -9,10 +9,12 @@
 //! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
 //! - [`decision`]: why a tick's action is what it is (the codes the log carries).
+//! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
 //! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
+//! - [`watchdog`]: when the control thread counts as stalled.
 //! - [`config`]: the node's parameters, parsed and checked without ROS types.
 //! - [`diagnostics`]: the /diagnostics content from a snapshot of the counters.
 //! - [`alloc_count`]: a counting global allocator for zero-allocation proofs.
@@ -45,6 +47,7 @@ pub mod config;
 pub mod control;
 pub mod decision;
 pub mod diagnostics;
+pub mod estop;
 pub mod guard;
 pub mod histogram;
 pub mod hotswap;
@@ -56,3 +59,4 @@ pub mod sampler;
 pub mod shutdown;
 #[doc(hidden)]
 pub mod testkit;
+pub mod watchdog;

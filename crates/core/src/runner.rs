@@ -431,6 +431,7 @@ mod tests {
         let cfg = ControlConfig {
             rate_hz: 100.0,
             max_age_s: vec![1e6],
+            max_future_stamp_s: 0.05,
             obs_sources: 1,
             safe: SafeBehaviour::Zero,
             max_delta: None,

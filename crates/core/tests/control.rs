@@ -27,6 +27,7 @@ fn setup(
     let cfg = ControlConfig {
         rate_hz: 100.0,
         max_age_s: vec![0.05, 0.05, 10.0],
+        max_future_stamp_s: 0.05,
         obs_sources: 2,
         safe,
         max_delta,
@@ -122,6 +123,47 @@ fn header_stamp_age_is_used_when_present() {
         Some(flowpilot_core::board::wall_ns() - 20_000_000_000),
     );
     assert_eq!(c.tick().decision, Decision::Stale { source: 2 });
+}
+
+#[test]
+fn future_stamps_are_invalid_and_counted_apart() {
+    let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
+    feed(&b);
+    assert_eq!(c.tick().decision, Decision::Policy);
+    // Stamped 10 s ahead (a skewed clock, or a wall clock stepped back):
+    // its age is negative, which must not read as fresh.
+    let ahead = flowpilot_core::board::wall_ns() + 10_000_000_000;
+    b.write(2, &[1.0, -1.0], Some(ahead));
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Invalid);
+    assert!(
+        out.publish && out.action.iter().all(|&a| a == 0.0),
+        "safe action"
+    );
+    assert_eq!(c.stats().future_stamp_ticks.load(Ordering::Relaxed), 1);
+    assert_eq!(c.stats().invalid_ticks.load(Ordering::Relaxed), 1);
+    // Within the tolerance (50 ms here) a stamp slightly ahead is accepted.
+    let slightly = flowpilot_core::board::wall_ns() + 20_000_000;
+    b.write(2, &[1.0, -1.0], Some(slightly));
+    assert_eq!(c.tick().decision, Decision::Policy);
+    assert_eq!(c.stats().future_stamp_ticks.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn receive_time_bounds_the_age_of_stamped_data() {
+    let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
+    feed(&b);
+    // Source 0 (max age 50 ms) stamped 40 ms ahead, then silent for 80 ms:
+    // by its stamp it is 40 ms old, but it arrived 80 ms ago.
+    b.write(
+        0,
+        &[0.1, 0.2, 0.3],
+        Some(flowpilot_core::board::wall_ns() + 40_000_000),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    b.write(1, &[-0.5, 0.5], None);
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    assert_eq!(c.tick().decision, Decision::Stale { source: 0 });
 }
 
 #[test]

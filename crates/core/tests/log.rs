@@ -256,3 +256,145 @@ fn cdr_encoding_is_stable() {
         "a truncated message is refused"
     );
 }
+
+/// (opcode, start, end) of every MCAP record after the magic, up to the
+/// footer: the framing the writer produced (opcode u8, length u64, body).
+fn mcap_records(bytes: &[u8]) -> Vec<(u8, usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = mcap::MAGIC.len();
+    while pos + 9 <= bytes.len() {
+        let len = u64::from_le_bytes(bytes[pos + 1..pos + 9].try_into().unwrap()) as usize;
+        out.push((bytes[pos], pos, pos + 9 + len));
+        pos += 9 + len;
+    }
+    out
+}
+
+/// A closed log of `n` records, then the bytes of that file with message
+/// `bad` corrupted one of two ways; returns the bytes and where the corrupt
+/// record starts and ends.
+fn log_with_a_corrupt_record(n: u64, bad: usize, mcap_level: bool) -> (Vec<u8>, usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start(cfg(dir.path())).unwrap();
+    for i in 0..n {
+        log.push(&record(i, 0));
+    }
+    log.close();
+    let bytes = std::fs::read(&log_files(dir.path()).unwrap()[0]).unwrap();
+    let (_, start, end) = mcap_records(&bytes)
+        .into_iter()
+        .filter(|r| r.0 == 0x05)
+        .nth(bad)
+        .unwrap();
+    // the message really is record `bad` (tick at CDR offset 4, after the
+    // 22-byte message header)
+    let data = start + 9 + 22;
+    assert_eq!(
+        u64::from_le_bytes(bytes[data + 4..data + 12].try_into().unwrap()),
+        bad as u64
+    );
+    if mcap_level {
+        // A whole message record whose body is too short for a message
+        // header: the MCAP parser refuses it.
+        let mut out = bytes[..start].to_vec();
+        out.push(0x05);
+        out.extend_from_slice(&5u64.to_le_bytes());
+        out.extend_from_slice(b"\xde\xad\xbe\xef\x00");
+        let new_end = out.len();
+        out.extend_from_slice(&bytes[end..]);
+        (out, start, new_end)
+    } else {
+        // Same framing and length, but the observation sequence claims
+        // 1000 floats: the CDR payload fails to decode.
+        let mut out = bytes.clone();
+        // encapsulation 4, fixed fields 72, two digest strings of 4 + 72
+        let obs_len = data + 4 + 72 + 2 * 76;
+        assert_eq!(
+            u32::from_le_bytes(out[obs_len..obs_len + 4].try_into().unwrap()),
+            3,
+            "the observation sequence length"
+        );
+        out[obs_len..obs_len + 4].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(Transition::decode(&out[data..end]).is_err());
+        (out, start, end)
+    }
+}
+
+#[test]
+fn a_corrupt_complete_record_is_skipped_counted_and_reading_goes_on() {
+    let n = 200u64;
+    let bad = 100usize;
+    let expected: Vec<u64> = (0..n).filter(|&i| i != bad as u64).collect();
+    for mcap_level in [true, false] {
+        let what = if mcap_level { "mcap" } else { "cdr" };
+        let (bytes, start, end) = log_with_a_corrupt_record(n, bad, mcap_level);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.mcap");
+
+        // the closed file: every other record, in order, one skipped
+        std::fs::write(&path, &bytes).unwrap();
+        let mut tail = Tail::new(&path);
+        let got = tail
+            .poll()
+            .unwrap_or_else(|e| panic!("{what}: {}", e.chain()));
+        let ticks: Vec<u64> = got.iter().map(|t| t.tick).collect();
+        assert_eq!(ticks, expected, "{what}: every other record, in order");
+        for t in &got {
+            same(&record(t.tick, 0), t);
+        }
+        assert_eq!(tail.corrupt(), 1, "{what}: exactly one record skipped");
+        assert!(tail.closed, "{what}: read through to the end");
+        assert!(tail.poll().unwrap().is_empty());
+        assert_eq!(tail.corrupt(), 1, "{what}: not counted again");
+        assert_eq!(read_file(&path).unwrap().len(), expected.len());
+
+        // still being written, cut inside the corrupt record: a torn record
+        // to wait for, not a corrupt one
+        std::fs::write(&path, &bytes[..end - 1]).unwrap();
+        let mut tail = Tail::new(&path);
+        assert_eq!(tail.poll().unwrap().len(), bad, "{what}");
+        assert_eq!(tail.corrupt(), 0, "{what}: torn is not corrupt");
+        assert_eq!(tail.pending_bytes().unwrap(), (end - 1 - start) as u64);
+        // the file grows past it (no footer yet): the reader moves on past
+        // the corrupt record and does not come back to it
+        let after = mcap_records(&bytes)
+            .into_iter()
+            .filter(|r| r.0 == 0x05 && r.1 >= end)
+            .nth(10)
+            .unwrap()
+            .1;
+        std::fs::write(&path, &bytes[..after]).unwrap();
+        let got = tail
+            .poll()
+            .unwrap_or_else(|e| panic!("{what}: {}", e.chain()));
+        assert_eq!(
+            got.iter().map(|t| t.tick).collect::<Vec<_>>(),
+            (bad as u64 + 1..bad as u64 + 11).collect::<Vec<_>>(),
+            "{what}"
+        );
+        assert_eq!(tail.corrupt(), 1, "{what}");
+        assert_eq!(tail.pending_bytes().unwrap(), 0, "{what}: past it");
+        for _ in 0..3 {
+            assert!(tail.poll().unwrap().is_empty(), "{what}: no re-read");
+        }
+        assert_eq!(tail.corrupt(), 1, "{what}: counted once");
+        assert!(!tail.closed);
+
+        // followed as it grows, 37 bytes at a time: never an error, every
+        // other record once, in order, and one skipped
+        let mut tail = Tail::new(&path);
+        let mut ticks = Vec::new();
+        let mut polls = 0;
+        for at in (0..=bytes.len()).step_by(37).chain([bytes.len()]) {
+            std::fs::write(&path, &bytes[..at]).unwrap();
+            let got = tail
+                .poll()
+                .unwrap_or_else(|e| panic!("{what} at {at}: {}", e.chain()));
+            ticks.extend(got.iter().map(|t| t.tick));
+            assert_eq!(tail.corrupt(), u64::from(at >= end), "{what} at {at}");
+            polls += 1;
+        }
+        assert!(polls > 10 && tail.closed, "{what}");
+        assert_eq!(ticks, expected, "{what}: followed");
+    }
+}

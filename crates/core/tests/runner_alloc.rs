@@ -63,6 +63,7 @@ fn check(with_step: bool) {
     let cfg = ControlConfig {
         rate_hz: 1000.0,
         max_age_s: vec![1e6, 1e6],
+        max_future_stamp_s: 0.05,
         obs_sources: 1,
         safe: SafeBehaviour::Hold,
         max_delta: Some(vec![0.1; 3]),
@@ -71,7 +72,7 @@ fn check(with_step: bool) {
         seed: 1,
         temperature: 1.0,
     };
-    let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board).unwrap();
+    let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let handle = LogHandle::start(LogConfig {
         dir: dir.path().into(),
@@ -94,10 +95,14 @@ fn check(with_step: bool) {
             step: step.clone(),
         })
         .with_waker(std::thread::current());
+    // The robot's state of each step follows its report, so every report
+    // is written on its own tick: the count does not depend on how fast
+    // this test runs (a report left waiting past the last tick is not).
     let report = |i: u64| {
         if let Some(b) = &step {
             if i % 3 == 0 {
                 b.write(0, &[0.1, -0.2, i as f64 * 1e-3], None);
+                board.write(0, &[0.1, 0.2, 0.3, 0.4, i as f64 * 1e-3], None);
             }
         }
     };

@@ -97,6 +97,24 @@ impl DiagPublisher {
         })
     }
 
+    /// Publish an ERROR status at once: the control loop has failed.
+    pub(crate) fn publish_fault(&mut self, fault: &str) {
+        let status = DiagnosticStatus {
+            level: flowpilot_core::diagnostics::Level::Error as u8,
+            name: "flowpilot: control loop".into(),
+            message: format!("control loop failed: {fault}"),
+            hardware_id: "flowpilot".into(),
+            values: vec![KeyValue {
+                key: "fault".into(),
+                value: fault.into(),
+            }],
+        };
+        let mut arr = DiagnosticArray::default();
+        arr.header.stamp = to_time(wall_ns());
+        arr.status.push(status);
+        let _ = self.publisher.publish(&arr);
+    }
+
     /// Publish if a period has passed; `sources` is only read then.
     pub(crate) fn publish_if_due<'a>(&mut self, sources: impl FnOnce() -> Sources<'a>) {
         if mono_ns() < self.next_ns {

@@ -18,8 +18,15 @@
 //! - [`swap`]: the starting model and the hot-swap poll.
 //! - [`learner`]: the fine-tuning learner child process.
 //! - [`diagnostics`]: publishing /diagnostics.
+//! - [`fault_inject`]: test-only control-thread faults for the fault matrix.
+//!
+//! The spin loop is also the control thread's supervisor: a dead thread,
+//! or one with no tick for `watchdog.stall_periods` periods (core's
+//! `watchdog`), gets the safe action published from the spin thread's own
+//! writer, an ERROR on /diagnostics and a non-zero exit.
 
 mod diagnostics;
+mod fault_inject;
 mod inputs;
 mod learner;
 mod log_inputs;
@@ -28,19 +35,20 @@ mod params;
 mod services;
 mod swap;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use flowpilot_core::board::Board;
+use flowpilot_core::board::{mono_ns, Board};
 use flowpilot_core::config::NodeConfig;
 use flowpilot_core::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
 use flowpilot_core::hotswap::SwapChannel;
 use flowpilot_core::log::MAX_ACT;
 use flowpilot_core::runner::{OutputQueue, Runner, MAX_SOURCES};
 use flowpilot_core::sampler::Sampler;
+use flowpilot_core::watchdog::{Fault, Watchdog};
 
 /// Outputs buffered between the control and publisher threads.
 const OUTPUT_QUEUE: usize = 256;
@@ -50,6 +58,7 @@ fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> 
     ControlConfig {
         rate_hz: cfg.rate_hz,
         max_age_s: cfg.sources().map(|s| s.max_age_s).collect(),
+        max_future_stamp_s: cfg.max_future_stamp_s,
         obs_sources: cfg.observations.len(),
         safe: cfg.safe,
         max_delta: cfg.max_delta.clone(),
@@ -109,7 +118,11 @@ pub fn run_node() -> Result<()> {
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
     let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
-    services::serve_estop(&mut node, &spawner, &estop)?;
+    let _estop_latch = services::serve_estop(
+        &mut node,
+        &spawner,
+        flowpilot_core::estop::EStopLatch::new(estop.clone()),
+    )?;
     let chan = SwapChannel::new();
     let mut swap = swap::Poller::new(&cfg, &model_path, &model, &board);
     let mut learner = learner::Learner::for_config(&cfg, &model_path)?;
@@ -117,6 +130,20 @@ pub fn run_node() -> Result<()> {
     let mut diag =
         diagnostics::DiagPublisher::new(&mut node, cfg.diagnostics_period_s, cfg.rate_hz)?;
     let publisher = outputs::ActionPublisher::new(&mut node, &cfg, act_dim)?;
+    // The spin thread's own writer on the action topic: the safe action at
+    // shutdown or on a watchdog trip goes out here, never behind the
+    // publisher thread's queue (nor through a dead control thread).
+    let safety = outputs::ActionPublisher::new(&mut node, &cfg, act_dim)?;
+    let safe_action = vec![0.0; act_dim];
+    let publish_safe = |why: &str| {
+        if matches!(cfg.safe, flowpilot_core::control::SafeBehaviour::Stop) {
+            return;
+        }
+        tracing::info!("publishing the safe action ({why})");
+        if let Err(e) = safety.publish_action(&safe_action) {
+            tracing::error!("publishing the safe action: {e}");
+        }
+    };
 
     // 4. The publisher and control threads.
     let out = OutputQueue::new(OUTPUT_QUEUE);
@@ -133,6 +160,7 @@ pub fn run_node() -> Result<()> {
         runner = runner.with_log(tap);
     }
     let rt = (cfg.fifo_priority, cfg.cpu, cfg.mlockall);
+    let inject = fault_inject::from_env()?;
     let control_thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -141,12 +169,26 @@ pub fn run_node() -> Result<()> {
                 for w in apply_rt_settings(rt.0, rt.1, rt.2) {
                     tracing::warn!("{w}");
                 }
-                runner.run(&stop)
+                match inject {
+                    None => runner.run(&stop),
+                    Some(f) => f.run(runner, &stop),
+                }
             })?
     };
+    let mut watchdog = Watchdog::new(cfg.rate_hz, cfg.stall_periods, mono_ns());
+    let mut fault = None;
 
     // 5. Spin: subscriptions, services, hot swap, diagnostics.
     while !shutdown.requested() {
+        // The supervisor: a dead or stalled control thread ends the node.
+        if control_thread.is_finished() {
+            fault = Some(Fault::Dead("it exited while the node was running".into()));
+            break;
+        }
+        if let Err(f) = watchdog.check(stats.ticks.load(Ordering::Relaxed), mono_ns()) {
+            fault = Some(f);
+            break;
+        }
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
         requests.serve(
@@ -175,35 +217,65 @@ pub fn run_node() -> Result<()> {
         });
     }
 
-    // 6. Clean shutdown: stop the loop, publish the safe action once, flush.
-    tracing::info!("shutting down: publishing the safe action");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut controller = control_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("control thread panicked"))?;
-    if let Some(mut l) = learner.take() {
-        if l.running().is_some() {
-            tracing::info!("{}", l.stop());
+    // 6. Stop the loop, publish the safe action first, then stop the
+    // learner and flush the log. A faulted loop is not waited for if it
+    // is stuck; the node then exits non-zero.
+    stop.store(true, Ordering::SeqCst);
+    pub_thread.thread().unpark();
+    if let Some(f) = fault {
+        let f = match f {
+            Fault::Dead(_) => match control_thread.join() {
+                Err(panic) => Fault::Dead(format!("panicked: {}", panic_text(&panic))),
+                Ok(_) => f,
+            },
+            stalled => stalled,
+        };
+        tracing::error!("{f}");
+        publish_safe("watchdog");
+        diag.publish_fault(&f.to_string());
+        stop_learner(learner.take());
+        drop(log_handle);
+        for _ in 0..20 {
+            node.spin_once(Duration::from_millis(5));
         }
+        bail!("{f}");
     }
+    tracing::info!("shutting down");
+    let joined = control_thread.join();
+    // The publisher thread drains what the loop queued before the safe
+    // action goes out, so nothing from the policy follows it.
+    let drained = pub_thread.join();
+    publish_safe("shutdown");
+    stop_learner(learner.take());
     // Last reference to the log: flush, write the summary, close.
     drop(log_handle);
     log_summary(&stats);
-    pub_thread.thread().unpark();
-    let publisher = pub_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
-    if !matches!(cfg.safe, flowpilot_core::control::SafeBehaviour::Stop) {
-        publisher.publish_action(controller.shutdown_action())?;
-    }
+    joined.map_err(|p| anyhow::anyhow!("control thread panicked: {}", panic_text(&p)))?;
+    drained.map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
     // Let DDS deliver the last messages before the participant goes away.
     for _ in 0..20 {
         node.spin_once(Duration::from_millis(5));
     }
-    drop(publisher);
+    drop(safety);
     drop(node);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn stop_learner(learner: Option<learner::Learner>) {
+    if let Some(mut l) = learner {
+        if l.running().is_some() {
+            tracing::info!("{}", l.stop());
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The whole run's loop timing, logged once at shutdown.

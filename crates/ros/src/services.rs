@@ -1,10 +1,14 @@
-//! The node's services and e-stop: the latched `~/estop` topic and the
-//! `~/estop` SetBool service (both only flip an atomic the control thread
-//! reads), and the queued `~/rollback` and `~/finetune` services, whose
-//! requests the spin thread answers between spins (it owns the hot swap and
-//! the learner they act on). Nothing here runs on the control thread.
+//! The node's services and e-stop: the `~/estop` topic (two subscriptions,
+//! so that every common publisher QoS reaches it), the `~/estop` SetBool
+//! and `~/reset_estop` Trigger services, all applying core's
+//! [`EStopLatch`] rule (engage at once, release only by a deliberate reset)
+//! to the atomic the control thread reads; and the queued `~/rollback` and
+//! `~/finetune` services, whose requests the spin thread answers between
+//! spins (it owns the hot swap and the learner they act on). Nothing here
+//! runs on the control thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -14,47 +18,98 @@ use futures::task::LocalSpawnExt;
 use r2r::std_srvs::srv::{SetBool, Trigger};
 use r2r::QosProfile;
 
+use flowpilot_core::estop::{EStopLatch, Outcome};
 use flowpilot_core::hotswap::{HotSwap, SwapChannel};
 
 use crate::learner::Learner;
 
-/// E-stop: a latched Bool topic and a SetBool service, both setting `estop`.
+/// Log an e-stop event (the latch says what changed).
+fn note(outcome: Outcome, by: &str) {
+    match outcome {
+        Outcome::Engaged => tracing::warn!("e-stop engaged ({by})"),
+        Outcome::Withdrawn => {
+            tracing::warn!("e-stop demand withdrawn ({by}); still engaged until ~/reset_estop")
+        }
+        Outcome::Released => tracing::warn!("e-stop released ({by})"),
+        Outcome::AlreadyEngaged | Outcome::NoChange => {}
+    }
+}
+
+/// E-stop inputs, all on the spin thread, all through one latch.
+///
+/// The topic is subscribed twice. A BEST_EFFORT + VOLATILE reader matches
+/// every writer (reliable or best-effort, volatile or transient-local), so
+/// a joystick or a default-QoS `ros2 topic pub` reaches it; a RELIABLE +
+/// TRANSIENT_LOCAL reader also receives a latched `true` published before
+/// this node started. A message seen by both is applied twice, which the
+/// latch makes harmless (engaging is idempotent; each stream keeps order).
 pub(crate) fn serve_estop(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
-    estop: &Arc<AtomicBool>,
-) -> Result<()> {
-    let estop_q = QosProfile::default()
-        .reliable()
-        .transient_local()
-        .keep_last(1);
-    let estop_topic = node.subscribe::<r2r::std_msgs::msg::Bool>("~/estop", estop_q)?;
-    let e = estop.clone();
-    spawner.spawn_local(estop_topic.for_each(move |m| {
-        if e.swap(m.data, Ordering::SeqCst) != m.data {
-            tracing::warn!(engaged = m.data, "e-stop (topic)");
-        }
-        futures::future::ready(())
-    }))?;
-    let estop_srv =
+    latch: EStopLatch,
+) -> Result<Rc<RefCell<EStopLatch>>> {
+    let latch = Rc::new(RefCell::new(latch));
+    let readers = [
+        QosProfile::default().best_effort().volatile().keep_last(10),
+        QosProfile::default()
+            .reliable()
+            .transient_local()
+            .keep_last(1),
+    ];
+    for qos in readers {
+        let topic = node.subscribe::<r2r::std_msgs::msg::Bool>("~/estop", qos)?;
+        let l = latch.clone();
+        spawner.spawn_local(topic.for_each(move |m| {
+            note(l.borrow_mut().topic(m.data), "topic");
+            futures::future::ready(())
+        }))?;
+    }
+    let engage =
         node.create_service::<SetBool::Service>("~/estop", QosProfile::services_default())?;
-    let e = estop.clone();
-    spawner.spawn_local(estop_srv.for_each(move |req| {
-        let on = req.message.data;
-        e.store(on, Ordering::SeqCst);
-        tracing::warn!(engaged = on, "e-stop (service)");
-        let msg = if on {
-            "e-stop engaged: publishing zero"
+    let l = latch.clone();
+    spawner.spawn_local(engage.for_each(move |req| {
+        let resp = if req.message.data {
+            note(l.borrow_mut().engage(), "service");
+            SetBool::Response {
+                success: true,
+                message: "e-stop engaged: publishing zero until ~/reset_estop".into(),
+            }
         } else {
-            "e-stop released"
+            SetBool::Response {
+                success: false,
+                message: "the e-stop is released only by ~/reset_estop (std_srvs/Trigger)".into(),
+            }
         };
-        let _ = req.respond(SetBool::Response {
-            success: true,
-            message: msg.into(),
-        });
+        let _ = req.respond(resp);
         futures::future::ready(())
     }))?;
-    Ok(())
+    let reset =
+        node.create_service::<Trigger::Service>("~/reset_estop", QosProfile::services_default())?;
+    let l = latch.clone();
+    spawner.spawn_local(reset.for_each(move |req| {
+        let resp = match l.borrow_mut().reset() {
+            Ok(outcome) => {
+                note(outcome, "~/reset_estop");
+                Trigger::Response {
+                    success: true,
+                    message: match outcome {
+                        Outcome::Released => "e-stop released".into(),
+                        _ => "e-stop was not engaged".into(),
+                    },
+                }
+            }
+            Err(e) => {
+                tracing::warn!("e-stop reset refused: {e}");
+                Trigger::Response {
+                    success: false,
+                    message: e.to_string(),
+                }
+            }
+        };
+        let _ = req.respond(resp);
+        futures::future::ready(())
+    }))?;
+    Ok(latch)
 }
 
 /// A service whose requests are queued for the spin loop (which owns the

@@ -2,7 +2,19 @@
 //! still being written. MCAP's record framing (opcode u8, length u64, body)
 //! is walked here so that reading can stop cleanly before a torn record and
 //! resume from the same offset when the file grows; each complete record's
-//! body is decoded by the `mcap` crate's parser.
+//! body is decoded by the `mcap` crate's parser, and each message on our
+//! channel by [`Transition::decode`].
+//!
+//! Torn and corrupt are kept apart: a record whose framing runs past the end
+//! of the file is not yet complete, and is waited for (left for the next
+//! poll). A complete record that the MCAP parser refuses, or a message whose
+//! CDR payload does not decode, is corrupt: it is skipped, counted
+//! ([`Tail::corrupt`]) and logged with `tracing::warn!`, and reading goes on
+//! with the next record, so a follower never re-reads it.
+//!
+//! Real-time: none of this runs on the control thread (the learner and
+//! offline tools read the files the writer thread produced); it does file
+//! I/O and allocates freely.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -24,8 +36,8 @@ pub struct Tail {
     pub closed: bool,
     /// The "flowpilot" metadata record (model dims, bounds, rate).
     pub metadata: BTreeMap<String, String>,
-    /// Messages on our channel that failed to decode (counted, skipped).
-    pub undecodable: u64,
+    /// Complete records skipped as corrupt (see [`Tail::corrupt`]).
+    corrupt: u64,
 }
 
 impl Tail {
@@ -37,8 +49,15 @@ impl Tail {
             schemas: HashMap::new(),
             closed: false,
             metadata: BTreeMap::new(),
-            undecodable: 0,
+            corrupt: 0,
         }
+    }
+
+    /// Complete records skipped as corrupt so far: records the MCAP parser
+    /// refuses, and messages on our channel whose CDR payload does not
+    /// decode. A torn tail is not counted (it is waited for).
+    pub fn corrupt(&self) -> u64 {
+        self.corrupt
     }
 
     pub fn path(&self) -> &Path {
@@ -87,6 +106,7 @@ impl Tail {
             if end > buf.len() as u64 {
                 break; // torn or still being written
             }
+            let at = self.offset + pos as u64;
             let body = &buf[pos + 9..end as usize];
             pos = end as usize;
             match mcap::read::parse_record(op, body) {
@@ -103,7 +123,16 @@ impl Tail {
                     if *self.channels.get(&header.channel_id).unwrap_or(&false) {
                         match Transition::decode(&data) {
                             Ok(t) => out.push(t),
-                            Err(_) => self.undecodable += 1,
+                            Err(error) => {
+                                self.corrupt += 1;
+                                tracing::warn!(
+                                    path = %self.path.display(),
+                                    offset = at,
+                                    sequence = header.sequence,
+                                    "skipping a transition whose CDR payload does not decode: {}",
+                                    error.chain()
+                                );
+                            }
                         }
                     }
                 }
@@ -113,14 +142,16 @@ impl Tail {
                     break;
                 }
                 Ok(_) => {}
-                // A complete but unparsable record: corrupt, not torn. Stop
-                // here; everything before it has been returned.
+                // A complete but unparsable record: corrupt, not torn. Its
+                // framing is whole, so skip past it and go on.
                 Err(error) => {
-                    return Err(LogError::CorruptRecord {
+                    self.corrupt += 1;
+                    let e = LogError::CorruptRecord {
                         path: self.path.clone(),
-                        offset: self.offset + pos as u64 - len - 9,
+                        offset: at,
                         error,
-                    })
+                    };
+                    tracing::warn!(opcode = op, "skipping it: {}", e.chain());
                 }
             }
         }
@@ -129,7 +160,8 @@ impl Tail {
     }
 }
 
-/// Every complete record of one file (a torn tail is ignored).
+/// Every complete record of one file (a torn tail is ignored, corrupt
+/// records are skipped).
 pub fn read_file(path: &Path) -> Result<Vec<Transition>> {
     Tail::new(path).poll()
 }

@@ -35,7 +35,12 @@ impl DistanceReward {
             .a
             .iter()
             .zip(&self.b)
-            .map(|(&i, &j)| (x[i] as f64 - x[j] as f64).powi(2))
+            // The config bounds the indices; a record narrower than them
+            // (another model's) gives NaN, never a panic on this thread.
+            .map(|(&i, &j)| match (x.get(i), x.get(j)) {
+                (Some(&p), Some(&q)) => (p as f64 - q as f64).powi(2),
+                _ => f64::NAN,
+            })
             .sum();
         let u2: f64 = t.applied().map_or(0.0, |a| a.iter().map(|v| v * v).sum());
         -d2.sqrt() - self.action_cost * u2

@@ -1,0 +1,177 @@
+"""The fault matrix (docs/safety.md): each row drives a real flowpilot_node on
+a real ROS 2 graph into one fault and asserts that the output goes to the safe
+action promptly, that the node says what happened, and that it stays up (or,
+where it cannot go on, exits non-zero after publishing the safe action)."""
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, wait_for
+from test_node import ESTOP, INVALID, POLICY, ObsPublisher, decisions, start, wait_decision
+
+# A default rclpy publisher: reliable, volatile (`ros2 topic pub`'s default).
+VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def call(peer, srv_type, name, request, timeout=5):
+    client = peer.node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=10), name
+    fut = client.call_async(request)
+    wait_for(fut.done, timeout, f"{name} reply")
+    return fut.result()
+
+
+def kv_of(diags):
+    return {v.key: v.value for v in diags[-1][1].status[0].values}
+
+
+def zero_cmds_since(cmd, t):
+    return [list(m.data) for tt, m in list(cmd) if tt >= t]
+
+
+def test_estop_reaches_from_volatile_best_effort_and_latched_publishers(domain, peer):
+    ObsPublisher(peer)
+    node, trace, cmd = start(domain, peer)
+    try:
+        wait_decision(trace, POLICY)
+        for name, qos in (("volatile", VOLATILE), ("best-effort", BEST_EFFORT), ("latched", LATCHED)):
+            pub = peer.node.create_publisher(Bool, "/flowpilot/estop", qos)
+            # Discovery first: a message sent before the reader matched is lost
+            # for volatile writers by design (the latched one is not).
+            wait_for(lambda: pub.get_subscription_count() >= 1, 5, f"{name} publisher matched")
+            t = time.monotonic()
+
+            def engaged():
+                # As a joystick or teleop node does, keep saying it: the
+                # first best-effort sample may reach a reader that has not
+                # yet matched this writer, and is then lost by design.
+                pub.publish(Bool(data=True))
+                return any(d[1] == ESTOP for _, d in decisions(trace, t))
+            wait_for(engaged, 2, f"e-stop from a {name} publisher")
+            t_first = min(tt for tt, d in decisions(trace, t) if d[1] == ESTOP)
+            assert t_first - t < 0.5, f"{name}: e-stop took {t_first - t:.3f} s"
+            time.sleep(0.1)
+            assert all(c == [0.0, 0.0] for c in zero_cmds_since(cmd, t_first + 0.05)), "zero commands"
+            pub.publish(Bool(data=False))
+            r = call(peer, Trigger, "/flowpilot/reset_estop", Trigger.Request())
+            assert r.success, r.message
+            t = time.monotonic()
+            wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, f"release after {name}")
+            peer.node.destroy_publisher(pub)
+        assert node.alive()
+    finally:
+        assert node.stop() == 0
+
+
+def test_release_needs_the_reset_service_and_a_withdrawn_topic(domain, peer):
+    ObsPublisher(peer)
+    node, trace, cmd = start(domain, peer)
+    try:
+        wait_decision(trace, POLICY)
+        pub = peer.node.create_publisher(Bool, "/flowpilot/estop", LATCHED)
+        pub.publish(Bool(data=True))
+        wait_decision(trace, ESTOP)
+        # A false on the topic withdraws the demand but releases nothing.
+        r = call(peer, Trigger, "/flowpilot/reset_estop", Trigger.Request())
+        assert not r.success and "publish false" in r.message, r.message
+        t = time.monotonic()
+        pub.publish(Bool(data=False))
+        time.sleep(0.5)
+        after = decisions(trace, t)
+        assert after and all(d[1] == ESTOP for _, d in after), "topic false must not release"
+        # SetBool false is not a release either.
+        r = call(peer, SetBool, "/flowpilot/estop", SetBool.Request(data=False))
+        assert not r.success and "reset_estop" in r.message, r.message
+        time.sleep(0.2)
+        assert all(d[1] == ESTOP for _, d in decisions(trace, t))
+        # The deliberate reset releases.
+        r = call(peer, Trigger, "/flowpilot/reset_estop", Trigger.Request())
+        assert r.success and "released" in r.message, r.message
+        t = time.monotonic()
+        wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, "policy after reset")
+        # The service engages as before, and holds until reset.
+        assert call(peer, SetBool, "/flowpilot/estop", SetBool.Request(data=True)).success
+        t = time.monotonic()
+        wait_for(lambda: any(d[1] == ESTOP for _, d in decisions(trace, t)), 2, "service e-stop")
+    finally:
+        assert node.stop() == 0
+
+
+def _control_thread_fault(domain, peer, fault, expect):
+    ObsPublisher(peer)
+    diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
+    cmd = peer.collect(Float64MultiArray, "/pointmass/cmd", RELIABLE)
+    node = NodeProc(domain, ("-p", "max_delta:=[10.0, 10.0]"), env={"FLOWPILOT_FAULT_INJECT": fault})
+    try:
+        wait_decision(trace, POLICY)
+        wait_for(lambda: not node.alive(), 10, "the node exits after the fault")
+        rc = node.p.returncode
+        out = node.output()
+        assert rc != 0, "a failed control loop exits non-zero"
+        assert expect in out, out[-2000:]
+        # The last command is the safe action (zero), published by the supervisor.
+        wait_for(lambda: cmd and list(cmd[-1][1].data) == [0.0, 0.0], 2, "safe action last")
+        policy_cmds = [c for c in zero_cmds_since(cmd, 0) if c != [0.0, 0.0]]
+        assert policy_cmds, "the policy was running before the fault"
+        failed = lambda: [m.status[0] for _, m in list(diags) if "control loop failed" in m.status[0].message]
+        wait_for(failed, 2, "an ERROR diagnostic naming the fault")
+        st = failed()[-1]
+        assert st.level == DiagnosticStatus.ERROR and expect in st.message, (st.level, st.message)
+    finally:
+        node.stop()
+
+
+def test_control_thread_panic_publishes_safe_action_and_exits_nonzero(domain, peer):
+    _control_thread_fault(domain, peer, "panic@300", "panicked: injected fault at tick 300")
+
+
+def test_stalled_control_thread_trips_the_watchdog(domain, peer):
+    _control_thread_fault(domain, peer, "stall@300", "control thread stalled")
+
+
+def test_future_stamped_observation_is_invalid_and_counted(domain, peer):
+    diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    pose = peer.node.create_publisher(PoseStamped, "/pointmass/pose", BEST_EFFORT)
+    skew = {"s": 0.0}
+
+    def tick():
+        m = PoseStamped()
+        now = time.time() + skew["s"]
+        m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+        m.pose.position.x, m.pose.position.y = 0.05, -1.1
+        pose.publish(m)
+    peer.node.create_timer(0.01, tick)
+    node, trace, cmd = start(domain, peer, "-p", "max_delta:=[10.0, 10.0]", "-p", "sources.state.type:=pose_stamped", "-p",
+                             "sources.state.topic:=/pointmass/pose", "-p", "sources.state.components:=['x', 'y']")
+    try:
+        wait_decision(trace, POLICY)
+        skew["s"] = 5.0  # a sender whose clock runs 5 s ahead
+        t = time.monotonic()
+        time.sleep(0.5)
+        bad = decisions(trace, t + 0.1)
+        assert bad and all(d[1] == INVALID and d[5:7] == [0.0, 0.0] for _, d in bad), bad[:3]
+        wait_for(lambda: diags and int(kv_of(diags)["future_stamp_ticks"]) > 0, 3, "future_stamp_ticks counted")
+        skew["s"] = 0.0
+        t = time.monotonic()
+        wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, "recovery")
+        assert node.alive()
+    finally:
+        assert node.stop() == 0
+
+
+def test_bad_parameters_are_refused_at_startup_naming_the_parameter(domain):
+    for args, expect in (
+        (("-p", "safe_behavior:=zero"), "unknown parameter 'safe_behavior' (did you mean 'safe_behaviour'?)"),
+        (("-p", "max_delta:=[0.5, -0.5]"), "'max_delta' entries must be finite and > 0"),
+        (("-p", "rt.cpu:=4096"), "'rt.cpu' must be within -1..=1023, got 4096"),
+    ):
+        node = NodeProc(domain, args)
+        rc = node.p.wait(timeout=20)
+        out = node.output()
+        node.stop()
+        assert rc != 0 and expect in out, (args, out[-1500:])
