@@ -11,6 +11,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 # The whole workspace, node included (the node is the root package's `ros` feature).
 cargo build --release --workspace --features flowpilot/ros --all-targets
+# The fuzz tests (crates/core/tests/fuzz.rs) run this long per parser.
+export FLOWPILOT_FUZZ_SECS=${FLOWPILOT_FUZZ_SECS:-15}
 cargo test --release --workspace --features flowpilot/ros
 # Package as a robot would (colcon + colcon-ros-cargo + cargo-ament-build),
 # reusing the build above (the workspace maps its build dir onto target/).

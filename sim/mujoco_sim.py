@@ -14,7 +14,8 @@ the env's own dt is 0.02 s, so rate_hz 50 is real time) and publishes:
   /episode          std_msgs/Int64 (the index of an episode that just ended)
 After each env step it publishes, in this order: /reward (r_t), /task/obs
 (o_{t+1}), /joint_states (o_{t+1}, effort = a_t); after an episode's last
-step, /episode follows. It consumes /<task>/cmd (std_msgs/Float64MultiArray)
+step, /episode follows, and the next episode's first state one period
+later (a reset takes a step's time). It consumes /<task>/cmd (std_msgs/Float64MultiArray)
 as a ros2_control forward command controller would: it holds the last
 command and goes to zero when commands are older than cmd_timeout.
 
@@ -133,6 +134,13 @@ def main():
     try:
         while episodes == 0 or ep < episodes:
             expert = t.expert(rng)
+            if ep > 0:
+                # A reset takes a robot a step's time at least: the last
+                # state of an episode stays on the wire for one period, so
+                # the node logs it as its own robot step (two step reports
+                # within one control tick would count as one, see
+                # docs/log-format.md).
+                spin_until(time.monotonic() + period)
             o, _ = env.reset(seed=seed * 100_000 + 50_000 + ep)
             ret, done, info, k = 0.0, False, {}, 0
             ep_t0 = time.monotonic()

@@ -11,7 +11,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, wait_for
-from test_node import ESTOP, INVALID, POLICY, ObsPublisher, decisions, start, wait_decision
+from test_node import ESTOP, INVALID, POLICY, STALE, ObsPublisher, decisions, start, wait_decision
 
 # A default rclpy publisher: reliable, volatile (`ros2 topic pub`'s default).
 VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -175,3 +175,54 @@ def test_bad_parameters_are_refused_at_startup_naming_the_parameter(domain):
         out = node.output()
         node.stop()
         assert rc != 0 and expect in out, (args, out[-1500:])
+
+
+def test_oversized_joint_state_is_refused_and_the_loop_keeps_its_rate(domain, peer, tmp_path):
+    """JointStates naming 10^5 joints (the configured ones among them):
+    refused and counted at bounded cost, so the source goes stale (safe
+    action) while the loop keeps its rate, and recovers after."""
+    from sensor_msgs.msg import JointState
+    from test_sources import make_model
+    model = make_model(tmp_path, 2, 0, 2)
+    yaml = tmp_path / "p.yaml"
+    yaml.write_text(f"""
+flowpilot:
+  ros__parameters:
+    model: {model}
+    rate_hz: 100.0
+    startup_hold: 0.0
+    warmup_ticks: 2
+    safe_behaviour: zero
+    observations: [arm]
+    sources:
+      arm: {{type: joint_state, topic: /joint_states, joints: [a, b], max_age: 0.2, qos: reliable}}
+    action: {{type: float64_multi_array, topic: /cmd}}
+""")
+    js = peer.node.create_publisher(JointState, "/joint_states", RELIABLE)
+    names = [f"j{i}" for i in range(100_000)] + ["b", "a"]
+    huge = JointState(name=names, position=[0.0] * len(names))
+    normal = {"on": True}
+    peer.node.create_timer(0.01, lambda: normal["on"] and js.publish(JointState(name=["a", "b"], position=[0.1, 0.2])))
+    diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
+    node = NodeProc(domain, (), params=str(yaml))
+    try:
+        wait_for(lambda: any(m.data[1] == POLICY for _, m in list(trace)), 15, "policy")
+        # Only the oversized messages for a while (a keep-last-1 reader
+        # would let a small message overtake a big one still in fragments).
+        normal["on"] = False
+        t = time.monotonic()
+        for _ in range(8):
+            js.publish(huge)
+            time.sleep(0.1)
+        t_end = time.monotonic()
+        wait_for(lambda: diags and int(kv_of(diags)["rejected_messages"]) >= 5, 5, "oversized messages rejected")
+        window = [m.data for tt, m in list(trace) if t + 0.3 <= tt < t_end]
+        assert len(window) >= 0.8 * 100 * (t_end - t - 0.3), f"{len(window)} ticks: the loop kept its rate"
+        assert all(d[1] == STALE and list(d[5:7]) == [0.0, 0.0] for d in window), "refused, so stale: zero"
+        normal["on"] = True
+        t = time.monotonic()
+        wait_for(lambda: any(m.data[1] == POLICY for tt, m in list(trace) if tt > t), 5, "recovery")
+        assert node.alive()
+    finally:
+        assert node.stop() == 0

@@ -117,6 +117,17 @@ const KEYS: &[&str] = &[
     "finetune.exe",
 ];
 
+/// Every parameter name the node reads (source fields apart: see
+/// [`source_fields`]).
+pub fn parameter_names() -> &'static [&'static str] {
+    KEYS
+}
+
+/// The fields of every source, read as `sources.<name>.<field>`.
+pub fn source_fields() -> &'static [&'static str] {
+    SOURCE_FIELDS
+}
+
 /// The fields of one source, `sources.<name>.<field>`.
 const SOURCE_FIELDS: &[&str] = &[
     "type",

@@ -7,6 +7,7 @@
 //! - [`init`]: fresh models with the paper's initialisation.
 //! - [`model`]: the model file (safetensors + validated spec).
 //! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
+//! - [`joint_map`]: bounded work per observation message (size caps, joint-name lookup).
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
 //! - [`decision`]: why a tick's action is what it is (the codes the log carries).
 //! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
@@ -48,10 +49,13 @@ pub mod control;
 pub mod decision;
 pub mod diagnostics;
 pub mod estop;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod guard;
 pub mod histogram;
 pub mod hotswap;
 pub mod init;
+pub mod joint_map;
 pub mod log;
 pub mod model;
 pub mod runner;

@@ -1,6 +1,7 @@
 //! Observation and goal subscriptions: each message's configured values
 //! (by joint name, array index or fixed component) go to the source's
-//! board slot; malformed or non-finite messages are counted and dropped.
+//! board slot; malformed, non-finite or oversized messages (core's
+//! `joint_map` caps) are counted and dropped.
 //! Runs on the spin thread (r2r callbacks), never on the control thread;
 //! the board write is lock-free.
 
@@ -14,6 +15,7 @@ use r2r::QosProfile;
 
 use flowpilot_core::board::Board;
 use flowpilot_core::config::{JointField, SourceConfig, SourceKind};
+use flowpilot_core::joint_map::{JointMap, MAX_VALUES};
 
 /// Counters kept by the subscriber side.
 #[derive(Default)]
@@ -47,26 +49,27 @@ fn stamp_ns(t: &r2r::builtin_interfaces::msg::Time) -> Option<i64> {
     (ns != 0).then_some(ns)
 }
 
-/// Extract the configured values from a JointState, by name. False if a
-/// joint or field is missing.
+/// Extract the configured values from a JointState, by name (through the
+/// source's [`JointMap`]: bounded work per message). False if the message
+/// is too large or a joint or field is missing.
 fn joint_values(
     m: &r2r::sensor_msgs::msg::JointState,
-    joints: &[String],
+    map: &mut JointMap,
     fields: &[JointField],
     out: &mut Vec<f64>,
 ) -> bool {
     out.clear();
-    for j in joints {
-        let Some(i) = m.name.iter().position(|n| n == j) else {
-            return false;
-        };
+    let Some(at) = map.positions(&m.name) else {
+        return false;
+    };
+    for i in at.iter().flatten() {
         for f in fields {
             let arr = match f {
                 JointField::Position => &m.position,
                 JointField::Velocity => &m.velocity,
                 JointField::Effort => &m.effort,
             };
-            match arr.get(i) {
+            match arr.get(*i) {
                 Some(v) => out.push(*v),
                 None => return false,
             }
@@ -158,10 +161,11 @@ fn subscribe(
     match src.kind.clone() {
         SourceKind::JointState { joints, fields } => {
             let mut buf = Vec::new();
+            let mut map = JointMap::new(joints);
             spawn!(
                 r2r::sensor_msgs::msg::JointState,
                 move |m: r2r::sensor_msgs::msg::JointState| {
-                    let ok = joint_values(&m, &joints, &fields, &mut buf);
+                    let ok = joint_values(&m, &mut map, &fields, &mut buf);
                     accept(ok.then_some(&buf[..]), stamp_ns(&m.header.stamp));
                 }
             )
@@ -170,8 +174,9 @@ fn subscribe(
             spawn!(
                 r2r::std_msgs::msg::Float64MultiArray,
                 move |m: r2r::std_msgs::msg::Float64MultiArray| {
-                    let v: Option<Vec<f64>> =
-                        indices.iter().map(|&i| m.data.get(i).copied()).collect();
+                    let v: Option<Vec<f64>> = (m.data.len() <= MAX_VALUES)
+                        .then(|| indices.iter().map(|&i| m.data.get(i).copied()).collect())
+                        .flatten();
                     accept(v.as_deref(), None);
                 }
             )

@@ -28,7 +28,15 @@ pub(crate) fn load_policy(cfg: &NodeConfig) -> Result<(ModelFile, PathBuf)> {
         if let Some((p, m)) = HotSwap::resume(Path::new(dir)) {
             match model.spec.check_compatible(&m.spec) {
                 Ok(()) => {
-                    tracing::info!(path = %p.display(), version = m.spec.version, "resuming with the last accepted version");
+                    // Say loudly that `model` is not what runs: the hot
+                    // swap's accepted record overrides it after a restart.
+                    tracing::warn!(
+                        model_param = %cfg.model,
+                        running = %p.display(),
+                        version = m.spec.version,
+                        "the `model` parameter is overridden: resuming with the last version the hot swap accepted in {dir} (remove {dir}/{} to start from `model`)",
+                        flowpilot_core::checkpoint::ACCEPTED_FILE,
+                    );
                     model = m;
                     model_path = p;
                 }
