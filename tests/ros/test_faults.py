@@ -226,3 +226,33 @@ flowpilot:
         assert node.alive()
     finally:
         assert node.stop() == 0
+
+
+def test_enospc_on_a_small_tmpfs_stops_logging_not_control(domain, peer, tmp_path):
+    """A real full disk (ENOSPC from a 256 kB tmpfs, not a file-size limit):
+    logging stops with the error named in /diagnostics; control goes on."""
+    import subprocess
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        import pytest
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        ObsPublisher(peer)
+        diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+        node, trace, cmd = start(domain, peer, "-p", f"log.dir:={mnt}/log")
+        try:
+            wait_decision(trace, POLICY)
+            wait_for(lambda: diags and kv_of(diags).get("log_state", "").startswith("failed"), 20, "log_state failed")
+            kv = kv_of(diags)
+            assert "No space left on device" in kv["log_state"], kv["log_state"]
+            t = time.monotonic()
+            time.sleep(1.0)
+            after = decisions(trace, t)
+            assert len(after) >= 80 and all(d[1] == POLICY for _, d in after), "control goes on at 100 Hz"
+            assert node.alive()
+        finally:
+            assert node.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
