@@ -39,13 +39,19 @@ def run(domain, yaml, seconds, swap_dir=None, swaps=0, interval=0.0, tmp=""):
         p = subprocess.Popen([os.path.join(REL, "flowpilot_node"), "--ros-args", "--params-file", yaml],
                              env=dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info"),
                              stdout=log, stderr=subprocess.STDOUT)
+        # The versions are made before the run, so that the runs differ in
+        # the node's work alone (a learner making them would compete for
+        # the CPU on its own account, at nice 19 in a real session).
+        staged = []
+        for v in range(swaps):
+            staging = os.path.join(tmp, f"staging_{v}.safetensors")
+            new_model(staging, v + 2, 100 + v)
+            staged.append((staging, os.path.join(swap_dir, f"policy_v{v + 2}.safetensors")))
         time.sleep(2.0)
         t0 = time.monotonic()
-        for v in range(swaps):
-            staging = os.path.join(tmp, "staging.safetensors")
-            new_model(staging, v + 2, 100 + v)
-            os.rename(staging, os.path.join(swap_dir, f"policy_v{v + 2}.safetensors"))
-            time.sleep(max(0.0, interval - 0.05))
+        for src, dst in staged:
+            os.rename(src, dst)
+            time.sleep(interval)
         time.sleep(max(0.0, seconds - (time.monotonic() - t0)) + 1.0)
         p.send_signal(signal.SIGTERM)
         p.wait()

@@ -1,7 +1,8 @@
 //! The SAC learner: a learning test on real log files, offline RL from a
-//! dataset, versioned checkpoints with parent digests, and resumption.
+//! dataset, versioned checkpoints with parent digests, resumption, and
+//! following the node's rollbacks.
 
-use flowpilot_core::checkpoint::CheckpointDir;
+use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir};
 use std::sync::atomic::AtomicBool;
 
 use flowpilot_cli::tasks::reach;
@@ -176,4 +177,73 @@ fn a_stop_request_ends_the_session_with_a_checkpoint() {
     assert!(n > 10, "{n} updates in 1.5 s");
     let (_, m) = CheckpointDir::new(&o.out).latest().unwrap();
     assert_eq!(m.spec.version, 2, "one checkpoint, written at the stop");
+}
+
+/// The node rolled back the version the learner trains on: the learner
+/// restarts its actor from the accepted version, mid-run and on a restart,
+/// and numbers new versions above the abandoned ones.
+#[test]
+fn a_rolled_back_line_is_abandoned_for_the_accepted_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut o, _) = offline_setup(dir.path(), 1, 20);
+    let stop = AtomicBool::new(false);
+    let store = CheckpointDir::new(&o.out);
+    let init = ModelFile::load(&o.init).unwrap();
+    // A first run writes version 2 at 20 updates; the run is reproducible,
+    // so the next one from scratch writes the same version 2.
+    assert_eq!(learner::run(&o, &stop).unwrap(), 20);
+    let v2 = ModelFile::load(store.policy_path(2)).unwrap();
+    std::fs::remove_dir_all(&o.out).unwrap();
+    std::fs::create_dir_all(&o.out).unwrap();
+    // The node accepted version 2 and rolled it back to `init`.
+    store
+        .record_accepted(&AcceptedRecord {
+            accepted: vec![o.init.clone()],
+            revoked: [v2.spec.digest.clone()].into(),
+        })
+        .unwrap();
+    // Mid-run: version 2 again at 20 updates, the rollback noticed at the
+    // checkpoint due at 40 (skipped: the actor restarts from `init`), the
+    // next version at 60 has `init` as its parent.
+    o.max_updates = 60;
+    assert_eq!(learner::run(&o, &stop).unwrap(), 60);
+    let again = ModelFile::load(store.policy_path(2)).unwrap();
+    assert_eq!(again.spec.digest, v2.spec.digest, "the run is reproducible");
+    let v3 = ModelFile::load(store.policy_path(3)).unwrap();
+    assert_eq!(
+        v3.spec.parent_digest.as_deref(),
+        Some(init.spec.digest.as_str())
+    );
+    assert_eq!(v3.spec.parent_version, Some(1));
+    assert!(
+        v3.spec.created_by.contains("60 updates"),
+        "{}",
+        v3.spec.created_by
+    );
+    assert!(!store.policy_path(4).exists());
+    // On a restart: versions 2 and 3 both rolled back, the learner resumes
+    // from `init` (critics and update count kept) and numbers the new
+    // version above them.
+    store
+        .record_accepted(&AcceptedRecord {
+            accepted: vec![o.init.clone()],
+            revoked: [v2.spec.digest.clone(), v3.spec.digest.clone()].into(),
+        })
+        .unwrap();
+    o.max_updates = 20;
+    assert_eq!(learner::run(&o, &stop).unwrap(), 20);
+    let v4 = ModelFile::load(store.policy_path(4)).unwrap();
+    assert_eq!(
+        v4.spec.parent_digest.as_deref(),
+        Some(init.spec.digest.as_str())
+    );
+    assert!(
+        v4.spec.created_by.contains("80 updates"),
+        "{}",
+        v4.spec.created_by
+    );
+    assert_eq!(
+        ModelFile::load(store.policy_path(3)).unwrap().spec.digest,
+        v3.spec.digest
+    );
 }

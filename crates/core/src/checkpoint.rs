@@ -1,6 +1,7 @@
-//! The checkpoint directory: the one owner of its file-naming contract,
-//! shared by the learner (writes) and the node's hot swap (reads, records).
-//! Runs off the control thread only (file I/O).
+//! The checkpoint directory: the one owner of its file contract (names,
+//! the node's record, lineage), shared by the learner (writes versions,
+//! reads the record) and the node's hot swap (reads versions, writes the
+//! record). Runs off the control thread only (file I/O).
 //!
 //! ```text
 //! <dir>/policy_v000042.safetensors        a policy version (atomic write)
@@ -11,6 +12,13 @@
 //!                                         (oldest first), `revoked <digest>` lines
 //! ```
 //!
+//! Each version names its parent (`parent_digest`), so the versions form
+//! lines of descent ([`Lineage`]). A revoked digest (rolled back) condemns
+//! its whole line: no version descending from it is accepted, and a learner
+//! whose line holds one restarts from the accepted version. A learner
+//! numbers a new version above every version in the directory, so a new
+//! line never overwrites a file of an old one.
+//!
 //! ```
 //! use flowpilot_core::checkpoint::CheckpointDir;
 //! let dir = CheckpointDir::new("/tmp/ckpt");
@@ -18,11 +26,11 @@
 //! assert!(CheckpointDir::is_policy_file(&dir.policy_path(7)));
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::model::ModelFile;
+use crate::model::{ModelFile, ModelSpec};
 
 /// Name of the node's record of accepted and revoked versions.
 pub const ACCEPTED_FILE: &str = ".flowpilot_accepted";
@@ -50,11 +58,79 @@ pub enum StoreError {
 }
 
 /// What the node recorded: accepted versions (oldest first; the last one
-/// runs) and the digests an operator rolled back (never accepted again).
+/// runs) and the revoked digests: versions rolled back (by an operator or
+/// the return guard) and versions found descending from one. Neither they
+/// nor their descendants are accepted again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcceptedRecord {
     pub accepted: Vec<PathBuf>,
     pub revoked: BTreeSet<String>,
+}
+
+/// Lines of descent among known versions: each digest with its parent's
+/// digest, its version number and (if known) its file.
+#[derive(Debug, Clone, Default)]
+pub struct Lineage {
+    known: HashMap<String, Known>,
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    parent: Option<String>,
+    version: u64,
+    path: Option<PathBuf>,
+}
+
+impl Lineage {
+    /// Remember a version (and where it lies, if it is a file).
+    pub fn insert(&mut self, spec: &ModelSpec, path: Option<&Path>) {
+        let e = self.known.entry(spec.digest.clone()).or_insert(Known {
+            parent: spec.parent_digest.clone(),
+            version: spec.version,
+            path: None,
+        });
+        if e.path.is_none() {
+            e.path = path.map(Path::to_path_buf);
+        }
+    }
+
+    /// The highest version number known, if any.
+    pub fn newest_version(&self) -> Option<u64> {
+        self.known.values().map(|k| k.version).max()
+    }
+
+    /// The first revoked digest on `spec`'s line: `spec` itself, then its
+    /// parent, that one's parent and so on, as far as the parents are
+    /// known. None if the line is clean.
+    pub fn first_revoked(
+        &self,
+        spec: &ModelSpec,
+        is_revoked: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        self.walk(&spec.digest, spec.parent_digest.as_deref(), is_revoked)
+    }
+
+    fn walk(
+        &self,
+        digest: &str,
+        parent: Option<&str>,
+        is_revoked: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        if is_revoked(digest) {
+            return Some(digest.to_string());
+        }
+        let mut next = parent;
+        // A line is at most as long as the versions known (a cycle would
+        // need a digest collision; the bound keeps the walk finite anyway).
+        for _ in 0..=self.known.len() {
+            let d = next?;
+            if is_revoked(d) {
+                return Some(d.to_string());
+            }
+            next = self.known.get(d).and_then(|k| k.parent.as_deref());
+        }
+        None
+    }
 }
 
 /// A checkpoint directory (it need not exist yet).
@@ -136,6 +212,52 @@ impl CheckpointDir {
             }
         }
         best
+    }
+
+    /// The lines of descent of every valid policy in the directory (files
+    /// that fail validation are skipped with a warning). Loads each file.
+    pub fn lineage(&self) -> Lineage {
+        let mut l = Lineage::default();
+        for (p, _) in self.policies() {
+            match ModelFile::load(&p) {
+                Ok(m) => l.insert(&m.spec, Some(&p)),
+                Err(e) => tracing::warn!(path = %p.display(), "skipping checkpoint: {e}"),
+            }
+        }
+        l
+    }
+
+    /// The newest valid policy in the directory (highest version) whose
+    /// line holds no revoked digest: where a learner resumes.
+    pub fn latest_unrevoked(
+        &self,
+        lineage: &Lineage,
+        revoked: &BTreeSet<String>,
+    ) -> Option<(PathBuf, ModelFile)> {
+        let mut files: Vec<_> = lineage
+            .known
+            .iter()
+            .filter_map(|(d, k)| k.path.as_ref().map(|p| (k.version, d, k, p)))
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.3.cmp(b.3)));
+        for (_, digest, k, path) in files {
+            let clean = lineage
+                .walk(digest, k.parent.as_deref(), |d| revoked.contains(d))
+                .is_none();
+            if !clean {
+                continue;
+            }
+            // The file may have changed since the scan: take it only if it
+            // still holds the version scanned.
+            match ModelFile::load(path) {
+                Ok(m) if m.spec.digest == *digest => return Some((path.clone(), m)),
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "checkpoint changed while resuming; skipping it")
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "skipping checkpoint: {e}"),
+            }
+        }
+        None
     }
 
     /// Where the learner keeps its non-policy state.
@@ -284,6 +406,72 @@ mod tests {
         };
         d.record_accepted(&r).unwrap();
         assert_eq!(d.accepted(), r);
+    }
+
+    #[test]
+    fn a_revoked_version_condemns_its_line() {
+        use crate::model::{Direction, PolicyKind};
+        let t = tempfile::tempdir().unwrap();
+        let d = CheckpointDir::new(t.path());
+        let root =
+            crate::testkit::random_model(2, 0, false, Direction::Inverse, PolicyKind::Flow, 1);
+        let child = |parent: &ModelFile, version: u64, seed: u64| {
+            let m = crate::testkit::random_model(
+                2,
+                0,
+                false,
+                Direction::Inverse,
+                PolicyKind::Flow,
+                seed,
+            );
+            let mut spec = m.spec.clone();
+            spec.version = version;
+            spec.parent_digest = Some(parent.spec.digest.clone());
+            spec.parent_version = Some(parent.spec.version);
+            let m = ModelFile::new(spec, m.tensors().clone()).unwrap();
+            m.save(d.policy_path(version)).unwrap();
+            m
+        };
+        root.save(d.policy_path(1)).unwrap();
+        // 1 -> 2 -> 3 (revoked) -> 4
+        let v2 = child(&root, 2, 2);
+        let v3 = child(&v2, 3, 3);
+        let v4 = child(&v3, 4, 4);
+        let revoked: BTreeSet<String> = [v3.spec.digest.clone()].into();
+        let is_revoked = |x: &str| revoked.contains(x);
+        let l = d.lineage();
+        assert_eq!(l.newest_version(), Some(4));
+        assert_eq!(
+            l.first_revoked(&v4.spec, is_revoked),
+            Some(v3.spec.digest.clone())
+        );
+        assert_eq!(
+            l.first_revoked(&v3.spec, is_revoked),
+            Some(v3.spec.digest.clone())
+        );
+        assert_eq!(l.first_revoked(&v2.spec, is_revoked), None);
+        let (p, m) = d.latest_unrevoked(&l, &revoked).unwrap();
+        assert_eq!(
+            (p, m.spec.digest),
+            (d.policy_path(2), v2.spec.digest.clone())
+        );
+        // a grandchild of the revoked one, its parent known only from a scan
+        let v5 = child(&v4, 5, 5);
+        let l = d.lineage();
+        assert_eq!(
+            l.first_revoked(&v5.spec, is_revoked),
+            Some(v3.spec.digest.clone())
+        );
+        // a new line from version 2, numbered above the old one, is clean
+        let v6 = child(&v2, 6, 6);
+        let l = d.lineage();
+        assert_eq!(l.first_revoked(&v6.spec, is_revoked), None);
+        let (p, _) = d.latest_unrevoked(&l, &revoked).unwrap();
+        assert_eq!(p, d.policy_path(6));
+        assert_eq!(
+            d.latest_unrevoked(&l, &BTreeSet::new()).unwrap().0,
+            d.policy_path(6)
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ const KEYS: &[&str] = &[
     "hot_swap.dir",
     "hot_swap.poll_period",
     "hot_swap.max_divergence",
+    "hot_swap.allow_spec_change",
     "hot_swap.guard.episodes",
     "hot_swap.guard.margin",
     "hot_swap.guard.z",
@@ -344,6 +345,9 @@ pub struct NodeConfig {
     /// Reject a new version whose mean |Δaction| on recent observations
     /// exceeds this (physical units; 0: off).
     pub hot_swap_max_divergence: f64,
+    /// Accept versions whose action bounds or normalisers differ from the
+    /// running one's (default: refuse them).
+    pub hot_swap_allow_spec_change: bool,
     /// The return guard's automatic rollback rule (`hot_swap.guard.*`).
     pub hot_swap_guard: crate::guard::GuardConfig,
     /// Transition log (None: off).
@@ -836,6 +840,7 @@ impl NodeConfig {
                 f64::MAX,
                 "a number >= 0 (0: off)",
             )?,
+            hot_swap_allow_spec_change: p.bool("hot_swap.allow_spec_change", false)?,
             hot_swap_guard: guard_config(&p)?,
             log: log_settings(&p, width)?,
             override_input: nonempty(p.string("override.topic", Some(""))?)

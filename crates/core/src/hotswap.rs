@@ -2,25 +2,36 @@
 //!
 //! A learner writes versioned model files into a directory (atomically:
 //! temp file, fsync, rename — `ModelFile::save`). The spin thread polls the
-//! directory, validates each new file (format, finite weights and digest by
-//! `ModelFile::load`; dims and architecture against the running model; an
-//! optional cap on action divergence over recent observations), builds its
-//! sampler off the control thread and offers it through a one-slot queue.
-//! The control thread swaps it in between two ticks (a move, no allocation)
-//! and hands the old sampler back to be dropped here. Accepted versions are
-//! recorded in the directory's accepted record ([`crate::checkpoint`]) so a
-//! restarted node resumes with the last accepted version; a rollback
-//! restores the previous one. Nothing here runs on the control thread but
-//! the two queue operations of [`SwapChannel`].
+//! directory and checks each new file before offering it:
+//! - format, finite weights and digest (`ModelFile::load`);
+//! - its line of descent: a version that was rolled back, or descends from
+//!   one ([`crate::checkpoint::Lineage`]), is refused;
+//! - dims and policy kind against the running model
+//!   (`ModelSpec::check_compatible`);
+//! - action bounds and observation/goal normalisers unchanged, unless
+//!   [`HotSwap::allow_spec_changes`] says otherwise;
+//! - a smoke sample on recent observations (or the zero observation):
+//!   every action finite and within the candidate's bounds, every log-prob
+//!   finite;
+//! - an optional cap on action divergence over recent observations.
+//!
+//! The sampler that passed the smoke sample is offered through a one-slot
+//! queue. The control thread swaps it in between two ticks (a move, no
+//! allocation) and hands the old sampler back to be dropped here. Accepted
+//! and revoked versions are recorded in the directory's accepted record
+//! ([`crate::checkpoint`]) so a restarted node resumes with the last
+//! accepted version and keeps refusing revoked lines; a rollback restores
+//! the previous one. Nothing here runs on the control thread but the two
+//! queue operations of [`SwapChannel`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::checkpoint::{AcceptedRecord, CheckpointDir};
-use crate::model::{Incompatible, ModelError, ModelFile};
+use crate::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
+use crate::model::{Incompatible, ModelError, ModelFile, ModelSpec};
 use crate::sampler::{SampleError, Sampler, UnsupportedModel};
 
 /// Why a new version was not swapped in (or a rollback not made).
@@ -32,6 +43,25 @@ pub enum SwapError {
     Incompatible(#[from] Incompatible),
     #[error("version {version} ({digest}) was rolled back; not accepting it again")]
     Revoked { version: u64, digest: String },
+    #[error(
+        "version {version} ({digest}) descends from {ancestor}, which was rolled back \
+         (or descends from a rolled-back version); not accepting it"
+    )]
+    RevokedAncestor {
+        version: u64,
+        digest: String,
+        ancestor: String,
+    },
+    #[error("action bounds changed: {0}")]
+    BoundsChanged(String),
+    #[error("normaliser changed: {0}")]
+    NormalizerChanged(String),
+    #[error("smoke sample failed on observation {index} of {n}: {failure}")]
+    Smoke {
+        index: usize,
+        n: usize,
+        failure: SmokeFailure,
+    },
     #[error("mean action divergence {divergence:.4} on {n} recent observations exceeds {max}")]
     Divergent { divergence: f64, n: usize, max: f64 },
     #[error("building the sampler: {0}")]
@@ -40,6 +70,24 @@ pub enum SwapError {
     Sample(#[from] SampleError),
     #[error("no previous version to roll back to")]
     NoPrevious,
+}
+
+/// What a candidate's smoke sample got wrong.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum SmokeFailure {
+    #[error("{0}")]
+    Sample(#[from] SampleError),
+    #[error("action[{dim}] = {value:?} is not finite")]
+    ActionNotFinite { dim: usize, value: f32 },
+    #[error("action[{dim}] = {value:?} is outside the bounds [{low:?}, {high:?}]")]
+    OutOfBounds {
+        dim: usize,
+        value: f32,
+        low: f32,
+        high: f32,
+    },
+    #[error("log-prob {0:?} is not finite")]
+    LogProbNotFinite(f32),
 }
 
 /// Queues between the spin thread and the control thread.
@@ -89,8 +137,14 @@ pub struct HotSwap {
     /// Accepted models, oldest first; the last one is running (or offered).
     accepted: Vec<(PathBuf, ModelFile)>,
     seen: HashSet<(PathBuf, std::time::SystemTime)>,
-    /// Digests rolled back by an operator: not offered again.
-    revoked: HashSet<String>,
+    /// Digests rolled back (by an operator or the guard), and versions
+    /// found descending from one: neither they nor their descendants are
+    /// offered again.
+    revoked: BTreeSet<String>,
+    /// Parent links of every version loaded (for the revoked-line check).
+    lineage: Lineage,
+    /// Accept changed action bounds and normalisers.
+    allow_spec_changes: bool,
     rejected: u64,
     last_rejection: String,
     swaps: u64,
@@ -109,13 +163,17 @@ impl HotSwap {
         initial: ModelFile,
     ) -> Self {
         let dir = CheckpointDir::new(dir);
-        let revoked = dir.accepted().revoked.into_iter().collect();
+        let revoked = dir.accepted().revoked;
+        let mut lineage = Lineage::default();
+        lineage.insert(&initial.spec, Some(&initial_path));
         Self {
             dir,
             max_divergence,
             accepted: vec![(initial_path, initial)],
             seen: HashSet::new(),
             revoked,
+            lineage,
+            allow_spec_changes: false,
             rejected: 0,
             last_rejection: String::new(),
             swaps: 0,
@@ -127,6 +185,14 @@ impl HotSwap {
             auto_rollbacks: 0,
             last_verdict: String::new(),
         }
+    }
+
+    /// Accept a version whose action bounds or observation/goal normalisers
+    /// differ from the running one's (default: refused, as
+    /// [`SwapError::BoundsChanged`] / [`SwapError::NormalizerChanged`]).
+    pub fn allow_spec_changes(mut self, allow: bool) -> Self {
+        self.allow_spec_changes = allow;
+        self
     }
 
     /// Judge new versions by their online return ([`crate::guard`]) and
@@ -219,18 +285,19 @@ impl HotSwap {
             .collect();
         for (path, mtime) in candidates {
             self.seen.insert((path.clone(), mtime));
-            match self.check(&path, recent) {
+            let m = match ModelFile::load(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.reject(&path, &SwapError::from(e).to_string());
+                    continue;
+                }
+            };
+            self.lineage.insert(&m.spec, Some(&path));
+            match self.check(m, recent) {
                 Ok(None) => {}
-                Ok(Some(m)) => {
+                Ok(Some((m, sampler))) => {
                     let version = m.spec.version;
                     let digest = m.spec.digest.clone();
-                    let sampler = match Sampler::new(&m) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            self.reject(&path, &e.to_string());
-                            continue;
-                        }
-                    };
                     // A pending offer not yet taken is replaced by the newer one.
                     if let Some(stale) = chan.offer(sampler) {
                         drop(stale);
@@ -241,7 +308,15 @@ impl HotSwap {
                     self.record();
                     tracing::info!(path = %path.display(), version, digest = %digest, "policy accepted; swapping in");
                 }
-                Err(e) => self.reject(&path, &e.to_string()),
+                Err(e) => {
+                    if let SwapError::RevokedAncestor { digest, .. } = &e {
+                        // Condemn it too: its own descendants are then
+                        // refused even if its ancestors' files are gone.
+                        self.revoked.insert(digest.clone());
+                        self.record();
+                    }
+                    self.reject(&path, &e.to_string());
+                }
             }
         }
     }
@@ -252,26 +327,40 @@ impl HotSwap {
         tracing::error!(path = %path.display(), "policy rejected, keeping the running one: {why}");
     }
 
-    /// Ok(None): not newer than the running version (ignored).
+    /// Ok(None): not newer than the running version (ignored). Ok(Some):
+    /// the model with the sampler that passed the smoke sample, to offer.
     fn check(
         &self,
-        path: &Path,
+        m: ModelFile,
         recent: &[(Vec<f32>, Vec<f32>)],
-    ) -> Result<Option<ModelFile>, SwapError> {
-        let m = ModelFile::load(path)?;
+    ) -> Result<Option<(ModelFile, Sampler)>, SwapError> {
         let cur = self.current();
         if m.spec.version <= cur.spec.version || m.spec.digest == cur.spec.digest {
             return Ok(None);
         }
-        if self.revoked.contains(&m.spec.digest) {
-            return Err(SwapError::Revoked {
-                version: m.spec.version,
-                digest: m.spec.digest.clone(),
+        if let Some(r) = self
+            .lineage
+            .first_revoked(&m.spec, |d| self.revoked.contains(d))
+        {
+            let (version, digest) = (m.spec.version, m.spec.digest.clone());
+            return Err(if r == digest {
+                SwapError::Revoked { version, digest }
+            } else {
+                SwapError::RevokedAncestor {
+                    version,
+                    digest,
+                    ancestor: r,
+                }
             });
         }
         cur.spec.check_compatible(&m.spec)?;
+        if !self.allow_spec_changes {
+            unchanged_spec(&cur.spec, &m.spec)?;
+        }
+        let mut sampler = Sampler::new(&m)?;
+        smoke_sample(&mut sampler, recent)?;
         if self.max_divergence > 0.0 && !recent.is_empty() {
-            let d = divergence(cur, &m, recent)?;
+            let d = divergence(cur, &mut sampler, recent)?;
             if d > self.max_divergence {
                 return Err(SwapError::Divergent {
                     divergence: d,
@@ -280,7 +369,7 @@ impl HotSwap {
                 });
             }
         }
-        Ok(Some(m))
+        Ok(Some((m, sampler)))
     }
 
     /// Offer the previous accepted version again. Returns its description.
@@ -308,14 +397,111 @@ impl HotSwap {
     }
 }
 
-/// Mean absolute difference of the two policies' z = 0 actions (physical
-/// units) over the given observations.
+/// The first differences between two sets of named vectors, as
+/// `name[i] old -> new` (at most three, then how many more).
+fn differences(fields: &[(&str, &[f32], &[f32])]) -> Option<String> {
+    let mut found = Vec::new();
+    for (name, old, new) in fields {
+        if old.len() != new.len() {
+            found.push(format!("{name}: {} -> {} entries", old.len(), new.len()));
+            continue;
+        }
+        for (i, (a, b)) in old.iter().zip(*new).enumerate() {
+            if a != b {
+                found.push(format!("{name}[{i}] {a:?} -> {b:?}"));
+            }
+        }
+    }
+    match found.len() {
+        0 => None,
+        n if n <= 3 => Some(found.join(", ")),
+        n => Some(format!("{} (and {} more)", found[..3].join(", "), n - 3)),
+    }
+}
+
+/// Refuse a candidate whose action bounds or observation/goal normalisers
+/// differ from the running model's: the same robot signals would mean
+/// something else to it.
+fn unchanged_spec(cur: &ModelSpec, new: &ModelSpec) -> Result<(), SwapError> {
+    if let Some(d) = differences(&[
+        ("action_low", &cur.action_low, &new.action_low),
+        ("action_high", &cur.action_high, &new.action_high),
+    ]) {
+        return Err(SwapError::BoundsChanged(d));
+    }
+    fn parts(n: &Option<crate::model::Normalizer>) -> (&[f32], &[f32]) {
+        n.as_ref()
+            .map_or((&[][..], &[][..]), |n| (&n.mean[..], &n.std[..]))
+    }
+    let (cgm, cgs) = parts(&cur.goal_norm);
+    let (ngm, ngs) = parts(&new.goal_norm);
+    if let Some(d) = differences(&[
+        ("obs_norm.mean", &cur.obs_norm.mean, &new.obs_norm.mean),
+        ("obs_norm.std", &cur.obs_norm.std, &new.obs_norm.std),
+        ("goal_norm.mean", cgm, ngm),
+        ("goal_norm.std", cgs, ngs),
+    ]) {
+        return Err(SwapError::NormalizerChanged(d));
+    }
+    Ok(())
+}
+
+/// Sample the candidate on each recent observation (the zero observation
+/// if there is none), with z = 0 and with one seeded z ~ N(0, I): every
+/// action must be finite and within the candidate's bounds, every log-prob
+/// finite.
+fn smoke_sample(s: &mut Sampler, recent: &[(Vec<f32>, Vec<f32>)]) -> Result<(), SwapError> {
+    let spec = s.spec();
+    let (d, low, high) = (
+        spec.act_dim,
+        spec.action_low.clone(),
+        spec.action_high.clone(),
+    );
+    let zero = [(vec![0.0; spec.obs_dim], vec![0.0; spec.goal_dim])];
+    let obs = if recent.is_empty() { &zero[..] } else { recent };
+    let n = obs.len();
+    let (z, mut act) = (vec![0.0; d], vec![0.0; d]);
+    for (index, (o, g)) in obs.iter().enumerate() {
+        for seeded in [false, true] {
+            let lp = if seeded {
+                s.sample_seeded(o, g, 0x5EED, index as u64, &mut act)
+            } else {
+                s.sample_with_noise(o, g, &z, &mut act)
+            };
+            let fail = |failure| SwapError::Smoke { index, n, failure };
+            let lp = lp.map_err(|e| fail(e.into()))?;
+            if !lp.is_finite() {
+                return Err(fail(SmokeFailure::LogProbNotFinite(lp)));
+            }
+            for (dim, &value) in act.iter().enumerate() {
+                let (lo, hi) = (low[dim], high[dim]);
+                if !value.is_finite() {
+                    return Err(fail(SmokeFailure::ActionNotFinite { dim, value }));
+                }
+                // mid + half·1 may round a few ulps past a bound.
+                let tol = 4.0 * f32::EPSILON * lo.abs().max(hi.abs()).max(1.0);
+                if value < lo - tol || value > hi + tol {
+                    return Err(fail(SmokeFailure::OutOfBounds {
+                        dim,
+                        value,
+                        low: lo,
+                        high: hi,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mean absolute difference of the running policy's and the candidate's
+/// z = 0 actions (physical units) over the given observations.
 fn divergence(
     a: &ModelFile,
-    b: &ModelFile,
+    sb: &mut Sampler,
     recent: &[(Vec<f32>, Vec<f32>)],
 ) -> Result<f64, SwapError> {
-    let (mut sa, mut sb) = (Sampler::new(a)?, Sampler::new(b)?);
+    let mut sa = Sampler::new(a)?;
     let d = a.spec.act_dim;
     let z = vec![0.0; d];
     let (mut xa, mut xb) = (vec![0.0; d], vec![0.0; d]);
@@ -344,6 +530,22 @@ mod tests {
         let m = random_model(act, 0, false, Direction::Inverse, PolicyKind::Flow, seed);
         let mut spec = m.spec.clone();
         spec.version = v;
+        ModelFile::new(spec, m.tensors().clone()).unwrap()
+    }
+
+    /// A version of `parent`'s line, as a learner writes it.
+    fn child(parent: &ModelFile, v: u64, seed: u64) -> ModelFile {
+        with_spec(v, seed, |spec| {
+            spec.parent_digest = Some(parent.spec.digest.clone());
+            spec.parent_version = Some(parent.spec.version);
+        })
+    }
+
+    /// A version with its spec edited.
+    fn with_spec(v: u64, seed: u64, edit: impl FnOnce(&mut ModelSpec)) -> ModelFile {
+        let m = version(v, 2, seed);
+        let mut spec = m.spec.clone();
+        edit(&mut spec);
         ModelFile::new(spec, m.tensors().clone()).unwrap()
     }
 
@@ -450,5 +652,138 @@ mod tests {
             "{}",
             again.last_rejection()
         );
+    }
+
+    #[test]
+    fn rejects_changed_action_bounds() {
+        let mut s = setup(0.0);
+        with_spec(2, 2, |spec| spec.action_high[1] = 4.0)
+            .save(s.dir.policy_path(2))
+            .unwrap();
+        assert_only_rejection(&mut s, "action bounds changed: action_high[1] 3.0 -> 4.0");
+    }
+
+    /// One poll: nothing swapped, one rejection ending with `why`.
+    fn assert_only_rejection(s: &mut Setup, why: &str) {
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 1));
+        assert!(
+            s.hot.last_rejection().ends_with(why),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert!(s.chan.take().is_none());
+    }
+
+    #[test]
+    fn rejects_changed_normalisers() {
+        let mut s = setup(0.0);
+        with_spec(2, 2, |spec| {
+            spec.obs_norm.mean[0] = 0.5;
+            spec.obs_norm.std[4] = 9.0;
+        })
+        .save(s.dir.policy_path(2))
+        .unwrap();
+        assert_only_rejection(
+            &mut s,
+            "normaliser changed: obs_norm.mean[0] 0.0 -> 0.5, obs_norm.std[4] 1.5 -> 9.0",
+        );
+    }
+
+    #[test]
+    fn accepts_changed_bounds_and_normalisers_when_allowed() {
+        let mut s = setup(0.0);
+        let (p1, m1) = (s.dir.policy_path(1), s.hot.current().clone());
+        s.hot = HotSwap::new(s.dir.path().into(), 0.0, p1, m1).allow_spec_changes(true);
+        let v2 = with_spec(2, 2, |spec| {
+            spec.action_low[0] = -3.0;
+            spec.obs_norm.mean[0] = 0.5;
+        });
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(
+            (s.hot.swaps(), s.hot.rejected()),
+            (1, 0),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert_eq!(s.chan.take().unwrap().spec().digest, v2.spec.digest);
+    }
+
+    #[test]
+    fn rejects_a_version_whose_smoke_sample_is_not_finite() {
+        // Finite weights (so the file is valid) that overflow when sampled:
+        // S ≈ 100 in a coupling layer, exp(S) = inf in f32.
+        let m = version(2, 2, 2);
+        let mut tensors = m.tensors().clone();
+        let b = tensors.get_mut("blocks.0.s.l2.b").unwrap();
+        b.data = crate::model::TensorData::F32(vec![100.0; b.shape[0]]);
+        let bad = ModelFile::new(m.spec.clone(), tensors).expect("finite weights are valid");
+        for recent in [
+            vec![],
+            vec![(vec![0.1; 5], vec![]), (vec![-0.3; 5], vec![])],
+        ] {
+            let mut s = setup(0.0);
+            bad.save(s.dir.policy_path(2)).unwrap();
+            s.hot.poll(&s.chan, &recent);
+            assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 1));
+            let why = s.hot.last_rejection();
+            let n = recent.len().max(1);
+            assert!(
+                why.contains(&format!("smoke sample failed on observation 0 of {n}"))
+                    && why.contains("non-finite"),
+                "{why}"
+            );
+            assert!(s.chan.take().is_none());
+            assert_eq!(s.hot.current().spec.version, 1);
+        }
+    }
+
+    #[test]
+    fn a_descendant_of_a_rolled_back_version_is_rejected() {
+        let mut s = setup(0.0);
+        let v1 = s.hot.current().clone();
+        let v2 = child(&v1, 2, 2);
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.hot.swaps(), 1);
+        s.hot.rollback(&s.chan).unwrap();
+        // the learner kept training the rolled-back line
+        let v3 = child(&v2, 3, 3);
+        v3.save(s.dir.policy_path(3)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 1));
+        let why = s.hot.last_rejection().to_string();
+        assert!(
+            why.contains(&format!(
+                "descends from {}, which was rolled back",
+                v2.spec.digest
+            )),
+            "{why}"
+        );
+        // ... and its descendants, across a restart, even with the files
+        // that link them to the rolled-back version gone
+        let mut again = HotSwap::new(s.dir.path().into(), 0.0, s.dir.policy_path(1), v1.clone());
+        std::fs::remove_file(s.dir.policy_path(2)).unwrap();
+        std::fs::remove_file(s.dir.policy_path(3)).unwrap();
+        child(&v3, 4, 4).save(s.dir.policy_path(4)).unwrap();
+        again.poll(&s.chan, &[]);
+        assert_eq!((again.swaps(), again.rejected()), (0, 1));
+        assert!(
+            again.last_rejection().contains("rolled back"),
+            "{}",
+            again.last_rejection()
+        );
+        // a new line from the restored version is accepted
+        let v5 = child(&v1, 5, 5);
+        v5.save(s.dir.policy_path(5)).unwrap();
+        again.poll(&s.chan, &[]);
+        assert_eq!(
+            (again.swaps(), again.rejected()),
+            (1, 1),
+            "{}",
+            again.last_rejection()
+        );
+        assert_eq!(again.current().spec.digest, v5.spec.digest);
     }
 }

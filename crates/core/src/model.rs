@@ -18,6 +18,9 @@ pub const META_KEY: &str = "flowpilot";
 /// Refuse headers larger than this before parsing them (a corrupt length
 /// field must not make us allocate gigabytes).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+/// The largest model file [`ModelFile::load`] reads (the paper's largest
+/// policies are a few MB; this is ample and bounds the hot swap's work).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -26,6 +29,8 @@ pub enum ModelError {
         path: String,
         source: std::io::Error,
     },
+    #[error("model file {path} is over the {MAX_FILE_BYTES}-byte limit")]
+    TooLarge { path: String },
     #[error("model file is truncated: {0}")]
     Truncated(String),
     #[error("model header is {0} bytes, over the {MAX_HEADER_BYTES}-byte limit (corrupt file?)")]
@@ -407,12 +412,25 @@ impl ModelFile {
     }
 
     /// Read and fully validate a model file.
+    /// Read and validate a model file of at most [`MAX_FILE_BYTES`] (a
+    /// larger or still-growing file is refused before it is read whole).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        use std::io::Read;
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let io = |source| ModelError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let f = std::fs::File::open(path).map_err(io)?;
+        let mut bytes = Vec::new();
+        f.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ModelError::TooLarge {
+                path: path.display().to_string(),
+            });
+        }
         Self::from_bytes(&bytes)
     }
 

@@ -77,6 +77,18 @@ fn missing_file_names_the_path() {
 }
 
 #[test]
+fn a_file_over_the_size_cap_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.safetensors");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(flowpilot_core::model::MAX_FILE_BYTES + 1)
+        .unwrap(); // sparse
+    let e = ModelFile::load(&path).unwrap_err();
+    assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("huge.safetensors"), "{e}");
+}
+
+#[test]
 fn truncated_file_is_refused() {
     let b = model().to_bytes();
     for cut in [0, 5, 8, 100, b.len() / 2, b.len() - 1] {

@@ -18,7 +18,7 @@ use flowpilot_core::runner::OutputQueue;
 use crate::inputs::InputStats;
 use crate::learner::Learner;
 use crate::outputs::to_time;
-use crate::swap::Poller;
+use crate::swap::SwapStatus;
 
 /// Where each part of the snapshot comes from.
 pub(crate) struct Sources<'a> {
@@ -28,7 +28,7 @@ pub(crate) struct Sources<'a> {
     pub(crate) outputs: &'a OutputQueue,
     /// The model the node started with (reported while hot swap is off).
     pub(crate) model: &'a ModelFile,
-    pub(crate) swap: Option<&'a Poller>,
+    pub(crate) swap: Option<&'a SwapStatus>,
     pub(crate) log: Option<&'a LogStats>,
     pub(crate) learner: Option<&'a mut Learner>,
 }
@@ -40,16 +40,20 @@ impl Sources<'_> {
         s.received_messages = self.inputs.received();
         s.rejected_messages = self.inputs.rejected();
         s.dropped_outputs = self.outputs.dropped();
-        let hot = self.swap.map(Poller::hot);
-        let policy = hot.map_or(self.model, |h| h.current());
-        s.policy_digest = policy.spec.digest.clone();
-        s.policy_version = policy.spec.version;
-        if let Some(h) = hot {
-            s.policy_swaps = h.swaps();
-            s.policy_rejections = h.rejected();
-            s.policy_last_rejection = h.last_rejection().to_string();
-            s.policy_auto_rollbacks = h.auto_rollbacks();
-            s.policy_guard_verdict = h.last_verdict().to_string();
+        match self.swap {
+            Some(h) => {
+                s.policy_digest = h.digest.clone();
+                s.policy_version = h.version;
+                s.policy_swaps = h.swaps;
+                s.policy_rejections = h.rejected;
+                s.policy_last_rejection = h.last_rejection.clone();
+                s.policy_auto_rollbacks = h.auto_rollbacks;
+                s.policy_guard_verdict = h.verdict.clone();
+            }
+            None => {
+                s.policy_digest = self.model.spec.digest.clone();
+                s.policy_version = self.model.spec.version;
+            }
         }
         if let Some(l) = self.log {
             s.log_written = l.written.load(Ordering::Relaxed);

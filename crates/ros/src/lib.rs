@@ -124,7 +124,7 @@ pub fn run_node() -> Result<()> {
         flowpilot_core::estop::EStopLatch::new(estop.clone()),
     )?;
     let chan = SwapChannel::new();
-    let mut swap = swap::Poller::new(&cfg, &model_path, &model, &board);
+    let mut swap = swap::SwapWorker::start(&cfg, &model_path, &model, &board, &chan)?;
     let mut learner = learner::Learner::for_config(&cfg, &model_path)?;
     let mut requests = services::Requests::new(&mut node, &spawner)?;
     let mut diag =
@@ -191,18 +191,22 @@ pub fn run_node() -> Result<()> {
         }
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
-        requests.serve(
-            swap.as_mut().map(swap::Poller::hot_mut),
-            &chan,
-            learner.as_mut(),
-        );
-        if let Some(s) = swap.as_mut() {
-            s.poll_if_due(&chan, &board);
-            // The return guard judges versions by their episodes' returns.
-            if let Some(inputs) = &episode_returns {
-                while let Some(ret) = inputs.pop_episode_return() {
-                    s.hot_mut().episode_ended(ret, &chan);
-                }
+        requests.serve_finetune(learner.as_mut());
+        match swap.as_mut() {
+            None => requests.serve_rollback(swap::Hot::Off, &chan),
+            Some(s) => {
+                s.with_hot(|hot| {
+                    if let swap::Hot::Ready(h) = hot {
+                        // The return guard judges versions by their
+                        // episodes' returns.
+                        if let Some(inputs) = &episode_returns {
+                            while let Some(ret) = inputs.pop_episode_return() {
+                                h.episode_ended(ret, &chan);
+                            }
+                        }
+                        requests.serve_rollback(swap::Hot::Ready(h), &chan);
+                    }
+                });
             }
         }
         diag.publish_if_due(|| diagnostics::Sources {
@@ -211,7 +215,7 @@ pub fn run_node() -> Result<()> {
             inputs: &input_stats,
             outputs: &out,
             model: &model,
-            swap: swap.as_ref(),
+            swap: swap.as_mut().map(|s| &*s.status()),
             log: log_stats.as_deref(),
             learner: learner.as_mut(),
         });

@@ -19,9 +19,10 @@ use r2r::std_srvs::srv::{SetBool, Trigger};
 use r2r::QosProfile;
 
 use flowpilot_core::estop::{EStopLatch, Outcome};
-use flowpilot_core::hotswap::{HotSwap, SwapChannel};
+use flowpilot_core::hotswap::SwapChannel;
 
 use crate::learner::Learner;
+use crate::swap::Hot;
 
 /// Log an e-stop event (the latch says what changed).
 fn note(outcome: Outcome, by: &str) {
@@ -170,28 +171,33 @@ impl Requests {
     /// Answer what is queued. Never blocks: a learner stop is answered on a
     /// later call, once the learner has exited (it writes a last checkpoint
     /// first).
-    pub(crate) fn serve(
-        &mut self,
-        hot: Option<&mut HotSwap>,
-        chan: &SwapChannel,
-        mut learner: Option<&mut Learner>,
-    ) {
-        if let Some(h) = hot {
-            while let Some(req) = self.rollback.pop() {
-                let (success, message) = match h.rollback(chan) {
-                    Ok(m) => (true, m),
-                    Err(e) => (false, e.to_string()),
-                };
-                let _ = req.respond(Trigger::Response { success, message });
+    /// `~/rollback` requests, answered when the hot swap is free (they
+    /// wait in their queue while the worker validates a version).
+    pub(crate) fn serve_rollback(&mut self, hot: Hot<'_>, chan: &SwapChannel) {
+        match hot {
+            Hot::Ready(h) => {
+                while let Some(req) = self.rollback.pop() {
+                    let (success, message) = match h.rollback(chan) {
+                        Ok(m) => (true, m),
+                        Err(e) => (false, e.to_string()),
+                    };
+                    let _ = req.respond(Trigger::Response { success, message });
+                }
             }
-        } else {
-            while let Some(req) = self.rollback.pop() {
-                let _ = req.respond(Trigger::Response {
-                    success: false,
-                    message: "hot swap is off (set hot_swap.dir)".into(),
-                });
+            Hot::Busy => {}
+            Hot::Off => {
+                while let Some(req) = self.rollback.pop() {
+                    let _ = req.respond(Trigger::Response {
+                        success: false,
+                        message: "hot swap is off (set hot_swap.dir)".into(),
+                    });
+                }
             }
         }
+    }
+
+    /// `~/finetune` requests (the learner is the spin thread's own).
+    pub(crate) fn serve_finetune(&mut self, mut learner: Option<&mut Learner>) {
         if let (Some(req), Some(l)) = (self.pending_stop.take(), learner.as_deref_mut()) {
             match l.stop_progress() {
                 Some(message) => {

@@ -1,20 +1,25 @@
 //! The node's use of the hot swap: which model to start with (the last
-//! accepted version after a restart) and the periodic poll for new
-//! versions, fed with recent complete observations for the divergence
-//! check. Spin thread only; the control thread sees only the lock-free
-//! `SwapChannel`.
+//! accepted version after a restart), and the worker thread that polls for
+//! new versions and validates them (fed with recent complete observations
+//! for the smoke sample and the divergence check). The spin thread only
+//! ever `try_lock`s the hot swap; the control thread sees only the
+//! lock-free `SwapChannel`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use flowpilot_core::board::{mono_ns, wall_ns, Board};
 use flowpilot_core::config::NodeConfig;
+use flowpilot_core::control::set_niceness;
 use flowpilot_core::hotswap::{HotSwap, SwapChannel};
 use flowpilot_core::model::ModelFile;
 
-/// Recent observation snapshots kept for the divergence check.
+/// Recent observation snapshots kept for the smoke sample and the
+/// divergence check.
 const RECENT: usize = 20;
 
 /// Load `model`; after a restart, resume with the last version the hot
@@ -49,56 +54,185 @@ pub(crate) fn load_policy(cfg: &NodeConfig) -> Result<(ModelFile, PathBuf)> {
     Ok((model, model_path))
 }
 
-/// The hot swap and its poll schedule.
-pub(crate) struct Poller {
-    hot: HotSwap,
-    period_ns: i64,
-    next_ns: i64,
+/// The hot swap's state as the diagnostics report it (a copy, so that
+/// reading it never waits for the worker).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SwapStatus {
+    pub(crate) digest: String,
+    pub(crate) version: u64,
+    pub(crate) swaps: u64,
+    pub(crate) rejected: u64,
+    pub(crate) last_rejection: String,
+    pub(crate) auto_rollbacks: u64,
+    pub(crate) verdict: String,
+}
+
+impl SwapStatus {
+    fn of(h: &HotSwap) -> Self {
+        Self {
+            digest: h.current().spec.digest.clone(),
+            version: h.current().spec.version,
+            swaps: h.swaps(),
+            rejected: h.rejected(),
+            last_rejection: h.last_rejection().to_string(),
+            auto_rollbacks: h.auto_rollbacks(),
+            verdict: h.last_verdict().to_string(),
+        }
+    }
+}
+
+/// What the spin thread may do with the hot swap right now.
+pub(crate) enum Hot<'a> {
+    /// `hot_swap.dir` is unset.
+    Off,
+    /// The worker is validating a version: come back later.
+    Busy,
+    Ready(&'a mut HotSwap),
+}
+
+/// The hot swap on a worker thread of its own at nice 19: reading,
+/// hashing and validating new versions (up to `model::MAX_FILE_BYTES`
+/// each), building and smoke-sampling their samplers never runs on the
+/// spin thread that serves the e-stop, nor competes with the control
+/// thread at equal priority. The spin thread reaches the hot swap only
+/// with `try_lock` ([`SwapWorker::hot`]): it never waits behind a
+/// validation; a rollback request or an episode return that finds it busy
+/// waits in its queue for the next spin.
+pub(crate) struct SwapWorker {
+    hot: Arc<Mutex<HotSwap>>,
+    status: SwapStatus,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SwapWorker {
+    /// None when `hot_swap.dir` is unset.
+    pub(crate) fn start(
+        cfg: &NodeConfig,
+        model_path: &Path,
+        model: &ModelFile,
+        board: &Arc<Board>,
+        chan: &Arc<SwapChannel>,
+    ) -> Result<Option<Self>> {
+        let Some(dir) = cfg.hot_swap_dir.as_ref() else {
+            return Ok(None);
+        };
+        let hot = HotSwap::new(
+            dir.into(),
+            cfg.hot_swap_max_divergence,
+            model_path.to_path_buf(),
+            model.clone(),
+        )
+        .with_guard(cfg.hot_swap_guard)
+        .allow_spec_changes(cfg.hot_swap_allow_spec_change);
+        let status = SwapStatus::of(&hot);
+        let hot = Arc::new(Mutex::new(hot));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut poller = Poller {
+            hot: hot.clone(),
+            board: board.clone(),
+            chan: chan.clone(),
+            period: Duration::from_secs_f64(cfg.hot_swap_poll_s),
+            obs_dim: model.spec.obs_dim,
+            recent: Vec::new(),
+            snap: vec![0f32; board.total()],
+        };
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("flowpilot-swap".into())
+            .spawn(move || {
+                // Per thread on Linux: only this worker runs at nice 19.
+                if let Err(e) = set_niceness(19) {
+                    tracing::warn!("hot-swap worker keeps normal priority: {e}");
+                }
+                poller.run(&s);
+            })
+            .context("starting the hot-swap worker")?;
+        Ok(Some(Self {
+            hot,
+            status,
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Run `f` on the hot swap if the worker is not using it (then also
+    /// refresh the reported status); false if it was busy.
+    pub(crate) fn with_hot(&mut self, f: impl FnOnce(Hot<'_>)) -> bool {
+        match self.hot.try_lock() {
+            Ok(mut h) => {
+                f(Hot::Ready(&mut h));
+                self.status = SwapStatus::of(&h);
+                true
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                // A panic while validating: the state is still consistent
+                // (checks only read it); keep serving.
+                let mut h = p.into_inner();
+                f(Hot::Ready(&mut h));
+                self.status = SwapStatus::of(&h);
+                true
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                f(Hot::Busy);
+                false
+            }
+        }
+    }
+
+    /// The latest status seen (refreshed whenever the spin thread had the
+    /// hot swap).
+    pub(crate) fn status(&mut self) -> &SwapStatus {
+        if let Ok(h) = self.hot.try_lock() {
+            self.status = SwapStatus::of(&h);
+        }
+        &self.status
+    }
+}
+
+impl Drop for SwapWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The worker's loop: every poll period, snapshot the board's observation
+/// and look for a new version.
+struct Poller {
+    hot: Arc<Mutex<HotSwap>>,
+    board: Arc<Board>,
+    chan: Arc<SwapChannel>,
+    period: Duration,
     obs_dim: usize,
     recent: Vec<(Vec<f32>, Vec<f32>)>,
     snap: Vec<f32>,
 }
 
 impl Poller {
-    /// None when `hot_swap.dir` is unset.
-    pub(crate) fn new(
-        cfg: &NodeConfig,
-        model_path: &Path,
-        model: &ModelFile,
-        board: &Board,
-    ) -> Option<Self> {
-        let dir = cfg.hot_swap_dir.as_ref()?;
-        Some(Self {
-            hot: HotSwap::new(
-                dir.into(),
-                cfg.hot_swap_max_divergence,
-                model_path.to_path_buf(),
-                model.clone(),
-            )
-            .with_guard(cfg.hot_swap_guard),
-            period_ns: (cfg.hot_swap_poll_s * 1e9) as i64,
-            next_ns: mono_ns(),
-            obs_dim: model.spec.obs_dim,
-            recent: Vec::new(),
-            snap: vec![0f32; board.total()],
-        })
-    }
-
-    pub(crate) fn hot(&self) -> &HotSwap {
-        &self.hot
-    }
-
-    pub(crate) fn hot_mut(&mut self) -> &mut HotSwap {
-        &mut self.hot
-    }
-
-    /// When due: remember the board's current observation (if every source
-    /// has been written) and look for a new version to offer.
-    pub(crate) fn poll_if_due(&mut self, chan: &Arc<SwapChannel>, board: &Board) {
-        if mono_ns() < self.next_ns {
-            return;
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut next = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if std::time::Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            next += self.period;
+            self.remember_observation();
+            let mut h = match self.hot.lock() {
+                Ok(h) => h,
+                Err(p) => p.into_inner(),
+            };
+            h.poll(&self.chan, &self.recent);
         }
-        self.next_ns = mono_ns() + self.period_ns;
+    }
+
+    /// Keep the board's current observation (if every source has been
+    /// written) for the smoke sample and the divergence check.
+    fn remember_observation(&mut self) {
+        let board = &self.board;
         let (m, w) = (mono_ns(), wall_ns());
         let mut ok = true;
         for i in 0..board.sources() {
@@ -114,6 +248,5 @@ impl Poller {
                 self.recent.remove(0);
             }
         }
-        self.hot.poll(chan, &self.recent);
     }
 }

@@ -1,7 +1,11 @@
 //! The fine-tuning session driver (`flowpilot finetune`): resume from the
-//! newest checkpoint and learner state, fill the replay from logs or a
-//! dataset, run updates at the requested ratio, and write versioned
-//! checkpoints atomically for the node's hot swap. Off the control thread.
+//! newest checkpoint whose line the node has not rolled back, and from the
+//! learner state; fill the replay from logs or a dataset, run updates at
+//! the requested ratio, and write versioned checkpoints atomically for the
+//! node's hot swap. It honours the node's rollbacks: when the directory's
+//! record revokes a version on the line it trains, it restarts its actor
+//! from the accepted version (critics kept), and numbers new versions above
+//! every file in the directory. Off the control thread.
 
 use std::path::PathBuf;
 
@@ -10,7 +14,7 @@ use super::follower::LogFollower;
 use super::replay::ReplayBuffer;
 use super::sac::{Sac, SacConfig};
 use crate::demos::Demos;
-use flowpilot_core::checkpoint::CheckpointDir;
+use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
 use flowpilot_core::model::ModelFile;
 
 /// What `flowpilot finetune` runs on.
@@ -26,7 +30,8 @@ pub enum DataSource {
 pub struct FinetuneOptions {
     pub data: DataSource,
     /// Starting policy (ignored when `out` already holds a newer checkpoint
-    /// of the same lineage: a restarted learner resumes from it).
+    /// that could replace it and whose line the node has not rolled back: a
+    /// restarted learner resumes from it).
     pub init: PathBuf,
     pub out: PathBuf,
     pub sac: SacConfig,
@@ -65,8 +70,14 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         path: opts.init.clone(),
         source,
     })?;
-    // Resume: the newest checkpoint in `out` that could replace `init`.
-    let mut current = match store.latest() {
+    // The versions in `out` (and `init`) with their parents, to tell
+    // whether the line being trained was rolled back by the node.
+    let mut lineage = store.lineage();
+    lineage.insert(&init.spec, Some(&opts.init));
+    // Resume: the newest checkpoint in `out` that could replace `init` and
+    // whose line holds no revoked version.
+    let revoked = store.accepted().revoked;
+    let mut current = match store.latest_unrevoked(&lineage, &revoked) {
         Some((p, m))
             if m.spec.version > init.spec.version
                 && init.spec.check_compatible(&m.spec).is_ok() =>
@@ -76,9 +87,21 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         }
         _ => init,
     };
+    // Newer versions left behind: their line was rolled back (or they do
+    // not fit `init`); the critics trained alongside them are kept.
+    let abandoned = lineage
+        .newest_version()
+        .is_some_and(|n| n > current.spec.version);
+    if abandoned {
+        tracing::warn!(
+            version = current.spec.version,
+            newest = lineage.newest_version(),
+            "resuming from an older version: the newer checkpoints descend from one the node rolled back, or do not fit `init`"
+        );
+    }
     let mut sac = Sac::new(&current, opts.sac.clone())?;
     let sp = store.learner_state_path();
-    if sp.exists() && current.spec.version > 1 {
+    if sp.exists() && (current.spec.version > 1 || abandoned) {
         match sac.load_state(&sp) {
             Ok(()) => tracing::info!(updates = sac.updates(), "resumed critics and temperature"),
             Err(e) => tracing::warn!("ignoring learner state: {e:#} (critics start fresh)"),
@@ -148,15 +171,6 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     };
     let mut last_ckpt = sac.updates();
     let mut next_poll = std::time::Instant::now() + opts.poll_period;
-    let checkpoint = |sac: &Sac, current: &mut ModelFile| -> Result<()> {
-        let next = sac.export(&current.spec)?;
-        let path = store.policy_path(next.spec.version);
-        next.save(&path)?;
-        sac.save_state(&store.learner_state_path())?;
-        tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates(), "checkpoint written");
-        *current = next;
-        Ok(())
-    };
     while !stop.load(Ordering::SeqCst) {
         if opts.max_updates > 0 && sac.updates() - start_updates >= opts.max_updates {
             break;
@@ -165,6 +179,9 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             next_poll = std::time::Instant::now() + opts.poll_period;
             if let Some(f) = follower.as_mut() {
                 budget += f.poll(&mut rb, &spec)? as f64 * opts.utd;
+            }
+            if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
+                last_ckpt = sac.updates();
             }
         }
         if rb.len() < min || budget < 1.0 {
@@ -206,11 +223,114 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             && sac.updates() - last_ckpt >= opts.checkpoint_every
         {
             last_ckpt = sac.updates();
-            checkpoint(&sac, &mut current)?;
+            // Nothing learned since a restart from the accepted version is
+            // worth a checkpoint yet.
+            if !follow_rollback(&store, &lineage, &mut sac, &mut current)? {
+                checkpoint(&store, &mut lineage, &sac, &mut current)?;
+            }
         }
     }
-    if sac.updates() > last_ckpt && sac.updates() > sac.cfg().critic_warmup {
-        checkpoint(&sac, &mut current)?;
+    if sac.updates() > last_ckpt
+        && sac.updates() > sac.cfg().critic_warmup
+        && !follow_rollback(&store, &lineage, &mut sac, &mut current)?
+    {
+        checkpoint(&store, &mut lineage, &sac, &mut current)?;
     }
     Ok(sac.updates() - start_updates)
+}
+
+/// Write the actor as the next version of `current` (numbered above every
+/// version in the directory, so it never replaces a file of an abandoned
+/// line) and the learner state; it becomes `current`.
+fn checkpoint(
+    store: &CheckpointDir,
+    lineage: &mut Lineage,
+    sac: &Sac,
+    current: &mut ModelFile,
+) -> Result<()> {
+    let mut next = sac.export(&current.spec)?;
+    if let Some(newest) = lineage.newest_version().filter(|&n| n >= next.spec.version) {
+        let mut spec = next.spec.clone();
+        spec.version = newest + 1;
+        next = ModelFile::new(spec, next.tensors().clone())?;
+    }
+    let path = store.policy_path(next.spec.version);
+    next.save(&path)?;
+    sac.save_state(&store.learner_state_path())?;
+    lineage.insert(&next.spec, Some(&path));
+    tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates(), "checkpoint written");
+    *current = next;
+    Ok(())
+}
+
+/// If the node's record revokes a version on the line being trained
+/// (`current` or an ancestor), restart the actor from the version the node
+/// runs (critics, temperature and update count kept; the actor's optimiser
+/// starts fresh) and make it `current`. Returns whether it did.
+fn follow_rollback(
+    store: &CheckpointDir,
+    lineage: &Lineage,
+    sac: &mut Sac,
+    current: &mut ModelFile,
+) -> Result<bool> {
+    let record = store.accepted();
+    let Some(bad) = lineage.first_revoked(&current.spec, |d| record.revoked.contains(d)) else {
+        return Ok(false);
+    };
+    let Some((path, restored)) = restore_point(store, lineage, &record, current) else {
+        tracing::warn!(
+            head = current.spec.version,
+            revoked = %bad,
+            "the line being trained was rolled back, but no accepted version to restart from loads; training on (the node will refuse these versions)"
+        );
+        return Ok(false);
+    };
+    // The same hand-over as a restart: the state file carries the critics.
+    let sp = store.learner_state_path();
+    sac.save_state(&sp)?;
+    let mut fresh = Sac::new(&restored, sac.cfg().clone())?;
+    fresh.load_state(&sp)?;
+    *sac = fresh;
+    tracing::warn!(
+        head = current.spec.version,
+        head_digest = %current.spec.digest,
+        revoked = %bad,
+        restored = %path.display(),
+        restored_version = restored.spec.version,
+        updates = sac.updates(),
+        "the node rolled back the line being trained; restarting the actor from the accepted version (critics kept)"
+    );
+    *current = restored;
+    Ok(true)
+}
+
+/// The version to restart from: the one the node runs (the last accepted),
+/// else the newest clean version known; either must fit `current` and have
+/// a clean line.
+fn restore_point(
+    store: &CheckpointDir,
+    lineage: &Lineage,
+    record: &AcceptedRecord,
+    current: &ModelFile,
+) -> Option<(PathBuf, ModelFile)> {
+    let fits = |m: &ModelFile| {
+        current.spec.check_compatible(&m.spec).is_ok()
+            && lineage
+                .first_revoked(&m.spec, |d| record.revoked.contains(d))
+                .is_none()
+    };
+    if let Some(p) = record.accepted.last() {
+        match ModelFile::load(p) {
+            Ok(m) if fits(&m) => return Some((p.clone(), m)),
+            Ok(_) => {
+                tracing::warn!(path = %p.display(), "the accepted version does not fit the learner's model")
+            }
+            Err(e) => {
+                tracing::warn!(path = %p.display(), "the accepted version does not load: {e}")
+            }
+        }
+    }
+    store
+        .latest_unrevoked(lineage, &record.revoked)
+        .filter(|(_, m)| fits(m))
 }

@@ -15,7 +15,8 @@
 //!   while still being written) into the replay buffer.
 //! - [`finetune`]: the session driver [`run`]: resume, data, update loop,
 //!   versioned checkpoints (written atomically, each naming its parent's
-//!   digest) for the node's hot swap to validate and pick up.
+//!   digest) for the node's hot swap to validate and pick up; a line the
+//!   node rolled back is abandoned for the accepted version.
 
 mod error;
 mod finetune;
