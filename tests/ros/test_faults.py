@@ -2,6 +2,7 @@
 a real ROS 2 graph into one fault and asserts that the output goes to the safe
 action promptly, that the node says what happened, and that it stays up (or,
 where it cannot go on, exits non-zero after publishing the safe action)."""
+import os
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -251,6 +252,57 @@ def test_enospc_on_a_small_tmpfs_stops_logging_not_control(domain, peer, tmp_pat
             time.sleep(1.0)
             after = decisions(trace, t)
             assert len(after) >= 80 and all(d[1] == POLICY for _, d in after), "control goes on at 100 Hz"
+            assert node.alive()
+        finally:
+            assert node.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_enospc_for_the_accepted_record_keeps_the_swap_and_says_so(domain, peer, tmp_path):
+    """hot_swap.dir on a real tmpfs that fills up: a new version still swaps
+    in, the accepted record cannot be written, and /diagnostics says why
+    (WARN, policy_record_error), while control goes on."""
+    import shutil
+    import subprocess
+    from test_hotswap import new_model, params, acts_match, OBS
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        import pytest
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        swap = mnt / "ckpt"
+        swap.mkdir()
+        v1 = tmp_path / "v1.safetensors"
+        new_model(v1, 1, 1)
+        staged = swap / "staging.tmp"
+        new_model(staged, 2, 2)
+        # Fill what is left, so that no new file can get a byte.
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        os.close(fd)
+        diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+        trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
+        st = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
+        peer.node.create_timer(0.01, lambda: st.publish(Float64MultiArray(data=OBS)))
+        node = NodeProc(domain, (), params=params(tmp_path, v1, swap))
+        try:
+            wait_for(lambda: any(m.data[1] == POLICY for _, m in list(trace)), 15, "policy")
+            t = time.monotonic()
+            os.rename(staged, swap / "policy_v000002.safetensors")  # a rename needs no free space
+            v2 = swap / "policy_v000002.safetensors"
+            wait_for(lambda: acts_match(trace, v2, t), 10, "v2 swapped in")
+            wait_for(lambda: diags and kv_of(diags).get("policy_record_error"), 5, "policy_record_error")
+            kv = kv_of(diags)
+            assert "No space left on device" in kv["policy_record_error"], kv
+            assert diags[-1][1].status[0].level == DiagnosticStatus.WARN
+            assert kv["policy_version"] == "2"
             assert node.alive()
         finally:
             assert node.stop() == 0

@@ -78,6 +78,8 @@ pub struct StatsSnapshot {
     /// Rollbacks made by the return guard, and its latest verdict.
     pub policy_auto_rollbacks: u64,
     pub policy_guard_verdict: String,
+    /// Why the hot swap's accepted record could not be written (empty: ok).
+    pub policy_record_error: String,
     pub log_written: u64,
     pub log_dropped: u64,
     pub log: LogState,
@@ -153,10 +155,11 @@ impl RateMeter {
     }
 }
 
-/// The diagnostics status for a snapshot: WARN while the e-stop is engaged
-/// or once any tick has seen stale input, OK otherwise.
+/// The diagnostics status for a snapshot: WARN while the e-stop is engaged,
+/// once any tick has seen stale input, or while the hot swap cannot record
+/// its accepted version; OK otherwise.
 pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Report {
-    let level = if s.estop || s.stale_ticks > 0 {
+    let level = if s.estop || s.stale_ticks > 0 || !s.policy_record_error.is_empty() {
         Level::Warn
     } else {
         Level::Ok
@@ -207,6 +210,7 @@ pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Repor
             ("policy_last_rejection", s.policy_last_rejection.clone()),
             ("policy_auto_rollbacks", s.policy_auto_rollbacks.to_string()),
             ("policy_guard_verdict", s.policy_guard_verdict.clone()),
+            ("policy_record_error", s.policy_record_error.clone()),
         ],
     }
 }
@@ -282,6 +286,7 @@ mod tests {
                 "policy_last_rejection",
                 "policy_auto_rollbacks",
                 "policy_guard_verdict",
+                "policy_record_error",
             ]
         );
         assert_eq!(r.get("rate_hz"), Some("99.99"));

@@ -147,6 +147,7 @@ pub struct HotSwap {
     allow_spec_changes: bool,
     rejected: u64,
     last_rejection: String,
+    record_error: String,
     swaps: u64,
     guard: crate::guard::ReturnGuard,
     auto_rollbacks: u64,
@@ -176,6 +177,7 @@ impl HotSwap {
             allow_spec_changes: false,
             rejected: 0,
             last_rejection: String::new(),
+            record_error: String::new(),
             swaps: 0,
             guard: crate::guard::ReturnGuard::new(crate::guard::GuardConfig {
                 episodes: 0,
@@ -261,13 +263,24 @@ impl HotSwap {
         self.swaps
     }
 
-    fn record(&self) {
+    /// Why the accepted record could not be written last time (empty when
+    /// the latest write succeeded). The swap itself stands; a restart would
+    /// resume from the older record.
+    pub fn record_error(&self) -> &str {
+        &self.record_error
+    }
+
+    fn record(&mut self) {
         let r = AcceptedRecord {
             accepted: self.accepted.iter().map(|(p, _)| p.clone()).collect(),
             revoked: self.revoked.iter().cloned().collect(),
         };
-        if let Err(e) = self.dir.record_accepted(&r) {
-            tracing::warn!("cannot record the accepted version: {e}");
+        match self.dir.record_accepted(&r) {
+            Ok(()) => self.record_error.clear(),
+            Err(e) => {
+                tracing::warn!("cannot record the accepted version: {e}");
+                self.record_error = e.to_string();
+            }
         }
     }
 

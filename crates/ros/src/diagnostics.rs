@@ -49,6 +49,7 @@ impl Sources<'_> {
                 s.policy_last_rejection = h.last_rejection.clone();
                 s.policy_auto_rollbacks = h.auto_rollbacks;
                 s.policy_guard_verdict = h.verdict.clone();
+                s.policy_record_error = h.record_error.clone();
             }
             None => {
                 s.policy_digest = self.model.spec.digest.clone();

@@ -65,6 +65,7 @@ pub(crate) struct SwapStatus {
     pub(crate) last_rejection: String,
     pub(crate) auto_rollbacks: u64,
     pub(crate) verdict: String,
+    pub(crate) record_error: String,
 }
 
 impl SwapStatus {
@@ -77,6 +78,7 @@ impl SwapStatus {
             last_rejection: h.last_rejection().to_string(),
             auto_rollbacks: h.auto_rollbacks(),
             verdict: h.last_verdict().to_string(),
+            record_error: h.record_error().to_string(),
         }
     }
 }
