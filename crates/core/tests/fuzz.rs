@@ -2,8 +2,11 @@
 //! inputs (a real model file, a real CDR record, a real MCAP log, a real
 //! parameter set) for each parser in `flowpilot_core::fuzz_targets`. A
 //! panic or a call slower than 2 s fails the test and saves the input to
-//! `target/fuzz-crashers/`; saved inputs in `tests/fuzz_corpus/<target>/`
-//! are replayed first, every run (regressions).
+//! `target/fuzz-crashers/`; a single allocation over 1 GiB aborts the test
+//! binary (a parser trusting a length field). Saved inputs in
+//! `tests/fuzz_corpus/<target>/` are replayed first, every run
+//! (regressions; `log_reader/oom-header-string-4gb.bin` made the reader
+//! ask for 4 GiB before this harness refused it).
 //!
 //! `FLOWPILOT_FUZZ_SECS` sets the budget per target (default 2 s; CI sets
 //! it in scripts/test.sh). `fuzz/` holds the same targets for cargo-fuzz.
@@ -16,6 +19,35 @@ use flowpilot_core::fuzz_targets as t;
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
 use flowpilot_core::log::{PolicyId, Transition};
 use flowpilot_core::model::{Direction, PolicyKind};
+
+/// The system allocator, refusing any single allocation over 1 GiB: a
+/// parser that trusts a length field would otherwise "succeed" here (Linux
+/// overcommits) and only fail on a robot with less memory. A refusal
+/// aborts the test binary, which fails the test.
+struct CappedAlloc;
+
+const ALLOC_CAP: usize = 1 << 30;
+
+unsafe impl std::alloc::GlobalAlloc for CappedAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > ALLOC_CAP {
+            return std::ptr::null_mut();
+        }
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        if new > ALLOC_CAP {
+            return std::ptr::null_mut();
+        }
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc;
 
 struct Rng(u64);
 

@@ -109,7 +109,20 @@ impl Tail {
             let at = self.offset + pos as u64;
             let body = &buf[pos + 9..end as usize];
             pos = end as usize;
-            match mcap::read::parse_record(op, body) {
+            // Only the records this reader uses are parsed, and only once
+            // their length-prefixed fields fit inside the record: the mcap
+            // parser reserves a field's declared length before reading it,
+            // so a corrupt 4 GB length would be a 4 GB allocation.
+            if !USED_OPCODES.contains(&op) {
+                continue;
+            }
+            let parsed = if fields_fit(op, body) {
+                mcap::read::parse_record(op, body)
+            } else {
+                // A field runs past the record's end.
+                Err(mcap::McapError::UnexpectedEof)
+            };
+            match parsed {
                 Ok(Record::Schema { header, .. }) => {
                     self.schemas.insert(header.id, header.name == SCHEMA_NAME);
                 }
@@ -158,6 +171,61 @@ impl Tail {
         self.offset += pos as u64;
         Ok(out)
     }
+}
+
+/// MCAP opcodes the reader acts on (Footer, Schema, Channel, Message,
+/// Metadata, DataEnd); every other record is skipped unparsed.
+const USED_OPCODES: [u8; 6] = [0x02, 0x03, 0x04, 0x05, 0x0C, 0x0F];
+
+/// Whether every length-prefixed field of a record of these opcodes lies
+/// inside its body (the MCAP layouts of the records in [`USED_OPCODES`]).
+fn fields_fit(op: u8, body: &[u8]) -> bool {
+    struct Cur<'a>(&'a [u8]);
+    impl Cur<'_> {
+        fn skip(&mut self, n: usize) -> Option<()> {
+            self.0 = self.0.get(n..)?;
+            Some(())
+        }
+        fn len32(&mut self) -> Option<usize> {
+            let b = self.0.get(..4)?;
+            self.0 = &self.0[4..];
+            Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
+        }
+        /// A u32-length-prefixed string or byte array.
+        fn prefixed(&mut self) -> Option<()> {
+            let n = self.len32()?;
+            self.skip(n)
+        }
+        /// A map: u32 byte length, then (string, string) pairs inside it.
+        fn map(&mut self) -> Option<()> {
+            let n = self.len32()?;
+            let mut inner = Cur(self.0.get(..n)?);
+            while !inner.0.is_empty() {
+                inner.prefixed()?;
+                inner.prefixed()?;
+            }
+            self.skip(n)
+        }
+    }
+    let mut c = Cur(body);
+    let ok = match op {
+        0x03 => c
+            .skip(2)
+            .and_then(|_| c.prefixed())
+            .and_then(|_| c.prefixed())
+            .and_then(|_| c.prefixed()),
+        0x04 => c
+            .skip(4)
+            .and_then(|_| c.prefixed())
+            .and_then(|_| c.prefixed())
+            .and_then(|_| c.map()),
+        0x0C => c.prefixed().and_then(|_| c.map()),
+        0x05 => c.skip(22),
+        0x02 => c.skip(20),
+        0x0F => c.skip(4),
+        _ => None,
+    };
+    ok.is_some()
 }
 
 /// Every complete record of one file (a torn tail is ignored, corrupt
