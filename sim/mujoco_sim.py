@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -191,6 +192,10 @@ def main():
         print(f"{task_name}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f}, "
               f"success {100.0 * np.mean(successes):.0f}% over {len(returns)} episodes "
               f"(stale-command steps {stale_steps})", flush=True)
+    # The last reward and episode end are reliable messages: let the
+    # node acknowledge them before this participant goes away.
+    for pub in (rew_pub, ep_pub):
+        pub.wait_for_all_acked(Duration(seconds=1.0))
     node.destroy_node()
     rclpy.try_shutdown()
     return 0

@@ -20,6 +20,7 @@ import sys
 import time
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, Float64MultiArray, Int64
 
@@ -89,6 +90,10 @@ def main():
         p = start()
     mean = sum(returns) / len(returns)
     print(f"mean return {mean:.2f} over {len(returns)} episodes (stale-command steps {stale})", flush=True)
+    # The last reward and episode end are reliable messages: let the
+    # node acknowledge them before this participant goes away.
+    for pub in (rew_pub, ep_pub):
+        pub.wait_for_all_acked(Duration(seconds=1.0))
     node.destroy_node()
     rclpy.shutdown()
     return 0
