@@ -111,6 +111,11 @@ def peer(domain):
     p.close()
 
 
+def diag(diags):
+    """The key/values of the newest /diagnostics message a peer collected."""
+    return {v.key: v.value for v in diags[-1][1].status[0].values}
+
+
 def wait_for(pred, timeout, what):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:

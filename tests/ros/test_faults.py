@@ -2,8 +2,12 @@
 a real ROS 2 graph into one fault and asserts that the output goes to the safe
 action promptly, that the node says what happened, and that it stays up (or,
 where it cannot go on, exits non-zero after publishing the safe action)."""
+import contextlib
 import os
+import subprocess
 import time
+
+import pytest
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -11,7 +15,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, wait_for
+from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, diag, wait_for
 from test_node import ESTOP, INVALID, POLICY, STALE, ObsPublisher, decisions, start, wait_decision
 
 # A default rclpy publisher: reliable, volatile (`ros2 topic pub`'s default).
@@ -26,8 +30,19 @@ def call(peer, srv_type, name, request, timeout=5):
     return fut.result()
 
 
-def kv_of(diags):
-    return {v.key: v.value for v in diags[-1][1].status[0].values}
+@contextlib.contextmanager
+def small_tmpfs(tmp_path, size):
+    """A real tmpfs of `size` (e.g. "256k") at tmp_path/small: a disk that
+    fills up with ENOSPC. Skips where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def zero_cmds_since(cmd, t):
@@ -156,7 +171,7 @@ def test_future_stamped_observation_is_invalid_and_counted(domain, peer):
         time.sleep(0.5)
         bad = decisions(trace, t + 0.1)
         assert bad and all(d[1] == INVALID and d[5:7] == [0.0, 0.0] for _, d in bad), bad[:3]
-        wait_for(lambda: diags and int(kv_of(diags)["future_stamp_ticks"]) > 0, 3, "future_stamp_ticks counted")
+        wait_for(lambda: diags and int(diag(diags)["future_stamp_ticks"]) > 0, 3, "future_stamp_ticks counted")
         skew["s"] = 0.0
         t = time.monotonic()
         wait_for(lambda: any(d[1] == POLICY for _, d in decisions(trace, t)), 5, "recovery")
@@ -217,7 +232,7 @@ flowpilot:
             js.publish(huge)
             time.sleep(0.1)
         t_end = time.monotonic()
-        wait_for(lambda: diags and int(kv_of(diags)["rejected_messages"]) >= 5, 5, "oversized messages rejected")
+        wait_for(lambda: diags and int(diag(diags)["rejected_messages"]) >= 5, 5, "oversized messages rejected")
         window = [m.data for tt, m in list(trace) if t + 0.3 <= tt < t_end]
         assert len(window) >= 0.8 * 100 * (t_end - t - 0.3), f"{len(window)} ticks: the loop kept its rate"
         assert all(d[1] == STALE and list(d[5:7]) == [0.0, 0.0] for d in window), "refused, so stale: zero"
@@ -232,21 +247,14 @@ flowpilot:
 def test_enospc_on_a_small_tmpfs_stops_logging_not_control(domain, peer, tmp_path):
     """A real full disk (ENOSPC from a 256 kB tmpfs, not a file-size limit):
     logging stops with the error named in /diagnostics; control goes on."""
-    import subprocess
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        import pytest
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "256k") as mnt:
         ObsPublisher(peer)
         diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
         node, trace, cmd = start(domain, peer, "-p", f"log.dir:={mnt}/log")
         try:
             wait_decision(trace, POLICY)
-            wait_for(lambda: diags and kv_of(diags).get("log_state", "").startswith("failed"), 20, "log_state failed")
-            kv = kv_of(diags)
+            wait_for(lambda: diags and diag(diags).get("log_state", "").startswith("failed"), 20, "log_state failed")
+            kv = diag(diags)
             assert "No space left on device" in kv["log_state"], kv["log_state"]
             t = time.monotonic()
             time.sleep(1.0)
@@ -255,24 +263,14 @@ def test_enospc_on_a_small_tmpfs_stops_logging_not_control(domain, peer, tmp_pat
             assert node.alive()
         finally:
             assert node.stop() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_enospc_for_the_accepted_record_keeps_the_swap_and_says_so(domain, peer, tmp_path):
     """hot_swap.dir on a real tmpfs that fills up: a new version still swaps
     in, the accepted record cannot be written, and /diagnostics says why
     (WARN, policy_record_error), while control goes on."""
-    import shutil
-    import subprocess
     from test_hotswap import new_model, params, acts_match, OBS
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        import pytest
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "512k") as mnt:
         swap = mnt / "ckpt"
         swap.mkdir()
         v1 = tmp_path / "v1.safetensors"
@@ -298,13 +296,11 @@ def test_enospc_for_the_accepted_record_keeps_the_swap_and_says_so(domain, peer,
             os.rename(staged, swap / "policy_v000002.safetensors")  # a rename needs no free space
             v2 = swap / "policy_v000002.safetensors"
             wait_for(lambda: acts_match(trace, v2, t), 10, "v2 swapped in")
-            wait_for(lambda: diags and kv_of(diags).get("policy_record_error"), 5, "policy_record_error")
-            kv = kv_of(diags)
+            wait_for(lambda: diags and diag(diags).get("policy_record_error"), 5, "policy_record_error")
+            kv = diag(diags)
             assert "No space left on device" in kv["policy_record_error"], kv
             assert diags[-1][1].status[0].level == DiagnosticStatus.WARN
             assert kv["policy_version"] == "2"
             assert node.alive()
         finally:
             assert node.stop() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])

@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, wait_for
+from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from read_log import read_log  # noqa: E402
@@ -60,10 +60,6 @@ def sim(domain, episodes, rate=20.0, seed=0):
     m = re.search(r"mean return (-?[\d.]+) over (\d+) episodes \(stale-command steps (\d+)\)", out.stdout)
     assert m, out.stdout
     return float(m.group(1)), int(m.group(3))
-
-
-def diag(diags):
-    return {v.key: v.value for v in diags[-1][1].status[0].values}
 
 
 def call(peer, name, value, timeout=20):

@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, NodeProc, wait_for
+from conftest import BEST_EFFORT, CLI, RELIABLE, NodeProc, diag, wait_for
 
 OBS = [0.3, -0.7]
 
@@ -49,10 +49,6 @@ flowpilot:
       poll_period: 0.1
 """)
     return str(y)
-
-
-def diag(diags):
-    return {v.key: v.value for v in diags[-1][1].status[0].values}
 
 
 def acts_match(trace, model, since):

@@ -22,6 +22,15 @@ pub enum SafeBehaviour {
     Stop,
 }
 
+impl SafeBehaviour {
+    /// What the node publishes once when its loop ends or fails (shutdown,
+    /// a dead or stalled control thread): zeros, or nothing under `Stop`.
+    /// Off the control thread (allocates).
+    pub fn final_action(self, act_dim: usize) -> Option<Vec<f64>> {
+        (self != Self::Stop).then(|| vec![0.0; act_dim])
+    }
+}
+
 impl std::str::FromStr for SafeBehaviour {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -136,6 +145,9 @@ pub struct Controller {
     board: Arc<Board>,
     estop: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    /// `cfg.max_age_s` and `cfg.max_future_stamp_s` in ns, converted once.
+    max_age_ns: Vec<i64>,
+    max_future_ns: i64,
     obs: Vec<f32>,
     act32: Vec<f32>,
     action: Vec<f64>,
@@ -219,6 +231,8 @@ impl Controller {
             },
             estop: Arc::new(AtomicBool::new(false)),
             stats: Arc::new(Stats::default()),
+            max_age_ns: cfg.max_age_s.iter().map(|s| (s * 1e9) as i64).collect(),
+            max_future_ns: (cfg.max_future_stamp_s * 1e9) as i64,
             cfg,
             sampler,
             board,
@@ -298,7 +312,6 @@ impl Controller {
         let (now_mono, now_wall) = (mono_ns(), wall_ns());
         let mut stale = None;
         let mut future = false;
-        let max_future = (self.cfg.max_future_stamp_s * 1e9) as i64;
         for i in 0..self.board.sources() {
             let off = self.board.offset(i);
             let w = self.board.width(i);
@@ -307,11 +320,11 @@ impl Controller {
                 .read(i, &mut self.obs[off..off + w], now_mono, now_wall);
             self.states[i] = st;
             self.stamps[i] = st.stamp_ns;
-            let max_age = (self.cfg.max_age_s[i] * 1e9) as i64;
+            let max_age = self.max_age_ns[i];
             // A stamp ahead of the clock would read as fresh for as long as
             // the skew lasts: refuse it. The receive time bounds the age as
             // well, whatever the stamp says.
-            if st.ever_written && !st.busy && st.stamp_ns != 0 && -st.age_ns > max_future {
+            if st.ever_written && !st.busy && st.stamp_ns != 0 && -st.age_ns > self.max_future_ns {
                 future = true;
             }
             if stale.is_none()
@@ -445,12 +458,6 @@ impl Controller {
             stamps: &self.stamps,
             log_prob,
         }
-    }
-
-    /// The safe action to publish once at shutdown (zeros), if any.
-    pub fn shutdown_action(&mut self) -> &[f64] {
-        self.action.fill(0.0);
-        &self.action
     }
 }
 

@@ -118,7 +118,7 @@ pub fn run_node() -> Result<()> {
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
     let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
-    let _estop_latch = services::serve_estop(
+    services::serve_estop(
         &mut node,
         &spawner,
         flowpilot_core::estop::EStopLatch::new(estop.clone()),
@@ -134,13 +134,11 @@ pub fn run_node() -> Result<()> {
     // shutdown or on a watchdog trip goes out here, never behind the
     // publisher thread's queue (nor through a dead control thread).
     let safety = outputs::ActionPublisher::new(&mut node, &cfg, act_dim)?;
-    let safe_action = vec![0.0; act_dim];
+    let final_action = cfg.safe.final_action(act_dim);
     let publish_safe = |why: &str| {
-        if matches!(cfg.safe, flowpilot_core::control::SafeBehaviour::Stop) {
-            return;
-        }
+        let Some(a) = &final_action else { return };
         tracing::info!("publishing the safe action ({why})");
-        if let Err(e) = safety.publish_action(&safe_action) {
+        if let Err(e) = safety.publish_action(a) {
             tracing::error!("publishing the safe action: {e}");
         }
     };
@@ -193,21 +191,16 @@ pub fn run_node() -> Result<()> {
         pool.run_until_stalled();
         requests.serve_finetune(learner.as_mut());
         match swap.as_mut() {
-            None => requests.serve_rollback(swap::Hot::Off, &chan),
-            Some(s) => {
-                s.with_hot(|hot| {
-                    if let swap::Hot::Ready(h) = hot {
-                        // The return guard judges versions by their
-                        // episodes' returns.
-                        if let Some(inputs) = &episode_returns {
-                            while let Some(ret) = inputs.pop_episode_return() {
-                                h.episode_ended(ret, &chan);
-                            }
-                        }
-                        requests.serve_rollback(swap::Hot::Ready(h), &chan);
+            None => requests.refuse_rollback(),
+            Some(s) => s.with_hot(|h| {
+                // The return guard judges versions by their episodes' returns.
+                if let Some(inputs) = &episode_returns {
+                    while let Some(ret) = inputs.pop_episode_return() {
+                        h.episode_ended(ret, &chan);
                     }
-                });
-            }
+                }
+                requests.serve_rollback(h, &chan);
+            }),
         }
         diag.publish_if_due(|| diagnostics::Sources {
             stats: &stats,

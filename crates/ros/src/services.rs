@@ -19,10 +19,9 @@ use r2r::std_srvs::srv::{SetBool, Trigger};
 use r2r::QosProfile;
 
 use flowpilot_core::estop::{EStopLatch, Outcome};
-use flowpilot_core::hotswap::SwapChannel;
+use flowpilot_core::hotswap::{HotSwap, SwapChannel};
 
 use crate::learner::Learner;
-use crate::swap::Hot;
 
 /// Log an e-stop event (the latch says what changed).
 fn note(outcome: Outcome, by: &str) {
@@ -48,7 +47,7 @@ pub(crate) fn serve_estop(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
     latch: EStopLatch,
-) -> Result<Rc<RefCell<EStopLatch>>> {
+) -> Result<()> {
     let latch = Rc::new(RefCell::new(latch));
     let readers = [
         QosProfile::default().best_effort().volatile().keep_last(10),
@@ -110,7 +109,7 @@ pub(crate) fn serve_estop(
         let _ = req.respond(resp);
         futures::future::ready(())
     }))?;
-    Ok(latch)
+    Ok(())
 }
 
 /// A service whose requests are queued for the spin loop (which owns the
@@ -171,28 +170,26 @@ impl Requests {
     /// Answer what is queued. Never blocks: a learner stop is answered on a
     /// later call, once the learner has exited (it writes a last checkpoint
     /// first).
-    /// `~/rollback` requests, answered when the hot swap is free (they
-    /// wait in their queue while the worker validates a version).
-    pub(crate) fn serve_rollback(&mut self, hot: Hot<'_>, chan: &SwapChannel) {
-        match hot {
-            Hot::Ready(h) => {
-                while let Some(req) = self.rollback.pop() {
-                    let (success, message) = match h.rollback(chan) {
-                        Ok(m) => (true, m),
-                        Err(e) => (false, e.to_string()),
-                    };
-                    let _ = req.respond(Trigger::Response { success, message });
-                }
-            }
-            Hot::Busy => {}
-            Hot::Off => {
-                while let Some(req) = self.rollback.pop() {
-                    let _ = req.respond(Trigger::Response {
-                        success: false,
-                        message: "hot swap is off (set hot_swap.dir)".into(),
-                    });
-                }
-            }
+    /// `~/rollback` requests, answered by the hot swap (the spin thread
+    /// calls this only when the worker is not validating: until then they
+    /// wait in their queue).
+    pub(crate) fn serve_rollback(&mut self, hot: &mut HotSwap, chan: &SwapChannel) {
+        while let Some(req) = self.rollback.pop() {
+            let (success, message) = match hot.rollback(chan) {
+                Ok(m) => (true, m),
+                Err(e) => (false, e.to_string()),
+            };
+            let _ = req.respond(Trigger::Response { success, message });
+        }
+    }
+
+    /// `~/rollback` requests while hot swap is off.
+    pub(crate) fn refuse_rollback(&mut self) {
+        while let Some(req) = self.rollback.pop() {
+            let _ = req.respond(Trigger::Response {
+                success: false,
+                message: "hot swap is off (set hot_swap.dir)".into(),
+            });
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -83,21 +83,12 @@ impl SwapStatus {
     }
 }
 
-/// What the spin thread may do with the hot swap right now.
-pub(crate) enum Hot<'a> {
-    /// `hot_swap.dir` is unset.
-    Off,
-    /// The worker is validating a version: come back later.
-    Busy,
-    Ready(&'a mut HotSwap),
-}
-
 /// The hot swap on a worker thread of its own at nice 19: reading,
 /// hashing and validating new versions (up to `model::MAX_FILE_BYTES`
 /// each), building and smoke-sampling their samplers never runs on the
 /// spin thread that serves the e-stop, nor competes with the control
 /// thread at equal priority. The spin thread reaches the hot swap only
-/// with `try_lock` ([`SwapWorker::hot`]): it never waits behind a
+/// with `try_lock` ([`SwapWorker::with_hot`]): it never waits behind a
 /// validation; a rollback request or an episode return that finds it busy
 /// waits in its queue for the next spin.
 pub(crate) struct SwapWorker {
@@ -158,37 +149,33 @@ impl SwapWorker {
         }))
     }
 
-    /// Run `f` on the hot swap if the worker is not using it (then also
-    /// refresh the reported status); false if it was busy.
-    pub(crate) fn with_hot(&mut self, f: impl FnOnce(Hot<'_>)) -> bool {
-        match self.hot.try_lock() {
-            Ok(mut h) => {
-                f(Hot::Ready(&mut h));
-                self.status = SwapStatus::of(&h);
-                true
-            }
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                // A panic while validating: the state is still consistent
-                // (checks only read it); keep serving.
-                let mut h = p.into_inner();
-                f(Hot::Ready(&mut h));
-                self.status = SwapStatus::of(&h);
-                true
-            }
-            Err(std::sync::TryLockError::WouldBlock) => {
-                f(Hot::Busy);
-                false
-            }
+    /// Run `f` on the hot swap if the worker is not using it (and refresh
+    /// the reported status); nothing if it is busy.
+    pub(crate) fn with_hot(&mut self, f: impl FnOnce(&mut HotSwap)) {
+        if let Some(mut h) = try_hot(&self.hot) {
+            f(&mut h);
+            self.status = SwapStatus::of(&h);
         }
     }
 
     /// The latest status seen (refreshed whenever the spin thread had the
     /// hot swap).
     pub(crate) fn status(&mut self) -> &SwapStatus {
-        if let Ok(h) = self.hot.try_lock() {
+        if let Some(h) = try_hot(&self.hot) {
             self.status = SwapStatus::of(&h);
         }
         &self.status
+    }
+}
+
+/// The hot swap, unless the worker holds it. A panic while validating
+/// leaves it consistent (checks only read it), so a poisoned lock is served
+/// as usual.
+fn try_hot(hot: &Mutex<HotSwap>) -> Option<MutexGuard<'_, HotSwap>> {
+    match hot.try_lock() {
+        Ok(h) => Some(h),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -223,10 +210,8 @@ impl Poller {
             }
             next += self.period;
             self.remember_observation();
-            let mut h = match self.hot.lock() {
-                Ok(h) => h,
-                Err(p) => p.into_inner(),
-            };
+            // Poisoned: see `try_hot`.
+            let mut h = self.hot.lock().unwrap_or_else(|p| p.into_inner());
             h.poll(&self.chan, &self.recent);
         }
     }

@@ -207,25 +207,35 @@ fn fields_fit(op: u8, body: &[u8]) -> bool {
             self.skip(n)
         }
     }
-    let mut c = Cur(body);
-    let ok = match op {
-        0x03 => c
-            .skip(2)
-            .and_then(|_| c.prefixed())
-            .and_then(|_| c.prefixed())
-            .and_then(|_| c.prefixed()),
-        0x04 => c
-            .skip(4)
-            .and_then(|_| c.prefixed())
-            .and_then(|_| c.prefixed())
-            .and_then(|_| c.map()),
-        0x0C => c.prefixed().and_then(|_| c.map()),
-        0x05 => c.skip(22),
-        0x02 => c.skip(20),
-        0x0F => c.skip(4),
-        _ => None,
+    let walk = |c: &mut Cur| -> Option<()> {
+        match op {
+            // Schema: id u16, name, encoding, data
+            0x03 => {
+                c.skip(2)?;
+                c.prefixed()?;
+                c.prefixed()?;
+                c.prefixed()
+            }
+            // Channel: id u16, schema id u16, topic, encoding, metadata map
+            0x04 => {
+                c.skip(4)?;
+                c.prefixed()?;
+                c.prefixed()?;
+                c.map()
+            }
+            // Metadata: name, map
+            0x0C => {
+                c.prefixed()?;
+                c.map()
+            }
+            // Message header; Footer; DataEnd: fixed sizes
+            0x05 => c.skip(22),
+            0x02 => c.skip(20),
+            0x0F => c.skip(4),
+            _ => None,
+        }
     };
-    ok.is_some()
+    walk(&mut Cur(body)).is_some()
 }
 
 /// Every complete record of one file (a torn tail is ignored, corrupt
