@@ -562,3 +562,17 @@ pub fn set_niceness(nice: i32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Put the calling thread in Linux's SCHED_IDLE class: it runs only when
+/// no normal-class thread wants the CPU, and a waking normal thread (the
+/// control thread at default scheduling) preempts it at once. Nice 19
+/// alone is not enough under EEVDF: a waking nice-0 thread may wait for a
+/// nice-19 one's slice to end.
+pub fn set_idle_scheduling() -> std::io::Result<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread (pid 0), valid param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
