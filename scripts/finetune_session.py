@@ -201,16 +201,17 @@ def main():
     ap.add_argument("--sim-rate", type=float, default=50.0,
                     help="reacher sim steps per second (its rate_hz; 50 is real time)")
     ap.add_argument("--node", default="/flowpilot")
-    ap.add_argument("--ckpt-dir", help="the node's hot_swap.dir (default /tmp/flowpilot_<task>/ckpt, as config/<task>.yaml)")
+    ap.add_argument("--ckpt-dir", help="the node's hot_swap.dir (default ~/.local/state/flowpilot/<task>/ckpt, as config/<task>.yaml)")
     ap.add_argument("--expert-return", type=float, help="the scripted expert's mean return on the eval seeds "
                     "(reacher: measured with the sim unless given)")
-    ap.add_argument("--plot", help="learning-curve PNG (default /tmp/flowpilot_<task>/finetune.png)")
+    ap.add_argument("--plot", help="learning-curve PNG (default ~/.local/state/flowpilot/<task>/finetune.png)")
     ap.add_argument("--summary", help="JSON summary (default: next to the plot, .json)")
     a = ap.parse_args()
     n_eval = a.eval_episodes or (20 if a.task == "reacher" else 10)
     every = a.eval_every if a.eval_every is not None else (50 if a.task == "reacher" else 0)
-    ckpt_dir = a.ckpt_dir or f"/tmp/flowpilot_{a.task}/ckpt"
-    plot_path = a.plot or f"/tmp/flowpilot_{a.task}/finetune.png"
+    state = os.path.expanduser(f"~/.local/state/flowpilot/{a.task}")
+    ckpt_dir = a.ckpt_dir or f"{state}/ckpt"
+    plot_path = a.plot or f"{state}/finetune.png"
     summary_path = a.summary or os.path.splitext(plot_path)[0] + ".json"
 
     rclpy.init()

@@ -7,7 +7,7 @@
 # sim, scripts/finetune_session.py): the return before, EPISODES episodes of
 # logged robot time with the learner hot-swapping new versions in (reacher:
 # an evaluation every 150 episodes), and the return after, with a learning
-# curve PNG and a JSON summary in /tmp/flowpilot_<task>/. `reach` is the
+# curve PNG and a JSON summary in ~/.local/state/flowpilot/<task>/. `reach` is the
 # robot whose bundled policy takes a detour.
 #
 # Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
@@ -27,8 +27,11 @@ task=${args[0]:-reacher}
 episodes=${args[1]:-10}
 case "$task" in reacher|reach|pointmass) ;; *) echo "usage: $0 [reacher|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
 if [ $finetune = 1 ] && [ "$task" = pointmass ]; then echo "--finetune: reach or reacher" >&2; exit 2; fi
-# A fresh session: the configs log to and hot-swap from /tmp/flowpilot_<task>.
-rm -rf "/tmp/flowpilot_$task"
+# A fresh session: the configs log to and hot-swap from a state directory
+# (docs/security.md: not /tmp); this job's own, emptied first.
+state="$HOME/.local/state/flowpilot/$task"
+rm -rf "$state"
+mkdir -p -m 700 "$state"
 scripts/setup-ros.sh >/dev/null
 # shellcheck disable=SC1091
 source .ros/env.sh
@@ -38,8 +41,7 @@ if [ $finetune = 1 ]; then
   if [ "$task" = reacher ]; then
     # The learner's prior data (config/reacher.yaml: --prior): the scripted
     # expert's demonstrations with their rewards, as the BC policy saw them.
-    mkdir -p /tmp/flowpilot_reacher
-    python3 sim/record_demos.py --task reacher --episodes 300 --seed 0 --out /tmp/flowpilot_reacher/demos.npz
+    python3 sim/record_demos.py --task reacher --episodes 300 --seed 0 --out "$state/demos.npz"
   fi
 fi
 cargo build --release --features ros --bin flowpilot_node --bin flowpilot 2>&1 | tail -1

@@ -23,7 +23,7 @@ MIN_GAIN = 1.0
 
 def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
     cfg = open(os.path.join(ROOT, "config", "reacher.yaml")).read()
-    cfg = cfg.replace("/tmp/flowpilot_reacher", str(tmp_path))
+    cfg = cfg.replace("~/.local/state/flowpilot/reacher", str(tmp_path))
     params = tmp_path / "reacher.yaml"
     params.write_text(cfg)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))

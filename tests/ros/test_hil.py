@@ -38,7 +38,7 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain, tmp_path):
     cmd = launch_run.commands(os.path.join(ROOT, "launch", "flowpilot.launch.xml"),
                               {"params_file": os.path.join(ROOT, "config", "reacher.yaml"),
                                "model": os.path.join(ROOT, "models", "reacher_flow.safetensors")})[0]
-    # this test's own log and checkpoint dirs (the config's live in /tmp)
+    # this test's own log and checkpoint dirs (the config's live in ~/.local/state/flowpilot)
     cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt"]
     # the reference was measured sampling at τ = 1 (the config acts at 0.3 for fine-tuning)
     cmd += ["-p", "temperature:=1.0"]

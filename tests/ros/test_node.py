@@ -8,7 +8,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import (BEST_EFFORT, LATCHED, MODEL, RELIABLE, NodeProc, Peer, offline_action, wait_for)
+from conftest import (BEST_EFFORT, LATCHED, MODEL, RELIABLE, ROOT, NodeProc, Peer, offline_action, wait_for)
 
 OBS = [0.05, -1.1]
 # Trace layout: [tick, decision, published, log_prob, stamp, action...]
@@ -227,3 +227,33 @@ def test_bad_model_file_fails_clearly(domain, tmp_path):
     assert rc == 1
     text = open(node.log.name).read()
     assert "loading model" in text and "truncated" in text, text[-500:]
+
+
+def test_state_paths_expand_home_and_environment_and_bundled_configs_avoid_tmp(domain, peer, tmp_path):
+    # The bundled configs keep logs and checkpoints in a state directory
+    # (docs/security.md: not /tmp); ROS params files substitute nothing, so
+    # the node expands ~ and $VAR itself.
+    import yaml
+    for name in ("reach", "reacher", "pointmass"):
+        p = yaml.safe_load(open(f"{ROOT}/config/{name}.yaml"))["flowpilot"]["ros__parameters"]
+        paths = [p.get("log", {}).get("dir", ""), p.get("hot_swap", {}).get("dir", "")]
+        paths += [a for a in p.get("finetune", {}).get("args", []) if "/" in a]
+        for path in filter(None, paths):
+            assert path.startswith(f"~/.local/state/flowpilot/{name}/"), (name, path)
+    home = tmp_path / "home"
+    home.mkdir()
+    obs = ObsPublisher(peer)
+    node = NodeProc(domain, ("-p", "log.dir:=~/state/log", "-p", "hot_swap.dir:=${FLOWPILOT_TEST_CKPT}/ckpt"),
+                    env={"HOME": str(home), "FLOWPILOT_TEST_CKPT": str(tmp_path / "elsewhere")})
+    try:
+        wait_for(lambda: list((home / "state" / "log").glob("*.mcap")), 15, "a log file under $HOME/state/log")
+        assert (tmp_path / "elsewhere" / "ckpt").is_dir()
+        assert not os.path.exists(os.path.join(ROOT, "~")), "a literal ~ directory was made"
+    finally:
+        obs.on = False
+        assert node.stop() == 0
+    node = NodeProc(domain, ("-p", "log.dir:=$FLOWPILOT_SURELY_UNSET/log",))
+    rc = node.p.wait(timeout=20)
+    out = node.output()
+    node.stop()
+    assert rc != 0 and "'log.dir': environment variable $FLOWPILOT_SURELY_UNSET" in out, out[-1500:]

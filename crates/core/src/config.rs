@@ -376,6 +376,18 @@ pub struct LogSettings {
     pub step_source: Option<SourceConfig>,
 }
 
+/// Expand a leading `~` (the user's home, `$HOME`) and `$VAR`, `${VAR}`,
+/// `${VAR:-default}` in a path parameter, as a shell would: ROS 2 params
+/// files do no substitution of their own, and the bundled configs keep
+/// their state under `~/.local/state/flowpilot` (docs/security.md: not
+/// `/tmp`). An unset variable without a default is an error naming it.
+pub fn expand_path(s: &str) -> std::result::Result<String, String> {
+    let home = || std::env::var("HOME").ok();
+    shellexpand::full_with_context(s, home, |v| std::env::var(v).map(Some))
+        .map(|c| c.into_owned())
+        .map_err(|e| format!("environment variable ${} in {s:?}: {}", e.var_name, e.cause))
+}
+
 fn nonempty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -406,6 +418,12 @@ impl Params<'_> {
                 format!("parameter '{name}' must be a string, got {v:?}"),
             )),
         }
+    }
+    /// A file-system path: a string with a leading `~` and `$VAR` /
+    /// `${VAR}` / `${VAR:-default}` expanded ([`expand_path`]).
+    fn path(&self, name: &str, default: Option<&str>) -> Result<String> {
+        expand_path(&self.string(name, default)?)
+            .map_err(|e| ConfigError::param(name, format!("'{name}': {e}")))
     }
     fn f64(&self, name: &str, default: f64) -> Result<f64> {
         match self.get(name) {
@@ -507,7 +525,7 @@ impl Params<'_> {
 /// The transition log's settings; `width` is the observation + goal width
 /// that the distance reward's indices point into.
 fn log_settings(p: &Params<'_>, width: usize) -> Result<Option<LogSettings>> {
-    let Some(dir) = nonempty(p.string("log.dir", Some(""))?) else {
+    let Some(dir) = nonempty(p.path("log.dir", Some(""))?) else {
         return Ok(None);
     };
     let a = p.usizes("log.reward.distance_a")?;
@@ -792,7 +810,7 @@ impl NodeConfig {
             .map(|s| s.kind.width())
             .sum();
         Ok(Self {
-            model: p.string("model", None)?,
+            model: p.path("model", None)?,
             rate_hz,
             seed: p.i64_in("seed", 0, 0, i64::MAX)? as u64,
             temperature,
@@ -825,7 +843,7 @@ impl NodeConfig {
                 "within 0.01..3600 s",
             )?,
             stall_periods: p.i64_in("watchdog.stall_periods", 50, 2, 1_000_000)? as u32,
-            hot_swap_dir: nonempty(p.string("hot_swap.dir", Some(""))?),
+            hot_swap_dir: nonempty(p.path("hot_swap.dir", Some(""))?),
             hot_swap_poll_s: p.f64_in(
                 "hot_swap.poll_period",
                 0.5,
@@ -851,8 +869,18 @@ impl NodeConfig {
                     ))
                 })
                 .transpose()?,
-            finetune_args: p.strings("finetune.args")?,
-            finetune_exe: nonempty(p.string("finetune.exe", Some(""))?),
+            // Each argument as a shell would expand it (a path to prior
+            // data, say); the learner is started without a shell.
+            finetune_args: p
+                .strings("finetune.args")?
+                .iter()
+                .map(|a| {
+                    expand_path(a).map_err(|e| {
+                        ConfigError::param("finetune.args", format!("'finetune.args': {e}"))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            finetune_exe: nonempty(p.path("finetune.exe", Some(""))?),
         })
     }
 
@@ -1408,6 +1436,50 @@ mod tests {
             ],
         );
         assert!(NodeConfig::from_params(&ros).is_ok());
+    }
+
+    #[test]
+    fn path_parameters_expand_home_and_environment_like_a_shell() {
+        let home = std::env::var("HOME").expect("HOME is set where tests run");
+        let m = with(
+            minimal(),
+            &[
+                ("model", s("~/p.safetensors")),
+                ("log.dir", s("${HOME}/log")),
+                (
+                    "hot_swap.dir",
+                    s("${FLOWPILOT_SURELY_UNSET_VAR:-~/state}/ckpt"),
+                ),
+                (
+                    "finetune.args",
+                    ss(&["--prior", "$HOME/demos.npz", "--gamma", "0.9"]),
+                ),
+            ],
+        );
+        let c = NodeConfig::from_params(&m).unwrap();
+        assert_eq!(c.model, format!("{home}/p.safetensors"));
+        assert_eq!(c.log.unwrap().dir, format!("{home}/log"));
+        // a default is taken as written (a shell would not expand its ~ either)
+        assert_eq!(c.hot_swap_dir.as_deref(), Some("~/state/ckpt"));
+        assert_eq!(
+            c.finetune_args,
+            vec![
+                "--prior".to_string(),
+                format!("{home}/demos.npz"),
+                "--gamma".into(),
+                "0.9".into()
+            ]
+        );
+        for key in ["hot_swap.dir", "finetune.args"] {
+            let v = if key == "finetune.args" {
+                ss(&["$FLOWPILOT_SURELY_UNSET_VAR/x"])
+            } else {
+                s("$FLOWPILOT_SURELY_UNSET_VAR/x")
+            };
+            let e = NodeConfig::from_params(&with(minimal(), &[(key, v)])).unwrap_err();
+            assert_eq!(e.parameter(), key);
+            assert!(e.to_string().contains("FLOWPILOT_SURELY_UNSET_VAR"), "{e}");
+        }
     }
 
     #[test]
