@@ -247,3 +247,81 @@ fn a_rolled_back_line_is_abandoned_for_the_accepted_version() {
         v3.spec.digest
     );
 }
+
+/// A real tmpfs mounted for one test (needs root, as the node's ENOSPC
+/// tests in tests/ros/test_faults.py do); unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// ENOSPC on a real tmpfs: failed checkpoints cost themselves, not the
+/// session (it trains to the end, and only the final checkpoint's failure
+/// is its error); no partial file holds the space; once there is space
+/// again, checkpoints are written.
+#[test]
+fn a_full_disk_costs_checkpoints_not_the_session_and_leaves_no_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut o, _) = offline_setup(dir.path(), 1, 60);
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "4m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    o.out = fs.0.join("ckpt");
+    std::fs::create_dir_all(&o.out).unwrap();
+    // Fill the disk to the last block.
+    let filler = fs.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let stop = AtomicBool::new(false);
+    let e = learner::run(&o, &stop).unwrap_err();
+    let msg = format!("{:#}", anyhow::Error::from(e));
+    // checkpoints at 20 and 40 failed too, and training went on to 60
+    assert!(
+        msg.contains("final checkpoint, after 60 updates") && msg.contains("No space left"),
+        "{msg}"
+    );
+    assert_eq!(files_under(&o.out), Vec::<std::path::PathBuf>::new());
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(learner::run(&o, &stop).unwrap(), 60);
+    let (_, m) = CheckpointDir::new(&o.out).latest().unwrap();
+    assert_eq!(m.spec.version, 4, "checkpoints at 20, 40 and 60 updates");
+    assert!(CheckpointDir::new(&o.out).learner_state_path().exists());
+}

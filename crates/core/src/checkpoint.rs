@@ -334,7 +334,9 @@ fn parent_dir(path: &Path) -> &Path {
 /// Create `path` atomically: `write` fills a temp file `.<name>.tmp<pid>` in
 /// the same directory, which is fsynced and renamed over `path`, so readers
 /// (the hot swap, a resuming learner) see the old file or the new one, never
-/// a partial one; a crash leaves at most the temp file.
+/// a partial one; a crash leaves at most the temp file. A failed write
+/// (a full disk) removes its temp file: a partial model kept there would
+/// hold the space the next try needs.
 pub fn write_atomic<E>(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
@@ -348,13 +350,21 @@ where
         source,
     })?;
     let tmp = temp_path(path);
-    write(&tmp).map_err(|e| StoreError::Write {
-        path: tmp.clone(),
-        source: e.into(),
-    })?;
-    let commit = |source| StoreError::Commit {
-        path: path.to_path_buf(),
-        source,
+    let discard = |e: StoreError| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    write(&tmp)
+        .map_err(|e| StoreError::Write {
+            path: tmp.clone(),
+            source: e.into(),
+        })
+        .map_err(discard)?;
+    let commit = |source| {
+        discard(StoreError::Commit {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
@@ -393,6 +403,26 @@ mod tests {
         // listing sees only the policy file (and latest skips it: not a model)
         assert_eq!(d.policies().len(), 1);
         assert!(d.latest().is_none());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file_and_the_old_file_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("policy_v000001.safetensors");
+        write_atomic(&p, |f| std::fs::write(f, b"old")).unwrap();
+        // half written, then the disk is full
+        let e = write_atomic(&p, |f| {
+            std::fs::write(f, b"ne")?;
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains(".tmp"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["policy_v000001.safetensors"]);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub enum LearnerError {
         #[source]
         source: ModelError,
     },
+    #[error("the final checkpoint, after {updates} updates, was not written")]
+    FinalCheckpoint {
+        updates: u64,
+        #[source]
+        source: Box<LearnerError>,
+    },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]

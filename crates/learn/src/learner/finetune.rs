@@ -169,7 +169,10 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     } else {
         f64::INFINITY
     };
+    // The last checkpoint tried (for the cadence) and the last one that
+    // holds what was learned (a written one, or a restart point).
     let mut last_ckpt = sac.updates();
+    let mut saved = sac.updates();
     let mut next_poll = std::time::Instant::now() + opts.poll_period;
     while !stop.load(Ordering::SeqCst) {
         if opts.max_updates > 0 && sac.updates() - start_updates >= opts.max_updates {
@@ -182,6 +185,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             }
             if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
                 last_ckpt = sac.updates();
+                saved = sac.updates();
             }
         }
         if rb.len() < min || budget < 1.0 {
@@ -225,16 +229,35 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             last_ckpt = sac.updates();
             // Nothing learned since a restart from the accepted version is
             // worth a checkpoint yet.
-            if !follow_rollback(&store, &lineage, &mut sac, &mut current)? {
-                checkpoint(&store, &mut lineage, &sac, &mut current)?;
+            if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
+                saved = sac.updates();
+            } else {
+                // A full disk (or any write failure) costs this checkpoint,
+                // not the session: its temp file is gone, training goes on
+                // and the next checkpoint tries again.
+                match checkpoint(&store, &mut lineage, &sac, &mut current) {
+                    Ok(()) => saved = sac.updates(),
+                    Err(e) => tracing::warn!(
+                        updates = sac.updates(),
+                        "checkpoint not written: {e:#}; training on, the next try in {} updates",
+                        opts.checkpoint_every
+                    ),
+                }
             }
         }
     }
-    if sac.updates() > last_ckpt
+    if sac.updates() > saved
         && sac.updates() > sac.cfg().critic_warmup
         && !follow_rollback(&store, &lineage, &mut sac, &mut current)?
     {
-        checkpoint(&store, &mut lineage, &sac, &mut current)?;
+        // The last chance to keep what was learned: its failure is the
+        // session's, so that the exit status says so.
+        checkpoint(&store, &mut lineage, &sac, &mut current).map_err(|e| {
+            LearnerError::FinalCheckpoint {
+                updates: sac.updates(),
+                source: Box::new(e),
+            }
+        })?;
     }
     Ok(sac.updates() - start_updates)
 }
@@ -256,10 +279,12 @@ fn checkpoint(
     }
     let path = store.policy_path(next.spec.version);
     next.save(&path)?;
-    sac.save_state(&store.learner_state_path())?;
+    // The version exists from here on, whatever happens to the state file:
+    // the next one must number above it, not overwrite it.
     lineage.insert(&next.spec, Some(&path));
     tracing::info!(path = %path.display(), version = next.spec.version, updates = sac.updates(), "checkpoint written");
     *current = next;
+    sac.save_state(&store.learner_state_path())?;
     Ok(())
 }
 
