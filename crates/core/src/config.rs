@@ -116,6 +116,10 @@ const KEYS: &[&str] = &[
     "override.max_age",
     "finetune.args",
     "finetune.exe",
+    "chunk.replan_every",
+    "chunk.boundary",
+    "chunk.ensemble_m",
+    "chunk.blend_steps",
 ];
 
 /// Every parameter name the node reads (source fields apart: see
@@ -357,6 +361,8 @@ pub struct NodeConfig {
     /// Learner started by `~/finetune`: extra arguments and executable.
     pub finetune_args: Vec<String>,
     pub finetune_exe: Option<String>,
+    /// How a chunked policy's chunks are played (`chunk.*`).
+    pub chunk: crate::control::ChunkConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +526,28 @@ impl Params<'_> {
             )),
         }
     }
+}
+
+/// `chunk.*`: the re-planning period and the boundary rule with its number.
+fn chunk_config(p: &Params<'_>) -> Result<crate::control::ChunkConfig> {
+    use crate::chunk::Boundary;
+    let mut boundary: Boundary = p
+        .string("chunk.boundary", Some("replace"))?
+        .parse()
+        .map_err(|e: String| ConfigError::param("chunk.boundary", e))?;
+    match &mut boundary {
+        Boundary::Ensemble { m } => {
+            *m = p.f64_in("chunk.ensemble_m", 0.01, 0.0, 100.0, "within 0..100")? as f32
+        }
+        Boundary::Blend { steps } => {
+            *steps = p.i64_in("chunk.blend_steps", 2, 1, 1 << 16)? as usize
+        }
+        Boundary::Replace => {}
+    }
+    Ok(crate::control::ChunkConfig {
+        replan_every: p.i64_in("chunk.replan_every", 0, 0, 1 << 16)? as usize,
+        boundary,
+    })
 }
 
 /// The transition log's settings; `width` is the observation + goal width
@@ -881,6 +909,7 @@ impl NodeConfig {
                 })
                 .collect::<Result<_>>()?,
             finetune_exe: nonempty(p.path("finetune.exe", Some(""))?),
+            chunk: chunk_config(&p)?,
         })
     }
 
@@ -1480,6 +1509,37 @@ mod tests {
             assert_eq!(e.parameter(), key);
             assert!(e.to_string().contains("FLOWPILOT_SURELY_UNSET_VAR"), "{e}");
         }
+    }
+
+    #[test]
+    fn chunk_parameters_pick_the_boundary_rule_and_its_number() {
+        use crate::chunk::Boundary;
+        let c = NodeConfig::from_params(&minimal()).unwrap();
+        assert_eq!(c.chunk, crate::control::ChunkConfig::default());
+        let c = NodeConfig::from_params(&with(
+            minimal(),
+            &[
+                ("chunk.boundary", s("ensemble")),
+                ("chunk.ensemble_m", V::Double(0.2)),
+                ("chunk.replan_every", V::Integer(1)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(c.chunk.boundary, Boundary::Ensemble { m: 0.2 });
+        assert_eq!(c.chunk.replan_every, 1);
+        let c = NodeConfig::from_params(&with(
+            minimal(),
+            &[
+                ("chunk.boundary", s("blend")),
+                ("chunk.blend_steps", V::Integer(3)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(c.chunk.boundary, Boundary::Blend { steps: 3 });
+        let e = NodeConfig::from_params(&with(minimal(), &[("chunk.boundary", s("ensemb"))]))
+            .unwrap_err();
+        assert_eq!(e.parameter(), "chunk.boundary");
+        assert!(e.to_string().contains("replace, ensemble or blend"), "{e}");
     }
 
     #[test]

@@ -67,8 +67,29 @@ pub struct ControlConfig {
     /// Latent temperature τ ∈ [0, 1] of every policy sample (1: the policy
     /// as trained; 0: the deterministic z = 0 action).
     pub temperature: f32,
+    /// How a chunked policy's chunks are played (ignored for chunk_len 1).
+    pub chunk: ChunkConfig,
 }
 
+/// Chunk playing for a chunked policy (`chunk.*` parameters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChunkConfig {
+    /// Sample a new chunk every this many ticks (1..=H; 0: every H).
+    pub replan_every: usize,
+    pub boundary: Boundary,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        Self {
+            replan_every: 0,
+            boundary: Boundary::Replace,
+        }
+    }
+}
+
+pub use crate::chunk::Boundary;
+use crate::chunk::{ChunkPlayer, ChunkStep, ObsHistory};
 pub use crate::decision::Decision;
 
 /// A controller that cannot be built from this configuration.
@@ -85,6 +106,8 @@ pub enum ControlError {
     MaxAges,
     #[error("max_delta needs {0} values")]
     MaxDelta(usize),
+    #[error("chunk.replan_every {every} exceeds the model's chunk_len {chunk_len}")]
+    ReplanEvery { every: usize, chunk_len: usize },
     #[error("the override source must carry {0} values")]
     OverrideWidth(usize),
 }
@@ -108,6 +131,9 @@ pub struct Stats {
     /// (counted apart from, and also in, `invalid_ticks`).
     pub future_stamp_ticks: AtomicU64,
     pub estop_ticks: AtomicU64,
+    /// Ticks a chunked policy had no chunk left to play (its new chunk
+    /// failed and the old one ran out): safe action.
+    pub chunk_exhausted_ticks: AtomicU64,
     pub override_ticks: AtomicU64,
     pub last_inference_ns: AtomicU64,
     pub max_inference_ns: AtomicU64,
@@ -148,8 +174,16 @@ pub struct Controller {
     /// `cfg.max_age_s` and `cfg.max_future_stamp_s` in ns, converted once.
     max_age_ns: Vec<i64>,
     max_future_ns: i64,
+    /// This tick's board snapshot: one observation step ++ goal.
     obs: Vec<f32>,
+    /// The policy's observation input (`obs_horizon` steps).
+    history: ObsHistory,
+    /// A sampled chunk (`act_dim` values), and the step played this tick.
     act32: Vec<f32>,
+    step32: Vec<f32>,
+    player: ChunkPlayer,
+    played: Option<ChunkStep>,
+    /// One action step, as published.
     action: Vec<f64>,
     last: Vec<f64>,
     have_last: bool,
@@ -192,26 +226,41 @@ impl Controller {
         let spec = sampler.spec().clone();
         let obs_w: usize = (0..cfg.obs_sources).map(|i| board.width(i)).sum();
         let goal_w = board.total() - obs_w;
-        if obs_w != spec.obs_dim || goal_w != spec.goal_dim {
+        if obs_w != spec.step_obs_dim() || goal_w != spec.goal_dim {
             return Err(ControlError::SourceWidths {
                 obs: obs_w,
                 goal: goal_w,
-                model_obs: spec.obs_dim,
+                model_obs: spec.step_obs_dim(),
                 model_goal: spec.goal_dim,
             });
         }
         if cfg.max_age_s.len() != board.sources() {
             return Err(ControlError::MaxAges);
         }
-        if let Some(d) = &cfg.max_delta {
-            if d.len() != spec.act_dim {
-                return Err(ControlError::MaxDelta(spec.act_dim));
+        let d = spec.step_act_dim();
+        if let Some(m) = &cfg.max_delta {
+            if m.len() != d {
+                return Err(ControlError::MaxDelta(d));
             }
         }
-        let d = spec.act_dim;
+        let h = spec.chunk_len;
+        let k = match cfg.chunk.replan_every {
+            0 => h,
+            k if k <= h => k,
+            every => {
+                return Err(ControlError::ReplanEvery {
+                    every,
+                    chunk_len: h,
+                })
+            }
+        };
         Ok(Self {
             obs: vec![0.0; board.total()],
-            act32: vec![0.0; d],
+            history: ObsHistory::new(spec.obs_horizon, spec.step_obs_dim()),
+            act32: vec![0.0; spec.act_dim],
+            step32: vec![0.0; d],
+            player: ChunkPlayer::new(h, d, k, cfg.chunk.boundary),
+            played: None,
             action: vec![0.0; d],
             last: vec![0.0; d],
             have_last: false,
@@ -252,6 +301,8 @@ impl Controller {
     /// Swap the policy between ticks (same dims are checked by the caller).
     pub fn set_sampler(&mut self, s: Sampler) -> Sampler {
         self.policy_id = PolicyId::of(s.spec());
+        // The new policy plans its own chunk from the next tick.
+        self.player.reset();
         std::mem::replace(&mut self.sampler, s)
     }
 
@@ -286,8 +337,8 @@ impl Controller {
         t.inputs[..n].copy_from_slice(&self.obs[..n]);
         let d = self.action.len().min(crate::log::MAX_ACT);
         t.n_act = d;
-        if out.decision == Decision::Policy || out.decision == Decision::WarmingUp {
-            t.sampled[..d].copy_from_slice(&self.sampler.last_raw_action()[..d]);
+        if let (Decision::Policy | Decision::WarmingUp, Some(st)) = (out.decision, &self.played) {
+            t.sampled[..d].copy_from_slice(&self.player.raw(st)[..d]);
         } else {
             t.sampled[..d].fill(f32::NAN);
         }
@@ -336,7 +387,7 @@ impl Controller {
         let mut log_prob = f32::NAN;
         let human_live = match &self.human {
             Some(h) => {
-                let st = h.board.read(0, &mut self.act32, now_mono, now_wall);
+                let st = h.board.read(0, &mut self.step32, now_mono, now_wall);
                 st.ever_written && !st.busy && st.age_ns <= (h.max_age_s * 1e9) as i64
             }
             None => false,
@@ -352,24 +403,36 @@ impl Controller {
                 .future_stamp_ticks
                 .fetch_add(1, Ordering::Relaxed);
             Decision::Invalid
+        } else if !self.obs.iter().all(|v| v.is_finite()) {
+            // Checked here, not only by the sampler: a chunk being played
+            // does not sample on every tick.
+            Decision::Invalid
         } else {
-            let obs_w = self.sampler.spec().obs_dim;
-            let t0 = mono_ns();
-            let (obs, goal) = self.obs.split_at(obs_w);
-            let r = self.sampler.sample_tempered(
-                obs,
-                goal,
-                self.cfg.seed,
-                tick,
-                self.cfg.temperature,
-                &mut self.act32,
-            );
-            let dt = (mono_ns() - t0) as u64;
-            self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
-            self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);
-            match r {
-                Ok(lp) => {
-                    log_prob = lp;
+            let (obs, goal) = self.obs.split_at(self.sampler.spec().step_obs_dim());
+            self.history.push(obs);
+            if self.player.due() {
+                let t0 = mono_ns();
+                let r = self.sampler.sample_tempered(
+                    self.history.as_slice(),
+                    goal,
+                    self.cfg.seed,
+                    tick,
+                    self.cfg.temperature,
+                    &mut self.act32,
+                );
+                let dt = (mono_ns() - t0) as u64;
+                self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
+                self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);
+                // A failed sample leaves the chunk playing to go on.
+                if let Ok(lp) = r {
+                    self.player
+                        .push(&self.act32, self.sampler.last_raw_action(), lp);
+                }
+            }
+            self.played = self.player.next(&mut self.step32);
+            match &self.played {
+                Some(st) => {
+                    log_prob = st.log_prob;
                     if self.on_time_streak < self.cfg.warmup_ticks
                         || tick < self.cfg.startup_hold_ticks
                     {
@@ -378,21 +441,37 @@ impl Controller {
                         Decision::Policy
                     }
                 }
-                Err(_) => Decision::Invalid,
+                None => {
+                    // Nothing left to play (with chunk_len 1: this tick's
+                    // sample failed).
+                    if self.player.chunk_len() > 1 {
+                        self.stats
+                            .chunk_exhausted_ticks
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Decision::Invalid
+                }
             }
         };
+        if !matches!(decision, Decision::Policy | Decision::WarmingUp) {
+            // The open-loop remainder of a chunk and the observation history
+            // were made for a state the safe action has since left.
+            self.player.reset();
+            self.history.reset();
+            self.played = None;
+        }
         let publish = match decision {
             Decision::Override => {
                 // The operator's action, kept within the model's bounds.
                 let spec = self.sampler.spec();
-                for (i, (a, v)) in self.action.iter_mut().zip(&self.act32).enumerate() {
+                for (i, (a, v)) in self.action.iter_mut().zip(&self.step32).enumerate() {
                     *a = (*v as f64).clamp(spec.action_low[i] as f64, spec.action_high[i] as f64);
                 }
                 self.stats.override_ticks.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Decision::Policy => {
-                for (a, v) in self.action.iter_mut().zip(&self.act32) {
+                for (a, v) in self.action.iter_mut().zip(&self.step32) {
                     *a = *v as f64;
                 }
                 true

@@ -190,6 +190,8 @@ pub fn default_spec(
         obs_dim,
         goal_dim,
         act_dim,
+        chunk_len: 1,
+        obs_horizon: 1,
         blocks,
         hidden: [c + k, c],
         layer_norm_eps: 1e-6,

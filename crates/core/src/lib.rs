@@ -44,6 +44,7 @@ pub mod action_space;
 pub mod alloc_count;
 pub mod board;
 pub mod checkpoint;
+pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod decision;

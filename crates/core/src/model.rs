@@ -128,6 +128,17 @@ pub struct ModelSpec {
     #[serde(default)]
     pub goal_dim: usize,
     pub act_dim: usize,
+    /// Action steps per sample (an action chunk): the flow's `act_dim`
+    /// outputs are `chunk_len` steps of `act_dim / chunk_len` values,
+    /// step-major (`a[t * step + j]`). 1: one action per sample. Omitted
+    /// from the file when 1, so older files keep their digest.
+    #[serde(default = "one_usize", skip_serializing_if = "is_one_usize")]
+    pub chunk_len: usize,
+    /// Observation steps per sample (history): the `obs_dim` inputs are the
+    /// last `obs_horizon` observations of `obs_dim / obs_horizon` values,
+    /// oldest first (the goal is not repeated). 1: the current one only.
+    #[serde(default = "one_usize", skip_serializing_if = "is_one_usize")]
+    pub obs_horizon: usize,
     /// Number of coupling blocks K (0 for the Gaussian baseline).
     pub blocks: usize,
     /// MLP hidden widths [h1, h2]. Paper flax: [C + k, C]; torch: [C, C].
@@ -172,6 +183,14 @@ fn one() -> u64 {
     1
 }
 
+fn one_usize() -> usize {
+    1
+}
+
+fn is_one_usize(v: &usize) -> bool {
+    *v == 1
+}
+
 fn one_f32() -> f32 {
     1.0
 }
@@ -183,20 +202,34 @@ fn is_one(v: &f32) -> bool {
 /// Why a model cannot replace another on the same robot wiring.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "dims/kind differ from the running model (obs {} goal {} act {} {:?} vs obs {} goal {} act {} {:?})",
-    new.0, new.1, new.2, new.3, running.0, running.1, running.2, running.3
+    "dims/kind differ from the running model (obs {} goal {} act {} {:?} chunk {} horizon {} vs obs {} goal {} act {} {:?} chunk {} horizon {})",
+    new.0, new.1, new.2, new.3, new.4, new.5, running.0, running.1, running.2, running.3, running.4, running.5
 )]
 pub struct Incompatible {
-    running: (usize, usize, usize, PolicyKind),
-    new: (usize, usize, usize, PolicyKind),
+    running: CompatKey,
+    new: CompatKey,
 }
+
+/// What must match for one model to replace another: obs, goal and action
+/// widths, kind, chunk length, observation horizon.
+type CompatKey = (usize, usize, usize, PolicyKind, usize, usize);
 
 impl ModelSpec {
     /// The one rule for whether `new` can take this model's place (hot
     /// swap, resume after restart, a learner resuming from a checkpoint):
-    /// same observation, goal and action widths, same policy kind.
+    /// same observation, goal and action widths, same policy kind, same
+    /// chunk length and observation horizon.
     pub fn check_compatible(&self, new: &ModelSpec) -> Result<(), Incompatible> {
-        let key = |s: &ModelSpec| (s.obs_dim, s.goal_dim, s.act_dim, s.kind);
+        let key = |s: &ModelSpec| {
+            (
+                s.obs_dim,
+                s.goal_dim,
+                s.act_dim,
+                s.kind,
+                s.chunk_len,
+                s.obs_horizon,
+            )
+        };
         if key(self) == key(new) {
             Ok(())
         } else {
@@ -205,6 +238,15 @@ impl ModelSpec {
                 new: key(new),
             })
         }
+    }
+
+    /// Values of one action step (what the robot receives per tick).
+    pub fn step_act_dim(&self) -> usize {
+        self.act_dim / self.chunk_len.max(1)
+    }
+    /// Values of one observation step (what the sources give per tick).
+    pub fn step_obs_dim(&self) -> usize {
+        self.obs_dim / self.obs_horizon.max(1)
     }
 
     /// Conditioning width fed to the flow: encoder output, or obs+goal.
@@ -275,6 +317,16 @@ impl ModelSpec {
         let bad = |m: String| Err(ModelError::InvalidSpec(m));
         if self.act_dim == 0 {
             return bad("act_dim must be > 0".into());
+        }
+        for (name, n, dim, dim_name) in [
+            ("chunk_len", self.chunk_len, self.act_dim, "act_dim"),
+            ("obs_horizon", self.obs_horizon, self.obs_dim, "obs_dim"),
+        ] {
+            if n == 0 || dim % n != 0 {
+                return bad(format!(
+                    "{name} {n} must be >= 1 and divide {dim_name} {dim}"
+                ));
+            }
         }
         if self.kind == PolicyKind::Flow && (self.act_dim < 2 || self.blocks == 0) {
             return bad("a flow needs act_dim >= 2 and at least one block".into());

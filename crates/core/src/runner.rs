@@ -439,6 +439,7 @@ mod tests {
             startup_hold_ticks: 0,
             seed: 3,
             temperature: 1.0,
+            chunk: Default::default(),
         };
         let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
         (c, board)

@@ -35,6 +35,7 @@ fn setup(
         startup_hold_ticks: 0,
         seed: 9,
         temperature: 1.0,
+        chunk: Default::default(),
     };
     let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     (c, board, m)
@@ -352,4 +353,114 @@ fn periodic_timer_uses_absolute_deadlines() {
         "median wake-up lateness {} ns",
         lateness[100]
     );
+}
+
+/// A chunked (H = 4 steps of 2), history-conditioned (2 steps of 3) policy.
+fn chunked_setup(
+    chunk: flowpilot_core::control::ChunkConfig,
+) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+    let mut spec = flowpilot_core::init::default_spec(6, 0, 8, 2, 16);
+    spec.chunk_len = 4;
+    spec.obs_horizon = 2;
+    let m = flowpilot_core::init::init_model(
+        spec,
+        flowpilot_core::init::Init::Random { last_scale: 0.3 },
+        5,
+    )
+    .unwrap();
+    let board = Arc::new(Board::new(&[3]));
+    let cfg = ControlConfig {
+        rate_hz: 100.0,
+        max_age_s: vec![10.0],
+        max_future_stamp_s: 0.05,
+        obs_sources: 1,
+        safe: SafeBehaviour::Zero,
+        max_delta: None,
+        warmup_ticks: 0,
+        startup_hold_ticks: 0,
+        seed: 9,
+        temperature: 1.0,
+        chunk,
+    };
+    let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
+    (c, board, m)
+}
+
+#[test]
+fn a_chunked_history_policy_plays_the_samplers_chunk_step_by_step() {
+    use flowpilot_core::control::ChunkConfig;
+    let (mut c, b, m) = chunked_setup(ChunkConfig::default());
+    let mut offline = Sampler::new(&m).unwrap();
+    let obs64 = |t: usize| [0.1 * t as f64, -0.2, 0.3 + 0.05 * t as f64];
+    let obs = |t: usize| obs64(t).map(|v| v as f32);
+    let mut chunk = [0f32; 8];
+    let mut history = Vec::new();
+    for t in 0..12 {
+        b.write(0, &obs64(t), None);
+        // the history the policy sees: the first observation padded
+        history = if t == 0 {
+            [obs(0), obs(0)].concat()
+        } else {
+            [obs(t - 1), obs(t)].concat()
+        };
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Policy);
+        if t % 4 == 0 {
+            // a new chunk every H = 4 ticks, sampled at this tick
+            let lp = offline
+                .sample_tempered(&history, &[], 9, t as u64, 1.0, &mut chunk)
+                .unwrap();
+            assert_eq!(out.log_prob, lp);
+        }
+        let j = t % 4;
+        for (a, w) in out.action.iter().zip(&chunk[2 * j..2 * j + 2]) {
+            assert_eq!(*a, *w as f64, "tick {t} step {j}");
+        }
+        assert_eq!(out.action.len(), 2);
+    }
+    assert!(!history.is_empty());
+    // A stale tick drops the chunk and the history: the next fresh tick
+    // re-plans from a padded history.
+    let (mut c, b, _) = chunked_setup(ChunkConfig::default());
+    b.write(0, &obs64(0), None);
+    c.tick();
+    c.tick();
+    b.write(0, &[f64::NAN, 0.0, 0.0], None);
+    assert_eq!(c.tick().decision, Decision::Invalid);
+    b.write(0, &obs64(7), None);
+    let out = c.tick();
+    let lp = offline
+        .sample_tempered(&[obs(7), obs(7)].concat(), &[], 9, 3, 1.0, &mut chunk)
+        .unwrap();
+    assert_eq!(out.log_prob, lp);
+    assert_eq!(out.action[0], chunk[0] as f64);
+}
+
+#[test]
+fn chunked_ticks_allocate_nothing_under_every_boundary_rule() {
+    use flowpilot_core::control::{Boundary, ChunkConfig};
+    for (boundary, replan_every) in [
+        (Boundary::Replace, 0),
+        (Boundary::Ensemble { m: 0.01 }, 1),
+        (Boundary::Blend { steps: 2 }, 2),
+    ] {
+        let (mut c, b, _) = chunked_setup(ChunkConfig {
+            replan_every,
+            boundary,
+        });
+        b.write(0, &[0.1, 0.2, 0.3], None);
+        c.tick();
+        let before = thread_allocations();
+        for i in 0..2000 {
+            if i % 3 == 0 {
+                b.write(0, &[0.1, 0.2 + 0.001 * (i % 100) as f64, 0.3], None);
+            }
+            if i % 500 == 250 {
+                b.write(0, &[f64::NAN, 0.0, 0.0], None); // safe path, reset
+            }
+            let out = c.tick();
+            std::hint::black_box(out.action[0]);
+        }
+        assert_eq!(thread_allocations() - before, 0, "{boundary:?} allocated");
+    }
 }

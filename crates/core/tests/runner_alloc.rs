@@ -71,6 +71,7 @@ fn check(with_step: bool) {
         startup_hold_ticks: 0,
         seed: 1,
         temperature: 1.0,
+        chunk: Default::default(),
     };
     let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -156,6 +156,8 @@ pub fn import_nf4rl(
         obs_dim,
         goal_dim: opts.goal_dim,
         act_dim: d,
+        chunk_len: 1,
+        obs_horizon: 1,
         blocks: meta.blocks,
         hidden: meta.hidden,
         layer_norm_eps: meta.layer_norm_eps,

@@ -66,6 +66,7 @@ fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> 
         startup_hold_ticks: (cfg.startup_hold_s * cfg.rate_hz).ceil() as u64,
         seed: cfg.seed,
         temperature: cfg.temperature.unwrap_or(spec.temperature),
+        chunk: cfg.chunk,
     }
 }
 
@@ -79,7 +80,8 @@ pub fn run_node() -> Result<()> {
     let cfg = NodeConfig::from_params(&params::read(&node)).context("invalid node parameters")?;
     let (model, model_path) = swap::load_policy(&cfg)?;
     tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
-    let act_dim = model.spec.act_dim;
+    // What the robot gets per tick: one step of a chunk.
+    let act_dim = model.spec.step_act_dim();
     if act_dim > MAX_ACT || cfg.sources().count() > MAX_SOURCES {
         bail!("at most {MAX_ACT} action values and {MAX_SOURCES} sources are supported");
     }

@@ -91,6 +91,16 @@ pub(crate) fn start(
     let Some(l) = &cfg.log else {
         return Ok(None);
     };
+    if model.spec.chunk_len > 1 || model.spec.obs_horizon > 1 {
+        // The record layout and the learner know one action per sample and
+        // one observation per input; a chunked or history policy's records
+        // would be misread by both.
+        bail!(
+            "log.dir: transition logs of chunked or history-conditioned policies (chunk_len {}, obs_horizon {}) are not supported yet; unset log.dir",
+            model.spec.chunk_len,
+            model.spec.obs_horizon
+        );
+    }
     let act_dim = model.spec.act_dim;
     if board_total > flowpilot_core::log::MAX_OBS || act_dim > flowpilot_core::log::MAX_ACT {
         bail!(

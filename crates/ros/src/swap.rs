@@ -127,7 +127,8 @@ impl SwapWorker {
             board: board.clone(),
             chan: chan.clone(),
             period: Duration::from_secs_f64(cfg.hot_swap_poll_s),
-            obs_dim: model.spec.obs_dim,
+            step_obs: model.spec.step_obs_dim(),
+            horizon: model.spec.obs_horizon,
             recent: Vec::new(),
             snap: vec![0f32; board.total()],
         };
@@ -196,7 +197,9 @@ struct Poller {
     board: Arc<Board>,
     chan: Arc<SwapChannel>,
     period: Duration,
-    obs_dim: usize,
+    /// One observation step's width, and the policy's history length.
+    step_obs: usize,
+    horizon: usize,
     recent: Vec<(Vec<f32>, Vec<f32>)>,
     snap: Vec<f32>,
 }
@@ -230,8 +233,10 @@ impl Poller {
                 .ever_written;
         }
         if ok {
-            let (obs, goal) = self.snap.split_at(self.obs_dim);
-            self.recent.push((obs.to_vec(), goal.to_vec()));
+            let (obs, goal) = self.snap.split_at(self.step_obs);
+            // A history policy sees it as the control thread does at a
+            // start: the one observation repeated over the whole horizon.
+            self.recent.push((obs.repeat(self.horizon), goal.to_vec()));
             if self.recent.len() > RECENT {
                 self.recent.remove(0);
             }

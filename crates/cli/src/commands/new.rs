@@ -7,12 +7,20 @@ use anyhow::Result;
 #[derive(clap::Args)]
 pub(crate) struct NewArgs {
     out: PathBuf,
+    /// Values of one observation step.
     #[arg(long)]
     obs: usize,
     #[arg(long, default_value_t = 0)]
     goal: usize,
+    /// Values of one action step (the whole flow output is chunk × act).
     #[arg(long)]
     act: usize,
+    /// Action steps per sample (an action chunk).
+    #[arg(long, default_value_t = 1)]
+    chunk: usize,
+    /// Observation steps per sample (history; the flow sees obs-horizon × obs).
+    #[arg(long, default_value_t = 1)]
+    obs_horizon: usize,
     #[arg(long, default_value_t = 4)]
     blocks: usize,
     #[arg(long, default_value_t = 256)]
@@ -29,7 +37,15 @@ pub(crate) struct NewArgs {
 }
 
 pub(crate) fn run(a: NewArgs) -> Result<()> {
-    let mut spec = flowpilot_core::init::default_spec(a.obs, a.goal, a.act, a.blocks, a.hidden);
+    let mut spec = flowpilot_core::init::default_spec(
+        a.obs * a.obs_horizon,
+        a.goal,
+        a.act * a.chunk,
+        a.blocks,
+        a.hidden,
+    );
+    spec.chunk_len = a.chunk;
+    spec.obs_horizon = a.obs_horizon;
     spec.created_by = format!("flowpilot new (random={}, seed={})", a.random, a.seed);
     spec.version = a.version;
     let init = if a.random {

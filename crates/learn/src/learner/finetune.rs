@@ -70,6 +70,12 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         path: opts.init.clone(),
         source,
     })?;
+    if init.spec.chunk_len > 1 || init.spec.obs_horizon > 1 {
+        return Err(LearnerError::ChunkedPolicy {
+            chunk_len: init.spec.chunk_len,
+            obs_horizon: init.spec.obs_horizon,
+        });
+    }
     // The versions in `out` (and `init`) with their parents, to tell
     // whether the line being trained was rolled back by the node.
     let mut lineage = store.lineage();
