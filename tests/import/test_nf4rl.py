@@ -332,9 +332,10 @@ def test_flax_rlbc_agent_matches_reference(tmp_path):
     check_parity(model, ref, "forward", rng.standard_normal(obs_dim), np.zeros(0), rng, d)
 
 
-def test_torch_bc_state_dict_matches_reference(tmp_path):
-    rng = np.random.default_rng(2)
-    d, k, C, K = 8, 9, 16, 3
+def torch_bc_state(rng, d, k, C, K):
+    """A state_dict of the paper's PyTorch NF-BC RealNVP (d actions, k
+    conditioning inputs, width C, K blocks), and its blocks for the
+    reference."""
     state = OrderedDict()
     blocks = []
     for i in range(K):
@@ -355,6 +356,13 @@ def test_torch_bc_state_dict_matches_reference(tmp_path):
                 state[f"blocks.{i}.{n}.{idx}.weight"], state[f"blocks.{i}.{n}.{idx}.bias"] = w, b
             nets[n] = [(w0.T, b0), (g0, bb0), (w1.T, b1), (g1, bb1), (w2.T, b2)]
         blocks.append({"L": L, "U": U, "s_diag": s, "s": nets["s"], "t": nets["t"], "perm": perm})
+    return state, blocks
+
+
+def test_torch_bc_state_dict_matches_reference(tmp_path):
+    rng = np.random.default_rng(2)
+    d, k, C, K = 8, 9, 16, 3
+    state, blocks = torch_bc_state(rng, d, k, C, K)
     ckpt = tmp_path / "nfbc.pt"
     write_torch(ckpt, state)
     model = str(tmp_path / "torch.safetensors")
@@ -369,6 +377,42 @@ def test_torch_bc_state_dict_matches_reference(tmp_path):
         ref.W.append(P @ (np.tril(b["L"], -1) + np.eye(d)) @ (np.triu(b["U"], 1) + np.diag(b["s_diag"])))
         ref.logs.append(np.log(np.abs(b["s_diag"])).sum())
     check_parity(model, ref, "inverse", rng.standard_normal(k), np.zeros(0), rng, d)
+
+
+def pusht_checkpoint(path, seed=4):
+    """The paper's PyTorch NF-BC on PushT, by layout: 16-step chunks of 2-D
+    actions (32 outputs), conditioned on 2 stacked 5-D observations (10)."""
+    state, _ = torch_bc_state(np.random.default_rng(seed), 32, 10, 32, 2)
+    # Tamed so that actions land inside the ±1 bounds (unscaled, 32-wide
+    # random PLU factors reach 1e8 and every action clips): a test that
+    # compares actions needs them distinct.
+    for name in state:
+        if name.endswith((".l.L", ".l.U", ".6.weight", ".6.bias")):
+            state[name] = (state[name] * 0.05).astype(np.float32)
+    write_torch(path, state)
+
+
+def test_pusht_layout_imports_as_a_chunked_history_policy(tmp_path):
+    ckpt = tmp_path / "pusht.pt"
+    pusht_checkpoint(ckpt)
+    model = str(tmp_path / "pusht.safetensors")
+    # per-step bounds and normalisers are repeated over the chunk / history
+    out = run("import", "nf4rl", str(ckpt), "--kind", "torch-bc", "--chunk", "16", "--obs-horizon", "2",
+              "--action-low=-1,-2", "--action-high", "1,2", "--obs-mean", "0,0,0,0,0.5", "--obs-std", "1,1,1,1,2",
+              "--out", model)
+    assert "16 steps of 2 actions per sample; history 2 steps of 5 observations" in out, out
+    header = json.loads(open(model, "rb").read()[8:8 + int.from_bytes(open(model, "rb").read(8), "little")])
+    spec = json.loads(header["__metadata__"]["flowpilot"])
+    assert (spec["chunk_len"], spec["obs_horizon"], spec["act_dim"], spec["obs_dim"]) == (16, 2, 32, 10)
+    assert spec["action_low"] == [-1.0, -2.0] * 16 and spec["obs_norm"]["std"] == [1, 1, 1, 1, 2] * 2
+    # the shapes alone cannot tell 16x2 from 8x4, but a flag that does not
+    # divide them is refused
+    for flags, msg in ((("--chunk", "5"), "--chunk 5 does not divide the checkpoint's 32 action outputs"),
+                       (("--obs-horizon", "3"), "--obs-horizon 3 does not divide the checkpoint's 10 observation inputs")):
+        r = subprocess.run([CLI, "import", "nf4rl", str(ckpt), "--kind", "torch-bc", *flags, "--out", model + "x"],
+                           env=ENV, capture_output=True, text=True)
+        assert r.returncode != 0 and msg in r.stderr, r.stderr
+        assert not os.path.exists(model + "x")
 
 
 def test_malicious_or_broken_checkpoints_are_refused(tmp_path):

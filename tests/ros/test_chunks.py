@@ -2,21 +2,20 @@
 publishes one action step per tick, stepping through each chunk the
 sampler made for that seed and tick, and re-plans every H ticks."""
 import json
+import os
 import subprocess
-import time
+import sys
 
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, NodeProc, diag, wait_for
+from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 
-OBS = [0.3, -0.7]
-H, STEP = 4, 2
 # Trace layout: [tick, decision, published, log_prob, stamp, action...]
 POLICY = 0
 
 
-def params(tmp_path, model, boundary="replace"):
+def params(tmp_path, model, obs_width, boundary="replace"):
     y = tmp_path / "p.yaml"
     y.write_text(f"""
 flowpilot:
@@ -28,54 +27,76 @@ flowpilot:
     safe_behaviour: zero
     observations: [state]
     sources:
-      state: {{type: float64_multi_array, topic: /pointmass/state, size: 2, max_age: 0.5}}
+      state: {{type: float64_multi_array, topic: /pointmass/state, size: {obs_width}, max_age: 0.5}}
     action: {{type: float64_multi_array, topic: /pointmass/cmd}}
     chunk: {{boundary: {boundary}}}
 """)
     return str(y)
 
 
-def test_a_chunked_history_policy_steps_through_the_samplers_chunks(domain, peer, tmp_path):
-    model = tmp_path / "chunked.safetensors"
-    subprocess.run([CLI, "new", str(model), "--obs", "2", "--act", str(STEP), "--chunk", str(H), "--obs-horizon", "2",
-                    "--blocks", "2", "--hidden", "16", "--random", "--seed", "3"], check=True, capture_output=True)
+def check_chunk_steps(domain, peer, tmp_path, model, obs, horizon, h, step, n):
+    """Run `model` on a constant observation `obs` and check n policy ticks:
+    each published step is step j of the chunk `flowpilot sample` gives for
+    (seed 0, the tick j ticks earlier) on the padded history, consecutive
+    ticks play consecutive steps, and the log-prob is the whole chunk's."""
     pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
-    peer.node.create_timer(0.01, lambda: pub.publish(Float64MultiArray(data=OBS)))
+    peer.node.create_timer(0.01, lambda: pub.publish(Float64MultiArray(data=obs)))
     trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
     cmds = peer.collect(Float64MultiArray, "/pointmass/cmd", RELIABLE)
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    node = NodeProc(domain, (), params=params(tmp_path, model))
+    node = NodeProc(domain, (), params=params(tmp_path, model, len(obs)))
     try:
-        wait_for(lambda: sum(1 for _, m in list(trace) if m.data[1] == POLICY) >= 24, 20, "24 policy ticks")
+        wait_for(lambda: sum(1 for _, m in list(trace) if m.data[1] == POLICY) >= n, 20, f"{n} policy ticks")
         wait_for(lambda: diags, 5, "diagnostics")
         d = diag(diags)
     finally:
         assert node.stop() == 0
-    assert cmds and all(len(m.data) == STEP for _, m in cmds), "one 2-D action step per message"
+    assert cmds and all(len(m.data) == step for _, m in cmds), f"one {step}-D action step per message"
     assert d["chunk_exhausted_ticks"] == "0"
-    # The observation is constant, so the history is [OBS, OBS] at every
-    # tick; the chunk sampled at tick s is `flowpilot sample` at (seed 0, s).
     chunks = {}
 
     def chunk(s):
         if s not in chunks:
-            out = subprocess.run([CLI, "sample", str(model), "--obs", ",".join(map(repr, OBS + OBS)), "--seed", "0",
+            out = subprocess.run([CLI, "sample", str(model), "--obs", ",".join(map(repr, obs * horizon)), "--seed", "0",
                                   "--tick", str(s), "--json"], check=True, capture_output=True, text=True).stdout
             chunks[s] = json.loads(out)
         return chunks[s]
 
-    entries = [list(m.data) for _, m in list(trace) if m.data[1] == POLICY][:24]
+    entries = [list(m.data) for _, m in list(trace) if m.data[1] == POLICY][:n]
     steps = []
     for e in entries:
-        tick, action = int(e[0]), e[5:5 + STEP]
-        found = [j for j in range(H) if tick - j >= 0
-                 and all(abs(a - b) < 1e-6 for a, b in zip(action, chunk(tick - j)["action"][STEP * j:STEP * (j + 1)]))]
-        assert found, f"tick {tick}: {action} is no step of a chunk sampled in the last {H} ticks"
-        j = found[0]
+        tick, action = int(e[0]), e[5:5 + step]
+        found = [j for j in range(h) if tick - j >= 0
+                 and all(abs(a - b) < 1e-6 for a, b in zip(action, chunk(tick - j)["action"][step * j:step * (j + 1)]))]
+        assert found, f"tick {tick}: {action} is no step of a chunk sampled in the last {h} ticks"
+        # A step whose values clip (raw beyond ±1) can equal another chunk's:
+        # the continuation of the previous tick's step is the one to check.
+        cont = (steps[-1][1] + 1) % h if steps and steps[-1][0] == tick - 1 else None
+        j = cont if cont in found else found[0]
         assert abs(e[3] - chunk(tick - j)["log_prob"]) < 1e-4, "the log-prob is the whole chunk's"
         steps.append((tick, j))
-    # consecutive ticks play consecutive steps; a new chunk every H ticks
     for (t0, j0), (t1, j1) in zip(steps, steps[1:]):
         if t1 == t0 + 1:
-            assert j1 == (j0 + 1) % H, steps
-    assert sum(1 for _, j in steps if j == 0) >= 24 // H - 1, steps
+            assert j1 == (j0 + 1) % h, steps
+    assert sum(1 for _, j in steps if j == 0) >= n // h - 1, steps
+    return steps
+
+
+def test_a_chunked_history_policy_steps_through_the_samplers_chunks(domain, peer, tmp_path):
+    model = tmp_path / "chunked.safetensors"
+    subprocess.run([CLI, "new", str(model), "--obs", "2", "--act", "2", "--chunk", "4", "--obs-horizon", "2",
+                    "--blocks", "2", "--hidden", "16", "--random", "--seed", "3"], check=True, capture_output=True)
+    check_chunk_steps(domain, peer, tmp_path, model, [0.3, -0.7], 2, 4, 2, 24)
+
+
+def test_an_imported_pusht_layout_checkpoint_runs_in_16_step_chunks(domain, peer, tmp_path):
+    # The paper's PyTorch NF-BC on PushT by layout (test_nf4rl.py writes it
+    # as torch.save does): 16 x 2-D actions, 2 x 5-D observations.
+    sys.path.insert(0, os.path.join(ROOT, "tests", "import"))
+    from test_nf4rl import pusht_checkpoint
+    ckpt, model = tmp_path / "pusht.pt", tmp_path / "pusht.safetensors"
+    pusht_checkpoint(ckpt)
+    subprocess.run([CLI, "import", "nf4rl", str(ckpt), "--kind", "torch-bc", "--chunk", "16", "--obs-horizon", "2",
+                    "--out", str(model)], check=True, capture_output=True, env=dict(os.environ, FLOWPILOT_PYTHON=sys.executable))
+    steps = check_chunk_steps(domain, peer, tmp_path, model, [0.1, -0.2, 0.3, 0.05, 0.4], 2, 16, 2, 40)
+    assert any(j == 15 for _, j in steps), "a whole 16-step chunk was played"

@@ -42,7 +42,7 @@ impl CheckpointKind {
 }
 
 /// What the checkpoint does not carry, from the command line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     pub goal_dim: usize,
     pub obs_mean: Option<Vec<f32>>,
@@ -53,8 +53,35 @@ pub struct ImportOptions {
     pub action_high: Option<Vec<f32>>,
     pub noise_sigma: f32,
     pub denoise: bool,
+    /// Action steps per sample (a chunk) and observation steps per sample
+    /// (history); 1 each for a plain policy. Normalisers and bounds may be
+    /// given per step (repeated over the chunk / history) or whole.
+    pub chunk_len: usize,
+    pub obs_horizon: usize,
     pub python: Option<PathBuf>,
     pub script: Option<PathBuf>,
+}
+
+impl Default for ImportOptions {
+    /// A plain policy (no chunk, no history) with unit normalisers, ±1
+    /// bounds and the paper's σ = 0.1.
+    fn default() -> Self {
+        Self {
+            goal_dim: 0,
+            obs_mean: None,
+            obs_std: None,
+            goal_mean: None,
+            goal_std: None,
+            action_low: None,
+            action_high: None,
+            noise_sigma: 0.1,
+            denoise: false,
+            chunk_len: 1,
+            obs_horizon: 1,
+            python: None,
+            script: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -137,27 +164,52 @@ pub fn import_nf4rl(
         );
     }
     let obs_dim = raw_cond - opts.goal_dim;
+    let d = meta.act_dim;
+    for (flag, n, width, what) in [
+        ("--chunk", opts.chunk_len, d, "action outputs"),
+        (
+            "--obs-horizon",
+            opts.obs_horizon,
+            obs_dim,
+            "observation inputs",
+        ),
+    ] {
+        if n == 0 || width % n != 0 {
+            bail!("{flag} {n} does not divide the checkpoint's {width} {what}");
+        }
+    }
+    // A per-step vector is repeated over the chunk / history.
+    let whole = |v: Vec<f32>, n: usize, steps: usize| {
+        if steps > 1 && v.len() * steps == n {
+            v.repeat(steps)
+        } else {
+            v
+        }
+    };
     let norm = |mean: &Option<Vec<f32>>,
                 std: &Option<Vec<f32>>,
                 n: usize,
+                steps: usize,
                 what: &str|
      -> Result<Normalizer> {
-        let mean = mean.clone().unwrap_or_else(|| vec![0.0; n]);
-        let std = std.clone().unwrap_or_else(|| vec![1.0; n]);
+        let mean = whole(mean.clone().unwrap_or_else(|| vec![0.0; n]), n, steps);
+        let std = whole(std.clone().unwrap_or_else(|| vec![1.0; n]), n, steps);
         if mean.len() != n || std.len() != n {
-            bail!("--{what}-mean/--{what}-std need {n} values");
+            bail!(
+                "--{what}-mean/--{what}-std need {n} values (or {} per step)",
+                n / steps
+            );
         }
         Ok(Normalizer { mean, std })
     };
-    let d = meta.act_dim;
     let spec = ModelSpec {
         format_version: FORMAT_VERSION,
         kind: PolicyKind::Flow,
         obs_dim,
         goal_dim: opts.goal_dim,
         act_dim: d,
-        chunk_len: 1,
-        obs_horizon: 1,
+        chunk_len: opts.chunk_len,
+        obs_horizon: opts.obs_horizon,
         blocks: meta.blocks,
         hidden: meta.hidden,
         layer_norm_eps: meta.layer_norm_eps,
@@ -170,19 +222,34 @@ pub fn import_nf4rl(
         noise_sigma: opts.noise_sigma,
         denoise: opts.denoise,
         temperature: 1.0,
-        obs_norm: norm(&opts.obs_mean, &opts.obs_std, obs_dim, "obs")?,
+        obs_norm: norm(
+            &opts.obs_mean,
+            &opts.obs_std,
+            obs_dim,
+            opts.obs_horizon,
+            "obs",
+        )?,
         goal_norm: if opts.goal_dim > 0 {
             Some(norm(
                 &opts.goal_mean,
                 &opts.goal_std,
                 opts.goal_dim,
+                1,
                 "goal",
             )?)
         } else {
             None
         },
-        action_low: opts.action_low.clone().unwrap_or_else(|| vec![-1.0; d]),
-        action_high: opts.action_high.clone().unwrap_or_else(|| vec![1.0; d]),
+        action_low: whole(
+            opts.action_low.clone().unwrap_or_else(|| vec![-1.0; d]),
+            d,
+            opts.chunk_len,
+        ),
+        action_high: whole(
+            opts.action_high.clone().unwrap_or_else(|| vec![1.0; d]),
+            d,
+            opts.chunk_len,
+        ),
         version: 1,
         parent_digest: None,
         parent_version: None,

@@ -34,6 +34,15 @@ pub(crate) struct Nf4rlArgs {
     action_low: Option<Vec<f32>>,
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     action_high: Option<Vec<f32>>,
+    /// Action steps per sample: the checkpoint's outputs are a chunk of
+    /// this many steps (e.g. the paper's PushT NF-BC: 16). The shapes alone
+    /// cannot tell 16×2 from 8×4.
+    #[arg(long, default_value_t = 1)]
+    chunk: usize,
+    /// Observation steps per sample: the conditioning input is this many
+    /// stacked observations, oldest first (PushT: 2).
+    #[arg(long, default_value_t = 1)]
+    obs_horizon: usize,
     /// Training noise sigma (the denoise step size).
     #[arg(long, default_value_t = 0.1)]
     noise_sigma: f32,
@@ -83,6 +92,8 @@ fn nf4rl(a: Nf4rlArgs) -> Result<()> {
         action_high: a.action_high,
         noise_sigma: a.noise_sigma,
         denoise: a.denoise,
+        chunk_len: a.chunk,
+        obs_horizon: a.obs_horizon,
         python: a.python,
         script: None,
     };

@@ -24,6 +24,15 @@ pub(crate) fn print(m: &ModelFile) -> Result<()> {
         "dims           : obs {}, goal {}, act {}",
         s.obs_dim, s.goal_dim, s.act_dim
     );
+    if s.chunk_len > 1 || s.obs_horizon > 1 {
+        println!(
+            "chunks         : {} steps of {} actions per sample; history {} steps of {} observations",
+            s.chunk_len,
+            s.step_act_dim(),
+            s.obs_horizon,
+            s.step_obs_dim()
+        );
+    }
     if s.kind == PolicyKind::Flow {
         let (d1, d2) = s.split();
         println!(
