@@ -11,8 +11,9 @@ As a module: `read_log(path) -> dict of numpy arrays`.
 Records are decoded against the ros2msg schema text each file embeds, so
 fields appended to the schema later decode without a change here; a record
 that ends before them (written by an older node) gets their defaults. The
-fields after action_applied (action_executed, robot_steps, temperature) are
-always in the output: NaN rows / 0 / NaN when a log lacks them.
+fields after action_applied (action_executed, robot_steps, temperature,
+chunk, chunk_index) are always in the output: NaN rows / 0 / NaN / 0 / 0
+when a log lacks them.
 """
 import argparse
 import glob
@@ -134,6 +135,9 @@ def decode(buf, fields=None):
         r["action_executed"] = c.seq("<f8", 8)
         r["robot_step"] = c.u64()
         r["temperature"] = c.f32()
+    if c.p < len(c.b):  # added with action chunks
+        r["chunk"] = c.u64()
+        r["chunk_index"] = c.u32()
     return r
 
 
@@ -220,6 +224,8 @@ def read_log(path):
         r.setdefault("action_executed", np.zeros(0))
         r.setdefault("robot_steps", 0)
         r.setdefault("temperature", np.nan)
+        r.setdefault("chunk", 0)
+        r.setdefault("chunk_index", 0)
     keys = list(rows[0])
     for r in rows[1:]:
         keys += [k for k in r if k not in keys]

@@ -15,7 +15,7 @@ from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 POLICY = 0
 
 
-def params(tmp_path, model, obs_width, boundary="replace"):
+def params(tmp_path, model, obs_width, boundary="replace", log_dir=None):
     y = tmp_path / "p.yaml"
     y.write_text(f"""
 flowpilot:
@@ -30,11 +30,11 @@ flowpilot:
       state: {{type: float64_multi_array, topic: /pointmass/state, size: {obs_width}, max_age: 0.5}}
     action: {{type: float64_multi_array, topic: /pointmass/cmd}}
     chunk: {{boundary: {boundary}}}
-""")
+""" + (f"    log: {{dir: {log_dir}}}\n" if log_dir else ""))
     return str(y)
 
 
-def check_chunk_steps(domain, peer, tmp_path, model, obs, horizon, h, step, n):
+def check_chunk_steps(domain, peer, tmp_path, model, obs, horizon, h, step, n, log_dir=None):
     """Run `model` on a constant observation `obs` and check n policy ticks:
     each published step is step j of the chunk `flowpilot sample` gives for
     (seed 0, the tick j ticks earlier) on the padded history, consecutive
@@ -44,7 +44,7 @@ def check_chunk_steps(domain, peer, tmp_path, model, obs, horizon, h, step, n):
     trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
     cmds = peer.collect(Float64MultiArray, "/pointmass/cmd", RELIABLE)
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
-    node = NodeProc(domain, (), params=params(tmp_path, model, len(obs)))
+    node = NodeProc(domain, (), params=params(tmp_path, model, len(obs), log_dir=log_dir))
     try:
         wait_for(lambda: sum(1 for _, m in list(trace) if m.data[1] == POLICY) >= n, 20, f"{n} policy ticks")
         wait_for(lambda: diags, 5, "diagnostics")
@@ -86,7 +86,18 @@ def test_a_chunked_history_policy_steps_through_the_samplers_chunks(domain, peer
     model = tmp_path / "chunked.safetensors"
     subprocess.run([CLI, "new", str(model), "--obs", "2", "--act", "2", "--chunk", "4", "--obs-horizon", "2",
                     "--blocks", "2", "--hidden", "16", "--random", "--seed", "3"], check=True, capture_output=True)
-    check_chunk_steps(domain, peer, tmp_path, model, [0.3, -0.7], 2, 4, 2, 24)
+    steps = check_chunk_steps(domain, peer, tmp_path, model, [0.3, -0.7], 2, 4, 2, 24, log_dir=tmp_path / "log")
+    # The log holds one tick per record: one observation step, one action
+    # step, and which chunk and step it came from, as the action trace says.
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from read_log import read_log
+    rec = read_log(str(tmp_path / "log"))
+    assert rec["obs"].shape[1] == 2 and rec["action_applied"].shape[1] == 2
+    by_tick = dict(zip(rec["tick"].tolist(), zip(rec["chunk"].tolist(), rec["chunk_index"].tolist())))
+    for tick, j in steps:
+        assert by_tick[tick][1] == j, (tick, j, by_tick[tick])
+    chunks = [by_tick[t][0] for t, _ in steps]
+    assert chunks == sorted(chunks) and len(set(chunks)) >= 5, chunks
 
 
 def test_an_imported_pusht_layout_checkpoint_runs_in_16_step_chunks(domain, peer, tmp_path):

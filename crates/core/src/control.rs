@@ -332,13 +332,18 @@ impl Controller {
         t.temperature = self.cfg.temperature;
         t.policy = self.policy_id;
         t.seed = self.cfg.seed;
-        t.n_obs = spec.obs_dim.min(n);
+        // One observation step (a history policy's input is its last steps).
+        t.n_obs = spec.step_obs_dim().min(n);
         t.n_goal = n - t.n_obs;
         t.inputs[..n].copy_from_slice(&self.obs[..n]);
         let d = self.action.len().min(crate::log::MAX_ACT);
         t.n_act = d;
+        (t.chunk, t.chunk_index) = (0, 0);
         if let (Decision::Policy | Decision::WarmingUp, Some(st)) = (out.decision, &self.played) {
             t.sampled[..d].copy_from_slice(&self.player.raw(st)[..d]);
+            if self.player.chunk_len() > 1 {
+                (t.chunk, t.chunk_index) = (st.chunk, st.index as u32);
+            }
         } else {
             t.sampled[..d].fill(f32::NAN);
         }

@@ -398,3 +398,22 @@ fn a_corrupt_complete_record_is_skipped_counted_and_reading_goes_on() {
         assert_eq!(ticks, expected, "{what}: followed");
     }
 }
+
+#[test]
+fn chunk_fields_round_trip_and_records_written_before_them_still_decode() {
+    let mut t = record(5, 1);
+    (t.chunk, t.chunk_index, t.temperature, t.robot_step) = (7, 3, 0.5, 11);
+    let mut buf = Vec::new();
+    t.encode(&mut buf);
+    let back = Transition::decode(&buf).unwrap();
+    same(&t, &back);
+    assert_eq!((back.chunk, back.chunk_index), (7, 3));
+    // A record from before chunks ends after `temperature` (u64 + u32 and
+    // up to 4 bytes of alignment later): it reads as chunk 0, step 0.
+    let old = [12, 16]
+        .iter()
+        .find_map(|k| Transition::decode(&buf[..buf.len() - k]).ok())
+        .expect("the pre-chunk layout decodes");
+    assert_eq!((old.chunk, old.chunk_index), (0, 0));
+    assert_eq!((old.temperature, old.robot_step), (0.5, 11));
+}

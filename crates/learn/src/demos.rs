@@ -145,6 +145,55 @@ impl Demos {
         })
     }
 
+    /// The rows as a chunked, history-conditioned policy sees them: row t
+    /// becomes (the last `horizon` observations of its episode, oldest
+    /// first, the episode's first one repeated before its start; the goal
+    /// of row t; the actions of rows t..t+chunk, the episode's last one
+    /// repeated past its end), as Diffusion Policy's sequence sampler pads.
+    /// Windows never cross an episode boundary. An episode's rows are taken
+    /// in file order. Rewards and terminals are dropped (BC only); bounds
+    /// are repeated over the chunk.
+    pub fn windows(&self, chunk: usize, horizon: usize) -> Demos {
+        let (h, n) = (chunk.max(1), horizon.max(1));
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        // Each episode's rows in file order.
+        let mut rows: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (i, e) in self.episode.iter().enumerate() {
+            rows.entry(*e).or_default().push(i);
+        }
+        let mut out = Demos {
+            obs_dim: od * n,
+            goal_dim: self.goal_dim,
+            act_dim: ad * h,
+            obs: Vec::with_capacity(self.obs.len() * n),
+            goal: Vec::with_capacity(self.goal.len()),
+            act: Vec::with_capacity(self.act.len() * h),
+            episode: Vec::with_capacity(self.len()),
+            act_low: self.act_low.as_ref().map(|v| v.repeat(h)),
+            act_high: self.act_high.as_ref().map(|v| v.repeat(h)),
+            reward: None,
+            terminal: None,
+        };
+        for (e, ep) in &rows {
+            let last = ep.len() - 1;
+            for t in 0..ep.len() {
+                for k in 0..n {
+                    let r = ep[(t + k).saturating_sub(n - 1)];
+                    out.obs.extend_from_slice(&self.obs[r * od..(r + 1) * od]);
+                }
+                let g = self.goal_dim;
+                out.goal
+                    .extend_from_slice(&self.goal[ep[t] * g..(ep[t] + 1) * g]);
+                for k in 0..h {
+                    let r = ep[(t + k).min(last)];
+                    out.act.extend_from_slice(&self.act[r * ad..(r + 1) * ad]);
+                }
+                out.episode.push(*e);
+            }
+        }
+        out
+    }
+
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let n = self.len();
@@ -217,4 +266,45 @@ fn read_i64(npz: &mut NpzReader<File>, name: &str) -> Result<Vec<i64>> {
         .iter()
         .map(|&v| v as i64)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_pad_at_episode_edges_and_never_cross_them() {
+        // two episodes, interleaved in the file: 1-D obs = 10 * episode + t,
+        // 1-D act = 100 * episode + t
+        let (mut obs, mut act, mut episode) = (vec![], vec![], vec![]);
+        for (e, t) in [(0, 0), (1, 0), (0, 1), (0, 2), (1, 1)] {
+            obs.push((10 * e + t) as f32);
+            act.push((100 * e + t) as f32);
+            episode.push(e as i64);
+        }
+        let d = Demos {
+            obs_dim: 1,
+            goal_dim: 0,
+            act_dim: 1,
+            obs,
+            goal: vec![],
+            act,
+            episode,
+            act_low: Some(vec![-1.0]),
+            act_high: Some(vec![1.0]),
+            reward: Some(vec![0.0; 5]),
+            terminal: None,
+        };
+        let w = d.windows(3, 2);
+        assert_eq!((w.obs_dim, w.act_dim, w.len()), (2, 3, 5));
+        // episode 0: t = 0, 1, 2; episode 1: t = 0, 1
+        assert_eq!(w.obs, vec![0., 0., 0., 1., 1., 2., 10., 10., 10., 11.]);
+        assert_eq!(
+            w.act,
+            vec![0., 1., 2., 1., 2., 2., 2., 2., 2., 100., 101., 101., 101., 101., 101.]
+        );
+        assert_eq!(w.episode, vec![0, 0, 0, 1, 1]);
+        assert_eq!(w.act_low, Some(vec![-1.0; 3]));
+        assert!(w.reward.is_none());
+    }
 }

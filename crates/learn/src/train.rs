@@ -37,6 +37,10 @@ pub struct BcConfig {
     pub val_frac: f64,
     pub eval_every: usize,
     pub seed: u64,
+    /// Action steps per sample and observation steps per sample (1, 1: a
+    /// plain policy); the demos are cut into windows ([`Demos::windows`]).
+    pub chunk_len: usize,
+    pub obs_horizon: usize,
 }
 
 impl Default for BcConfig {
@@ -57,6 +61,8 @@ impl Default for BcConfig {
             val_frac: 0.1,
             eval_every: 250,
             seed: 0,
+            chunk_len: 1,
+            obs_horizon: 1,
         }
     }
 }
@@ -116,6 +122,16 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     if demos.len() < 2 {
         bail!("need at least 2 demonstration rows, got {}", demos.len());
     }
+    if cfg.chunk_len == 0 || cfg.obs_horizon == 0 {
+        bail!("chunk length and observation horizon must be >= 1");
+    }
+    let windowed;
+    let demos = if cfg.chunk_len > 1 || cfg.obs_horizon > 1 {
+        windowed = demos.windows(cfg.chunk_len, cfg.obs_horizon);
+        &windowed
+    } else {
+        demos
+    };
     let dev = Device::Cpu;
     let (od, gd, d) = (demos.obs_dim, demos.goal_dim, demos.act_dim);
     // Split by episode, deterministically from the seed.
@@ -156,6 +172,8 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     );
     spec.kind = cfg.kind;
     spec.direction = cfg.direction;
+    spec.chunk_len = cfg.chunk_len;
+    spec.obs_horizon = cfg.obs_horizon;
     spec.noise_sigma = cfg.noise_sigma;
     spec.denoise = cfg.denoise;
     spec.encoder = cfg.encoder.clone();

@@ -91,17 +91,9 @@ pub(crate) fn start(
     let Some(l) = &cfg.log else {
         return Ok(None);
     };
-    if model.spec.chunk_len > 1 || model.spec.obs_horizon > 1 {
-        // The record layout and the learner know one action per sample and
-        // one observation per input; a chunked or history policy's records
-        // would be misread by both.
-        bail!(
-            "log.dir: transition logs of chunked or history-conditioned policies (chunk_len {}, obs_horizon {}) are not supported yet; unset log.dir",
-            model.spec.chunk_len,
-            model.spec.obs_horizon
-        );
-    }
-    let act_dim = model.spec.act_dim;
+    // A record holds one tick: one observation step, one action step (and,
+    // for a chunked policy, which chunk and step it came from).
+    let act_dim = model.spec.step_act_dim();
     if board_total > flowpilot_core::log::MAX_OBS || act_dim > flowpilot_core::log::MAX_ACT {
         bail!(
             "the transition log carries at most {} observation+goal values and {} actions; this model has {} and {act_dim}",
@@ -128,11 +120,19 @@ pub(crate) fn start(
         }
     };
     let meta = [
-        ("obs_dim", spec.obs_dim.to_string()),
+        ("obs_dim", spec.step_obs_dim().to_string()),
         ("goal_dim", spec.goal_dim.to_string()),
-        ("act_dim", spec.act_dim.to_string()),
-        ("action_low", serde_json::to_string(&spec.action_low)?),
-        ("action_high", serde_json::to_string(&spec.action_high)?),
+        ("act_dim", act_dim.to_string()),
+        ("chunk_len", spec.chunk_len.to_string()),
+        ("obs_horizon", spec.obs_horizon.to_string()),
+        (
+            "action_low",
+            serde_json::to_string(&spec.action_low[..act_dim])?,
+        ),
+        (
+            "action_high",
+            serde_json::to_string(&spec.action_high[..act_dim])?,
+        ),
         ("rate_hz", cfg.rate_hz.to_string()),
         ("every", l.every.to_string()),
         (

@@ -58,6 +58,14 @@ pub(crate) struct BcArgs {
     denoise: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Predict chunks of this many action steps (windows cut per episode,
+    /// the last action repeated past its end).
+    #[arg(long, default_value_t = 1)]
+    chunk: usize,
+    /// Condition on this many past observations (the first repeated before
+    /// an episode's start).
+    #[arg(long, default_value_t = 1)]
+    obs_horizon: usize,
     /// Loss-curve PNG (default: next to --out, with .loss.png).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -90,6 +98,8 @@ fn bc(a: BcArgs) -> Result<()> {
         noise_sigma: a.noise_sigma,
         denoise: a.denoise,
         seed: a.seed,
+        chunk_len: a.chunk,
+        obs_horizon: a.obs_horizon,
         ..Default::default()
     };
     let (model, report) = flowpilot_learn::train::train_bc(&demos, &cfg, true)?;

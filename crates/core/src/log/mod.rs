@@ -66,6 +66,8 @@ float64[] action_applied # action sent to the robot, physical units (empty: none
 float64[] action_executed # action the robot reports it applied in the step that ended at this record's observation (log.step_source; empty: none)
 uint64 robot_step        # robot steps reported so far (log.step_source samples; 0: no step source)
 float32 temperature      # latent temperature the action was sampled with
+uint64 chunk             # chunked policies: chunks sampled before the one this action step came from (0 otherwise)
+uint32 chunk_index       # chunked policies: the step within that chunk (log_prob is the whole chunk's)
 ";
 
 /// Who produced a policy and with which input normalisation: fixed per
@@ -136,6 +138,10 @@ pub struct Transition {
     /// robot steps have consecutive numbers, so a lost record shows.
     pub robot_step: u64,
     pub temperature: f32,
+    /// Chunked policies: which chunk (counted from 0) and which of its
+    /// steps produced the action (0, 0 otherwise).
+    pub chunk: u64,
+    pub chunk_index: u32,
 }
 
 impl Default for Transition {
@@ -165,6 +171,8 @@ impl Default for Transition {
             executed: [0.0; MAX_ACT],
             robot_step: 0,
             temperature: f32::NAN,
+            chunk: 0,
+            chunk_index: 0,
         }
     }
 }
@@ -228,6 +236,8 @@ impl Transition {
         }
         c.u64(self.robot_step);
         c.f32(self.temperature);
+        c.u64(self.chunk);
+        c.u32(self.chunk_index);
     }
 
     /// Decode a CDR message written by [`Self::encode`].
@@ -283,6 +293,12 @@ impl Transition {
         }
         t.robot_step = c.u64()?;
         t.temperature = c.f32()?;
+        // Added with action chunks.
+        if c.at_end() {
+            return Ok(t);
+        }
+        t.chunk = c.u64()?;
+        t.chunk_index = c.u32()?;
         Ok(t)
     }
 }
