@@ -15,7 +15,8 @@ from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 POLICY = 0
 
 
-def params(tmp_path, model, obs_width, boundary="replace", log_dir=None):
+def params(tmp_path, model, obs_width, chunk="{boundary: replace}",
+           action="{type: float64_multi_array, topic: /pointmass/cmd}", log_dir=None):
     y = tmp_path / "p.yaml"
     y.write_text(f"""
 flowpilot:
@@ -28,8 +29,8 @@ flowpilot:
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: /pointmass/state, size: {obs_width}, max_age: 0.5}}
-    action: {{type: float64_multi_array, topic: /pointmass/cmd}}
-    chunk: {{boundary: {boundary}}}
+    action: {action}
+    chunk: {chunk}
 """ + (f"    log: {{dir: {log_dir}}}\n" if log_dir else ""))
     return str(y)
 
@@ -111,3 +112,46 @@ def test_an_imported_pusht_layout_checkpoint_runs_in_16_step_chunks(domain, peer
                     "--out", str(model)], check=True, capture_output=True, env=dict(os.environ, FLOWPILOT_PYTHON=sys.executable))
     steps = check_chunk_steps(domain, peer, tmp_path, model, [0.1, -0.2, 0.3, 0.05, 0.4], 2, 16, 2, 40)
     assert any(j == 15 for _, j in steps), "a whole 16-step chunk was played"
+
+
+def test_chunks_go_out_whole_as_joint_trajectories(domain, peer, tmp_path):
+    from trajectory_msgs.msg import JointTrajectory
+    model = tmp_path / "chunked.safetensors"
+    subprocess.run([CLI, "new", str(model), "--obs", "2", "--act", "2", "--chunk", "4", "--blocks", "2", "--hidden", "16",
+                    "--random", "--seed", "3"], check=True, capture_output=True)
+    y = params(tmp_path, model, 2, chunk="{as_trajectory: true}",
+               action="{type: joint_trajectory, topic: /arm/joint_trajectory, joints: [shoulder, elbow]}")
+    obs = [0.3, -0.7]
+    pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
+    peer.node.create_timer(0.01, lambda: pub.publish(Float64MultiArray(data=obs)))
+    trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
+    trajs = peer.collect(JointTrajectory, "/arm/joint_trajectory", RELIABLE)
+    node = NodeProc(domain, (), params=y)
+    try:
+        wait_for(lambda: len(trajs) >= 5, 20, "5 chunk trajectories")
+    finally:
+        assert node.stop() == 0
+    policy = {int(m.data[0]): list(m.data[5:7]) for _, m in list(trace) if m.data[1] == POLICY}
+    # only whole chunks were sent while the policy ran (safe actions before
+    # the first observation and at shutdown are one point each)
+    sizes = [len(m.points) for _, m in list(trajs)]
+    first = sizes.index(4)
+    body = sizes[first:-1] if sizes[-1] == 1 else sizes[first:]
+    assert set(sizes[:first]) <= {1} and set(body) == {4}, sizes
+    msgs = [m for _, m in list(trajs)][first:]
+    assert list(msgs[0].joint_names) == ["shoulder", "elbow"]
+    for m in msgs[:4]:
+        # its first point is the action of the policy tick that sampled it
+        first = list(m.points[0].positions)
+        s = [t for t, a in policy.items() if all(abs(x - y) < 1e-9 for x, y in zip(a, first))]
+        assert len(s) == 1, (first, s)
+        out = json.loads(subprocess.run([CLI, "sample", str(model), "--obs", ",".join(map(repr, obs)), "--seed", "0",
+                                         "--tick", str(s[0]), "--json"], check=True, capture_output=True,
+                                        text=True).stdout)["action"]
+        got = [v for p in m.points for v in p.positions]
+        assert all(abs(a - b) < 1e-6 for a, b in zip(got, out)), (got, out)
+        # point j is reached at (j + 1) periods of 20 ms
+        assert [p.time_from_start.nanosec for p in m.points] == [20_000_000 * (j + 1) for j in range(4)]
+        # the three ticks after it sent nothing of their own: steps 1..3 of this chunk
+        for j in range(1, 4):
+            assert all(abs(x - y) < 1e-9 for x, y in zip(policy[s[0] + j], got[2 * j:2 * j + 2]))

@@ -120,6 +120,7 @@ const KEYS: &[&str] = &[
     "chunk.boundary",
     "chunk.ensemble_m",
     "chunk.blend_steps",
+    "chunk.as_trajectory",
 ];
 
 /// Every parameter name the node reads (source fields apart: see
@@ -544,9 +545,17 @@ fn chunk_config(p: &Params<'_>) -> Result<crate::control::ChunkConfig> {
         }
         Boundary::Replace => {}
     }
+    let as_trajectory = p.bool("chunk.as_trajectory", false)?;
+    if as_trajectory && boundary != Boundary::Replace {
+        return Err(ConfigError::param(
+            "chunk.as_trajectory",
+            "'chunk.as_trajectory' sends each chunk whole, so it needs chunk.boundary 'replace'",
+        ));
+    }
     Ok(crate::control::ChunkConfig {
         replan_every: p.i64_in("chunk.replan_every", 0, 0, 1 << 16)? as usize,
         boundary,
+        as_trajectory,
     })
 }
 

@@ -77,6 +77,9 @@ pub struct ChunkConfig {
     /// Sample a new chunk every this many ticks (1..=H; 0: every H).
     pub replan_every: usize,
     pub boundary: Boundary,
+    /// Hand each new chunk out whole ([`TickOut::trajectory`]), for a
+    /// multi-point JointTrajectory; needs `Boundary::Replace`.
+    pub as_trajectory: bool,
 }
 
 impl Default for ChunkConfig {
@@ -84,6 +87,7 @@ impl Default for ChunkConfig {
         Self {
             replan_every: 0,
             boundary: Boundary::Replace,
+            as_trajectory: false,
         }
     }
 }
@@ -162,6 +166,11 @@ pub struct TickOut<'a> {
     /// Header stamps (wall ns, 0 if none) of each source used.
     pub stamps: &'a [i64],
     pub log_prob: f32,
+    /// With `chunk.as_trajectory`, on a policy tick that began a new chunk:
+    /// its steps, step-major, as the ticks would apply them (clipped, rate
+    /// limited from the last action and then step to step); this tick's
+    /// `action` is the first. Empty otherwise.
+    pub trajectory: &'a [f64],
 }
 
 /// The tick's state: policy, board, safety memory and scratch buffers.
@@ -185,6 +194,9 @@ pub struct Controller {
     played: Option<ChunkStep>,
     /// One action step, as published.
     action: Vec<f64>,
+    /// A new chunk whole (`chunk.as_trajectory`), and how much of it is set.
+    traj: Vec<f64>,
+    traj_len: usize,
     last: Vec<f64>,
     have_last: bool,
     stamps: Vec<i64>,
@@ -262,6 +274,15 @@ impl Controller {
             player: ChunkPlayer::new(h, d, k, cfg.chunk.boundary),
             played: None,
             action: vec![0.0; d],
+            traj: vec![
+                0.0;
+                if cfg.chunk.as_trajectory {
+                    spec.act_dim
+                } else {
+                    0
+                }
+            ],
+            traj_len: 0,
             last: vec![0.0; d],
             have_last: false,
             stamps: vec![0; board.sources()],
@@ -509,6 +530,7 @@ impl Controller {
                 }
             }
         };
+        self.traj_len = 0;
         if publish {
             // Rate limit (not for e-stop: stopping must not be slowed). Policy
             // actions are already clipped to the model's bounds by the
@@ -520,6 +542,28 @@ impl Controller {
             ) {
                 for ((a, l), m) in self.action.iter_mut().zip(&self.last).zip(md) {
                     *a = a.clamp(l - m, l + m);
+                }
+            }
+            // A new chunk whole: the steps the next ticks will apply if
+            // nothing intervenes, limited as they would be.
+            if let (true, Decision::Policy, Some(st)) =
+                (self.cfg.chunk.as_trajectory, decision, &self.played)
+            {
+                if st.index == 0 {
+                    let d = self.action.len();
+                    let n = self.traj.len();
+                    self.traj[..d].copy_from_slice(&self.action);
+                    for j in (d..n).step_by(d) {
+                        for i in 0..d {
+                            let mut v = self.act32[j + i] as f64;
+                            if let Some(md) = &self.cfg.max_delta {
+                                let prev = self.traj[j - d + i];
+                                v = v.clamp(prev - md[i], prev + md[i]);
+                            }
+                            self.traj[j + i] = v;
+                        }
+                    }
+                    self.traj_len = n;
                 }
             }
             self.last.copy_from_slice(&self.action);
@@ -541,6 +585,7 @@ impl Controller {
             action: &self.action,
             stamps: &self.stamps,
             log_prob,
+            trajectory: &self.traj[..self.traj_len],
         }
     }
 }

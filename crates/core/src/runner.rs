@@ -22,6 +22,8 @@ use crate::log::{Transition, MAX_ACT};
 
 /// Most sources (observations + goals) an [`Outgoing`] record carries.
 pub const MAX_SOURCES: usize = 16;
+/// Largest chunk (steps × values) an output carries as a trajectory.
+pub const MAX_TRAJECTORY: usize = 256;
 
 /// The control loop's time base: the real [`Periodic`] timer, or a fake one
 /// in tests.
@@ -54,6 +56,8 @@ pub struct Outgoing {
     action: [f64; MAX_ACT],
     n_src: usize,
     stamps: [i64; MAX_SOURCES],
+    n_traj: usize,
+    trajectory: [f64; MAX_TRAJECTORY],
 }
 
 impl Outgoing {
@@ -78,6 +82,11 @@ impl Outgoing {
     /// Header stamps (wall ns, 0 if none) of each source used.
     pub fn stamps(&self) -> &[i64] {
         &self.stamps[..self.n_src]
+    }
+    /// A new chunk whole, step-major (`chunk.as_trajectory`; empty on other
+    /// ticks): sent as one multi-point trajectory instead of `action`.
+    pub fn trajectory(&self) -> &[f64] {
+        &self.trajectory[..self.n_traj]
     }
 }
 
@@ -320,9 +329,12 @@ impl<C: Clock> Runner<C> {
             action: [0.0; MAX_ACT],
             n_src: out.stamps.len().min(MAX_SOURCES),
             stamps: [0; MAX_SOURCES],
+            n_traj: out.trajectory.len().min(MAX_TRAJECTORY),
+            trajectory: [0.0; MAX_TRAJECTORY],
         };
         o.action[..o.n_act].copy_from_slice(&out.action[..o.n_act]);
         o.stamps[..o.n_src].copy_from_slice(&out.stamps[..o.n_src]);
+        o.trajectory[..o.n_traj].copy_from_slice(&out.trajectory[..o.n_traj]);
         if let Some(tap) = &self.log {
             let write = match &tap.step {
                 None => o.tick.is_multiple_of(tap.every),

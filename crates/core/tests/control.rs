@@ -439,14 +439,16 @@ fn a_chunked_history_policy_plays_the_samplers_chunk_step_by_step() {
 #[test]
 fn chunked_ticks_allocate_nothing_under_every_boundary_rule() {
     use flowpilot_core::control::{Boundary, ChunkConfig};
-    for (boundary, replan_every) in [
-        (Boundary::Replace, 0),
-        (Boundary::Ensemble { m: 0.01 }, 1),
-        (Boundary::Blend { steps: 2 }, 2),
+    for (boundary, replan_every, as_trajectory) in [
+        (Boundary::Replace, 0, false),
+        (Boundary::Replace, 2, true),
+        (Boundary::Ensemble { m: 0.01 }, 1, false),
+        (Boundary::Blend { steps: 2 }, 2, false),
     ] {
         let (mut c, b, _) = chunked_setup(ChunkConfig {
             replan_every,
             boundary,
+            as_trajectory,
         });
         b.write(0, &[0.1, 0.2, 0.3], None);
         c.tick();
@@ -462,5 +464,34 @@ fn chunked_ticks_allocate_nothing_under_every_boundary_rule() {
             std::hint::black_box(out.action[0]);
         }
         assert_eq!(thread_allocations() - before, 0, "{boundary:?} allocated");
+    }
+}
+
+#[test]
+fn a_chunk_goes_out_whole_as_the_ticks_would_apply_it() {
+    use flowpilot_core::control::ChunkConfig;
+    let (mut c, b, m) = chunked_setup(ChunkConfig {
+        as_trajectory: true,
+        ..Default::default()
+    });
+    let mut offline = Sampler::new(&m).unwrap();
+    b.write(0, &[0.1, 0.2, 0.3], None);
+    let mut chunk = [0f32; 8];
+    for t in 0..8u64 {
+        let out = c.tick();
+        if t % 4 == 0 {
+            // a new chunk: its 4 steps of 2, the first being this tick's action
+            offline
+                .sample_tempered(&[0.1, 0.2, 0.3, 0.1, 0.2, 0.3], &[], 9, t, 1.0, &mut chunk)
+                .unwrap();
+            let want: Vec<f64> = chunk.iter().map(|&v| v as f64).collect();
+            assert_eq!(out.trajectory, &want[..], "tick {t}");
+            assert_eq!(out.action, &want[..2]);
+        } else {
+            assert!(
+                out.trajectory.is_empty(),
+                "tick {t}: mid-chunk, nothing whole"
+            );
+        }
     }
 }

@@ -85,6 +85,13 @@ pub fn run_node() -> Result<()> {
     if act_dim > MAX_ACT || cfg.sources().count() > MAX_SOURCES {
         bail!("at most {MAX_ACT} action values and {MAX_SOURCES} sources are supported");
     }
+    if cfg.chunk.as_trajectory && model.spec.act_dim > flowpilot_core::runner::MAX_TRAJECTORY {
+        bail!(
+            "chunk.as_trajectory: a chunk of at most {} values goes out whole; this model's has {}",
+            flowpilot_core::runner::MAX_TRAJECTORY,
+            model.spec.act_dim
+        );
+    }
 
     // 2. The board and the controller.
     let widths: Vec<usize> = cfg.sources().map(|s| s.kind.width()).collect();

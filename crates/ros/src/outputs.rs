@@ -44,6 +44,9 @@ enum Sink {
 pub(crate) struct ActionPublisher {
     sink: Sink,
     period_ns: i64,
+    /// `chunk.as_trajectory`: chunks go out whole as multi-point
+    /// trajectories, and the policy ticks within a chunk send nothing.
+    chunk_points: bool,
     trace: r2r::Publisher<r2r::std_msgs::msg::Float64MultiArray>,
 }
 
@@ -62,8 +65,13 @@ impl ActionPublisher {
                 Sink::TwistStamped(node.create_publisher(t, q)?, frame_id.clone())
             }
         };
+        let chunk_points = cfg.chunk.as_trajectory;
+        if chunk_points && !matches!(sink, Sink::Traj(..)) {
+            anyhow::bail!("'chunk.as_trajectory' needs action.type 'joint_trajectory'");
+        }
         Ok(Self {
             sink,
+            chunk_points,
             period_ns: (1e9 / cfg.rate_hz) as i64,
             trace: node.create_publisher("~/action_trace", QosProfile::default().keep_last(100))?,
         })
@@ -90,29 +98,59 @@ impl ActionPublisher {
         t
     }
 
+    /// What one tick's output sends: with `chunk.as_trajectory`, a new
+    /// chunk whole, nothing on the other policy ticks of a chunk (the
+    /// controller is executing it), and a one-point trajectory for any
+    /// other action (a safe action preempts the running trajectory).
+    fn publish_output(&self, o: &Outgoing) -> Result<()> {
+        if !o.publish() {
+            return Ok(());
+        }
+        if self.chunk_points {
+            if !o.trajectory().is_empty() {
+                return self.publish_points(o.trajectory(), o.action().len());
+            }
+            if o.decision() == flowpilot_core::decision::Decision::Policy.code() {
+                return Ok(());
+            }
+        }
+        self.publish_action(o.action())
+    }
+
+    /// A trajectory of `values.len() / step` points, point j reached at
+    /// (j + 1) periods.
+    fn publish_points(&self, values: &[f64], step: usize) -> Result<()> {
+        let Sink::Traj(p, joints) = &self.sink else {
+            unreachable!("checked in new()");
+        };
+        let mut m = r2r::trajectory_msgs::msg::JointTrajectory {
+            joint_names: joints.clone(),
+            ..Default::default()
+        };
+        m.header.stamp = to_time(wall_ns());
+        for (j, pt) in values.chunks_exact(step).enumerate() {
+            let t = self.period_ns * (j as i64 + 1);
+            m.points
+                .push(r2r::trajectory_msgs::msg::JointTrajectoryPoint {
+                    positions: pt.to_vec(),
+                    time_from_start: r2r::builtin_interfaces::msg::Duration {
+                        sec: (t / 1_000_000_000) as i32,
+                        nanosec: (t % 1_000_000_000) as u32,
+                    },
+                    ..Default::default()
+                });
+        }
+        p.publish(&m)?;
+        Ok(())
+    }
+
     pub(crate) fn publish_action(&self, a: &[f64]) -> Result<()> {
         match &self.sink {
             Sink::F64a(p) => p.publish(&r2r::std_msgs::msg::Float64MultiArray {
                 data: a.to_vec(),
                 ..Default::default()
             })?,
-            Sink::Traj(p, joints) => {
-                let mut m = r2r::trajectory_msgs::msg::JointTrajectory {
-                    joint_names: joints.clone(),
-                    ..Default::default()
-                };
-                m.header.stamp = to_time(wall_ns());
-                m.points
-                    .push(r2r::trajectory_msgs::msg::JointTrajectoryPoint {
-                        positions: a.to_vec(),
-                        time_from_start: r2r::builtin_interfaces::msg::Duration {
-                            sec: (self.period_ns / 1_000_000_000) as i32,
-                            nanosec: (self.period_ns % 1_000_000_000) as u32,
-                        },
-                        ..Default::default()
-                    });
-                p.publish(&m)?
-            }
+            Sink::Traj(..) => self.publish_points(a, a.len())?,
             Sink::Twist(p) => p.publish(&Self::twist(a))?,
             Sink::TwistStamped(p, frame_id) => {
                 let mut m = r2r::geometry_msgs::msg::TwistStamped {
@@ -158,10 +196,8 @@ pub(crate) fn spawn_publisher(
         .spawn(move || {
             loop {
                 while let Some(o) = queue.pop() {
-                    if o.publish() {
-                        if let Err(e) = publisher.publish_action(o.action()) {
-                            tracing::error!("publishing action: {e}");
-                        }
+                    if let Err(e) = publisher.publish_output(&o) {
+                        tracing::error!("publishing action: {e}");
                     }
                     let _ = publisher.publish_trace(&o);
                 }
