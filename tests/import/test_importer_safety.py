@@ -64,7 +64,7 @@ def torch_state(rng, d=4, k=3, C=8, K=1):
     return state
 
 
-def write_torch_views(path, state, storages=None, metadata=None):
+def write_torch_views(path, state, storages=None, metadata=None, protocol=2):
     """Like test_nf4rl.write_torch, but a value may be a TensorView over one of
     `storages` (key -> float32 values), and the top-level OrderedDict may carry
     torch's `_metadata` attribute (which pickles through a BUILD opcode)."""
@@ -78,7 +78,7 @@ def write_torch_views(path, state, storages=None, metadata=None):
     if metadata is not None:
         tensors._metadata = metadata
     buf = io.BytesIO()
-    TorchPickler(buf, protocol=2).dump(tensors)
+    TorchPickler(buf, protocol=protocol).dump(tensors)
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", buf.getvalue())
         z.writestr("archive/version", "3\n")
@@ -197,14 +197,16 @@ def test_jax_arrays_still_import(tmp_path):
 
 # ------------------------------------------------ torch.save(model.state_dict())
 
-def test_state_dict_with_metadata_loads(tmp_path):
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+def test_state_dict_with_metadata_loads(tmp_path, protocol):
     """torch.save(model.state_dict()) pickles an OrderedDict whose `_metadata`
-    attribute (an OrderedDict of per-module {'version': n}) is set by BUILD."""
+    attribute (an OrderedDict of per-module {'version': n}) is set by BUILD,
+    with torch's default protocol 2 or a newer one (`pickle_protocol=`)."""
     state = torch_state(np.random.default_rng(8))
     metadata = OrderedDict([("", {"version": 1}), ("blocks", {"version": 1}), ("blocks.0", {"version": 1}),
                             ("blocks.0.s", {"version": 1}), ("blocks.0.s.2", {"version": 1})])
     ckpt = tmp_path / "state_dict.pt"
-    write_torch_views(ckpt, state, metadata=metadata)
+    write_torch_views(ckpt, state, metadata=metadata, protocol=protocol)
     with zipfile.ZipFile(ckpt) as z:
         data = z.read("archive/data.pkl")
     assert b"_metadata" in data and data.endswith(b"b."), "the state must arrive through BUILD"
@@ -213,3 +215,26 @@ def test_state_dict_with_metadata_loads(tmp_path):
     out = np.load(npz)
     assert np.array_equal(out["blocks.0.lin.s"], state["blocks.0.l.s"])
     assert np.array_equal(out["blocks.0.t.l1.w"], state["blocks.0.t.3.weight"].T)
+
+
+
+def test_a_real_torch_save_state_dict_imports(tmp_path):
+    """The same with torch itself, where it is installed (CI has no torch:
+    the test above writes the opcode stream torch.save writes). In a clean
+    interpreter: this one holds test_nf4rl's stand-in torch modules."""
+    if subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode != 0:
+        pytest.skip("torch is not installed")
+    state = torch_state(np.random.default_rng(9))
+    np.savez(tmp_path / "state.npz", **state)
+    for protocol in (2, pickle.DEFAULT_PROTOCOL):
+        ckpt = tmp_path / f"real_{protocol}.pt"
+        subprocess.run([sys.executable, "-c", f"""
+import collections, numpy as np, torch
+d = np.load({str(tmp_path / "state.npz")!r})
+sd = collections.OrderedDict((k, torch.from_numpy(d[k].copy())) for k in {list(state)!r})
+sd._metadata = collections.OrderedDict([("", {{"version": 1}}), ("blocks", {{"version": 1}})])
+torch.save(sd, {str(ckpt)!r}, pickle_protocol={protocol})
+"""], check=True)
+        r, npz = import_ckpt(tmp_path, ckpt, "torch-bc")
+        assert r.returncode == 0, r.stderr
+        assert np.array_equal(np.load(npz)["blocks.0.lin.s"], state["blocks.0.l.s"])
