@@ -1,6 +1,7 @@
 //! The control loop's tick, independent of ROS: snapshot the board, check
-//! freshness and validity, sample, apply safety (e-stop, safe behaviour,
-//! warm-up gate, clipping, rate limit) and hand back the action to publish.
+//! freshness and validity, sample (a chunked policy: play its chunk, see
+//! [`crate::chunk`]), apply safety (e-stop, safe behaviour, warm-up gate,
+//! clipping, rate limit) and hand back the action to publish.
 //! Everything here is preallocated; a tick allocates nothing and never
 //! blocks. The periodic timer and real-time settings live here too.
 
@@ -381,6 +382,80 @@ impl Controller {
         }
     }
 
+    /// The policy's part of a tick with fresh, valid inputs: extend the
+    /// history, sample a chunk when one is due, play this tick's step.
+    fn play_policy(&mut self, tick: u64) -> (Decision, f32) {
+        let (obs, goal) = self.obs.split_at(self.sampler.spec().step_obs_dim());
+        self.history.push(obs);
+        if self.player.due() {
+            let t0 = mono_ns();
+            let r = self.sampler.sample_tempered(
+                self.history.as_slice(),
+                goal,
+                self.cfg.seed,
+                tick,
+                self.cfg.temperature,
+                &mut self.act32,
+            );
+            let dt = (mono_ns() - t0) as u64;
+            self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
+            self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);
+            // A failed sample leaves the chunk playing to go on.
+            if let Ok(lp) = r {
+                self.player
+                    .push(&self.act32, self.sampler.last_raw_action(), lp);
+            }
+        }
+        self.played = self.player.next(&mut self.step32);
+        match &self.played {
+            Some(st)
+                if self.on_time_streak < self.cfg.warmup_ticks
+                    || tick < self.cfg.startup_hold_ticks =>
+            {
+                (Decision::WarmingUp, st.log_prob)
+            }
+            Some(st) => (Decision::Policy, st.log_prob),
+            None => {
+                // Nothing left to play (with chunk_len 1: this tick's sample
+                // failed).
+                if self.player.chunk_len() > 1 {
+                    self.stats
+                        .chunk_exhausted_ticks
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                (Decision::Invalid, f32::NAN)
+            }
+        }
+    }
+
+    /// With `chunk.as_trajectory`, on a policy tick that began a chunk: the
+    /// chunk whole, as the ticks will apply it if nothing intervenes
+    /// (this tick's `action` first, then rate-limited step to step).
+    fn fill_trajectory(&mut self, decision: Decision) {
+        let (true, Decision::Policy, Some(st)) =
+            (self.cfg.chunk.as_trajectory, decision, &self.played)
+        else {
+            return;
+        };
+        if st.index != 0 {
+            return;
+        }
+        let d = self.action.len();
+        let n = self.traj.len();
+        self.traj[..d].copy_from_slice(&self.action);
+        for j in (d..n).step_by(d) {
+            for i in 0..d {
+                let mut v = self.act32[j + i] as f64;
+                if let Some(md) = &self.cfg.max_delta {
+                    let prev = self.traj[j - d + i];
+                    v = v.clamp(prev - md[i], prev + md[i]);
+                }
+                self.traj[j + i] = v;
+            }
+        }
+        self.traj_len = n;
+    }
+
     /// Run one tick. No allocation, no blocking.
     pub fn tick(&mut self) -> TickOut<'_> {
         let tick = self.tick;
@@ -434,50 +509,9 @@ impl Controller {
             // does not sample on every tick.
             Decision::Invalid
         } else {
-            let (obs, goal) = self.obs.split_at(self.sampler.spec().step_obs_dim());
-            self.history.push(obs);
-            if self.player.due() {
-                let t0 = mono_ns();
-                let r = self.sampler.sample_tempered(
-                    self.history.as_slice(),
-                    goal,
-                    self.cfg.seed,
-                    tick,
-                    self.cfg.temperature,
-                    &mut self.act32,
-                );
-                let dt = (mono_ns() - t0) as u64;
-                self.stats.last_inference_ns.store(dt, Ordering::Relaxed);
-                self.stats.max_inference_ns.fetch_max(dt, Ordering::Relaxed);
-                // A failed sample leaves the chunk playing to go on.
-                if let Ok(lp) = r {
-                    self.player
-                        .push(&self.act32, self.sampler.last_raw_action(), lp);
-                }
-            }
-            self.played = self.player.next(&mut self.step32);
-            match &self.played {
-                Some(st) => {
-                    log_prob = st.log_prob;
-                    if self.on_time_streak < self.cfg.warmup_ticks
-                        || tick < self.cfg.startup_hold_ticks
-                    {
-                        Decision::WarmingUp
-                    } else {
-                        Decision::Policy
-                    }
-                }
-                None => {
-                    // Nothing left to play (with chunk_len 1: this tick's
-                    // sample failed).
-                    if self.player.chunk_len() > 1 {
-                        self.stats
-                            .chunk_exhausted_ticks
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    Decision::Invalid
-                }
-            }
+            let (d, lp) = self.play_policy(tick);
+            log_prob = lp;
+            d
         };
         if !matches!(decision, Decision::Policy | Decision::WarmingUp) {
             // The open-loop remainder of a chunk and the observation history
@@ -544,28 +578,7 @@ impl Controller {
                     *a = a.clamp(l - m, l + m);
                 }
             }
-            // A new chunk whole: the steps the next ticks will apply if
-            // nothing intervenes, limited as they would be.
-            if let (true, Decision::Policy, Some(st)) =
-                (self.cfg.chunk.as_trajectory, decision, &self.played)
-            {
-                if st.index == 0 {
-                    let d = self.action.len();
-                    let n = self.traj.len();
-                    self.traj[..d].copy_from_slice(&self.action);
-                    for j in (d..n).step_by(d) {
-                        for i in 0..d {
-                            let mut v = self.act32[j + i] as f64;
-                            if let Some(md) = &self.cfg.max_delta {
-                                let prev = self.traj[j - d + i];
-                                v = v.clamp(prev - md[i], prev + md[i]);
-                            }
-                            self.traj[j + i] = v;
-                        }
-                    }
-                    self.traj_len = n;
-                }
-            }
+            self.fill_trajectory(decision);
             self.last.copy_from_slice(&self.action);
             self.have_last = true;
             self.stats.published.fetch_add(1, Ordering::Relaxed);

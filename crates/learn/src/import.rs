@@ -260,7 +260,7 @@ pub fn import_nf4rl(
         ),
         digest: String::new(),
     };
-    Ok(ModelFile::new(spec, tensors).context("the converted checkpoint is not a valid flow")?)
+    ModelFile::new(spec, tensors).context("the converted checkpoint is not a valid flow")
 }
 
 fn read_npz(path: &Path) -> Result<BTreeMap<String, Tensor>> {

@@ -217,7 +217,7 @@ pub fn run_node() -> Result<()> {
             inputs: &input_stats,
             outputs: &out,
             model: &model,
-            swap: swap.as_mut().map(|s| &*s.status()),
+            swap: swap.as_mut().map(|s| s.status()),
             log: log_stats.as_deref(),
             learner: learner.as_mut(),
         });
