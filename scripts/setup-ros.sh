@@ -41,7 +41,8 @@ pkgs=(patchelf
   ros-jazzy-geometry-msgs ros-jazzy-trajectory-msgs ros-jazzy-std-srvs
   ros-jazzy-diagnostic-msgs ros-jazzy-nav-msgs ros-jazzy-lifecycle-msgs
   pytest colcon-core colcon-cargo colcon-ros-cargo
-  "gymnasium[mujoco]==1.4.0" "mujoco==3.17.0" "matplotlib==3.10.*")
+  "gymnasium[mujoco]==1.4.0" "mujoco==3.17.0" "matplotlib==3.10.*"
+  "mcap==1.6.*" "mcap-ros2-support==0.6.*" "rosbags==0.11.*")
 # Re-run pip when the list changes (the stamp holds the list it installed).
 stamp="$venv/.pkgs"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${pkgs[*]}" ]; then

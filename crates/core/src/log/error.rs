@@ -21,6 +21,8 @@ pub enum IoStep {
     CreatingDir,
     /// Listing the log directory.
     ReadingDir,
+    /// Writing the directory's rosbag2 `metadata.yaml`.
+    WritingBagMetadata,
 }
 
 impl fmt::Display for IoStep {
@@ -30,6 +32,7 @@ impl fmt::Display for IoStep {
             IoStep::Creating => "creating",
             IoStep::CreatingDir => "creating log dir",
             IoStep::ReadingDir => "reading log dir",
+            IoStep::WritingBagMetadata => "writing rosbag2 metadata",
         })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`reader`]: a tail-tolerant reader that recovers every complete record
 //!   of a file that was killed mid-write, and follows files still growing.
 
+pub mod bag;
 mod error;
 pub mod reader;
 pub mod writer;

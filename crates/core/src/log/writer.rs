@@ -290,6 +290,9 @@ fn writer_thread(
                 step: WriteStep::Closing,
                 source: e,
             });
+        } else if let Err(e) = super::bag::write_metadata(&cfg.dir) {
+            // The log itself is whole; only the rosbag2 index is missing.
+            tracing::warn!("{}", e.chain());
         }
     }
 }
