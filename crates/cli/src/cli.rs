@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, demos, eval, finetune, import, inspect, log_prob, new, sample, train,
+    bench, demos, eval, finetune, import, inspect, log_prob, new, replay, sample, train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -53,6 +53,10 @@ enum Cmd {
     /// Fine-tune a flow policy with SAC (exact log π) from transition logs
     /// (replayed, and followed live with --follow) or a fixed dataset.
     Finetune(finetune::FinetuneArgs),
+    /// Re-run a policy on a transition log's observations and report where
+    /// its samples differ from the logged ones (bit-identical for the
+    /// policy and seeds that wrote the log).
+    Replay(replay::ReplayArgs),
 }
 
 impl Cli {
@@ -74,6 +78,7 @@ impl Cli {
             Cmd::Demos(c) => demos::run(c),
             Cmd::Eval(c) => eval::run(c),
             Cmd::Finetune(a) => finetune::run(a),
+            Cmd::Replay(a) => replay::run(a),
         }
     }
 }

@@ -10,5 +10,6 @@ pub(crate) mod import;
 pub(crate) mod inspect;
 pub(crate) mod log_prob;
 pub(crate) mod new;
+pub(crate) mod replay;
 pub(crate) mod sample;
 pub(crate) mod train;
