@@ -25,17 +25,29 @@ def policy_records(log_dir):
         return 0
 
 
-def test_a_node_written_log_opens_in_mcap_ros2_and_rosbags(domain, peer, tmp_path):
-    from mcap_ros2.reader import read_ros2_messages
-    from rosbags.highlevel import AnyReader
+def logged_run(domain, peer, log_dir, *args):
+    """The bundled point-mass node logging into `log_dir` while a peer
+    publishes a slowly moving state (so that the ticks differ), until 20
+    policy ticks are logged."""
     pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
-    peer.node.create_timer(0.01, lambda: pub.publish(Float64MultiArray(data=[0.05, -1.1])))
-    log_dir = tmp_path / "log"
-    node = NodeProc(domain, ("-p", f"log.dir:={log_dir}", "-p", "log.flush_period:=0.02"))
+    state = [0.05, -1.1]
+
+    def tick():
+        state[0] += 0.001
+        pub.publish(Float64MultiArray(data=list(state)))
+    peer.node.create_timer(0.01, tick)
+    node = NodeProc(domain, ("-p", f"log.dir:={log_dir}", *args))
     try:
         wait_for(lambda: policy_records(log_dir) >= 20, 15, "20 policy records in the log")
     finally:
         assert node.stop() == 0
+
+
+def test_a_node_written_log_opens_in_mcap_ros2_and_rosbags(domain, peer, tmp_path):
+    from mcap_ros2.reader import read_ros2_messages
+    from rosbags.highlevel import AnyReader
+    log_dir = tmp_path / "log"
+    logged_run(domain, peer, log_dir, "-p", "log.flush_period:=0.02")
     ours = read_log(str(log_dir))
     n = len(ours["tick"])
     assert n > 20
@@ -70,19 +82,8 @@ def test_replay_reproduces_the_logged_samples_bit_for_bit(domain, peer, tmp_path
     import json
     import subprocess
     from conftest import CLI, MODEL
-    pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
-    state = [0.05, -1.1]
-
-    def tick():  # a moving observation, so that the ticks differ
-        state[0] += 0.001
-        pub.publish(Float64MultiArray(data=list(state)))
-    peer.node.create_timer(0.01, tick)
     log_dir = tmp_path / "log"
-    node = NodeProc(domain, ("-p", f"log.dir:={log_dir}", "-p", "temperature:=0.7"))
-    try:
-        wait_for(lambda: policy_records(log_dir) >= 20, 15, "20 policy records in the log")
-    finally:
-        assert node.stop() == 0
+    logged_run(domain, peer, log_dir, "-p", "temperature:=0.7")
 
     def replay(model):
         out = subprocess.run([CLI, "replay", str(log_dir), str(model), "--json"], check=True, capture_output=True,
