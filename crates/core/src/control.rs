@@ -256,6 +256,10 @@ impl Controller {
                 return Err(ControlError::MaxDelta(d));
             }
         }
+        // Rate limiting off is an infinite limit, so that turning it on at
+        // run time ([`Self::apply_live`]) needs no allocation.
+        let mut cfg = cfg;
+        cfg.max_delta.get_or_insert_with(|| vec![f64::INFINITY; d]);
         let h = spec.chunk_len;
         let k = match cfg.chunk.replan_every {
             0 => h,
@@ -318,6 +322,27 @@ impl Controller {
     /// included).
     pub fn observation_states(&self) -> &[SourceState] {
         &self.states[..self.cfg.obs_sources.min(self.states.len())]
+    }
+
+    /// Apply live parameter changes between two ticks (control thread: a
+    /// copy, no allocation). Widths were checked by the caller against this
+    /// model and these sources.
+    pub fn apply_live(&mut self, l: &crate::live::LiveSettings) {
+        self.cfg.safe = l.safe;
+        self.cfg.temperature = l.temperature.unwrap_or(self.sampler.spec().temperature);
+        if let Some(md) = self.cfg.max_delta.as_mut() {
+            for (i, m) in md.iter_mut().enumerate() {
+                *m = if l.rate_limit && i < l.n_act {
+                    l.max_delta[i]
+                } else {
+                    f64::INFINITY
+                };
+            }
+        }
+        for (ns, s) in self.max_age_ns.iter_mut().zip(&l.max_age_s[..l.n_sources]) {
+            *ns = (s * 1e9) as i64;
+        }
+        self.max_future_ns = (l.max_future_stamp_s * 1e9) as i64;
     }
 
     /// Swap the policy between ticks (same dims are checked by the caller).

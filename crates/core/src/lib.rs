@@ -57,6 +57,7 @@ pub mod histogram;
 pub mod hotswap;
 pub mod init;
 pub mod joint_map;
+pub mod live;
 pub mod log;
 pub mod model;
 pub mod runner;

@@ -236,6 +236,8 @@ pub struct Runner<C: Clock> {
     out: Arc<OutputQueue>,
     waker: Option<std::thread::Thread>,
     log: Option<LogTap>,
+    /// Live parameter changes from the parameter service.
+    live: Option<Arc<crate::live::LiveChannel>>,
     /// Preallocated log record (boxed: it is ~1.5 KB).
     rec: Box<Transition>,
     step_log: StepLog,
@@ -257,6 +259,7 @@ impl<C: Clock> Runner<C> {
             out,
             waker: None,
             log: None,
+            live: None,
             rec: Box::default(),
             step_log: StepLog::default(),
         }
@@ -266,6 +269,12 @@ impl<C: Clock> Runner<C> {
     pub fn with_log(mut self, mut tap: LogTap) -> Self {
         tap.every = tap.every.max(1);
         self.log = Some(tap);
+        self
+    }
+
+    /// Take live parameter changes from `chan` between two ticks.
+    pub fn with_live(mut self, chan: Arc<crate::live::LiveChannel>) -> Self {
+        self.live = Some(chan);
         self
     }
 
@@ -291,6 +300,13 @@ impl<C: Clock> Runner<C> {
         }
         self.controller
             .note_deadline(missed == 0 && late < self.period_ns);
+        // Checked live parameter changes apply between two ticks: a copy.
+        if let Some(l) = self.live.as_ref().and_then(|c| c.take()) {
+            self.controller.apply_live(&l);
+            if let Some(tap) = self.log.as_mut() {
+                tap.every = l.log_every.max(1);
+            }
+        }
         // A checked new policy swaps in between two ticks: a move.
         if let Some(new) = self.chan.take() {
             let old = self.controller.set_sampler(new);

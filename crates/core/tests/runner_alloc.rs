@@ -87,8 +87,10 @@ fn check(with_step: bool) {
     let inputs = Arc::new(LogInputs::default());
     let step = with_step.then(|| Arc::new(Board::new(&[3])));
     let chan = SwapChannel::new();
+    let live = flowpilot_core::live::LiveChannel::new();
     let out = OutputQueue::new(16); // fills: never drained here
     let mut r = Runner::new(controller, FakeClock(0), chan.clone(), out.clone())
+        .with_live(live.clone())
         .with_log(LogTap {
             handle: Arc::new(handle),
             inputs: inputs.clone(),
@@ -122,6 +124,20 @@ fn check(with_step: bool) {
         if i % 100 == 0 {
             inputs.boundary(i % 200 == 0);
         }
+        if i % 250 == 10 {
+            // a live parameter change, offered and applied in the window
+            live.offer(flowpilot_core::live::LiveSettings {
+                safe: SafeBehaviour::Zero,
+                temperature: Some(0.5),
+                rate_limit: i % 500 == 10,
+                max_delta: [0.05; 32],
+                n_act: 3,
+                max_age_s: [1e6; 16],
+                n_sources: 2,
+                max_future_stamp_s: 0.1,
+                log_every: 2, // as configured: the record count below holds
+            });
+        }
         std::hint::black_box(r.step());
     }
     assert_eq!(
@@ -134,6 +150,7 @@ fn check(with_step: bool) {
         chan.take_retired().is_some(),
         "the swap happened in the window"
     );
+    assert!(live.take().is_none(), "the live changes were applied");
     assert_eq!(r.controller().sampler().spec().digest, other.spec.digest);
     assert!(
         out.dropped() > 900,

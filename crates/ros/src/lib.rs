@@ -29,6 +29,7 @@ mod diagnostics;
 mod fault_inject;
 mod inputs;
 mod learner;
+mod live_params;
 mod log_inputs;
 mod outputs;
 mod params;
@@ -77,7 +78,8 @@ pub fn run_node() -> Result<()> {
     let mut node = r2r::Node::create(ctx, "flowpilot", "").context("creating the node")?;
 
     // 1. Configuration and policy.
-    let cfg = NodeConfig::from_params(&params::read(&node)).context("invalid node parameters")?;
+    let param_map = params::read(&node);
+    let cfg = NodeConfig::from_params(&param_map).context("invalid node parameters")?;
     let (model, model_path) = swap::load_policy(&cfg)?;
     tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
     // What the robot gets per tick: one step of a chunk.
@@ -127,6 +129,16 @@ pub fn run_node() -> Result<()> {
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
     let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
+    let live = flowpilot_core::live::LiveChannel::new();
+    live_params::serve(
+        &mut node,
+        &spawner,
+        param_map,
+        &cfg,
+        model.spec.temperature,
+        act_dim,
+        live.clone(),
+    )?;
     services::serve_estop(
         &mut node,
         &spawner,
@@ -162,7 +174,8 @@ pub fn run_node() -> Result<()> {
         chan.clone(),
         out.clone(),
     )
-    .with_waker(pub_thread.thread().clone());
+    .with_waker(pub_thread.thread().clone())
+    .with_live(live);
     if let Some(tap) = log {
         runner = runner.with_log(tap);
     }

@@ -1,0 +1,347 @@
+//! The standard ROS 2 parameter services (`~/get_parameters`,
+//! `~/set_parameters`, `~/set_parameters_atomically`, `~/list_parameters`,
+//! `~/describe_parameters`, `~/get_parameter_types`) and
+//! `/parameter_events`, so that `ros2 param` and rclpy's parameter client
+//! work. Live parameters (`flowpilot_core::live::is_live`) are checked by
+//! the start-up rules on the whole parameter set with the change, then
+//! handed to the control thread, which applies them between two ticks;
+//! every other parameter is read-only with a reason. Runs on the spin
+//! thread; nothing here touches the control thread but the one-slot queue.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Result;
+use futures::task::LocalSpawnExt;
+use futures::StreamExt;
+use r2r::rcl_interfaces::msg::{
+    Parameter, ParameterDescriptor, ParameterEvent, ParameterValue, SetParametersResult,
+};
+use r2r::rcl_interfaces::srv::{
+    DescribeParameters, GetParameterTypes, GetParameters, ListParameters, SetParameters,
+    SetParametersAtomically,
+};
+use r2r::QosProfile;
+
+use flowpilot_core::config::{NodeConfig, ParamMap, ParamValue};
+use flowpilot_core::live::{is_live, LiveChannel, LiveSettings};
+
+/// The node's parameters as they stand, and where live changes go.
+struct State {
+    map: ParamMap,
+    /// Values per action step (for `max_delta`).
+    n_act: usize,
+    chan: Arc<LiveChannel>,
+    events: r2r::Publisher<ParameterEvent>,
+    node_name: String,
+}
+
+impl State {
+    /// Check `changes` together against the start-up rules and apply them
+    /// all, or none.
+    fn set(&mut self, changes: &[(String, ParamValue)]) -> Result<(), String> {
+        let mut candidate = self.map.clone();
+        for (name, v) in changes {
+            if !is_live(name) && (self.map.contains_key(name) || known(name)) {
+                return Err(format!(
+                    "'{name}' is read-only while the node runs (it shapes the node; restart to change it). Live: safe_behaviour, max_delta, temperature, max_future_stamp, log.every, sources.<name>.max_age"
+                ));
+            }
+            candidate.insert(name.clone(), v.clone());
+        }
+        let cfg = NodeConfig::from_params(&candidate).map_err(|e| e.to_string())?;
+        if let Some(md) = &cfg.max_delta {
+            if md.len() != self.n_act {
+                return Err(format!(
+                    "'max_delta' needs {} values (one per action value)",
+                    self.n_act
+                ));
+            }
+        }
+        self.chan.offer(LiveSettings::of(&cfg, self.n_act));
+        self.map = candidate;
+        for (name, v) in changes {
+            tracing::info!(parameter = %name, value = ?v, "live parameter changed");
+        }
+        let _ = self.events.publish(&ParameterEvent {
+            node: self.node_name.clone(),
+            changed_parameters: changes
+                .iter()
+                .map(|(n, v)| Parameter {
+                    name: n.clone(),
+                    value: to_msg(v),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        Ok(())
+    }
+}
+
+/// A parameter name the node reads (not counting the sources' fields of a
+/// source that does not exist).
+fn known(name: &str) -> bool {
+    flowpilot_core::config::parameter_names().contains(&name)
+        || name.starts_with("sources.")
+        || name.starts_with("qos_overrides.")
+        || name == "use_sim_time"
+}
+
+fn result(r: Result<(), String>) -> SetParametersResult {
+    SetParametersResult {
+        successful: r.is_ok(),
+        reason: r.err().unwrap_or_default(),
+    }
+}
+
+/// Serve the parameter services for `map` (the parameters the node was
+/// started with, checked into `cfg`) on the spin thread's executor. Live
+/// parameters left at their defaults are listed with their effective
+/// values (`model_temperature` when `temperature` is unset).
+pub(crate) fn serve(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    mut map: ParamMap,
+    cfg: &NodeConfig,
+    model_temperature: f32,
+    n_act: usize,
+    chan: Arc<LiveChannel>,
+) -> Result<()> {
+    let safe = match cfg.safe {
+        flowpilot_core::control::SafeBehaviour::Hold => "hold",
+        flowpilot_core::control::SafeBehaviour::Zero => "zero",
+        flowpilot_core::control::SafeBehaviour::Stop => "stop",
+    };
+    let mut effective = vec![
+        (
+            "safe_behaviour".to_string(),
+            ParamValue::String(safe.into()),
+        ),
+        (
+            "temperature".into(),
+            ParamValue::Double(cfg.temperature.unwrap_or(model_temperature) as f64),
+        ),
+        (
+            "max_delta".into(),
+            ParamValue::DoubleArray(cfg.max_delta.clone().unwrap_or_default()),
+        ),
+        (
+            "max_future_stamp".into(),
+            ParamValue::Double(cfg.max_future_stamp_s),
+        ),
+    ];
+    for s in cfg.sources() {
+        effective.push((
+            format!("sources.{}.max_age", s.name),
+            ParamValue::Double(s.max_age_s),
+        ));
+    }
+    if let Some(l) = &cfg.log {
+        effective.push(("log.every".into(), ParamValue::Integer(l.every as i64)));
+    }
+    for (k, v) in effective {
+        let unset = matches!(map.get(&k), None | Some(ParamValue::NotSet));
+        if unset {
+            map.insert(k, v);
+        }
+    }
+    let events = node
+        .create_publisher::<ParameterEvent>("/parameter_events", QosProfile::parameter_events())?;
+    let state = Rc::new(RefCell::new(State {
+        map,
+        n_act,
+        chan,
+        events,
+        node_name: node.fully_qualified_name()?,
+    }));
+    let qos = QosProfile::services_default;
+
+    let st = state.clone();
+    let srv = node.create_service::<SetParameters::Service>("~/set_parameters", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        // Each parameter on its own, as rclcpp does.
+        let results = req
+            .message
+            .parameters
+            .iter()
+            .map(|p| result(st.borrow_mut().set(&[(p.name.clone(), from_msg(&p.value))])))
+            .collect();
+        let _ = req.respond(SetParameters::Response { results });
+        futures::future::ready(())
+    }))?;
+
+    let st = state.clone();
+    let srv = node
+        .create_service::<SetParametersAtomically::Service>("~/set_parameters_atomically", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let changes: Vec<_> = req
+            .message
+            .parameters
+            .iter()
+            .map(|p| (p.name.clone(), from_msg(&p.value)))
+            .collect();
+        let r = result(st.borrow_mut().set(&changes));
+        let _ = req.respond(SetParametersAtomically::Response { result: r });
+        futures::future::ready(())
+    }))?;
+
+    let st = state.clone();
+    let srv = node.create_service::<GetParameters::Service>("~/get_parameters", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let s = st.borrow();
+        let values = req
+            .message
+            .names
+            .iter()
+            .map(|n| to_msg(s.map.get(n).unwrap_or(&ParamValue::NotSet)))
+            .collect();
+        let _ = req.respond(GetParameters::Response { values });
+        futures::future::ready(())
+    }))?;
+
+    let st = state.clone();
+    let srv = node.create_service::<GetParameterTypes::Service>("~/get_parameter_types", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let s = st.borrow();
+        let types = req
+            .message
+            .names
+            .iter()
+            .map(|n| to_msg(s.map.get(n).unwrap_or(&ParamValue::NotSet)).type_)
+            .collect();
+        let _ = req.respond(GetParameterTypes::Response { types });
+        futures::future::ready(())
+    }))?;
+
+    let st = state.clone();
+    let srv = node.create_service::<ListParameters::Service>("~/list_parameters", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let s = st.borrow();
+        let prefixes = &req.message.prefixes;
+        let mut names: Vec<String> = s
+            .map
+            .keys()
+            .filter(|n| {
+                prefixes.is_empty()
+                    || prefixes
+                        .iter()
+                        .any(|p| *n == p || n.starts_with(&format!("{p}.")))
+            })
+            .cloned()
+            .collect();
+        names.sort();
+        let mut pre: Vec<String> = names
+            .iter()
+            .filter_map(|n| n.rsplit_once('.').map(|(p, _)| p.to_string()))
+            .collect();
+        pre.dedup();
+        let _ = req.respond(ListParameters::Response {
+            result: r2r::rcl_interfaces::msg::ListParametersResult {
+                names,
+                prefixes: pre,
+            },
+        });
+        futures::future::ready(())
+    }))?;
+
+    let st = state;
+    let srv = node.create_service::<DescribeParameters::Service>("~/describe_parameters", qos())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let s = st.borrow();
+        let descriptors = req
+            .message
+            .names
+            .iter()
+            .map(|n| ParameterDescriptor {
+                name: n.clone(),
+                type_: to_msg(s.map.get(n).unwrap_or(&ParamValue::NotSet)).type_,
+                read_only: !is_live(n),
+                description: if is_live(n) {
+                    "live: applied between two control ticks (docs/configuration.md)".into()
+                } else {
+                    "read-only while the node runs (docs/configuration.md)".into()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let _ = req.respond(DescribeParameters::Response { descriptors });
+        futures::future::ready(())
+    }))?;
+    Ok(())
+}
+
+/// rcl_interfaces/msg/ParameterType codes (fixed by the interface).
+mod ty {
+    pub(super) const NOT_SET: u8 = 0;
+    pub(super) const BOOL: u8 = 1;
+    pub(super) const INTEGER: u8 = 2;
+    pub(super) const DOUBLE: u8 = 3;
+    pub(super) const STRING: u8 = 4;
+    pub(super) const BYTE_ARRAY: u8 = 5;
+    pub(super) const BOOL_ARRAY: u8 = 6;
+    pub(super) const INTEGER_ARRAY: u8 = 7;
+    pub(super) const DOUBLE_ARRAY: u8 = 8;
+    pub(super) const STRING_ARRAY: u8 = 9;
+}
+
+/// A parameter value message as core's value.
+fn from_msg(v: &ParameterValue) -> ParamValue {
+    match v.type_ {
+        ty::BOOL => ParamValue::Bool(v.bool_value),
+        ty::INTEGER => ParamValue::Integer(v.integer_value),
+        ty::DOUBLE => ParamValue::Double(v.double_value),
+        ty::STRING => ParamValue::String(v.string_value.clone()),
+        ty::BYTE_ARRAY => ParamValue::ByteArray(v.byte_array_value.clone()),
+        ty::BOOL_ARRAY => ParamValue::BoolArray(v.bool_array_value.clone()),
+        ty::INTEGER_ARRAY => ParamValue::IntegerArray(v.integer_array_value.clone()),
+        ty::DOUBLE_ARRAY => ParamValue::DoubleArray(v.double_array_value.clone()),
+        ty::STRING_ARRAY => ParamValue::StringArray(v.string_array_value.clone()),
+        _ => ParamValue::NotSet,
+    }
+}
+
+/// Core's value as a parameter value message.
+fn to_msg(v: &ParamValue) -> ParameterValue {
+    let mut m = ParameterValue::default();
+    m.type_ = match v {
+        ParamValue::NotSet => ty::NOT_SET,
+        ParamValue::Bool(b) => {
+            m.bool_value = *b;
+            ty::BOOL
+        }
+        ParamValue::Integer(i) => {
+            m.integer_value = *i;
+            ty::INTEGER
+        }
+        ParamValue::Double(d) => {
+            m.double_value = *d;
+            ty::DOUBLE
+        }
+        ParamValue::String(s) => {
+            m.string_value = s.clone();
+            ty::STRING
+        }
+        ParamValue::ByteArray(a) => {
+            m.byte_array_value = a.clone();
+            ty::BYTE_ARRAY
+        }
+        ParamValue::BoolArray(a) => {
+            m.bool_array_value = a.clone();
+            ty::BOOL_ARRAY
+        }
+        ParamValue::IntegerArray(a) => {
+            m.integer_array_value = a.clone();
+            ty::INTEGER_ARRAY
+        }
+        ParamValue::DoubleArray(a) => {
+            m.double_array_value = a.clone();
+            ty::DOUBLE_ARRAY
+        }
+        ParamValue::StringArray(a) => {
+            m.string_array_value = a.clone();
+            ty::STRING_ARRAY
+        }
+    };
+    m
+}
