@@ -7,7 +7,8 @@
 # sim, scripts/finetune_session.py): the return before, EPISODES episodes of
 # logged robot time with the learner hot-swapping new versions in (reacher:
 # an evaluation every 150 episodes), and the return after, with a learning
-# curve PNG and a JSON summary in ~/.local/state/flowpilot/<task>/. `reach` is the
+# curve PNG, a JSON summary and a session report (report/index.html) in
+# ~/.local/state/flowpilot/<task>/. `reach` is the
 # robot whose bundled policy takes a detour.
 #
 # Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
@@ -65,6 +66,10 @@ kill -TERM $node
 wait $node || true
 trap - EXIT
 echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo "no summary (see $log)")"
+if [ $finetune = 1 ]; then
+  # The session report: plots and one HTML page (the node has closed its log).
+  ./target/release/flowpilot report "$state/log" "$state/ckpt" --out "$state/report"
+fi
 if [ "$task" = reacher ] && [ $finetune = 0 ]; then
   echo "scripted expert on the same seeds (for reference):"
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1 -p expert:=true | tail -1

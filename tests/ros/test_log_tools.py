@@ -99,3 +99,39 @@ def test_replay_reproduces_the_logged_samples_bit_for_bit(domain, peer, tmp_path
     r2 = replay(other)
     assert r2["identical"] == 0 and r2["same_policy"] == 0 and r2["max_action_diff"] > 1e-3, r2
     assert r2["first_diff_tick"] is not None
+
+
+def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer, tmp_path):
+    import base64
+    import json
+    import re
+    import subprocess
+    from conftest import CLI
+    log_dir = tmp_path / "log"
+    logged_run(domain, peer, log_dir)
+    # a checkpoint directory: v2 accepted, v3 rolled back
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    digests = {}
+    for v in (2, 3):
+        p = ckpt / f"policy_v00000{v}.safetensors"
+        subprocess.run([CLI, "new", str(p), "--obs", "2", "--act", "2", "--blocks", "2", "--hidden", "16",
+                        "--random", "--seed", str(v), "--version", str(v)], check=True, capture_output=True)
+        digests[v] = json.loads(subprocess.run([CLI, "sample", str(p), "--obs", "0,0", "--json"], check=True,
+                                               capture_output=True, text=True).stdout)["digest"]
+    (ckpt / ".flowpilot_accepted").write_text(f"revoked {digests[3]}\naccepted {ckpt / 'policy_v000002.safetensors'}\n")
+    out = tmp_path / "report"
+    subprocess.run([CLI, "report", str(log_dir), str(ckpt), "--out", str(out)], check=True, capture_output=True)
+    page = (out / "index.html").read_text()
+    # every plot is inlined and is a PNG; nothing is fetched from elsewhere
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    titles = [t for t, _ in imgs]
+    assert {"Decision per logged tick", "Applied action per dimension", "Exact log-prob of the sampled action",
+            "Tick period minus its median"} <= set(titles), titles
+    for _, b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(re.findall(r"<img ", page)) == len(imgs), "an image that is not inlined"
+    assert "0 policy" in page and "1 warm-up" in page
+    # the lineage: each version with its hot-swap status
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(sha256:[0-9a-f]+)</td><td>[^<]*</td><td>([a-z ]+)</td></tr>", page)
+    assert [(int(v), s) for v, _, s in rows] == [(2, "accepted"), (3, "rolled back")], rows

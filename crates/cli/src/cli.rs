@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, demos, eval, finetune, import, inspect, log_prob, new, replay, sample, train,
+    bench, demos, eval, finetune, import, inspect, log_prob, new, replay, report, sample, train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -57,6 +57,9 @@ enum Cmd {
     /// its samples differ from the logged ones (bit-identical for the
     /// policy and seeds that wrote the log).
     Replay(replay::ReplayArgs),
+    /// A session report: plots and one self-contained HTML page from a
+    /// transition log (and the checkpoint directory).
+    Report(report::ReportArgs),
 }
 
 impl Cli {
@@ -79,6 +82,7 @@ impl Cli {
             Cmd::Eval(c) => eval::run(c),
             Cmd::Finetune(a) => finetune::run(a),
             Cmd::Replay(a) => replay::run(a),
+            Cmd::Report(a) => report::run(a),
         }
     }
 }

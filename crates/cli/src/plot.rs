@@ -85,16 +85,21 @@ pub fn line_plot(
     let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
     for (i, s) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        let line = chart
-            .draw_series(LineSeries::new(
-                s.points.iter().copied().filter(|(_, y)| y.is_finite()),
-                c.stroke_width(2),
-            ))
-            .map_err(|e| anyhow!("{e}"))?;
-        if text {
-            line.label(s.name).legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-            });
+        // A non-finite y is a gap (no action sent, say): the line breaks
+        // there instead of joining its two sides.
+        let runs = s
+            .points
+            .split(|(_, y)| !y.is_finite())
+            .filter(|r| !r.is_empty());
+        for (k, run) in runs.enumerate() {
+            let line = chart
+                .draw_series(LineSeries::new(run.iter().copied(), c.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?;
+            if text && k == 0 {
+                line.label(s.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            }
         }
     }
     if text {

@@ -11,5 +11,6 @@ pub(crate) mod inspect;
 pub(crate) mod log_prob;
 pub(crate) mod new;
 pub(crate) mod replay;
+pub(crate) mod report;
 pub(crate) mod sample;
 pub(crate) mod train;
