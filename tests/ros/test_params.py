@@ -20,13 +20,15 @@ def call(fut, what, timeout=5):
     return fut.result()
 
 
-def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(domain, peer):
+def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(domain, peer, tmp_path):
     pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
     peer.node.create_timer(0.005, lambda: pub.publish(Float64MultiArray(data=[0.05, -1.1])))
     trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     events = peer.collect(ParameterEvent, "/parameter_events", RELIABLE)
-    node = NodeProc(domain, ("-p", "rate_hz:=500.0", "-p", "startup_hold:=0.0", "-p", "diagnostics_period:=0.2"))
+    log_dir = tmp_path / "log"
+    node = NodeProc(domain, ("-p", "rate_hz:=500.0", "-p", "startup_hold:=0.0", "-p", "diagnostics_period:=0.2",
+                             "-p", f"log.dir:={log_dir}", "-p", "log.every:=5"))
     client = AsyncParameterClient(peer.node, "flowpilot")
     try:
         assert client.wait_for_services(timeout_sec=10)
@@ -79,3 +81,10 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
         assert int(diag(diags)["overruns"]) - overruns_before <= 2
     finally:
         assert node.stop() == 0
+    # every accepted change is in the transition log, in order, as metadata
+    from mcap.reader import make_reader
+    (f,) = log_dir.glob("*.mcap")
+    with open(f, "rb") as fh:
+        notes = [dict(m.metadata) for m in make_reader(fh).iter_metadata() if m.name == "parameter_change"]
+    assert [n["name"] for n in notes] == ["max_delta", "temperature", "max_delta"], notes
+    assert notes[1]["value"] == "Double(0.0)" and int(notes[1]["wall_ns"]) > 0

@@ -128,7 +128,6 @@ pub fn run_node() -> Result<()> {
     let episode_returns = log.as_ref().map(|t| t.inputs.clone());
     // Kept until the learner has stopped, so the log closes after it, as before.
     let log_handle = log.as_ref().map(|t| t.handle.clone());
-    let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
     let live = flowpilot_core::live::LiveChannel::new();
     live_params::serve(
         &mut node,
@@ -138,7 +137,9 @@ pub fn run_node() -> Result<()> {
         model.spec.temperature,
         act_dim,
         live.clone(),
+        log_handle.clone(),
     )?;
+    let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
     services::serve_estop(
         &mut node,
         &spawner,

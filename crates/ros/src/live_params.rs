@@ -26,6 +26,7 @@ use r2r::QosProfile;
 
 use flowpilot_core::config::{NodeConfig, ParamMap, ParamValue};
 use flowpilot_core::live::{is_live, LiveChannel, LiveSettings};
+use flowpilot_core::log::writer::LogHandle;
 
 /// The node's parameters as they stand, and where live changes go.
 struct State {
@@ -35,6 +36,8 @@ struct State {
     chan: Arc<LiveChannel>,
     events: r2r::Publisher<ParameterEvent>,
     node_name: String,
+    /// The transition log, which records every accepted change.
+    log: Option<Arc<LogHandle>>,
 }
 
 impl State {
@@ -61,8 +64,20 @@ impl State {
         }
         self.chan.offer(LiveSettings::of(&cfg, self.n_act));
         self.map = candidate;
+        let wall_ns = flowpilot_core::board::wall_ns().to_string();
         for (name, v) in changes {
             tracing::info!(parameter = %name, value = ?v, "live parameter changed");
+            if let Some(log) = &self.log {
+                log.note(
+                    "parameter_change",
+                    [
+                        ("name".to_string(), name.clone()),
+                        ("value".into(), format!("{v:?}")),
+                        ("wall_ns".into(), wall_ns.clone()),
+                    ]
+                    .into(),
+                );
+            }
         }
         let _ = self.events.publish(&ParameterEvent {
             node: self.node_name.clone(),
@@ -107,6 +122,7 @@ pub(crate) fn serve(
     model_temperature: f32,
     n_act: usize,
     chan: Arc<LiveChannel>,
+    log: Option<Arc<LogHandle>>,
 ) -> Result<()> {
     let safe = match cfg.safe {
         flowpilot_core::control::SafeBehaviour::Hold => "hold",
@@ -154,6 +170,7 @@ pub(crate) fn serve(
         chan,
         events,
         node_name: node.fully_qualified_name()?,
+        log,
     }));
     let qos = QosProfile::services_default;
 

@@ -77,6 +77,8 @@ pub struct LogStats {
 /// The control thread's end: push records; the writer thread owns the file.
 pub struct LogHandle {
     queue: Arc<ArrayQueue<Transition>>,
+    /// Named metadata records (parameter changes, say) from other threads.
+    notes: Arc<ArrayQueue<Note>>,
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -120,14 +122,16 @@ impl LogHandle {
         *stats.path.lock().expect("fresh") = path.display().to_string();
         let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
         let stop = Arc::new(AtomicBool::new(false));
+        let notes = Arc::new(ArrayQueue::new(NOTES));
         let thread = {
-            let (q, stats, stop) = (queue.clone(), stats.clone(), stop.clone());
+            let (q, n, stats, stop) = (queue.clone(), notes.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("flowpilot-log".into())
-                .spawn(move || writer_thread(file, cfg, q, stats, stop))?
+                .spawn(move || writer_thread(file, cfg, q, n, stats, stop))?
         };
         Ok(Self {
             queue,
+            notes,
             stats,
             stop,
             thread: Some(thread),
@@ -139,6 +143,18 @@ impl LogHandle {
     pub fn push(&self, t: &Transition) {
         if self.stats.failed.load(Ordering::Relaxed) || self.queue.push(*t).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Write a named MCAP metadata record beside the transitions (an
+    /// accepted parameter change, say), in order with the records around
+    /// it. Not for the control thread: the record is built by the caller.
+    pub fn note(&self, name: &str, metadata: BTreeMap<String, String>) {
+        if self.notes.push((name.to_string(), metadata)).is_err() {
+            tracing::warn!("log note '{name}' dropped: {NOTES} notes already waiting");
+        }
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
         }
     }
 
@@ -161,6 +177,13 @@ impl Drop for LogHandle {
         self.shutdown();
     }
 }
+
+/// A named MCAP metadata record.
+type Note = (String, BTreeMap<String, String>);
+
+/// Notes waiting for the writer; one arriving when full is dropped (and
+/// logged): they are rare, human-paced events.
+const NOTES: usize = 64;
 
 type McapWriter = mcap::Writer<BufWriter<File>>;
 
@@ -211,6 +234,7 @@ fn writer_thread(
     file: File,
     cfg: LogConfig,
     q: Arc<ArrayQueue<Transition>>,
+    notes: Arc<ArrayQueue<Note>>,
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -251,6 +275,19 @@ fn writer_thread(
     };
     loop {
         let stopping = stop.load(Ordering::SeqCst);
+        while let Some((name, metadata)) = notes.pop() {
+            if let Some(o) = open.as_mut() {
+                if let Err(e) =
+                    o.w.write_metadata(&mcap::records::Metadata { name, metadata })
+                {
+                    fail(LogError::Write {
+                        step: WriteStep::WritingRecord,
+                        source: e,
+                    });
+                    open = None;
+                }
+            }
+        }
         while let Some(mut t) = q.pop() {
             if let Some(r) = &cfg.reward {
                 t.reward = r.eval(&t);
