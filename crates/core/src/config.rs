@@ -689,9 +689,20 @@ fn source(p: &Params<'_>, name: &str) -> Result<SourceConfig> {
             SourceKind::JointState { joints, fields }
         }
         "float64_multi_array" => {
+            // A message wider than this is refused at the subscription
+            // (joint_map::MAX_VALUES), so no wider source can ever be read;
+            // bounding it here also keeps a huge `size` from reaching an
+            // allocation (libFuzzer found a capacity-overflow panic).
+            let max = crate::joint_map::MAX_VALUES;
             let mut indices = p.usizes(&k("indices"))?;
+            if let Some(i) = indices.iter().find(|&&i| i >= max) {
+                return Err(ConfigError::param(
+                    k("indices"),
+                    format!("'{}' entries must be below {max}, got {i}", k("indices")),
+                ));
+            }
             if indices.is_empty() {
-                let n = p.i64(&k("size"), 0)?;
+                let n = p.i64_in(&k("size"), 0, 0, max as i64)?;
                 if n <= 0 {
                     return Err(ConfigError::param(
                         k("indices"),
@@ -1518,6 +1529,30 @@ mod tests {
             assert_eq!(e.parameter(), key);
             assert!(e.to_string().contains("FLOWPILOT_SURELY_UNSET_VAR"), "{e}");
         }
+    }
+
+    #[test]
+    fn an_array_source_wider_than_a_message_can_be_is_refused() {
+        // libFuzzer: a huge `size` panicked with a capacity overflow
+        // (tests/fuzz_corpus/config_parser/capacity-overflow-size.bin).
+        let arr = |kvs: &[(&str, ParamValue)]| {
+            let mut m = with(minimal(), &[("sources.arm.type", s("float64_multi_array"))]);
+            m.remove("sources.arm.joints");
+            with(m, kvs)
+        };
+        assert_rejected(vec![
+            (
+                arr(&[("sources.arm.size", V::Integer(1 << 40))]),
+                "sources.arm.size",
+                "observation source 'arm': 'sources.arm.size' must be within 0..=65536, got 1099511627776",
+            ),
+            (
+                arr(&[("sources.arm.indices", V::IntegerArray(vec![0, 70_000]))]),
+                "sources.arm.indices",
+                "observation source 'arm': 'sources.arm.indices' entries must be below 65536, got 70000",
+            ),
+        ]);
+        assert!(NodeConfig::from_params(&arr(&[("sources.arm.size", V::Integer(3))])).is_ok());
     }
 
     #[test]
