@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: a simulated robot driven by flowpilot_node over ROS 2.
 #
-#   scripts/run.sh [reacher|reach|pointmass] [EPISODES] [--finetune]   (default: reacher 10)
+#   scripts/run.sh [reacher|pendulum|reach|pointmass] [EPISODES] [--finetune]   (default: reacher 10)
 #
 # --finetune runs an on-robot fine-tuning session instead (node + learner +
 # sim, scripts/finetune_session.py): the return before, EPISODES episodes of
@@ -9,7 +9,8 @@
 # an evaluation every 150 episodes), and the return after, with a learning
 # curve PNG, a JSON summary and a session report (report/index.html) in
 # ~/.local/state/flowpilot/<task>/. `reach` is the
-# robot whose bundled policy takes a detour.
+# robot whose bundled policy takes a detour; `pendulum` is MuJoCo
+# InvertedPendulum-v5 with a 1-D action, in real time (40 s an episode).
 #
 # Sets up the embedded ROS 2 (unless one is sourced) and MuJoCo, builds,
 # then starts the simulated robot (rclpy) and flowpilot_node exactly as
@@ -26,8 +27,8 @@ for a in "$@"; do
 done
 task=${args[0]:-reacher}
 episodes=${args[1]:-10}
-case "$task" in reacher|reach|pointmass) ;; *) echo "usage: $0 [reacher|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
-if [ $finetune = 1 ] && [ "$task" = pointmass ]; then echo "--finetune: reach or reacher" >&2; exit 2; fi
+case "$task" in reacher|pendulum|reach|pointmass) ;; *) echo "usage: $0 [reacher|pendulum|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
+case "$finetune$task" in 1pointmass|1pendulum) echo "--finetune: reach or reacher" >&2; exit 2 ;; esac
 # A fresh session: the configs log to and hot-swap from a state directory
 # (docs/security.md: not /tmp); this job's own, emptied first.
 state="$HOME/.local/state/flowpilot/$task"
@@ -57,6 +58,8 @@ if [ $finetune = 1 ]; then
     $([ "$task" = reacher ] && echo --eval-every 150)
 elif [ "$task" = reacher ]; then
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
+elif [ "$task" = pendulum ]; then
+  python3 sim/mujoco_sim.py --ros-args -p task:=pendulum -p episodes:="$episodes" -p seed:=1 -p rate_hz:=25.0
 elif [ "$task" = reach ]; then
   python3 sim/reach_sim.py --episodes "$episodes"
 else

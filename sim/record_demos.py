@@ -9,6 +9,12 @@ row, the reward received for row i's action (`reward`, float32) and whether
 that action ended the episode in a terminal state (`terminal`, bool; a time
 limit is not terminal), so the demos can serve as prior data for offline RL;
 the file also carries the action bounds. Prints the expert's return.
+
+--act-noise SIGMA perturbs the expert (DART-style): each executed action is
+the expert's plus N(0, SIGMA²) (physical units, clipped to the bounds), and
+the executed action is what is recorded, so rows stay the robot's own
+transitions. An expert that never leaves the upright state shows a cloned
+policy nothing of how to recover from it (InvertedPendulum's does not).
 """
 import argparse
 import os
@@ -26,6 +32,7 @@ def main():
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--act-noise", type=float, default=0.0)
     a = ap.parse_args()
     t, env = tasks.make(a.task)
     rng = np.random.default_rng(a.seed)
@@ -37,6 +44,8 @@ def main():
         while not done:
             q, v, task_vec = t.ros(env, o)
             act = tasks.expert_action(t, expert, q, v, task_vec, o)
+            if a.act_noise > 0:
+                act = np.clip(act + rng.normal(0.0, a.act_noise, len(act)), t.act_low, t.act_high)
             obs_rows.append(t.policy_obs(q, v, task_vec))
             act_rows.append(act)
             ep_rows.append(ep)

@@ -261,7 +261,15 @@ impl ModelSpec {
         self.obs_dim + self.goal_dim
     }
     /// Sizes of the coupling split: (unchanged first part, transformed part).
+    /// A 1-D action has nothing to condition on but the observation, so its
+    /// blocks transform the one value with nets that see only the
+    /// conditioning input: each block is then an affine map of the action
+    /// chosen by the observation, and the stack a conditional Gaussian
+    /// (docs/model-format.md, "1-D actions").
     pub fn split(&self) -> (usize, usize) {
+        if self.act_dim == 1 {
+            return (0, 1);
+        }
         (self.act_dim.div_ceil(2), self.act_dim / 2)
     }
 
@@ -328,8 +336,8 @@ impl ModelSpec {
                 ));
             }
         }
-        if self.kind == PolicyKind::Flow && (self.act_dim < 2 || self.blocks == 0) {
-            return bad("a flow needs act_dim >= 2 and at least one block".into());
+        if self.kind == PolicyKind::Flow && self.blocks == 0 {
+            return bad("a flow needs at least one block".into());
         }
         if self.kind == PolicyKind::Gaussian && self.blocks != 0 {
             return bad("a Gaussian policy has no flow blocks (blocks must be 0)".into());

@@ -52,7 +52,7 @@ pub fn all_variants() -> Vec<(String, ModelFile)> {
     let mut seed = 1;
     for dir in [Direction::Inverse, Direction::Forward] {
         for (goal, enc) in [(0, false), (3, false), (3, true)] {
-            for act in [2, 5] {
+            for act in [1, 2, 5] {
                 seed += 1;
                 v.push((
                     format!("flow {dir:?} act={act} goal={goal} enc={enc}"),

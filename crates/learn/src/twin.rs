@@ -251,7 +251,12 @@ impl Twin {
     }
 
     fn nets(&self, i: usize, first: &Tensor, cond: &Tensor) -> Result<(Tensor, Tensor)> {
-        let inp = Tensor::cat(&[first, cond], 1)?;
+        // A 1-D action's blocks condition on the observation alone.
+        let inp = if first.dim(1)? == 0 {
+            cond.clone()
+        } else {
+            Tensor::cat(&[first, cond], 1)?
+        };
         Ok((
             self.mlp(&inp, &format!("blocks.{i}.s"))?,
             self.mlp(&inp, &format!("blocks.{i}.t"))?,

@@ -257,3 +257,59 @@ fn denoise_gradient_matches_autograd() {
         }
     }
 }
+
+/// A 1-D flow is a conditional Gaussian (docs/model-format.md, "1-D
+/// actions"): its blocks see only the observation, so each is an affine map
+/// of the action and so is their stack. Its log-prob integrates to one and
+/// is exactly quadratic in the action, with the mean and spread the
+/// observation chooses.
+#[test]
+fn a_one_dimensional_flow_is_a_normalised_conditional_gaussian() {
+    for dir in [Direction::Inverse, Direction::Forward] {
+        let m = random_model(1, 0, false, dir, PolicyKind::Flow, 13);
+        assert_eq!(m.spec.split(), (0, 1));
+        let mut rt = Sampler::new(&m).unwrap();
+        let mut z = [0.0];
+        let mut means = Vec::new();
+        for o in 0..2 {
+            let obs = vals(m.spec.obs_dim, 20 + o, 1.0);
+            let mut lp = |a: f32| rt.log_prob(&obs, &[], &[a], &mut z).unwrap() as f64;
+            // Quadratic: the second difference is the same everywhere,
+            // -h²/σ², and the log-prob peaks at the mean.
+            let h = 0.25;
+            let dd: Vec<f64> = (-8..8)
+                .map(|i| {
+                    let a = i as f32 * h as f32;
+                    lp(a - h as f32) - 2.0 * lp(a) + lp(a + h as f32)
+                })
+                .collect();
+            let var = -h * h / dd[0];
+            assert!(var > 0.0, "{dir:?}: not concave");
+            for d in &dd {
+                assert!(
+                    (d - dd[0]).abs() < 1e-4,
+                    "{dir:?}: second differences {dd:?}"
+                );
+            }
+            let (n, lim) = (20_000, 40.0f32);
+            let w = 2.0 * lim / n as f32;
+            let (mut total, mut mean) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let a = -lim + (i as f32 + 0.5) * w;
+                let p = lp(a).exp() * w as f64;
+                total += p;
+                mean += p * a as f64;
+            }
+            assert!((total - 1.0).abs() < 1e-3, "{dir:?}: integral {total}");
+            // The Gaussian's peak density is 1/sqrt(2πσ²) at its mean.
+            let peak = lp(mean as f32);
+            let want = -0.5 * (2.0 * std::f64::consts::PI * var).ln();
+            assert!((peak - want).abs() < 1e-3, "{dir:?}: peak {peak} vs {want}");
+            means.push(mean);
+        }
+        assert!(
+            (means[0] - means[1]).abs() > 1e-3,
+            "{dir:?}: the observation must move the mean: {means:?}"
+        );
+    }
+}

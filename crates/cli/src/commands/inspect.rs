@@ -35,8 +35,13 @@ pub(crate) fn print(m: &ModelFile) -> Result<()> {
     }
     if s.kind == PolicyKind::Flow {
         let (d1, d2) = s.split();
+        let note = if d1 == 0 {
+            "; 1-D: nets see the observation only, a conditional Gaussian"
+        } else {
+            ""
+        };
         println!(
-            "architecture   : {} coupling blocks (PLU linear + affine coupling, split {d1}/{d2})",
+            "architecture   : {} coupling blocks (PLU linear + affine coupling, split {d1}/{d2}{note})",
             s.blocks
         );
     }
