@@ -15,6 +15,7 @@ log.dir and hot_swap.dir configured) and a simulated robot:
 
   python3 scripts/finetune_session.py --task reach [--train-episodes 80] [--eval-episodes 10]
   python3 scripts/finetune_session.py --task reacher --train-episodes 300 [--eval-every 50] [--sim-rate 50]
+  python3 scripts/finetune_session.py --task pendulum --train-episodes 400 --max-steps 20000 [--sim-rate 25]
 
 Prints the return before and after, robot time and steps (training
 episodes only), learner updates (from the newest policy file's spec),
@@ -26,7 +27,10 @@ Defaults per task: reach evaluates 10 episodes and does not chunk (as
 before); reacher evaluates 20 episodes, evaluates every 50 training
 episodes, and draws the scripted expert's return on the eval seeds (one
 expert run of the sim on topics remapped away from the node; --expert-return
-skips it).
+skips it); pendulum (InvertedPendulum-v5, episodes of up to 1000 steps that
+end when the pole falls) evaluates 5 episodes every 20 training episodes,
+and --max-steps ends training after the chunk in which the robot steps
+reached it.
 """
 import argparse
 import glob
@@ -47,6 +51,10 @@ from std_srvs.srv import SetBool
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EVAL_SEED = 1000
 REACH_STEPS = 30  # sim/reach_sim.py STEPS
+# Per MuJoCo task: the most env steps in an episode, the real-time sim rate
+# (1 / the env's dt), evaluation episodes and training episodes per chunk.
+MUJOCO = {"reacher": {"max_steps": 50, "rate": 50.0, "eval": 20, "every": 50},
+          "pendulum": {"max_steps": 1000, "rate": 25.0, "eval": 5, "every": 20}}
 EPISODE_RE = re.compile(r"episode\s+(\d+): return\s+(-?[\d.]+)[^\n\[]*(?:\[t ([\d.]+) s, ep ([\d.]+) s(?:, (\d+) steps)?\])?")
 CREATED_BY_RE = re.compile(r"SAC, (\d+) updates, seed (\d+)")
 
@@ -112,7 +120,7 @@ def sim_cmd(task, episodes, seed, a, expert=False):
     if expert:
         # its topics are remapped away from the node (which would log them)
         cmd += ["-p", "expert:=true"]
-        for topic in ("/joint_states", "/task/obs", "/reward", "/episode", f"/{task}/cmd"):
+        for topic in ("/joint_states", "/task/obs", "/reward", "/episode", "/terminal", f"/{task}/cmd"):
             cmd += ["-r", f"{topic}:=/finetune_session_expert{topic}"]
     return cmd
 
@@ -121,7 +129,7 @@ def run_sim(session, task, episodes, seed, a, expert=False):
     """Mean return and per-episode (return, seconds, steps) of one sim run."""
     rate = a.rate if task == "reach" else (1000.0 if expert else a.sim_rate)
     steps_per_s = rate
-    timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else 50) / steps_per_s
+    timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else MUJOCO[task]["max_steps"]) / steps_per_s
     t0 = time.monotonic()
     rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert), timeout)
     wall = time.monotonic() - t0
@@ -192,23 +200,27 @@ def plot(path, task, train, evals, expert, before):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="reach", choices=["reach", "reacher"])
-    ap.add_argument("--eval-episodes", type=int, help="default: reach 10, reacher 20")
+    ap.add_argument("--task", default="reach", choices=["reach", *MUJOCO])
+    ap.add_argument("--eval-episodes", type=int, help="default: reach 10, reacher 20, pendulum 5")
     ap.add_argument("--train-episodes", type=int, default=80)
+    ap.add_argument("--max-steps", type=int, help="end training after the chunk in which the robot steps reach this")
     ap.add_argument("--eval-every", type=int, help="training episodes per chunk, each followed by an evaluation "
-                    "(0: one chunk; default: reach 0, reacher 50)")
+                    "(0: one chunk; default: reach 0, reacher 50, pendulum 20)")
     ap.add_argument("--rate", type=float, default=20.0, help="reach sim steps per second")
-    ap.add_argument("--sim-rate", type=float, default=50.0,
-                    help="reacher sim steps per second (its rate_hz; 50 is real time)")
+    ap.add_argument("--sim-rate", type=float,
+                    help="MuJoCo sim steps per second (its rate_hz; default real time: reacher 50, pendulum 25)")
     ap.add_argument("--node", default="/flowpilot")
     ap.add_argument("--ckpt-dir", help="the node's hot_swap.dir (default ~/.local/state/flowpilot/<task>/ckpt, as config/<task>.yaml)")
     ap.add_argument("--expert-return", type=float, help="the scripted expert's mean return on the eval seeds "
-                    "(reacher: measured with the sim unless given)")
+                    "(MuJoCo tasks: measured with the sim unless given)")
     ap.add_argument("--plot", help="learning-curve PNG (default ~/.local/state/flowpilot/<task>/finetune.png)")
     ap.add_argument("--summary", help="JSON summary (default: next to the plot, .json)")
     a = ap.parse_args()
-    n_eval = a.eval_episodes or (20 if a.task == "reacher" else 10)
-    every = a.eval_every if a.eval_every is not None else (50 if a.task == "reacher" else 0)
+    mj = MUJOCO.get(a.task)
+    n_eval = a.eval_episodes or (mj["eval"] if mj else 10)
+    every = a.eval_every if a.eval_every is not None else (mj["every"] if mj else 0)
+    if a.sim_rate is None:
+        a.sim_rate = mj["rate"] if mj else 50.0
     state = os.path.expanduser(f"~/.local/state/flowpilot/{a.task}")
     ckpt_dir = a.ckpt_dir or f"{state}/ckpt"
     plot_path = a.plot or f"{state}/finetune.png"
@@ -220,7 +232,7 @@ def main():
     v0 = s.diag.get("policy_version", "?")
 
     expert = a.expert_return
-    if expert is None and a.task == "reacher":
+    if expert is None and mj:
         expert, _ = run_sim(s, a.task, n_eval, EVAL_SEED, a, expert=True)
         print(f"scripted expert: mean return {expert:.2f} over {n_eval} episodes (seed {EVAL_SEED})", flush=True)
 
@@ -243,7 +255,7 @@ def main():
     train, robot_time, robot_steps, done, chunk = [], 0.0, 0, 0, 0
     t0 = time.monotonic()
     size = every if every > 0 else a.train_episodes
-    while done < a.train_episodes:
+    while done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
         n = min(size, a.train_episodes - done)
         _, eps = run_sim(s, a.task, n, 1 + chunk, a)  # a fresh seed per chunk: new episodes
         for ret, secs, steps in eps:
@@ -253,10 +265,10 @@ def main():
                           "steps": steps})
         done += n
         chunk += 1
-        if done < a.train_episodes:
+        if done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
             evals.append(evaluate(f"eval after {done} episodes", round(robot_time, 3), done))
     session_s = time.monotonic() - t0
-    print(s.call(False), f"after {robot_time:.0f} s of robot time in {a.train_episodes} training episodes "
+    print(s.call(False), f"after {robot_time:.0f} s of robot time in {done} training episodes "
           f"({session_s:.0f} s with evaluations)", flush=True)
     pol = newest_policy(ckpt_dir)
     if pol:  # the hot swap polls the checkpoint directory
@@ -267,13 +279,13 @@ def main():
     v1 = s.diag.get("policy_version", "?")
     if pol and s.version() != pol["version"]:
         print(f"warning: the node runs version {v1}, the newest checkpoint is {pol['version']}", flush=True)
-    after = evaluate("after", round(robot_time, 3), a.train_episodes)
+    after = evaluate("after", round(robot_time, 3), done)
     evals.append(after)
     s.spin(1.5)
     d = s.diag
     worst = min(e["return"] for e in evals[1:])
     summary = {
-        "task": a.task, "train_episodes": a.train_episodes, "eval_episodes": n_eval, "eval_seed": EVAL_SEED,
+        "task": a.task, "train_episodes": done, "eval_episodes": n_eval, "eval_seed": EVAL_SEED,
         "eval_every": every, "sim_rate_hz": a.rate if a.task == "reach" else a.sim_rate,
         "return_before": before["return"], "return_after": after["return"],
         "change": after["return"] - before["return"], "min_eval_minus_before": worst - before["return"],
@@ -289,7 +301,7 @@ def main():
     print(f"return before {before['return']:.2f}, after {after['return']:.2f} ({after['return'] - before['return']:+.2f}) "
           f"over {n_eval} episodes (seed {EVAL_SEED}); min eval - before {worst - before['return']:+.2f}"
           f"{'' if expert is None else f'; scripted expert {expert:.2f}'}")
-    print(f"robot time {robot_time:.1f} s, {robot_steps} robot steps in {a.train_episodes} training episodes; "
+    print(f"robot time {robot_time:.1f} s, {robot_steps} robot steps in {done} training episodes; "
           f"learner updates {summary['learner_updates']}; policy version {v0} -> {v1}, "
           f"swaps {d.get('policy_swaps')}, rejections {d.get('policy_rejections')}; "
           f"log: {d.get('log_written')} records written, {d.get('log_dropped')} dropped")

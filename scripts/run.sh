@@ -28,7 +28,7 @@ done
 task=${args[0]:-reacher}
 episodes=${args[1]:-10}
 case "$task" in reacher|pendulum|reach|pointmass) ;; *) echo "usage: $0 [reacher|pendulum|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
-case "$finetune$task" in 1pointmass|1pendulum) echo "--finetune: reach or reacher" >&2; exit 2 ;; esac
+case "$finetune$task" in 1pointmass) echo "--finetune: reach, reacher or pendulum" >&2; exit 2 ;; esac
 # A fresh session: the configs log to and hot-swap from a state directory
 # (docs/security.md: not /tmp); this job's own, emptied first.
 state="$HOME/.local/state/flowpilot/$task"
@@ -49,13 +49,17 @@ fi
 cargo build --release --features ros --bin flowpilot_node --bin flowpilot 2>&1 | tail -1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
 log=$(mktemp)
+model="$PWD/models/${task}_flow.safetensors"
+# Pendulum sessions start from a deliberately weak policy, cloned from 5
+# demonstrations that never leave upright (docs/finetuning.md).
+[ $finetune = 1 ] && [ "$task" = pendulum ] && model="$PWD/models/pendulum_weak_flow.safetensors"
 python3 scripts/launch_run.py launch/flowpilot.launch.xml \
-  params_file:="$PWD/config/$task.yaml" model:="$PWD/models/${task}_flow.safetensors" >"$log" 2>&1 &
+  params_file:="$PWD/config/$task.yaml" model:="$model" >"$log" 2>&1 &
 node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
 if [ $finetune = 1 ]; then
   python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes" \
-    $([ "$task" = reacher ] && echo --eval-every 150)
+    $([ "$task" = reacher ] && echo --eval-every 150) $([ "$task" = pendulum ] && echo --max-steps 15000)
 elif [ "$task" = reacher ]; then
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
 elif [ "$task" = pendulum ]; then

@@ -23,7 +23,7 @@ if [ -n "${ROS_DISTRO:-}" ] && [ "${AMENT_PREFIX_PATH:-}" != "$venv" ] && [ -z "
   echo "using the sourced system ROS 2 ($ROS_DISTRO)"
   cat > "$dir/env.sh" <<ENV
 # system ROS 2 is sourced; nothing to add
-export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;trajectory_msgs;std_srvs;diagnostic_msgs;nav_msgs"
+export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;trajectory_msgs;std_srvs;diagnostic_msgs;nav_msgs;lifecycle_msgs"
 ENV
   exit 0
 fi
@@ -80,6 +80,6 @@ export PATH="$venv/bin:\$PATH"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
-export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;trajectory_msgs;std_srvs;diagnostic_msgs;nav_msgs"
+export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;trajectory_msgs;std_srvs;diagnostic_msgs;nav_msgs;lifecycle_msgs"
 ENV
 echo "embedded ROS 2 ready: source $dir/env.sh"

@@ -11,10 +11,13 @@ the env's own dt is 0.02 s, so rate_hz 50 is real time) and publishes:
                     episode's first observation)
   /task/obs         std_msgs/Float64MultiArray (reacher: target x, y, fingertip-target dx, dy)
   /reward           std_msgs/Float64 (each step)
-  /episode          std_msgs/Int64 (the index of an episode that just ended)
+  /episode          std_msgs/Int64 (the index of an episode that just ended
+                    by its time limit)
+  /terminal         std_msgs/Int64 (the index of an episode that just ended
+                    in a terminal state: the pendulum fell)
 After each env step it publishes, in this order: /reward (r_t), /task/obs
 (o_{t+1}), /joint_states (o_{t+1}, effort = a_t); after an episode's last
-step, /episode follows, and the next episode's first state one period
+step, /episode (or /terminal) follows, and the next episode's first state one period
 later (a reset takes a step's time). It consumes /<task>/cmd (std_msgs/Float64MultiArray)
 as a ros2_control forward command controller would: it holds the last
 command and goes to zero when commands are older than cmd_timeout.
@@ -62,6 +65,7 @@ def main():
     task_pub = node.create_publisher(Float64MultiArray, "/task/obs", be)
     rew_pub = node.create_publisher(Float64, "/reward", rel)
     ep_pub = node.create_publisher(Int64, "/episode", rel)
+    term_pub = node.create_publisher(Int64, "/terminal", rel)
     last = {"cmd": np.zeros(t.act_dim), "t": -1e9, "n": 0}
 
     def on_cmd(m):
@@ -143,7 +147,7 @@ def main():
                 # docs/log-format.md).
                 spin_until(time.monotonic() + period)
             o, _ = env.reset(seed=seed * 100_000 + 50_000 + ep)
-            ret, done, info, k = 0.0, False, {}, 0
+            ret, done, info, k, term = 0.0, False, {}, 0, False
             ep_t0 = time.monotonic()
             q, v, task_vec = publish(o)  # o_0, effort zeros
             next_t = time.monotonic()
@@ -177,7 +181,7 @@ def main():
             if truth_log:
                 finals["final_episode"].append(ep)
                 finals["final_obs"].append(t.policy_obs(q, v, task_vec))
-            ep_pub.publish(Int64(data=ep))
+            (term_pub if term else ep_pub).publish(Int64(data=ep))
             returns.append(ret)
             successes.append(bool(t.success(info)))
             now = time.monotonic()
@@ -194,7 +198,7 @@ def main():
               f"(stale-command steps {stale_steps})", flush=True)
     # The last reward and episode end are reliable messages: let the
     # node acknowledge them before this participant goes away.
-    for pub in (rew_pub, ep_pub):
+    for pub in (rew_pub, ep_pub, term_pub):
         pub.wait_for_all_acked(Duration(seconds=1.0))
     node.destroy_node()
     rclpy.try_shutdown()

@@ -73,6 +73,7 @@ type Result<T> = std::result::Result<T, ConfigError>;
 /// naming one that is not here (a typo must not silently fall back to a
 /// default), suggesting the nearest valid name.
 const KEYS: &[&str] = &[
+    "autostart",
     "model",
     "rate_hz",
     "seed",
@@ -340,6 +341,9 @@ pub struct NodeConfig {
     pub fifo_priority: Option<i32>,
     pub cpu: Option<usize>,
     pub mlockall: bool,
+    /// Configure and activate at start (a plain `ros2 run`); false: wait
+    /// in `unconfigured` for a lifecycle manager.
+    pub autostart: bool,
     pub diagnostics_period_s: f64,
     /// The watchdog trips after this many periods without a tick
     /// (at least `watchdog::MIN_STALL_NS`).
@@ -883,6 +887,7 @@ impl NodeConfig {
             fifo_priority: (prio > 0).then_some(prio as i32),
             cpu: (cpu >= 0).then_some(cpu as usize),
             mlockall: p.bool("rt.mlockall", false)?,
+            autostart: p.bool("autostart", true)?,
             diagnostics_period_s: p.f64_in(
                 "diagnostics_period",
                 1.0,

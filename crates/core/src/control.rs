@@ -180,6 +180,14 @@ pub struct Controller {
     sampler: Sampler,
     board: Arc<Board>,
     estop: Arc<AtomicBool>,
+    /// Whether the node actuates (lifecycle active): any thread may clear
+    /// or set it; the next tick obeys.
+    active: Arc<AtomicBool>,
+    /// What the previous tick saw of `active`.
+    was_active: bool,
+    /// No policy action before this tick: the start-up hold, counted from
+    /// the latest activation.
+    hold_until: u64,
     stats: Arc<Stats>,
     /// `cfg.max_age_s` and `cfg.max_future_stamp_s` in ns, converted once.
     max_age_ns: Vec<i64>,
@@ -224,6 +232,29 @@ impl Controller {
     /// The e-stop flag: any thread may set it; the next tick obeys.
     pub fn estop(&self) -> &Arc<AtomicBool> {
         &self.estop
+    }
+
+    /// Obey `flag` as the e-stop instead of this controller's own (a node
+    /// keeps one e-stop across lifecycle cleanups and re-configures).
+    pub fn with_estop(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.estop = flag;
+        self
+    }
+
+    /// Start with the actuation gate closed (a lifecycle node's configure):
+    /// silent from the first tick, with no deactivation's safe action.
+    pub fn inactive(mut self) -> Self {
+        self.active.store(false, Ordering::SeqCst);
+        self.was_active = false;
+        self
+    }
+
+    /// The actuation gate (lifecycle activate / deactivate). Set: the ticks
+    /// actuate after the warm-up and start-up hold, counted anew from
+    /// activation. Cleared: the next tick publishes the safe action once,
+    /// then every tick publishes nothing (the loop keeps running).
+    pub fn active(&self) -> &Arc<AtomicBool> {
+        &self.active
     }
 
     /// The counters the diagnostics read (relaxed atomics).
@@ -305,6 +336,9 @@ impl Controller {
                 log_prob: f32::NAN,
             },
             estop: Arc::new(AtomicBool::new(false)),
+            active: Arc::new(AtomicBool::new(true)),
+            was_active: true,
+            hold_until: cfg.startup_hold_ticks,
             stats: Arc::new(Stats::default()),
             max_age_ns: cfg.max_age_s.iter().map(|s| (s * 1e9) as i64).collect(),
             max_future_ns: (cfg.max_future_stamp_s * 1e9) as i64,
@@ -433,10 +467,7 @@ impl Controller {
         }
         self.played = self.player.next(&mut self.step32);
         match &self.played {
-            Some(st)
-                if self.on_time_streak < self.cfg.warmup_ticks
-                    || tick < self.cfg.startup_hold_ticks =>
-            {
+            Some(st) if self.on_time_streak < self.cfg.warmup_ticks || tick < self.hold_until => {
                 (Decision::WarmingUp, st.log_prob)
             }
             Some(st) => (Decision::Policy, st.log_prob),
@@ -481,6 +512,21 @@ impl Controller {
         self.traj_len = n;
     }
 
+    /// Put `safe`'s action in `action`; whether there is one to publish.
+    fn set_safe_action(&mut self, safe: SafeBehaviour) -> bool {
+        match safe {
+            SafeBehaviour::Hold if self.have_last => {
+                self.action.copy_from_slice(&self.last);
+                true
+            }
+            SafeBehaviour::Hold | SafeBehaviour::Zero => {
+                self.action.fill(0.0);
+                true
+            }
+            SafeBehaviour::Stop => false,
+        }
+    }
+
     /// Run one tick. No allocation, no blocking.
     pub fn tick(&mut self) -> TickOut<'_> {
         let tick = self.tick;
@@ -518,7 +564,17 @@ impl Controller {
             }
             None => false,
         };
-        let decision = if self.estop.load(Ordering::Relaxed) {
+        let active = self.active.load(Ordering::Relaxed);
+        let deactivating = !active && self.was_active;
+        if active && !self.was_active {
+            // (Re)activated: warm up and hold as at start-up.
+            self.on_time_streak = 0;
+            self.hold_until = tick + self.cfg.startup_hold_ticks;
+        }
+        self.was_active = active;
+        let decision = if !active {
+            Decision::Inactive
+        } else if self.estop.load(Ordering::Relaxed) {
             Decision::EStop
         } else if human_live {
             Decision::Override
@@ -562,6 +618,17 @@ impl Controller {
                 true
             }
             Decision::WarmingUp => false,
+            // Deactivated: the safe action once (zero under an e-stop),
+            // then silence for whatever controls the robot next.
+            Decision::Inactive if !deactivating => false,
+            Decision::Inactive => {
+                let safe = if self.estop.load(Ordering::Relaxed) {
+                    SafeBehaviour::Zero
+                } else {
+                    self.cfg.safe
+                };
+                self.set_safe_action(safe)
+            }
             Decision::EStop | Decision::Stale { .. } | Decision::Invalid => {
                 match decision {
                     Decision::EStop => self.stats.estop_ticks.fetch_add(1, Ordering::Relaxed),
@@ -576,28 +643,20 @@ impl Controller {
                 } else {
                     self.cfg.safe
                 };
-                match safe {
-                    SafeBehaviour::Hold if self.have_last => {
-                        self.action.copy_from_slice(&self.last);
-                        true
-                    }
-                    SafeBehaviour::Hold | SafeBehaviour::Zero => {
-                        self.action.fill(0.0);
-                        true
-                    }
-                    SafeBehaviour::Stop => false,
-                }
+                self.set_safe_action(safe)
             }
         };
         self.traj_len = 0;
         if publish {
-            // Rate limit (not for e-stop: stopping must not be slowed). Policy
-            // actions are already clipped to the model's bounds by the
-            // sampler, and a rate-limited action lies between two bounded ones.
+            // Rate limit (not for e-stop: stopping must not be slowed; nor for
+            // the one safe action of a deactivation, which the robot then
+            // holds, as the shutdown's). Policy actions are already clipped
+            // to the model's bounds by the sampler, and a rate-limited
+            // action lies between two bounded ones.
             if let (Some(md), true, false) = (
                 &self.cfg.max_delta,
                 self.have_last,
-                decision == Decision::EStop,
+                matches!(decision, Decision::EStop | Decision::Inactive),
             ) {
                 for ((a, l), m) in self.action.iter_mut().zip(&self.last).zip(md) {
                     *a = a.clamp(l - m, l + m);

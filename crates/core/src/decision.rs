@@ -18,17 +18,21 @@ pub enum Decision {
     Invalid,
     /// A human override was live: its action was applied.
     Override,
+    /// The node is not active (lifecycle): nothing is published, except
+    /// the safe action on the tick that deactivated it.
+    Inactive,
 }
 
 /// Every code with its name, in code order: the schema text and the docs
 /// are written from this table.
-pub const CODES: [(u8, &str); 6] = [
+pub const CODES: [(u8, &str); 7] = [
     (0, "policy"),
     (1, "warm-up"),
     (2, "e-stop"),
     (3, "stale"),
     (4, "invalid"),
     (5, "human override"),
+    (6, "inactive"),
 ];
 
 impl Decision {
@@ -41,6 +45,7 @@ impl Decision {
             Decision::Stale { .. } => 3,
             Decision::Invalid => 4,
             Decision::Override => 5,
+            Decision::Inactive => 6,
         }
     }
 
@@ -78,6 +83,7 @@ mod tests {
             Decision::Stale { source: 7 },
             Decision::Invalid,
             Decision::Override,
+            Decision::Inactive,
         ];
         assert_eq!(all.len(), CODES.len());
         for (d, (c, _)) in all.iter().zip(CODES) {
@@ -86,7 +92,8 @@ mod tests {
         assert!(Decision::is_policy_code(0));
         assert!(!Decision::is_policy_code(5));
         assert_eq!(Decision::name_of(2), Some("e-stop"));
-        assert_eq!(Decision::name_of(6), None);
+        assert_eq!(Decision::name_of(6), Some("inactive"));
+        assert_eq!(Decision::name_of(7), None);
     }
 
     /// The docs list the codes as the table does (one owner: this file).

@@ -14,6 +14,7 @@
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
 //! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
+//! - [`lifecycle`]: the managed-node state machine (lifecycle_msgs numbering).
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
 //! - [`watchdog`]: when the control thread counts as stalled.
 //! - [`config`]: the node's parameters, parsed and checked without ROS types.
@@ -57,6 +58,7 @@ pub mod histogram;
 pub mod hotswap;
 pub mod init;
 pub mod joint_map;
+pub mod lifecycle;
 pub mod live;
 pub mod log;
 pub mod model;

@@ -228,6 +228,69 @@ fn warmup_gate_and_rate_limit() {
     }
 }
 
+/// Lifecycle deactivate / activate: the safe action once, then silence
+/// with the loop running; reactivated, the warm-up counts again before the
+/// policy actuates. Toggling allocates nothing.
+#[test]
+fn deactivating_publishes_the_safe_action_once_then_nothing_until_reactivated() {
+    // A rate limit does not slow the deactivation's safe action: the robot
+    // holds it.
+    let (mut c, b, _) = setup(SafeBehaviour::Zero, 2, Some(vec![1e-3; 3]));
+    feed(&b);
+    for _ in 0..3 {
+        c.note_deadline(true);
+        c.tick();
+    }
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Policy);
+    assert!(out.action.iter().any(|v| *v != 0.0));
+    let before = thread_allocations();
+    c.active().store(false, Ordering::Relaxed);
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Inactive);
+    assert!(
+        out.publish,
+        "the deactivating tick publishes the safe action"
+    );
+    assert_eq!(out.action, &[0.0; 3]);
+    for _ in 0..50 {
+        c.note_deadline(true);
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Inactive);
+        assert!(!out.publish, "silence while inactive");
+    }
+    c.active().store(true, Ordering::Relaxed);
+    for _ in 0..2 {
+        let out = c.tick();
+        assert_eq!(
+            out.decision,
+            Decision::WarmingUp,
+            "warm-up counts from activation"
+        );
+        assert!(!out.publish);
+        c.note_deadline(true);
+    }
+    c.note_deadline(true);
+    assert_eq!(c.tick().decision, Decision::Policy);
+    assert_eq!(
+        thread_allocations() - before,
+        0,
+        "lifecycle ticks allocated"
+    );
+    // Hold keeps the last action on deactivation; an e-stop makes it zero.
+    let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, None);
+    feed(&b);
+    let last = c.tick().action.to_vec();
+    c.active().store(false, Ordering::Relaxed);
+    assert_eq!(c.tick().action, &last[..]);
+    c.active().store(true, Ordering::Relaxed);
+    c.tick();
+    c.estop().store(true, Ordering::Relaxed);
+    c.active().store(false, Ordering::Relaxed);
+    let out = c.tick();
+    assert!(out.publish && out.action == [0.0; 3]);
+}
+
 #[test]
 fn a_tick_allocates_nothing() {
     let (mut c, b, _) = setup(SafeBehaviour::Hold, 2, Some(vec![0.1; 3]));

@@ -15,6 +15,7 @@
 //! - [`log_inputs`]: reward/episode/terminal and override subscriptions; the log writer.
 //! - [`outputs`]: the action publisher and its thread.
 //! - [`services`]: e-stop, `~/rollback`, `~/finetune`.
+//! - [`lifecycle`]: the managed-node services on lifecycle_msgs.
 //! - [`swap`]: the starting model and the hot-swap poll.
 //! - [`learner`]: the fine-tuning learner child process.
 //! - [`diagnostics`]: publishing /diagnostics.
@@ -29,6 +30,7 @@ mod diagnostics;
 mod fault_inject;
 mod inputs;
 mod learner;
+mod lifecycle;
 mod live_params;
 mod log_inputs;
 mod outputs;
@@ -46,6 +48,7 @@ use flowpilot_core::board::{mono_ns, Board};
 use flowpilot_core::config::NodeConfig;
 use flowpilot_core::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
 use flowpilot_core::hotswap::SwapChannel;
+use flowpilot_core::lifecycle::Transition;
 use flowpilot_core::log::MAX_ACT;
 use flowpilot_core::runner::{OutputQueue, Runner, MAX_SOURCES};
 use flowpilot_core::sampler::Sampler;
@@ -72,214 +75,421 @@ fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> 
 }
 
 /// Run the node until SIGINT/SIGTERM. Returns after a clean shutdown.
+///
+/// The node is a managed (lifecycle) node: it starts `unconfigured`;
+/// configure builds a [`Session`] (model loaded and checked, everything
+/// preallocated, the control loop running but silent), activate opens its
+/// actuation gate, deactivate closes it (the safe action once, then
+/// silence), cleanup stops the session, shutdown stops it and finalizes.
+/// With `autostart` (the default) it configures and activates at once.
 pub fn run_node() -> Result<()> {
     let shutdown = flowpilot_core::shutdown::Shutdown::install();
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot", "").context("creating the node")?;
-
-    // 1. Configuration and policy.
     let param_map = params::read(&node);
+    // Parameters are fixed at launch: an invalid set ends the node here.
     let cfg = NodeConfig::from_params(&param_map).context("invalid node parameters")?;
-    let (model, model_path) = swap::load_policy(&cfg)?;
-    tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
-    // What the robot gets per tick: one step of a chunk.
-    let act_dim = model.spec.step_act_dim();
-    if act_dim > MAX_ACT || cfg.sources().count() > MAX_SOURCES {
-        bail!("at most {MAX_ACT} action values and {MAX_SOURCES} sources are supported");
-    }
-    if cfg.chunk.as_trajectory && model.spec.act_dim > flowpilot_core::runner::MAX_TRAJECTORY {
-        bail!(
-            "chunk.as_trajectory: a chunk of at most {} values goes out whole; this model's has {}",
-            flowpilot_core::runner::MAX_TRAJECTORY,
-            model.spec.act_dim
-        );
-    }
 
-    // 2. The board and the controller.
-    let widths: Vec<usize> = cfg.sources().map(|s| s.kind.width()).collect();
-    let board = Arc::new(Board::new(&widths));
-    let mut controller = Controller::new(
-        control_config(&cfg, &model.spec),
-        Sampler::new(&model)?,
-        board.clone(),
-    )?;
-    let estop = controller.estop().clone();
-    let stats = controller.stats().clone();
-
-    // 3. Subscriptions, the transition log, services, publishers.
+    // Node-level interfaces, alive in every state: the lifecycle services
+    // and the e-stop (its latch survives cleanup and re-configure).
     let mut pool = futures::executor::LocalPool::new();
     let spawner = pool.spawner();
-    if let Some((topic, max_age_s)) = &cfg.override_input {
-        let b = log_inputs::subscribe_override(&mut node, &spawner, topic, act_dim)?;
-        controller.set_override(flowpilot_core::control::OverrideInput {
-            board: b,
-            max_age_s: *max_age_s,
-        })?;
-    }
-    let log = log_inputs::start(
-        &mut node,
-        &spawner,
-        &cfg,
-        &model,
-        &model_path,
-        board.total(),
-    )?;
-    let log_stats = log.as_ref().map(|t| t.handle.stats().clone());
-    let episode_returns = log.as_ref().map(|t| t.inputs.clone());
-    // Kept until the learner has stopped, so the log closes after it, as before.
-    let log_handle = log.as_ref().map(|t| t.handle.clone());
-    let live = flowpilot_core::live::LiveChannel::new();
-    live_params::serve(
-        &mut node,
-        &spawner,
-        param_map,
-        &cfg,
-        model.spec.temperature,
-        act_dim,
-        live.clone(),
-        log_handle.clone(),
-    )?;
-    let input_stats = inputs::subscribe_all(&mut node, &spawner, cfg.sources(), &board)?;
+    let mut lifecycle = lifecycle::LifecycleServer::serve(&mut node, &spawner)?;
+    let estop = Arc::new(AtomicBool::new(false));
     services::serve_estop(
         &mut node,
         &spawner,
         flowpilot_core::estop::EStopLatch::new(estop.clone()),
     )?;
-    let chan = SwapChannel::new();
-    let mut swap = swap::SwapWorker::start(&cfg, &model_path, &model, &board, &chan)?;
-    let mut learner = learner::Learner::for_config(&cfg, &model_path)?;
-    let mut requests = services::Requests::new(&mut node, &spawner)?;
-    let mut diag =
-        diagnostics::DiagPublisher::new(&mut node, cfg.diagnostics_period_s, cfg.rate_hz)?;
-    let publisher = outputs::ActionPublisher::new(&mut node, &cfg, act_dim)?;
-    // The spin thread's own writer on the action topic: the safe action at
-    // shutdown or on a watchdog trip goes out here, never behind the
-    // publisher thread's queue (nor through a dead control thread).
-    let safety = outputs::ActionPublisher::new(&mut node, &cfg, act_dim)?;
-    let final_action = cfg.safe.final_action(act_dim);
-    let publish_safe = |why: &str| {
-        let Some(a) = &final_action else { return };
-        tracing::info!("publishing the safe action ({why})");
-        if let Err(e) = safety.publish_action(a) {
-            tracing::error!("publishing the safe action: {e}");
-        }
-    };
 
-    // 4. The publisher and control threads.
-    let out = OutputQueue::new(OUTPUT_QUEUE);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pub_thread = outputs::spawn_publisher(publisher, out.clone(), stop.clone())?;
-    let mut runner = Runner::new(
-        controller,
-        Periodic::new(cfg.rate_hz),
-        chan.clone(),
-        out.clone(),
-    )
-    .with_waker(pub_thread.thread().clone())
-    .with_live(live);
-    if let Some(tap) = log {
-        runner = runner.with_log(tap);
+    let mut session: Option<Session> = None;
+    if cfg.autostart {
+        let mut s = None;
+        if !lifecycle.run(Transition::Configure, || {
+            s = Some(Session::configure(&mut node, &cfg, &param_map, &estop)?);
+            Ok(())
+        }) {
+            bail!("configure failed (see the error above)");
+        }
+        let s = session.insert(s.expect("configured"));
+        lifecycle.run(Transition::Activate, || {
+            s.set_active(true);
+            Ok(())
+        });
     }
-    let rt = (cfg.fifo_priority, cfg.cpu, cfg.mlockall);
-    let inject = fault_inject::from_env()?;
-    let control_thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("flowpilot-ctl".into())
-            .spawn(move || {
-                for w in apply_rt_settings(rt.0, rt.1, rt.2) {
-                    tracing::warn!("{w}");
-                }
-                match inject {
-                    None => runner.run(&stop),
-                    Some(f) => f.run(runner, &stop),
-                }
-            })?
-    };
-    let mut watchdog = Watchdog::new(cfg.rate_hz, cfg.stall_periods, mono_ns());
-    let mut fault = None;
 
-    // 5. Spin: subscriptions, services, hot swap, diagnostics.
+    let mut fault = None;
+    // A deactivate is answered once the loop has published its safe action.
+    let mut pending: Option<(
+        r2r::ServiceRequest<r2r::lifecycle_msgs::srv::ChangeState::Service>,
+        u64,
+        std::time::Instant,
+    )> = None;
     while !shutdown.requested() {
-        // The supervisor: a dead or stalled control thread ends the node.
-        if control_thread.is_finished() {
-            fault = Some(Fault::Dead("it exited while the node was running".into()));
-            break;
-        }
-        if let Err(f) = watchdog.check(stats.ticks.load(Ordering::Relaxed), mono_ns()) {
-            fault = Some(f);
-            break;
+        if let Some(s) = session.as_mut() {
+            // The supervisor: a dead or stalled control thread ends the node.
+            if let Err(f) = s.supervise() {
+                fault = Some(f);
+                break;
+            }
         }
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
-        requests.serve_finetune(learner.as_mut());
-        match swap.as_mut() {
+        if let Some(s) = session.as_mut() {
+            s.serve();
+        }
+        if let Some((req, ticks, since)) = pending.take() {
+            let done = session.as_ref().is_none_or(|s| s.ticks() >= ticks);
+            if done || since.elapsed() > Duration::from_millis(500) {
+                let _ =
+                    req.respond(r2r::lifecycle_msgs::srv::ChangeState::Response { success: true });
+            } else {
+                pending = Some((req, ticks, since));
+                continue;
+            }
+        }
+        let Some((t, req)) = lifecycle.next_request() else {
+            continue;
+        };
+        let ok = match t {
+            Transition::Configure => {
+                let mut s = None;
+                let ok = lifecycle.run(t, || {
+                    s = Some(Session::configure(&mut node, &cfg, &param_map, &estop)?);
+                    Ok(())
+                });
+                session = s;
+                ok
+            }
+            Transition::Activate => lifecycle.run(t, || {
+                session.as_ref().context("no session")?.set_active(true);
+                Ok(())
+            }),
+            Transition::Deactivate => {
+                let ok = lifecycle.run(t, || {
+                    session.as_ref().context("no session")?.set_active(false);
+                    Ok(())
+                });
+                if let (true, Some(s)) = (ok, session.as_ref()) {
+                    pending = Some((req, s.ticks() + 2, std::time::Instant::now()));
+                    continue;
+                }
+                ok
+            }
+            Transition::Cleanup | Transition::Shutdown => {
+                lifecycle.run(t, || match session.take() {
+                    Some(s) => s.stop(&mut node),
+                    None => Ok(()),
+                })
+            }
+        };
+        let _ = req.respond(r2r::lifecycle_msgs::srv::ChangeState::Response { success: ok });
+    }
+
+    if let Some(f) = fault {
+        let s = session.take().expect("a fault comes from a session");
+        return Err(s.fail(&mut node, f));
+    }
+    tracing::info!("shutting down");
+    if let Some(s) = session.take() {
+        s.stop(&mut node)?;
+    }
+    // Let DDS deliver the last messages before the participant goes away.
+    for _ in 0..20 {
+        node.spin_once(Duration::from_millis(5));
+    }
+    drop(node);
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// What `configure` builds and `cleanup` stops: the policy, the control,
+/// publisher and hot-swap threads, the log, the learner, and the
+/// subscriptions and services that feed them (spawned on the session's own
+/// pool, so that dropping it ends them).
+struct Session {
+    pool: futures::executor::LocalPool,
+    model: flowpilot_core::model::ModelFile,
+    active: Arc<AtomicBool>,
+    estop: Arc<AtomicBool>,
+    stats: Arc<flowpilot_core::control::Stats>,
+    input_stats: Arc<inputs::InputStats>,
+    out: Arc<OutputQueue>,
+    log_stats: Option<Arc<flowpilot_core::log::writer::LogStats>>,
+    episode_returns: Option<Arc<flowpilot_core::runner::LogInputs>>,
+    log_handle: Option<Arc<flowpilot_core::log::writer::LogHandle>>,
+    chan: Arc<SwapChannel>,
+    swap: Option<swap::SwapWorker>,
+    learner: Option<learner::Learner>,
+    requests: services::Requests,
+    diag: diagnostics::DiagPublisher,
+    safety: outputs::ActionPublisher,
+    final_action: Option<Vec<f64>>,
+    stop: Arc<AtomicBool>,
+    pub_thread: std::thread::JoinHandle<outputs::ActionPublisher>,
+    /// Taken when joined.
+    control_thread: Option<std::thread::JoinHandle<Controller>>,
+    watchdog: Watchdog,
+}
+
+impl Session {
+    /// Load and check the model, preallocate, subscribe, start the threads.
+    /// The control loop runs from here on, silent until [`Self::set_active`].
+    fn configure(
+        node: &mut r2r::Node,
+        cfg: &NodeConfig,
+        param_map: &flowpilot_core::config::ParamMap,
+        estop: &Arc<AtomicBool>,
+    ) -> Result<Self> {
+        // 1. The policy.
+        let (model, model_path) = swap::load_policy(cfg)?;
+        tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
+        // What the robot gets per tick: one step of a chunk.
+        let act_dim = model.spec.step_act_dim();
+        if act_dim > MAX_ACT || cfg.sources().count() > MAX_SOURCES {
+            bail!("at most {MAX_ACT} action values and {MAX_SOURCES} sources are supported");
+        }
+        if cfg.chunk.as_trajectory && model.spec.act_dim > flowpilot_core::runner::MAX_TRAJECTORY {
+            bail!(
+                "chunk.as_trajectory: a chunk of at most {} values goes out whole; this model's has {}",
+                flowpilot_core::runner::MAX_TRAJECTORY,
+                model.spec.act_dim
+            );
+        }
+
+        // 2. The board and the controller (not actuating yet).
+        let widths: Vec<usize> = cfg.sources().map(|s| s.kind.width()).collect();
+        let board = Arc::new(Board::new(&widths));
+        let mut controller = Controller::new(
+            control_config(cfg, &model.spec),
+            Sampler::new(&model)?,
+            board.clone(),
+        )?
+        .with_estop(estop.clone())
+        .inactive();
+        let active = controller.active().clone();
+        let stats = controller.stats().clone();
+
+        // 3. Subscriptions, the transition log, services, publishers.
+        let pool = futures::executor::LocalPool::new();
+        let spawner = pool.spawner();
+        if let Some((topic, max_age_s)) = &cfg.override_input {
+            let b = log_inputs::subscribe_override(node, &spawner, topic, act_dim)?;
+            controller.set_override(flowpilot_core::control::OverrideInput {
+                board: b,
+                max_age_s: *max_age_s,
+            })?;
+        }
+        let log = log_inputs::start(node, &spawner, cfg, &model, &model_path, board.total())?;
+        let log_stats = log.as_ref().map(|t| t.handle.stats().clone());
+        let episode_returns = log.as_ref().map(|t| t.inputs.clone());
+        // Kept until the learner has stopped, so the log closes after it.
+        let log_handle = log.as_ref().map(|t| t.handle.clone());
+        let live = flowpilot_core::live::LiveChannel::new();
+        live_params::serve(
+            node,
+            &spawner,
+            param_map.clone(),
+            cfg,
+            model.spec.temperature,
+            act_dim,
+            live.clone(),
+            log_handle.clone(),
+        )?;
+        let input_stats = inputs::subscribe_all(node, &spawner, cfg.sources(), &board)?;
+        let chan = SwapChannel::new();
+        let swap = swap::SwapWorker::start(cfg, &model_path, &model, &board, &chan)?;
+        let learner = learner::Learner::for_config(cfg, &model_path)?;
+        let requests = services::Requests::new(node, &spawner)?;
+        let diag = diagnostics::DiagPublisher::new(node, cfg.diagnostics_period_s, cfg.rate_hz)?;
+        let publisher = outputs::ActionPublisher::new(node, cfg, act_dim)?;
+        // The spin thread's own writer on the action topic: the safe action
+        // at shutdown or on a watchdog trip goes out here, never behind the
+        // publisher thread's queue (nor through a dead control thread).
+        let safety = outputs::ActionPublisher::new(node, cfg, act_dim)?;
+
+        // 4. The publisher and control threads.
+        let out = OutputQueue::new(OUTPUT_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pub_thread = outputs::spawn_publisher(publisher, out.clone(), stop.clone())?;
+        let mut runner = Runner::new(
+            controller,
+            Periodic::new(cfg.rate_hz),
+            chan.clone(),
+            out.clone(),
+        )
+        .with_waker(pub_thread.thread().clone())
+        .with_live(live);
+        if let Some(tap) = log {
+            runner = runner.with_log(tap);
+        }
+        let rt = (cfg.fifo_priority, cfg.cpu, cfg.mlockall);
+        let inject = fault_inject::from_env()?;
+        let control_thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("flowpilot-ctl".into())
+                .spawn(move || {
+                    for w in apply_rt_settings(rt.0, rt.1, rt.2) {
+                        tracing::warn!("{w}");
+                    }
+                    match inject {
+                        None => runner.run(&stop),
+                        Some(f) => f.run(runner, &stop),
+                    }
+                })?
+        };
+        Ok(Self {
+            pool,
+            final_action: cfg.safe.final_action(act_dim),
+            model,
+            active,
+            estop: estop.clone(),
+            stats,
+            input_stats,
+            out,
+            log_stats,
+            episode_returns,
+            log_handle,
+            chan,
+            swap,
+            learner,
+            requests,
+            diag,
+            safety,
+            stop,
+            pub_thread,
+            control_thread: Some(control_thread),
+            watchdog: Watchdog::new(cfg.rate_hz, cfg.stall_periods, mono_ns()),
+        })
+    }
+
+    fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::SeqCst);
+    }
+
+    fn ticks(&self) -> u64 {
+        self.stats.ticks.load(Ordering::Relaxed)
+    }
+
+    /// A dead or stalled control thread.
+    fn supervise(&mut self) -> std::result::Result<(), Fault> {
+        if self
+            .control_thread
+            .as_ref()
+            .is_some_and(|h| h.is_finished())
+        {
+            return Err(Fault::Dead("it exited while the node was running".into()));
+        }
+        self.watchdog.check(self.ticks(), mono_ns())
+    }
+
+    /// One spin's work: the session's subscriptions and services, the
+    /// learner, the hot swap, diagnostics.
+    fn serve(&mut self) {
+        self.pool.run_until_stalled();
+        self.requests.serve_finetune(self.learner.as_mut());
+        let (requests, chan, returns) = (&mut self.requests, &self.chan, &self.episode_returns);
+        match self.swap.as_mut() {
             None => requests.refuse_rollback(),
             Some(s) => s.with_hot(|h| {
                 // The return guard judges versions by their episodes' returns.
-                if let Some(inputs) = &episode_returns {
+                if let Some(inputs) = returns {
                     while let Some(ret) = inputs.pop_episode_return() {
-                        h.episode_ended(ret, &chan);
+                        h.episode_ended(ret, chan);
                     }
                 }
-                requests.serve_rollback(h, &chan);
+                requests.serve_rollback(h, chan);
             }),
         }
+        let Self {
+            diag,
+            stats,
+            estop,
+            input_stats,
+            out,
+            model,
+            swap,
+            log_stats,
+            learner,
+            ..
+        } = self;
         diag.publish_if_due(|| diagnostics::Sources {
-            stats: &stats,
-            estop: &estop,
-            inputs: &input_stats,
-            outputs: &out,
-            model: &model,
+            stats,
+            estop,
+            inputs: input_stats,
+            outputs: out,
+            model,
             swap: swap.as_mut().map(|s| s.status()),
             log: log_stats.as_deref(),
             learner: learner.as_mut(),
         });
     }
 
-    // 6. Stop the loop, publish the safe action first, then stop the
-    // learner and flush the log. A faulted loop is not waited for if it
-    // is stuck; the node then exits non-zero.
-    stop.store(true, Ordering::SeqCst);
-    pub_thread.thread().unpark();
-    if let Some(f) = fault {
+    /// Publish the safe action from the spin thread, if the node actuates.
+    fn publish_safe(&self, why: &str) {
+        let Some(a) = &self.final_action else { return };
+        if !self.active.load(Ordering::SeqCst) {
+            return; // inactive: another controller may own the robot now
+        }
+        tracing::info!("publishing the safe action ({why})");
+        if let Err(e) = self.safety.publish_action(a) {
+            tracing::error!("publishing the safe action: {e}");
+        }
+    }
+
+    /// Stop the loop, publish the safe action first (if active), then stop
+    /// the learner and flush the log.
+    fn stop(mut self, node: &mut r2r::Node) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.pub_thread.thread().unpark();
+        let joined = self.control_thread.take().expect("joined once").join();
+        // The publisher thread drains what the loop queued before the safe
+        // action goes out, so nothing from the policy follows it.
+        let drained = self.pub_thread.join();
+        // (The control thread is gone: publish_safe reads the gate only.)
+        let safe = self.final_action.clone();
+        if let (Some(a), true) = (safe, self.active.load(Ordering::SeqCst)) {
+            tracing::info!("publishing the safe action (shutdown)");
+            if let Err(e) = self.safety.publish_action(&a) {
+                tracing::error!("publishing the safe action: {e}");
+            }
+        }
+        stop_learner(self.learner.take());
+        // Last reference to the log: flush, write the summary, close.
+        drop(self.log_handle.take());
+        log_summary(&self.stats);
+        for _ in 0..5 {
+            node.spin_once(Duration::from_millis(5));
+        }
+        joined.map_err(|p| anyhow::anyhow!("control thread panicked: {}", panic_text(&p)))?;
+        drained.map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+        Ok(())
+    }
+
+    /// A faulted loop: the safe action from the spin thread's own writer,
+    /// an ERROR on /diagnostics, the learner stopped. The loop is not
+    /// waited for if it is stuck. Returns the error the node exits with.
+    fn fail(mut self, node: &mut r2r::Node, f: Fault) -> anyhow::Error {
+        self.stop.store(true, Ordering::SeqCst);
+        self.pub_thread.thread().unpark();
         let f = match f {
-            Fault::Dead(_) => match control_thread.join() {
+            Fault::Dead(_) => match self.control_thread.take().expect("joined once").join() {
                 Err(panic) => Fault::Dead(format!("panicked: {}", panic_text(&panic))),
                 Ok(_) => f,
             },
             stalled => stalled,
         };
         tracing::error!("{f}");
-        publish_safe("watchdog");
-        diag.publish_fault(&f.to_string());
-        stop_learner(learner.take());
-        drop(log_handle);
+        self.publish_safe("watchdog");
+        self.diag.publish_fault(&f.to_string());
+        stop_learner(self.learner.take());
+        drop(self.log_handle.take());
         for _ in 0..20 {
             node.spin_once(Duration::from_millis(5));
         }
-        bail!("{f}");
+        anyhow::anyhow!("{f}")
     }
-    tracing::info!("shutting down");
-    let joined = control_thread.join();
-    // The publisher thread drains what the loop queued before the safe
-    // action goes out, so nothing from the policy follows it.
-    let drained = pub_thread.join();
-    publish_safe("shutdown");
-    stop_learner(learner.take());
-    // Last reference to the log: flush, write the summary, close.
-    drop(log_handle);
-    log_summary(&stats);
-    joined.map_err(|p| anyhow::anyhow!("control thread panicked: {}", panic_text(&p)))?;
-    drained.map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
-    // Let DDS deliver the last messages before the participant goes away.
-    for _ in 0..20 {
-        node.spin_once(Duration::from_millis(5));
-    }
-    drop(safety);
-    drop(node);
-    tracing::info!("stopped cleanly");
-    Ok(())
 }
 
 fn stop_learner(learner: Option<learner::Learner>) {

@@ -115,7 +115,7 @@ pub(crate) fn serve_estop(
 /// A service whose requests are queued for the spin loop (which owns the
 /// state they act on); when 4 are already waiting, a request is answered
 /// with `busy()` at once.
-fn queued_service<S>(
+pub(crate) fn queued_service<S>(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
     name: &str,
