@@ -3,6 +3,7 @@ with `mcap` + `mcap-ros2-support` (against the ros2msg schema they embed),
 and the log directory is a rosbag2 bag (`metadata.yaml`) that `rosbags`
 reads and deserializes, record for record as scripts/read_log.py does."""
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,3 +136,29 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
     # the lineage: each version with its hot-swap status
     rows = re.findall(r"<tr><td>(\d+)</td><td>(sha256:[0-9a-f]+)</td><td>[^<]*</td><td>([a-z ]+)</td></tr>", page)
     assert [(int(v), s) for v, _, s in rows] == [(2, "accepted"), (3, "rolled back")], rows
+    # Rendered in headless Chromium: every plot decodes, and a screenshot
+    # of the page is not blank (kept beside the test logs).
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None and os.environ.get("FLOWPILOT_REQUIRE_CHROMIUM"):
+        raise AssertionError("chromium is missing (.ci/run installs it)")
+    if browser is not None:
+        url = (out / "index.html").as_uri()
+        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--virtual-time-budget=5000"]
+        dom = subprocess.run(flags + ["--dump-dom", url], check=True, capture_output=True, text=True,
+                             timeout=120).stdout
+        m = re.search(r'data-images="(\d+)/(\d+)"', dom)
+        assert m, "the page's load handler did not run"
+        assert m.group(1) == m.group(2) == str(len(imgs)), f"{m.group(0)}: an image the browser could not decode"
+        shot = tmp_path / "report.png"
+        subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2400", url], check=True,
+                       capture_output=True, timeout=120)
+        import numpy as np
+        from PIL import Image
+        px = np.asarray(Image.open(shot).convert("RGB"))
+        assert px.shape[:2] == (2400, 1200), px.shape
+        colours = len(np.unique(px.reshape(-1, 3), axis=0))
+        assert colours > 50, f"a blank page: {colours} colours"
+        keep = os.environ.get("FLOWPILOT_TEST_LOGS")
+        if keep:
+            shutil.copy(shot, os.path.join(keep, "report_screenshot.png"))

@@ -210,7 +210,12 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
     if let Some(dir) = &a.ckpt {
         html += &lineage(dir);
     }
-    html += "</body></html>";
+    // Once rendered, the page says how many of its plots the browser could
+    // decode (`data-images="loaded/total"` on <body>): what a headless
+    // browser check reads (tests/ros/test_log_tools.py).
+    html += "<script>addEventListener('load',()=>{const i=[...document.images];\
+             document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length})\
+             </script></body></html>";
     let index = a.out.join("index.html");
     std::fs::write(&index, html).with_context(|| format!("writing {}", index.display()))?;
     println!("wrote {}", index.display());
