@@ -221,14 +221,17 @@ def test_state_dict_with_metadata_loads(tmp_path, protocol):
 def test_a_real_torch_save_state_dict_imports(tmp_path):
     """The same with torch itself, where it is installed (CI has no torch:
     the test above writes the opcode stream torch.save writes). In a clean
-    interpreter: this one holds test_nf4rl's stand-in torch modules."""
-    if subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode != 0:
+    interpreter: this one holds test_nf4rl's stand-in torch modules.
+    FLOWPILOT_TORCH_PYTHON names an interpreter with torch (and numpy) when
+    the test's own has none."""
+    py = os.environ.get("FLOWPILOT_TORCH_PYTHON", sys.executable)
+    if subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0:
         pytest.skip("torch is not installed")
     state = torch_state(np.random.default_rng(9))
     np.savez(tmp_path / "state.npz", **state)
     for protocol in (2, pickle.DEFAULT_PROTOCOL):
         ckpt = tmp_path / f"real_{protocol}.pt"
-        subprocess.run([sys.executable, "-c", f"""
+        subprocess.run([py, "-c", f"""
 import collections, numpy as np, torch
 d = np.load({str(tmp_path / "state.npz")!r})
 sd = collections.OrderedDict((k, torch.from_numpy(d[k].copy())) for k in {list(state)!r})
@@ -238,3 +241,37 @@ torch.save(sd, {str(ckpt)!r}, pickle_protocol={protocol})
         r, npz = import_ckpt(tmp_path, ckpt, "torch-bc")
         assert r.returncode == 0, r.stderr
         assert np.array_equal(np.load(npz)["blocks.0.lin.s"], state["blocks.0.l.s"])
+    # And a real module's state_dict, as the paper's training script saves
+    # it: nn.Module attributes in the paper's layout, loaded strictly (so the
+    # names and shapes are torch's own), then torch.save(model.state_dict()).
+    ckpt = tmp_path / "module.pt"
+    subprocess.run([py, "-c", f"""
+import numpy as np, torch
+from torch import nn
+d = np.load({str(tmp_path / "state.npz")!r})
+class Lin(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.s, self.U, self.L = (nn.Parameter(torch.zeros(*sh)) for sh in ((n,), (n, n), (n, n)))
+        self.register_buffer("P", torch.zeros(n, n))
+        self.register_buffer("P_inv", torch.zeros(n, n))
+def net(i, c, o):
+    return nn.Sequential(nn.Linear(i, c), nn.LeakyReLU(), nn.LayerNorm(c), nn.Linear(c, c), nn.LeakyReLU(),
+                         nn.LayerNorm(c), nn.Linear(c, o))
+class Block(nn.Module):
+    def __init__(self, n, k, c):
+        super().__init__()
+        self.l, self.t, self.s = Lin(n), net((n + 1) // 2 + k, c, n // 2), net((n + 1) // 2 + k, c, n // 2)
+class Flow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(4, 3, 8)])
+m = Flow()
+m.load_state_dict({{k: torch.from_numpy(d[k].copy()) for k in d.files}}, strict=True)
+torch.save(m.state_dict(), {str(ckpt)!r})
+"""], check=True)
+    r, npz = import_ckpt(tmp_path, ckpt, "torch-bc")
+    assert r.returncode == 0, r.stderr
+    out = np.load(npz)
+    assert np.array_equal(out["blocks.0.lin.s"], state["blocks.0.l.s"])
+    assert np.array_equal(out["blocks.0.t.l1.w"], state["blocks.0.t.3.weight"].T)
