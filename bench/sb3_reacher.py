@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Stable-Baselines3 SAC from scratch on MuJoCo Reacher-v5: the reference
+for docs/finetuning.md's flow-vs-Gaussian-vs-SB3 table (optional; needs torch
+and stable-baselines3, which CI does not install).
+
+  /path/to/python-with-sb3 bench/sb3_reacher.py --steps 15000 30000 [--seed 0] [--threads 1]
+
+Trains one SAC agent (SB3 defaults: 2x256 MLPs, batch 256, lr 3e-4, UTD 1,
+learning_starts 100, auto entropy) and, at each step count given, evaluates
+the deterministic (mean) action on the same 20 episodes the fine-tuning
+sessions evaluate on: sim seed 1000, i.e. env.reset(seed=1000 * 100000 +
+50000 + ep) as sim/mujoco_sim.py seeds them. Prints one line per checkpoint
+and the training speed (env steps per second on this machine).
+"""
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback
+
+EVAL_SEED = 1000  # scripts/finetune_session.py EVAL_SEED
+
+
+def evaluate(model, episodes):
+    env = gym.make("Reacher-v5")
+    rets = []
+    for ep in range(episodes):
+        o, _ = env.reset(seed=EVAL_SEED * 100_000 + 50_000 + ep)
+        ret, done = 0.0, False
+        while not done:
+            a, _ = model.predict(o, deterministic=True)
+            o, r, term, trunc, _ = env.step(a)
+            ret += r
+            done = term or trunc
+        rets.append(ret)
+    return float(np.mean(rets)), float(np.std(rets) / np.sqrt(len(rets)))
+
+
+class At(BaseCallback):
+    def __init__(self, steps, episodes):
+        super().__init__()
+        self.todo, self.episodes, self.t0, self.paused = sorted(steps), episodes, time.monotonic(), 0.0
+
+    def _on_step(self):
+        if self.todo and self.num_timesteps >= self.todo[0]:
+            s = self.todo.pop(0)
+            t = time.monotonic()
+            mean, se = evaluate(self.model, self.episodes)
+            self.paused += time.monotonic() - t
+            train_s = time.monotonic() - self.t0 - self.paused
+            print(f"SB3 SAC seed {self.model.seed}: {s} steps: mean return {mean:.2f} +- {se:.2f} (s.e.) over "
+                  f"{self.episodes} episodes (seed {EVAL_SEED}, deterministic); {s / train_s:.1f} steps/s",
+                  flush=True)
+        return bool(self.todo)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, nargs="+", default=[15000, 30000])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--episodes", type=int, default=20)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = SAC("MlpPolicy", gym.make("Reacher-v5"), seed=a.seed, device="cpu", verbose=0)
+    model.learn(total_timesteps=max(a.steps), callback=At(a.steps, a.episodes))
+
+
+if __name__ == "__main__":
+    main()
