@@ -7,6 +7,8 @@ import time
 
 from lifecycle_msgs.msg import State, Transition, TransitionEvent
 from lifecycle_msgs.srv import ChangeState, GetAvailableStates, GetAvailableTransitions, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
 from std_msgs.msg import Float64MultiArray
 
 from conftest import RELIABLE, NodeProc, wait_for
@@ -80,6 +82,11 @@ def test_a_lifecycle_client_brings_the_node_up_and_down(domain, peer):
         assert len([1 for t, _ in list(cmd) if t > t_off + 0.1]) == 0, "silence after deactivating"
         assert since(trace, t_off + 0.1) and all(m.data[1] == INACTIVE for m in since(trace, t_off + 0.1))
 
+        # a live change made in one session carries into the next
+        p = Parameter(name="temperature", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.5))
+        r = call(peer, SetParameters, "/flowpilot/set_parameters", SetParameters.Request(parameters=[p]))
+        assert r.results[0].successful, r.results[0].reason
+
         # cleanup: the loop stops; configure again reloads the model
         assert change(peer, "cleanup")
         assert state(peer) == "unconfigured"
@@ -90,6 +97,8 @@ def test_a_lifecycle_client_brings_the_node_up_and_down(domain, peer):
         t_again = time.monotonic()
         wait_for(lambda: any(m.data[1] == POLICY for m in since(trace, t_again)), 10, "policy actions again")
         assert len(cmd) > n
+        r = call(peer, GetParameters, "/flowpilot/get_parameters", GetParameters.Request(names=["temperature"]))
+        assert r.values[0].double_value == 0.5, "the live value survives cleanup and configure"
 
         # shutdown from active: the safe action, then finalized and silent
         assert change(peer, "shutdown")

@@ -86,9 +86,12 @@ pub fn run_node() -> Result<()> {
     let shutdown = flowpilot_core::shutdown::Shutdown::install();
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot", "").context("creating the node")?;
+    // The parameters as they stand: read at launch (an invalid set ends the
+    // node here), then changed only by accepted live changes, so that a
+    // re-configure starts from those.
     let param_map = params::read(&node);
-    // Parameters are fixed at launch: an invalid set ends the node here.
     let cfg = NodeConfig::from_params(&param_map).context("invalid node parameters")?;
+    let params = std::rc::Rc::new(std::cell::RefCell::new(param_map));
 
     // Node-level interfaces, alive in every state: the lifecycle services
     // and the e-stop (its latch survives cleanup and re-configure).
@@ -106,7 +109,7 @@ pub fn run_node() -> Result<()> {
     if cfg.autostart {
         let mut s = None;
         if !lifecycle.run(Transition::Configure, || {
-            s = Some(Session::configure(&mut node, &cfg, &param_map, &estop)?);
+            s = Some(Session::configure(&mut node, &params, &estop)?);
             Ok(())
         }) {
             bail!("configure failed (see the error above)");
@@ -155,7 +158,7 @@ pub fn run_node() -> Result<()> {
             Transition::Configure => {
                 let mut s = None;
                 let ok = lifecycle.run(t, || {
-                    s = Some(Session::configure(&mut node, &cfg, &param_map, &estop)?);
+                    s = Some(Session::configure(&mut node, &params, &estop)?);
                     Ok(())
                 });
                 session = s;
@@ -237,10 +240,10 @@ impl Session {
     /// The control loop runs from here on, silent until [`Self::set_active`].
     fn configure(
         node: &mut r2r::Node,
-        cfg: &NodeConfig,
-        param_map: &flowpilot_core::config::ParamMap,
+        params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::config::ParamMap>>,
         estop: &Arc<AtomicBool>,
     ) -> Result<Self> {
+        let cfg = &NodeConfig::from_params(&params.borrow()).context("invalid node parameters")?;
         // 1. The policy.
         let (model, model_path) = swap::load_policy(cfg)?;
         tracing::info!(model = %model_path.display(), version = model.spec.version, digest = %model.spec.digest, rate_hz = cfg.rate_hz, "policy loaded");
@@ -289,7 +292,7 @@ impl Session {
         live_params::serve(
             node,
             &spawner,
-            param_map.clone(),
+            params.clone(),
             cfg,
             model.spec.temperature,
             act_dim,

@@ -31,6 +31,9 @@ use flowpilot_core::log::writer::LogHandle;
 /// The node's parameters as they stand, and where live changes go.
 struct State {
     map: ParamMap,
+    /// The node's copy, which outlives this session: a re-configure starts
+    /// from the values accepted here.
+    saved: Rc<RefCell<ParamMap>>,
     /// Values per action step (for `max_delta`).
     n_act: usize,
     chan: Arc<LiveChannel>,
@@ -64,6 +67,7 @@ impl State {
         }
         self.chan.offer(LiveSettings::of(&cfg, self.n_act));
         self.map = candidate;
+        self.saved.borrow_mut().clone_from(&self.map);
         let wall_ns = flowpilot_core::board::wall_ns().to_string();
         for (name, v) in changes {
             tracing::info!(parameter = %name, value = ?v, "live parameter changed");
@@ -110,14 +114,15 @@ fn result(r: Result<(), String>) -> SetParametersResult {
     }
 }
 
-/// Serve the parameter services for `map` (the parameters the node was
-/// started with, checked into `cfg`) on the spin thread's executor. Live
+/// Serve the parameter services for `saved` (the node's parameters as they
+/// stand, checked into `cfg`; accepted changes are written back to it) on
+/// the session's executor. Live
 /// parameters left at their defaults are listed with their effective
 /// values (`model_temperature` when `temperature` is unset).
 pub(crate) fn serve(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
-    mut map: ParamMap,
+    saved: Rc<RefCell<ParamMap>>,
     cfg: &NodeConfig,
     model_temperature: f32,
     n_act: usize,
@@ -156,6 +161,7 @@ pub(crate) fn serve(
     if let Some(l) = &cfg.log {
         effective.push(("log.every".into(), ParamValue::Integer(l.every as i64)));
     }
+    let mut map = saved.borrow().clone();
     for (k, v) in effective {
         let unset = matches!(map.get(&k), None | Some(ParamValue::NotSet));
         if unset {
@@ -166,6 +172,7 @@ pub(crate) fn serve(
         .create_publisher::<ParameterEvent>("/parameter_events", QosProfile::parameter_events())?;
     let state = Rc::new(RefCell::new(State {
         map,
+        saved,
         n_act,
         chan,
         events,
