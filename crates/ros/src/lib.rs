@@ -107,12 +107,20 @@ pub fn run_node() -> Result<()> {
 
     let mut session: Option<Session> = None;
     if cfg.autostart {
-        let mut s = None;
+        let (mut s, mut why) = (None, String::new());
         if !lifecycle.run(Transition::Configure, || {
-            s = Some(Session::configure(&mut node, &params, &estop)?);
+            match Session::configure(&mut node, &params, &estop) {
+                Ok(session) => s = Some(session),
+                Err(e) => {
+                    why = format!("{e:#}");
+                    return Err(e);
+                }
+            }
             Ok(())
         }) {
-            bail!("configure failed (see the error above)");
+            // Autostarted, a model that fails its checks ends the node, as a
+            // plain `ros2 run` always did.
+            bail!("{why}");
         }
         let s = session.insert(s.expect("configured"));
         lifecycle.run(Transition::Activate, || {
