@@ -188,9 +188,14 @@ pub fn run_node() -> Result<()> {
                 ok
             }
             Transition::Cleanup | Transition::Shutdown => {
-                lifecycle.run(t, || match session.take() {
-                    Some(s) => s.stop(&mut node),
-                    None => Ok(()),
+                // The session is gone either way (that is what these
+                // transitions mean): a thread that ended badly is reported,
+                // not a reason to claim the node is still configured.
+                lifecycle.run(t, || {
+                    if let Some(Err(e)) = session.take().map(|s| s.stop(&mut node)) {
+                        tracing::error!("stopping the session: {e:#}");
+                    }
+                    Ok(())
                 })
             }
         };
