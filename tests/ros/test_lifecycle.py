@@ -79,7 +79,9 @@ def test_a_lifecycle_client_brings_the_node_up_and_down(domain, peer):
         time.sleep(1.0)
         n = len(cmd)
         assert list(cmd[-1][1].data) == [0.0, 0.0], "the last command is the safe action"
-        assert len([1 for t, _ in list(cmd) if t > t_off + 0.1]) == 0, "silence after deactivating"
+        # (the safe action itself may arrive late on a loaded machine)
+        late = [list(m.data) for t, m in list(cmd) if t > t_off + 0.1]
+        assert late in ([], [[0.0, 0.0]]), f"silence after deactivating: {late}"
         assert since(trace, t_off + 0.1) and all(m.data[1] == INACTIVE for m in since(trace, t_off + 0.1))
 
         # a live change made in one session carries into the next
@@ -107,7 +109,8 @@ def test_a_lifecycle_client_brings_the_node_up_and_down(domain, peer):
         t_fin = time.monotonic()
         time.sleep(0.5)
         assert list(cmd[-1][1].data) == [0.0, 0.0]
-        assert not [1 for t, _ in list(cmd) if t > t_fin + 0.1]
+        late = [list(m.data) for t, m in list(cmd) if t > t_fin + 0.1]
+        assert late in ([], [[0.0, 0.0]]), f"silence after shutdown: {late}"
         assert node.alive(), "a finalized node stays up until it is stopped"
 
         goals = [e.goal_state.label for _, e in list(events)]
