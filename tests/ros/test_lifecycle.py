@@ -93,8 +93,8 @@ def test_a_lifecycle_client_brings_the_node_up_and_down(domain, peer):
         assert change(peer, "cleanup")
         assert state(peer) == "unconfigured"
         t_clean = time.monotonic()
-        time.sleep(0.5)
-        assert not since(trace, t_clean + 0.2), "no loop after cleanup"
+        time.sleep(1.0)
+        assert not since(trace, t_clean + 0.5), "no loop after cleanup"
         assert change(peer, "configure") and change(peer, "activate")
         t_again = time.monotonic()
         wait_for(lambda: any(m.data[1] == POLICY for m in since(trace, t_again)), 10, "policy actions again")
