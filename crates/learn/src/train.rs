@@ -41,6 +41,12 @@ pub struct BcConfig {
     /// plain policy); the demos are cut into windows ([`Demos::windows`]).
     pub chunk_len: usize,
     pub obs_horizon: usize,
+    /// The least std the observation (and goal) normaliser may have, in
+    /// physical units (0: the data's own). Demos that never leave a
+    /// narrow band (an expert holding a pendulum upright) otherwise give
+    /// stds so small that any state the policy has not seen reaches its
+    /// nets as hundreds of standard deviations.
+    pub obs_std_floor: f32,
 }
 
 impl Default for BcConfig {
@@ -63,6 +69,7 @@ impl Default for BcConfig {
             seed: 0,
             chunk_len: 1,
             obs_horizon: 1,
+            obs_std_floor: 0.0,
         }
     }
 }
@@ -87,7 +94,7 @@ pub fn lr_at(step: usize, cfg: &BcConfig) -> f64 {
     cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
 }
 
-fn normalizer(data: &[f32], dim: usize) -> Normalizer {
+fn normalizer(data: &[f32], dim: usize, floor: f32) -> Normalizer {
     let n = (data.len() / dim.max(1)) as f64;
     let mut mean = vec![0f64; dim];
     let mut var = vec![0f64; dim];
@@ -108,7 +115,7 @@ fn normalizer(data: &[f32], dim: usize) -> Normalizer {
             .iter()
             .map(|&v| {
                 if v.sqrt() > 1e-6 {
-                    v.sqrt() as f32
+                    (v.sqrt() as f32).max(floor)
                 } else {
                     1.0
                 }
@@ -124,6 +131,12 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     }
     if cfg.chunk_len == 0 || cfg.obs_horizon == 0 {
         bail!("chunk length and observation horizon must be >= 1");
+    }
+    if !(cfg.obs_std_floor >= 0.0 && cfg.obs_std_floor.is_finite()) {
+        bail!(
+            "--obs-std-floor must be finite and >= 0, got {}",
+            cfg.obs_std_floor
+        );
     }
     let windowed;
     let demos = if cfg.chunk_len > 1 || cfg.obs_horizon > 1 {
@@ -184,9 +197,13 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
             .flat_map(|&r| src[r * dim..(r + 1) * dim].iter().copied())
             .collect()
     };
-    spec.obs_norm = normalizer(&gather(&demos.obs, od, &tr), od);
+    spec.obs_norm = normalizer(&gather(&demos.obs, od, &tr), od, cfg.obs_std_floor);
     if gd > 0 {
-        spec.goal_norm = Some(normalizer(&gather(&demos.goal, gd, &tr), gd));
+        spec.goal_norm = Some(normalizer(
+            &gather(&demos.goal, gd, &tr),
+            gd,
+            cfg.obs_std_floor,
+        ));
     }
     let (low, high) = match (&demos.act_low, &demos.act_high) {
         (Some(l), Some(h)) => (l.clone(), h.clone()),
@@ -324,4 +341,23 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     bar.finish();
     let model = twin.to_model(spec)?;
     Ok((model, report))
+}
+
+#[cfg(test)]
+mod normalizer_tests {
+    use super::normalizer;
+
+    #[test]
+    fn the_std_floor_lifts_narrow_features_only() {
+        // Feature 0 varies by ±0.001, feature 1 by ±2, feature 2 is constant.
+        let data = [0.001, 2.0, 5.0, -0.001, -2.0, 5.0];
+        let n = normalizer(&data, 3, 0.0);
+        assert!(
+            (n.std[0] - 0.001).abs() < 1e-7 && (n.std[1] - 2.0).abs() < 1e-6 && n.std[2] == 1.0
+        );
+        let f = normalizer(&data, 3, 0.05);
+        assert_eq!(f.std[0], 0.05);
+        assert!((f.std[1] - 2.0).abs() < 1e-6 && f.std[2] == 1.0);
+        assert_eq!(f.mean, n.mean);
+    }
 }

@@ -66,6 +66,10 @@ pub(crate) struct BcArgs {
     /// an episode's start).
     #[arg(long, default_value_t = 1)]
     obs_horizon: usize,
+    /// Least std of the observation normaliser, physical units (0: the
+    /// data's own). For demos that never leave a narrow band.
+    #[arg(long, default_value_t = 0.0)]
+    obs_std_floor: f32,
     /// Loss-curve PNG (default: next to --out, with .loss.png).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -100,6 +104,7 @@ fn bc(a: BcArgs) -> Result<()> {
         seed: a.seed,
         chunk_len: a.chunk,
         obs_horizon: a.obs_horizon,
+        obs_std_floor: a.obs_std_floor,
         ..Default::default()
     };
     let (model, report) = flowpilot_learn::train::train_bc(&demos, &cfg, true)?;
