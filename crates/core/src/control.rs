@@ -512,8 +512,14 @@ impl Controller {
         self.traj_len = n;
     }
 
-    /// Put `safe`'s action in `action`; whether there is one to publish.
-    fn set_safe_action(&mut self, safe: SafeBehaviour) -> bool {
+    /// Put the safe action in `action` (zero under an e-stop, else the
+    /// configured behaviour's); whether there is one to publish.
+    fn set_safe_action(&mut self, estop: bool) -> bool {
+        let safe = if estop {
+            SafeBehaviour::Zero
+        } else {
+            self.cfg.safe
+        };
         match safe {
             SafeBehaviour::Hold if self.have_last => {
                 self.action.copy_from_slice(&self.last);
@@ -621,14 +627,7 @@ impl Controller {
             // Deactivated: the safe action once (zero under an e-stop),
             // then silence for whatever controls the robot next.
             Decision::Inactive if !deactivating => false,
-            Decision::Inactive => {
-                let safe = if self.estop.load(Ordering::Relaxed) {
-                    SafeBehaviour::Zero
-                } else {
-                    self.cfg.safe
-                };
-                self.set_safe_action(safe)
-            }
+            Decision::Inactive => self.set_safe_action(self.estop.load(Ordering::Relaxed)),
             Decision::EStop | Decision::Stale { .. } | Decision::Invalid => {
                 match decision {
                     Decision::EStop => self.stats.estop_ticks.fetch_add(1, Ordering::Relaxed),
@@ -638,12 +637,7 @@ impl Controller {
                     _ => self.stats.invalid_ticks.fetch_add(1, Ordering::Relaxed),
                 };
                 // E-stop always commands zero; other faults follow the config.
-                let safe = if decision == Decision::EStop {
-                    SafeBehaviour::Zero
-                } else {
-                    self.cfg.safe
-                };
-                self.set_safe_action(safe)
+                self.set_safe_action(decision == Decision::EStop)
             }
         };
         self.traj_len = 0;

@@ -242,7 +242,8 @@ struct Session {
     safety: outputs::ActionPublisher,
     final_action: Option<Vec<f64>>,
     stop: Arc<AtomicBool>,
-    pub_thread: std::thread::JoinHandle<outputs::ActionPublisher>,
+    /// Taken when joined.
+    pub_thread: Option<std::thread::JoinHandle<outputs::ActionPublisher>>,
     /// Taken when joined.
     control_thread: Option<std::thread::JoinHandle<Controller>>,
     watchdog: Watchdog,
@@ -374,7 +375,7 @@ impl Session {
             diag,
             safety,
             stop,
-            pub_thread,
+            pub_thread: Some(pub_thread),
             control_thread: Some(control_thread),
             watchdog: Watchdog::new(cfg.rate_hz, cfg.stall_periods, mono_ns()),
         })
@@ -458,19 +459,14 @@ impl Session {
     /// the learner and flush the log.
     fn stop(mut self, node: &mut r2r::Node) -> Result<()> {
         self.stop.store(true, Ordering::SeqCst);
-        self.pub_thread.thread().unpark();
+        if let Some(t) = &self.pub_thread {
+            t.thread().unpark();
+        }
         let joined = self.control_thread.take().expect("joined once").join();
         // The publisher thread drains what the loop queued before the safe
         // action goes out, so nothing from the policy follows it.
-        let drained = self.pub_thread.join();
-        // (The control thread is gone: publish_safe reads the gate only.)
-        let safe = self.final_action.clone();
-        if let (Some(a), true) = (safe, self.active.load(Ordering::SeqCst)) {
-            tracing::info!("publishing the safe action (shutdown)");
-            if let Err(e) = self.safety.publish_action(&a) {
-                tracing::error!("publishing the safe action: {e}");
-            }
-        }
+        let drained = self.pub_thread.take().expect("joined once").join();
+        self.publish_safe("shutdown");
         stop_learner(self.learner.take());
         // Last reference to the log: flush, write the summary, close.
         drop(self.log_handle.take());
@@ -488,7 +484,9 @@ impl Session {
     /// waited for if it is stuck. Returns the error the node exits with.
     fn fail(mut self, node: &mut r2r::Node, f: Fault) -> anyhow::Error {
         self.stop.store(true, Ordering::SeqCst);
-        self.pub_thread.thread().unpark();
+        if let Some(t) = &self.pub_thread {
+            t.thread().unpark();
+        }
         let f = match f {
             Fault::Dead(_) => match self.control_thread.take().expect("joined once").join() {
                 Err(panic) => Fault::Dead(format!("panicked: {}", panic_text(&panic))),

@@ -43,6 +43,24 @@ fn description(t: Transition, from: State, to: State) -> TransitionDescription {
     }
 }
 
+/// A query service whose answer does not depend on the request.
+fn answer<S>(
+    node: &mut r2r::Node,
+    spawner: &futures::executor::LocalSpawner,
+    name: &str,
+    reply: impl Fn() -> S::Response + 'static,
+) -> Result<()>
+where
+    S: r2r::WrappedServiceTypeSupport + 'static,
+{
+    let srv = node.create_service::<S>(name, QosProfile::services_default())?;
+    spawner.spawn_local(srv.for_each(move |req| {
+        let _ = req.respond(reply());
+        futures::future::ready(())
+    }))?;
+    Ok(())
+}
+
 /// The lifecycle services and the state they report.
 pub(crate) struct LifecycleServer {
     machine: Machine,
@@ -65,21 +83,12 @@ impl LifecycleServer {
             "~/change_state",
             || ChangeState::Response { success: false },
         )?;
-        let get = node
-            .create_service::<GetState::Service>("~/get_state", QosProfile::services_default())?;
         let s = shown.clone();
-        spawner.spawn_local(get.for_each(move |req| {
-            let _ = req.respond(GetState::Response {
-                current_state: state_msg(s.get()),
-            });
-            futures::future::ready(())
-        }))?;
-        let states = node.create_service::<GetAvailableStates::Service>(
-            "~/get_available_states",
-            QosProfile::services_default(),
-        )?;
-        spawner.spawn_local(states.for_each(|req| {
-            let _ = req.respond(GetAvailableStates::Response {
+        answer::<GetState::Service>(node, spawner, "~/get_state", move || GetState::Response {
+            current_state: state_msg(s.get()),
+        })?;
+        answer::<GetAvailableStates::Service>(node, spawner, "~/get_available_states", || {
+            GetAvailableStates::Response {
                 available_states: ALL_STATES
                     .iter()
                     .map(|(id, label)| StateMsg {
@@ -87,36 +96,33 @@ impl LifecycleServer {
                         label: (*label).into(),
                     })
                     .collect(),
-            });
-            futures::future::ready(())
-        }))?;
-        let available = node.create_service::<GetAvailableTransitions::Service>(
-            "~/get_available_transitions",
-            QosProfile::services_default(),
-        )?;
+            }
+        })?;
         let s = shown.clone();
-        spawner.spawn_local(available.for_each(move |req| {
-            let m = Machine::at(s.get());
-            let _ = req.respond(GetAvailableTransitions::Response {
-                available_transitions: m
-                    .available()
-                    .map(|(t, to)| description(t, m.state(), to))
-                    .collect(),
-            });
-            futures::future::ready(())
-        }))?;
-        let graph = node.create_service::<GetAvailableTransitions::Service>(
-            "~/get_transition_graph",
-            QosProfile::services_default(),
+        answer::<GetAvailableTransitions::Service>(
+            node,
+            spawner,
+            "~/get_available_transitions",
+            move || {
+                let m = Machine::at(s.get());
+                GetAvailableTransitions::Response {
+                    available_transitions: m
+                        .available()
+                        .map(|(t, to)| description(t, m.state(), to))
+                        .collect(),
+                }
+            },
         )?;
-        spawner.spawn_local(graph.for_each(|req| {
-            let _ = req.respond(GetAvailableTransitions::Response {
+        answer::<GetAvailableTransitions::Service>(
+            node,
+            spawner,
+            "~/get_transition_graph",
+            || GetAvailableTransitions::Response {
                 available_transitions: Machine::graph()
                     .map(|(t, from, to)| description(t, from, to))
                     .collect(),
-            });
-            futures::future::ready(())
-        }))?;
+            },
+        )?;
         let events = node.create_publisher::<TransitionEvent>(
             "~/transition_event",
             QosProfile::default().reliable().keep_last(10),
