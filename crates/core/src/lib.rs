@@ -11,6 +11,7 @@
 //! - [`board`]: the lock-free latest-value board between subscribers and the loop.
 //! - [`decision`]: why a tick's action is what it is (the codes the log carries).
 //! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
+//! - [`fleet`]: the fleet link's wire format, flow control, log cursor and shard store.
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
 //! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
@@ -51,6 +52,7 @@ pub mod control;
 pub mod decision;
 pub mod diagnostics;
 pub mod estop;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod guard;

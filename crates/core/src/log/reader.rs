@@ -258,3 +258,31 @@ pub fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
     v.sort();
     Ok(v)
 }
+
+/// The stream position the next log file in `dir` starts at: the newest
+/// file's [`super::SEQ_BASE_KEY`] plus its complete records (files written
+/// before the key existed count from 0 in name order). Reads files from
+/// the newest back to the first that carries a base.
+pub fn stream_base(dir: &Path) -> Result<u64> {
+    let files = match log_files(dir) {
+        Ok(f) => f,
+        Err(LogError::Path { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut after = 0u64;
+    for f in files.iter().rev() {
+        let mut t = Tail::new(f);
+        after += t.poll()?.len() as u64;
+        if let Some(base) = file_base(&t.metadata) {
+            return Ok(base + after);
+        }
+    }
+    Ok(after)
+}
+
+/// A file's stream base from its metadata (None: written before bases).
+pub fn file_base(metadata: &BTreeMap<String, String>) -> Option<u64> {
+    metadata.get(super::SEQ_BASE_KEY)?.parse().ok()
+}

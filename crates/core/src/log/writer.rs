@@ -97,17 +97,29 @@ impl LogHandle {
         &self.stats
     }
 
-    /// Create the log file in `cfg.dir` and start the writer thread.
-    pub fn start(cfg: LogConfig) -> Result<Self> {
+    /// Create the log file in `cfg.dir` and start the writer thread. The
+    /// file's metadata gets its stream base (numbering on from the newest
+    /// file already there).
+    pub fn start(mut cfg: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
             step: IoStep::CreatingDir,
             path: cfg.dir.clone(),
             source,
         })?;
+        let base = super::reader::stream_base(&cfg.dir)?;
+        cfg.metadata
+            .insert(super::SEQ_BASE_KEY.into(), base.to_string());
         let secs = crate::board::wall_ns() / 1_000_000_000;
-        let path = cfg
-            .dir
-            .join(format!("flowpilot_{secs}_{}.mcap", std::process::id()));
+        let stem = format!("flowpilot_{secs}_{}", std::process::id());
+        // A session re-configured within the second must not truncate the
+        // file before it; the suffix keeps name order = stream order.
+        let path = (0..)
+            .map(|n| match n {
+                0 => cfg.dir.join(format!("{stem}.mcap")),
+                n => cfg.dir.join(format!("{stem}_{n:04}.mcap")),
+            })
+            .find(|p| !p.exists())
+            .expect("some name is free");
         Self::start_at(&path, cfg)
     }
 
@@ -187,6 +199,64 @@ const NOTES: usize = 64;
 
 type McapWriter = mcap::Writer<BufWriter<File>>;
 
+/// A log file written synchronously by its caller (not the control
+/// thread's writer): the fleet learner's per-robot shards, which must know
+/// a record is in the kernel before acknowledging it. Same format as the
+/// node's files, so the same reader and follower read them.
+pub struct FileWriter {
+    open: Open,
+    path: PathBuf,
+}
+
+impl FileWriter {
+    /// Create `path` (refusing to replace a file) with this metadata.
+    pub fn create(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|source| LogError::Path {
+                step: IoStep::Creating,
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            open: Open::new(file, metadata)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one record (buffered until [`Self::flush`]).
+    pub fn append(&mut self, t: &Transition) -> Result<()> {
+        self.open.write(t).map_err(|source| LogError::Write {
+            step: WriteStep::WritingRecord,
+            source,
+        })
+    }
+
+    /// Hand everything appended to the kernel (survives a kill -9 of this
+    /// process, not a power cut).
+    pub fn flush(&mut self) -> Result<()> {
+        self.open.w.flush().map_err(|source| LogError::Write {
+            step: WriteStep::Flushing,
+            source,
+        })
+    }
+
+    /// Write the summary and close.
+    pub fn finish(mut self) -> Result<()> {
+        self.open.w.finish().map_err(|source| LogError::Write {
+            step: WriteStep::Closing,
+            source,
+        })?;
+        Ok(())
+    }
+}
+
 struct Open {
     w: McapWriter,
     channel: u16,
@@ -195,7 +265,7 @@ struct Open {
 }
 
 impl Open {
-    fn new(file: File, cfg: &LogConfig) -> Result<Self> {
+    fn new(file: File, metadata: &BTreeMap<String, String>) -> Result<Self> {
         let mut w = mcap::WriteOptions::new()
             .use_chunks(false)
             .compression(None)
@@ -206,7 +276,7 @@ impl Open {
         let channel = w.add_channel(schema, TOPIC, "cdr", &BTreeMap::new())?;
         w.write_metadata(&mcap::records::Metadata {
             name: "flowpilot".into(),
-            metadata: cfg.metadata.clone(),
+            metadata: metadata.clone(),
         })?;
         w.flush()?;
         Ok(Self {
@@ -244,7 +314,7 @@ fn writer_thread(
         *stats.error.lock().expect("log error lock") = msg;
         stats.failed.store(true, Ordering::SeqCst);
     };
-    let mut open = match Open::new(file, &cfg) {
+    let mut open = match Open::new(file, &cfg.metadata) {
         Ok(o) => Some(o),
         Err(e) => {
             fail(e);
