@@ -117,6 +117,11 @@ const KEYS: &[&str] = &[
     "override.max_age",
     "finetune.args",
     "finetune.exe",
+    "fleet.robot_id",
+    "fleet.stream",
+    "fleet.policy",
+    "fleet.window",
+    "fleet.batch_period",
     "chunk.replan_every",
     "chunk.boundary",
     "chunk.ensemble_m",
@@ -368,6 +373,32 @@ pub struct NodeConfig {
     pub finetune_exe: Option<String>,
     /// How a chunked policy's chunks are played (`chunk.*`).
     pub chunk: crate::control::ChunkConfig,
+    /// The link to a fleet learner over the graph (`fleet.*`; None: off).
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Which policy versions a fleet robot takes from the learner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetPolicy {
+    /// None: the robot only streams its records.
+    None,
+    /// The one policy the learner trains for every robot.
+    Shared,
+    /// A policy trained for this robot alone (its own topic).
+    Own,
+}
+
+/// `fleet.*`: this robot's link to a fleet learner (docs/fleet.md).
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub robot_id: String,
+    /// Stream the transition log's records to the learner.
+    pub stream: bool,
+    pub policy: FleetPolicy,
+    /// Most records in flight without an acknowledgement.
+    pub window: u64,
+    /// How often new records are sent.
+    pub batch_period_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -635,6 +666,49 @@ fn log_settings(p: &Params<'_>, width: usize) -> Result<Option<LogSettings>> {
     }))
 }
 
+fn fleet_settings(p: &Params<'_>, has_log: bool, has_swap: bool) -> Result<Option<FleetSettings>> {
+    let Some(robot_id) = nonempty(p.string("fleet.robot_id", Some(""))?) else {
+        return Ok(None);
+    };
+    if !crate::fleet::valid_robot_id(&robot_id) {
+        return Err(ConfigError::param(
+            "fleet.robot_id",
+            format!("'fleet.robot_id': '{robot_id}' must start with a letter and hold only letters, digits and '_' (at most 64)"),
+        ));
+    }
+    let stream = p.bool("fleet.stream", true)?;
+    if stream && !has_log {
+        return Err(ConfigError::param(
+            "fleet.stream",
+            "'fleet.stream' sends the transition log: set 'log.dir' (or fleet.stream: false)",
+        ));
+    }
+    let policy = match p.string("fleet.policy", Some("shared"))?.as_str() {
+        "none" => FleetPolicy::None,
+        "shared" => FleetPolicy::Shared,
+        "own" => FleetPolicy::Own,
+        o => {
+            return Err(ConfigError::param(
+                "fleet.policy",
+                format!("'fleet.policy': unknown '{o}' (shared, own or none)"),
+            ))
+        }
+    };
+    if policy != FleetPolicy::None && !has_swap {
+        return Err(ConfigError::param(
+            "fleet.policy",
+            "'fleet.policy' takes versions through the hot swap: set 'hot_swap.dir' (or fleet.policy: none)",
+        ));
+    }
+    Ok(Some(FleetSettings {
+        robot_id,
+        stream,
+        policy,
+        window: p.i64_in("fleet.window", 2000, 1, 1_000_000)? as u64,
+        batch_period_s: p.f64_in("fleet.batch_period", 0.1, 0.005, 10.0, "within 0.005..10 s")?,
+    }))
+}
+
 fn guard_config(p: &Params<'_>) -> Result<crate::guard::GuardConfig> {
     let episodes = p.i64("hot_swap.guard.episodes", 20)?;
     let margin = p.f64("hot_swap.guard.margin", 0.5)?;
@@ -861,7 +935,7 @@ impl NodeConfig {
             .chain(&goals)
             .map(|s| s.kind.width())
             .sum();
-        Ok(Self {
+        Self {
             model: p.path("model", None)?,
             rate_hz,
             seed: p.i64_in("seed", 0, 0, i64::MAX)? as u64,
@@ -935,7 +1009,14 @@ impl NodeConfig {
                 .collect::<Result<_>>()?,
             finetune_exe: nonempty(p.path("finetune.exe", Some(""))?),
             chunk: chunk_config(&p)?,
-        })
+            fleet: None,
+        }
+        .with_fleet(&p)
+    }
+
+    fn with_fleet(mut self, p: &Params<'_>) -> Result<Self> {
+        self.fleet = fleet_settings(p, self.log.is_some(), self.hot_swap_dir.is_some())?;
+        Ok(self)
     }
 
     /// All sources in board order: observations, then goals.
@@ -1315,6 +1396,36 @@ mod tests {
                 with(minimal(), &[("action.type", s("joint_trajectory"))]),
                 "action.joints",
                 "'action.joints' must name the joints for joint_trajectory",
+            ),
+            (
+                with(minimal(), &[("fleet.robot_id", s("robot-1"))]),
+                "fleet.robot_id",
+                "'fleet.robot_id': 'robot-1' must start with a letter and hold only letters, digits and '_' (at most 64)",
+            ),
+            (
+                with(minimal(), &[("fleet.robot_id", s("r1"))]),
+                "fleet.stream",
+                "'fleet.stream' sends the transition log: set 'log.dir' (or fleet.stream: false)",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[("fleet.robot_id", s("r1")), ("log.dir", s("/l"))],
+                ),
+                "fleet.policy",
+                "'fleet.policy' takes versions through the hot swap: set 'hot_swap.dir' (or fleet.policy: none)",
+            ),
+            (
+                with(
+                    minimal(),
+                    &[
+                        ("fleet.robot_id", s("r1")),
+                        ("fleet.stream", V::Bool(false)),
+                        ("fleet.policy", s("mine")),
+                    ],
+                ),
+                "fleet.policy",
+                "'fleet.policy': unknown 'mine' (shared, own or none)",
             ),
             (
                 with(minimal(), &[("action.qos", s("sometimes"))]),

@@ -18,6 +18,8 @@
 //! - [`lifecycle`]: the managed-node services on lifecycle_msgs.
 //! - [`swap`]: the starting model and the hot-swap poll.
 //! - [`learner`]: the fine-tuning learner child process.
+//! - [`fleet`]: the robot's end of the fleet link (records out, versions in).
+//! - [`fleet_learner`]: the learner's end (`flowpilot_fleet`).
 //! - [`diagnostics`]: publishing /diagnostics.
 //! - [`fault_inject`]: test-only control-thread faults for the fault matrix.
 //!
@@ -28,6 +30,8 @@
 
 mod diagnostics;
 mod fault_inject;
+mod fleet;
+pub mod fleet_learner;
 mod inputs;
 mod learner;
 mod lifecycle;
@@ -237,6 +241,7 @@ struct Session {
     chan: Arc<SwapChannel>,
     swap: Option<swap::SwapWorker>,
     learner: Option<learner::Learner>,
+    fleet: Option<fleet::FleetLink>,
     requests: services::Requests,
     diag: diagnostics::DiagPublisher,
     safety: outputs::ActionPublisher,
@@ -317,6 +322,7 @@ impl Session {
         let chan = SwapChannel::new();
         let swap = swap::SwapWorker::start(cfg, &model_path, &model, &board, &chan)?;
         let learner = learner::Learner::for_config(cfg, &model_path)?;
+        let fleet = fleet::FleetLink::start(node, &spawner, cfg)?;
         let requests = services::Requests::new(node, &spawner)?;
         let diag = diagnostics::DiagPublisher::new(node, cfg.diagnostics_period_s, cfg.rate_hz)?;
         let publisher = outputs::ActionPublisher::new(node, cfg, act_dim)?;
@@ -371,6 +377,7 @@ impl Session {
             chan,
             swap,
             learner,
+            fleet,
             requests,
             diag,
             safety,
@@ -468,8 +475,21 @@ impl Session {
         let drained = self.pub_thread.take().expect("joined once").join();
         self.publish_safe("shutdown");
         stop_learner(self.learner.take());
-        // Last reference to the log: flush, write the summary, close.
-        drop(self.log_handle.take());
+        // Flush, write the summary, close (the live-parameter services may
+        // still hold a handle: they only add notes).
+        if let Some(l) = self.log_handle.take() {
+            l.finish();
+        }
+        // The fleet link sends what the learner lacks of the closed log;
+        // its acknowledgements arrive through this spin.
+        if let Some(f) = self.fleet.take() {
+            f.request_stop();
+            while !f.finished() {
+                node.spin_once(Duration::from_millis(5));
+                self.pool.run_until_stalled();
+            }
+            fleet_summary(&f);
+        }
         log_summary(&self.stats);
         for _ in 0..5 {
             node.spin_once(Duration::from_millis(5));
@@ -498,6 +518,7 @@ impl Session {
         self.publish_safe("watchdog");
         self.diag.publish_fault(&f.to_string());
         stop_learner(self.learner.take());
+        drop(self.fleet.take());
         drop(self.log_handle.take());
         for _ in 0..20 {
             node.spin_once(Duration::from_millis(5));
@@ -520,6 +541,19 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn fleet_summary(f: &fleet::FleetLink) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = f.stats();
+    tracing::info!(
+        sent = s.sent.load(Relaxed),
+        acked = s.acked.load(Relaxed),
+        resends = s.rewinds.load(Relaxed),
+        versions_taken = s.versions_taken.load(Relaxed),
+        versions_refused = s.versions_refused.load(Relaxed),
+        "fleet link summary"
+    );
 }
 
 /// The whole run's loop timing, logged once at shutdown.

@@ -4,15 +4,31 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use flowpilot_learn::learner::{self, DataSource, FinetuneOptions, SacConfig};
 
 #[derive(clap::Args)]
 pub(crate) struct FinetuneArgs {
     /// Directory of transition logs (*.mcap) written by flowpilot_node.
-    #[arg(long, conflicts_with = "offline", required_unless_present = "offline")]
+    #[arg(
+        long,
+        conflicts_with_all = ["offline", "from_graph"],
+        required_unless_present_any = ["offline", "from_graph"]
+    )]
     log_dir: Option<PathBuf>,
+    /// Learn from robots over ROS 2 (docs/fleet.md): starts `flowpilot_fleet`
+    /// beside this learner, which keeps per-robot shards in this directory
+    /// and publishes the versions written to --out.
+    #[arg(long, conflicts_with = "offline")]
+    from_graph: Option<PathBuf>,
+    /// With --from-graph: serve this robot alone, on its own policy topic
+    /// (the robot's `fleet.policy: own`); default: one shared policy.
+    #[arg(long, requires = "from_graph")]
+    for_robot: Option<String>,
+    /// The `flowpilot_fleet` executable (default: beside this one).
+    #[arg(long, requires = "from_graph")]
+    fleet_exe: Option<PathBuf>,
     /// Keep reading new records as the node writes them.
     #[arg(long)]
     follow: bool,
@@ -61,13 +77,24 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
     if let Err(e) = flowpilot_core::control::set_niceness(a.nice) {
         tracing::warn!("could not set niceness {}: {e}", a.nice);
     }
-    let data = match (a.offline, a.log_dir) {
-        (Some(p), _) => DataSource::Offline(p),
-        (None, Some(dir)) => DataSource::Logs {
+    // The graph link lives as long as this process (and dies with it).
+    let mut _link = None;
+    let data = match (a.offline, a.log_dir, a.from_graph) {
+        (Some(p), _, _) => DataSource::Offline(p),
+        (None, Some(dir), _) => DataSource::Logs {
             dir,
             follow: a.follow,
         },
-        (None, None) => bail!("give --log-dir or --offline"),
+        (None, None, Some(dir)) => {
+            _link = Some(GraphLink::start(
+                a.fleet_exe,
+                &dir,
+                &a.out,
+                a.for_robot.as_deref(),
+            )?);
+            DataSource::Fleet { dir }
+        }
+        (None, None, None) => bail!("give --log-dir, --from-graph or --offline"),
     };
     let opts = FinetuneOptions {
         data,
@@ -86,4 +113,55 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
     let n = learner::run(&opts, stop.flag())?;
     println!("finetune: {n} updates");
     Ok(())
+}
+
+/// The `flowpilot_fleet` child of a `--from-graph` learner: killed when
+/// this process ends (Drop), and by the kernel if it is killed (the child
+/// sets its parent-death signal).
+struct GraphLink(std::process::Child);
+
+impl GraphLink {
+    fn start(
+        exe: Option<PathBuf>,
+        shards: &std::path::Path,
+        out: &std::path::Path,
+        robot: Option<&str>,
+    ) -> Result<Self> {
+        let exe = match exe {
+            Some(e) => e,
+            None => std::env::current_exe()
+                .context("locating flowpilot")?
+                .with_file_name("flowpilot_fleet"),
+        };
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("--shards").arg(shards).arg("--out").arg(out);
+        if let Some(r) = robot {
+            cmd.arg("--robot").arg(r);
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (built with the ROS feature: scripts/run.sh builds it)",
+                exe.display()
+            )
+        })?;
+        tracing::info!(pid = child.id(), "fleet link started");
+        Ok(Self(child))
+    }
+}
+
+impl Drop for GraphLink {
+    fn drop(&mut self) {
+        // SIGTERM first: it closes its shard files cleanly.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -190,7 +190,24 @@ pub struct Ack {
     /// This learner instance (changes when it restarts): a robot that sees
     /// a new instance resends from the acknowledged position at once.
     pub learner: String,
+    /// A learner serving one robot alone (its own policy); None: every
+    /// robot. A robot it does not serve ignores it.
+    #[serde(default)]
+    pub only: Option<String>,
+    /// Robots it holds records of; a robot it serves and does not list
+    /// starts from position 0.
     pub robots: BTreeMap<String, RobotAck>,
+}
+
+impl Ack {
+    /// Where this learner wants `robot`'s stream from (None: it does not
+    /// serve that robot).
+    pub fn next_for(&self, robot: &str) -> Option<u64> {
+        if self.only.as_deref().is_some_and(|o| o != robot) {
+            return None;
+        }
+        Some(self.robots.get(robot).map_or(0, |r| r.next))
+    }
 }
 
 /// A version a robot rolled back (its whole line is condemned).

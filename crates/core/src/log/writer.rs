@@ -81,7 +81,9 @@ pub struct LogHandle {
     notes: Arc<ArrayQueue<Note>>,
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Taken when joined ([`Self::finish`] may come through a shared
+    /// handle; never locked by the control thread).
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl LogStats {
@@ -146,14 +148,17 @@ impl LogHandle {
             notes,
             stats,
             stop,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
     /// Hand a record to the writer. Lock-free and allocation-free; when the
     /// queue is full (or logging has failed) the record is dropped and counted.
     pub fn push(&self, t: &Transition) {
-        if self.stats.failed.load(Ordering::Relaxed) || self.queue.push(*t).is_err() {
+        if self.stats.failed.load(Ordering::Relaxed)
+            || self.stop.load(Ordering::Relaxed)
+            || self.queue.push(*t).is_err()
+        {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -165,19 +170,24 @@ impl LogHandle {
         if self.notes.push((name.to_string(), metadata)).is_err() {
             tracing::warn!("log note '{name}' dropped: {NOTES} notes already waiting");
         }
-        if let Some(t) = &self.thread {
+        if let Some(t) = self.thread.lock().expect("log thread lock").as_ref() {
             t.thread().unpark();
         }
     }
 
     /// Flush everything queued, write the MCAP summary and close the file.
-    pub fn close(mut self) {
-        self.shutdown();
+    pub fn close(self) {
+        self.finish();
     }
 
-    fn shutdown(&mut self) {
+    /// As [`Self::close`] through a shared handle (others may still hold
+    /// clones: records pushed after this are dropped and counted). The
+    /// node calls it at stop so that the file is whole before the fleet
+    /// link sends its end.
+    pub fn finish(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        let t = self.thread.lock().expect("log thread lock").take();
+        if let Some(t) = t {
             t.thread().unpark();
             let _ = t.join();
         }
@@ -186,7 +196,7 @@ impl LogHandle {
 
 impl Drop for LogHandle {
     fn drop(&mut self) {
-        self.shutdown();
+        self.finish();
     }
 }
 

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use super::error::{LearnerError, Result};
-use super::follower::LogFollower;
 use super::replay::ReplayBuffer;
 use super::sac::{Sac, SacConfig};
+use super::shards::Shards;
 use crate::demos::Demos;
 use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
 use flowpilot_core::model::ModelFile;
@@ -22,6 +22,9 @@ use flowpilot_core::model::ModelFile;
 pub enum DataSource {
     /// Transition logs in a directory; `follow` keeps reading new records.
     Logs { dir: PathBuf, follow: bool },
+    /// A fleet shard directory (`<dir>/<robot>/*.mcap`, kept by
+    /// `flowpilot_fleet`), followed; one replay shard per robot.
+    Fleet { dir: PathBuf },
     /// A fixed dataset (demos .npz with rewards): offline RL.
     Offline(PathBuf),
 }
@@ -114,26 +117,24 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         }
     }
     let spec = current.spec.clone();
-    let (mut rb, mut follower, follow) = match &opts.data {
+    let (mut online, follow) = match &opts.data {
         DataSource::Offline(p) => {
             let demos = Demos::load(p)?;
-            (ReplayBuffer::from_demos(&demos, &spec)?, None, false)
+            (
+                Shards::fixed(ReplayBuffer::from_demos(&demos, &spec)?),
+                false,
+            )
         }
-        DataSource::Logs { dir, follow } => {
-            let mut f = LogFollower::new(dir);
-            let mut rb = ReplayBuffer::new(spec.obs_dim + spec.goal_dim, spec.act_dim, 1_000_000);
-            let n = f.poll(&mut rb, &spec)?;
-            tracing::info!(
-                transitions = n,
-                records = f.records(),
-                skipped = f.skipped(),
-                "replayed the log directory"
-            );
-            (rb, Some(f), *follow)
-        }
+        DataSource::Logs { dir, follow } => (Shards::log_dir(dir.clone(), &spec), *follow),
+        DataSource::Fleet { dir } => (Shards::fleet(dir.clone(), &spec), true),
     };
+    {
+        let n = online.poll(&spec)?;
+        let (records, skipped) = online.records();
+        tracing::info!(transitions = n, records, skipped, "replayed the logs");
+    }
     let prior = match &opts.prior {
-        Some(p) if matches!(opts.data, DataSource::Logs { .. }) => {
+        Some(p) if !matches!(opts.data, DataSource::Offline(_)) => {
             let rb = ReplayBuffer::from_demos(&Demos::load(p)?, &spec)?;
             tracing::info!(path = %p.display(), transitions = rb.len(), share = opts.prior_share, "prior data");
             Some(rb)
@@ -141,8 +142,11 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         _ => None,
     };
     if opts.sac.target_entropy_from_policy {
-        let on = prior.as_ref().filter(|p| !p.is_empty()).unwrap_or(&rb);
-        if !on.is_empty() {
+        let on = prior
+            .as_ref()
+            .filter(|p| !p.is_empty())
+            .or(online.largest());
+        if let Some(on) = on.filter(|on| !on.is_empty()) {
             let h = sac.policy_entropy(on, 2048)?;
             tracing::info!(
                 target_entropy = h,
@@ -171,7 +175,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     let min = opts.min_transitions.max(1);
     let start_updates = sac.updates();
     let mut budget: f64 = if follow {
-        rb.len() as f64 * opts.utd
+        online.len() as f64 * opts.utd
     } else {
         f64::INFINITY
     };
@@ -186,19 +190,17 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         }
         if follow && std::time::Instant::now() >= next_poll {
             next_poll = std::time::Instant::now() + opts.poll_period;
-            if let Some(f) = follower.as_mut() {
-                budget += f.poll(&mut rb, &spec)? as f64 * opts.utd;
-            }
+            budget += online.poll(&spec)? as f64 * opts.utd;
             if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
                 last_ckpt = sac.updates();
                 saved = sac.updates();
             }
         }
-        if rb.len() < min || budget < 1.0 {
+        if online.len() < min || budget < 1.0 {
             if !follow {
-                if rb.len() < min {
+                if online.len() < min {
                     return Err(LearnerError::TooFewTransitions {
-                        have: rb.len(),
+                        have: online.len(),
                         min,
                     });
                 }
@@ -207,19 +209,24 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             std::thread::sleep(opts.poll_period.min(std::time::Duration::from_millis(100)));
             continue;
         }
-        let st = match &prior {
-            Some(p) => {
-                let b = sac.cfg().batch;
-                let n_prior = ((b as f64 * opts.prior_share).round() as usize).min(b);
-                sac.update_mixed(&[(&rb, b - n_prior), (p, n_prior)], true)?
+        let st = {
+            let b = sac.cfg().batch;
+            let n_prior = match &prior {
+                Some(_) => ((b as f64 * opts.prior_share).round() as usize).min(b),
+                None => 0,
+            };
+            let mut parts = online.parts(b - n_prior);
+            if let Some(p) = prior.as_ref().filter(|_| n_prior > 0) {
+                parts.push((p, n_prior));
             }
-            None => sac.update(&rb)?,
+            sac.update_mixed(&parts, true)?
         };
         budget -= 1.0;
         if sac.updates() % 100 == 0 {
             tracing::info!(
                 updates = sac.updates(),
-                transitions = rb.len(),
+                transitions = online.len(),
+                shards = ?online.sizes(),
                 critic = st.critic_loss,
                 actor = st.actor_loss,
                 alpha = st.alpha,

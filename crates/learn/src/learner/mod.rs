@@ -13,6 +13,8 @@
 //! - [`replay`]: the [`ReplayBuffer`] and the [`Batch`]es drawn from it.
 //! - [`follower`]: [`LogFollower`], transition logs (replayed, and followed
 //!   while still being written) into the replay buffer.
+//! - `shards`: one replay shard per robot of a fleet (or the one log), and
+//!   the equal split of each batch among them.
 //! - [`finetune`]: the session driver [`run`]: resume, data, update loop,
 //!   versioned checkpoints (written atomically, each naming its parent's
 //!   digest) for the node's hot swap to validate and pick up; a line the
@@ -23,6 +25,7 @@ mod finetune;
 mod follower;
 mod replay;
 mod sac;
+mod shards;
 
 pub use error::LearnerError;
 pub use finetune::{run, DataSource, FinetuneOptions};

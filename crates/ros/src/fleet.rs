@@ -1,0 +1,318 @@
+//! The robot's end of the fleet link (docs/fleet.md): its transition log
+//! streamed to a fleet learner over the graph, the learner's versions
+//! taken into the hot-swap directory (so they pass exactly the checks a
+//! local learner's do), and this robot's rollbacks told to the learner.
+//!
+//! The subscriptions run on the spin thread and only queue what arrives;
+//! reading the log, publishing batches, validating and writing versions
+//! and reading the accepted record run on the link's own thread. Nothing
+//! here touches the control thread: when the link is down the robot keeps
+//! controlling and logging, and the log is resent from where the learner's
+//! acknowledgement says.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use crossbeam_queue::ArrayQueue;
+use futures::stream::StreamExt;
+use futures::task::LocalSpawnExt;
+use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
+use r2r::QosProfile;
+
+use flowpilot_core::board::mono_ns;
+use flowpilot_core::checkpoint::{write_atomic, CheckpointDir};
+use flowpilot_core::config::{FleetPolicy, FleetSettings, NodeConfig};
+use flowpilot_core::fleet::cursor::LogCursor;
+use flowpilot_core::fleet::outbox::{Outbox, OutboxConfig};
+use flowpilot_core::fleet::topics;
+use flowpilot_core::fleet::wire::{from_json, to_json, Ack, Revocation};
+use flowpilot_core::model::ModelFile;
+
+/// Most records in one published batch.
+const BATCH_RECORDS: usize = 256;
+/// Most records published per period (a catch-up after an outage is
+/// spread over periods rather than sent in one burst).
+const PERIOD_RECORDS: u64 = 1024;
+/// How long a stopping node keeps sending what the learner lacks.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// The link's counters, for /diagnostics and the shutdown summary.
+#[derive(Default)]
+pub(crate) struct FleetStats {
+    pub(crate) sent: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) rewinds: AtomicU64,
+    pub(crate) versions_taken: AtomicU64,
+    pub(crate) versions_refused: AtomicU64,
+}
+
+pub(crate) struct FleetLink {
+    stop: Arc<AtomicBool>,
+    /// Stop without draining (a faulted node; drop).
+    abort: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<FleetStats>,
+}
+
+fn reliable(depth: usize) -> QosProfile {
+    QosProfile::default().reliable().keep_last(depth)
+}
+
+fn latched(depth: usize) -> QosProfile {
+    reliable(depth).transient_local()
+}
+
+impl FleetLink {
+    /// Subscribe and start the link thread, if `fleet.robot_id` is set.
+    pub(crate) fn start(
+        node: &mut r2r::Node,
+        spawner: &futures::executor::LocalSpawner,
+        cfg: &NodeConfig,
+    ) -> Result<Option<Self>> {
+        let Some(f) = cfg.fleet.clone() else {
+            return Ok(None);
+        };
+        let acks = Arc::new(ArrayQueue::<Ack>::new(16));
+        let versions = Arc::new(ArrayQueue::<Vec<u8>>::new(2));
+        let q = acks.clone();
+        let sub = node.subscribe::<StringMsg>(topics::ACKS, reliable(8))?;
+        spawner.spawn_local(sub.for_each(move |m| {
+            match from_json::<Ack>(&m.data) {
+                Ok(a) => {
+                    q.force_push(a);
+                }
+                Err(e) => tracing::warn!("fleet: ignoring a malformed acknowledgement: {e}"),
+            }
+            futures::future::ready(())
+        }))?;
+        let policy_topic = match f.policy {
+            FleetPolicy::None => None,
+            FleetPolicy::Shared => Some(topics::POLICY.to_string()),
+            FleetPolicy::Own => Some(topics::own_policy(&f.robot_id)),
+        };
+        if let Some(t) = &policy_topic {
+            let q = versions.clone();
+            let sub = node.subscribe::<UInt8MultiArray>(t, latched(1))?;
+            spawner.spawn_local(sub.for_each(move |m| {
+                q.force_push(m.data);
+                futures::future::ready(())
+            }))?;
+        }
+        let records = node.create_publisher::<UInt8MultiArray>(topics::RECORDS, reliable(64))?;
+        let revoked = node.create_publisher::<StringMsg>(topics::REVOKED, latched(64))?;
+        let stats = Arc::new(FleetStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            log_dir: cfg
+                .log
+                .as_ref()
+                .filter(|_| f.stream)
+                .map(|l| PathBuf::from(&l.dir)),
+            swap_dir: cfg.hot_swap_dir.as_ref().map(CheckpointDir::new),
+            f: f.clone(),
+            acks,
+            versions,
+            records,
+            revoked,
+            stats: stats.clone(),
+        };
+        let thread = {
+            let (stop, abort) = (stop.clone(), abort.clone());
+            std::thread::Builder::new()
+                .name("flowpilot-fleet".into())
+                .spawn(move || link.run(&stop, &abort))?
+        };
+        tracing::info!(robot = %f.robot_id, stream = f.stream, policy = ?policy_topic, "fleet link started");
+        Ok(Some(Self {
+            stop,
+            abort,
+            thread: Some(thread),
+            stats,
+        }))
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<FleetStats> {
+        &self.stats
+    }
+
+    /// Ask the link to finish: it sends what the learner still lacks for
+    /// up to [`DRAIN`] (the log is closed by then), then ends. The caller
+    /// keeps spinning (acknowledgements arrive on the spin thread) until
+    /// [`Self::finished`].
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for FleetLink {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Link {
+    log_dir: Option<PathBuf>,
+    swap_dir: Option<CheckpointDir>,
+    f: FleetSettings,
+    acks: Arc<ArrayQueue<Ack>>,
+    versions: Arc<ArrayQueue<Vec<u8>>>,
+    records: r2r::Publisher<UInt8MultiArray>,
+    revoked: r2r::Publisher<StringMsg>,
+    stats: Arc<FleetStats>,
+}
+
+impl Link {
+    fn run(self, stop: &AtomicBool, abort: &AtomicBool) {
+        let mut out = Outbox::new(OutboxConfig {
+            window: self.f.window,
+            ..Default::default()
+        });
+        let mut cursor = self
+            .log_dir
+            .as_ref()
+            .map(|d| LogCursor::new(&self.f.robot_id, d));
+        let mut told: BTreeSet<String> = BTreeSet::new();
+        let mut next_record_check = Instant::now();
+        let mut drain_until: Option<Instant> = None;
+        let period = Duration::from_secs_f64(self.f.batch_period_s);
+        loop {
+            if abort.load(Ordering::SeqCst) {
+                break;
+            }
+            if stop.load(Ordering::SeqCst) && drain_until.is_none() {
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+            let now = mono_ns();
+            while let Some(a) = self.acks.pop() {
+                if let (Some(next), Some(c)) = (a.next_for(&self.f.robot_id), cursor.as_mut()) {
+                    if let Some(pos) = out.on_ack(&a.learner, next, now) {
+                        c.seek(pos);
+                    }
+                }
+            }
+            if let Some(c) = cursor.as_mut() {
+                if let Some(pos) = out.poll(now) {
+                    tracing::info!(
+                        from = pos,
+                        "fleet: no acknowledgement; resending from the log"
+                    );
+                    c.seek(pos);
+                }
+                let mut left = out.budget().min(PERIOD_RECORDS);
+                while left > 0 {
+                    match c.next_batch((left as usize).min(BATCH_RECORDS)) {
+                        Ok(Some(b)) => {
+                            let n = b.records.len() as u64;
+                            let msg = UInt8MultiArray {
+                                data: b.encode(),
+                                ..Default::default()
+                            };
+                            if let Err(e) = self.records.publish(&msg) {
+                                tracing::warn!("fleet: publishing records: {e}");
+                                break;
+                            }
+                            out.sent(b.end(), now);
+                            self.stats.sent.fetch_add(n, Ordering::Relaxed);
+                            left = left.saturating_sub(n);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!("fleet: reading the log: {e} (streaming paused)");
+                            cursor = None;
+                            break;
+                        }
+                    }
+                }
+                self.stats.acked.store(out.acked(), Ordering::Relaxed);
+                self.stats.rewinds.store(out.rewinds(), Ordering::Relaxed);
+            }
+            while let Some(bytes) = self.versions.pop() {
+                self.take_version(&bytes);
+            }
+            if next_record_check <= Instant::now() {
+                next_record_check = Instant::now() + Duration::from_secs(1);
+                self.tell_revocations(&mut told);
+            }
+            if let Some(until) = drain_until {
+                let done = cursor
+                    .as_ref()
+                    .is_none_or(|c| out.learner().is_none() || out.acked() >= c.position());
+                if done || Instant::now() >= until {
+                    if !done {
+                        tracing::warn!(
+                            acked = out.acked(),
+                            logged = cursor.as_ref().map(|c| c.position()),
+                            "fleet: stopping before the learner acknowledged everything (it is resent at the next start)"
+                        );
+                    }
+                    break;
+                }
+            }
+            std::thread::sleep(period);
+        }
+    }
+
+    /// A version from the learner: validated, then written atomically into
+    /// the hot-swap directory, where the hot swap takes it through its own
+    /// checks (compatibility, lineage, divergence, the return guard).
+    fn take_version(&self, bytes: &[u8]) {
+        let Some(dir) = &self.swap_dir else { return };
+        let m = match ModelFile::from_bytes(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.versions_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("fleet: refused a version from the learner: {e}");
+                return;
+            }
+        };
+        let path = dir.policy_path(m.spec.version);
+        if ModelFile::load(&path).is_ok_and(|have| have.spec.digest == m.spec.digest) {
+            return; // already here (a latched repeat)
+        }
+        if let Err(e) = dir.create().map_err(anyhow::Error::from).and_then(|()| {
+            write_atomic(&path, |tmp| std::fs::write(tmp, bytes)).map_err(Into::into)
+        }) {
+            self.stats.versions_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("fleet: writing version {}: {e:#}", m.spec.version);
+            return;
+        }
+        self.stats.versions_taken.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version = m.spec.version, digest = %m.spec.digest, "fleet: version from the learner handed to the hot swap");
+    }
+
+    /// Publish revocations in this robot's accepted record not yet told.
+    fn tell_revocations(&self, told: &mut BTreeSet<String>) {
+        let Some(dir) = &self.swap_dir else { return };
+        for d in dir.accepted().revoked {
+            if told.contains(&d) {
+                continue;
+            }
+            let msg = StringMsg {
+                data: to_json(&Revocation {
+                    robot: self.f.robot_id.clone(),
+                    digest: d.clone(),
+                }),
+            };
+            match self.revoked.publish(&msg) {
+                Ok(()) => {
+                    tracing::info!(digest = %d, "fleet: told the learner of a revoked version");
+                    told.insert(d);
+                }
+                Err(e) => tracing::warn!("fleet: publishing a revocation: {e}"),
+            }
+        }
+    }
+}
