@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, demos, eval, finetune, import, inspect, log_prob, new, replay, report, sample, train,
+    bench, convert, demos, eval, finetune, import, inspect, log_prob, new, replay, report, sample,
+    train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -41,6 +42,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Create a fresh (or fully random, for benchmarks) model file.
     New(new::NewArgs),
+    /// Store a model's dense kernels in another width (f32, f16, bf16).
+    Convert(convert::ConvertArgs),
     /// Train a policy.
     #[command(subcommand)]
     Train(train::TrainCmd),
@@ -77,6 +80,7 @@ impl Cli {
             Cmd::Import(c) => import::run(c),
             Cmd::Bench(a) => bench::run(a),
             Cmd::New(a) => new::run(a),
+            Cmd::Convert(a) => convert::run(a),
             Cmd::Train(c) => train::run(c),
             Cmd::Demos(c) => demos::run(c),
             Cmd::Eval(c) => eval::run(c),

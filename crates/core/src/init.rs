@@ -90,8 +90,11 @@ pub fn lu_partial_pivot(a: &[f64], d: usize) -> (Vec<i64>, Vec<f64>, Vec<f64>) {
     (perm, l, u)
 }
 
-/// Build a model for `spec` with the given initialisation and seed.
-pub fn init_model(spec: ModelSpec, init: Init, seed: u64) -> Result<ModelFile, ModelError> {
+/// Build a model for `spec` with the given initialisation and seed. With
+/// half-size `weights` the kernels are drawn in f32 and then rounded, so an
+/// f16 model and the f32 model of the same seed differ only by rounding.
+pub fn init_model(mut spec: ModelSpec, init: Init, seed: u64) -> Result<ModelFile, ModelError> {
+    let weights = std::mem::take(&mut spec.weights);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tensors = BTreeMap::new();
     let random = matches!(init, Init::Random { .. });
@@ -171,7 +174,12 @@ pub fn init_model(spec: ModelSpec, init: Init, seed: u64) -> Result<ModelFile, M
         tensors.insert(format!("{p}.U"), Tensor::f32(vec![d, d], uf));
         tensors.insert(format!("{p}.s"), Tensor::f32(vec![d], s));
     }
-    ModelFile::new(spec, tensors)
+    let m = ModelFile::new(spec, tensors)?;
+    if weights == crate::model::WeightDtype::F32 {
+        Ok(m)
+    } else {
+        m.with_weights(weights)
+    }
 }
 
 /// A spec with paper defaults for the given dims (no encoder, hidden [C+k, C]).
@@ -194,6 +202,7 @@ pub fn default_spec(
         obs_horizon: 1,
         blocks,
         hidden: [c + k, c],
+        weights: Default::default(),
         layer_norm_eps: 1e-6,
         encoder: None,
         direction: Direction::Inverse,

@@ -61,6 +61,19 @@ pub enum ModelError {
         found: String,
         expected: String,
     },
+    #[error("tensor '{name}' is stored as {found}, but the spec's `weights` field records {recorded:?} kernels (file edited or mislabelled)")]
+    WeightDtype {
+        name: String,
+        recorded: WeightDtype,
+        found: String,
+    },
+    #[error("tensor '{name}' value {index} ({value}) is not exactly a {dtype:?} value (convert with ModelFile::with_weights)")]
+    NotRepresentable {
+        name: String,
+        index: usize,
+        value: f32,
+        dtype: WeightDtype,
+    },
     #[error("tensor '{name}' holds a non-finite value at index {index}")]
     NonFinite { name: String, index: usize },
     #[error("tensor '{0}' is not a valid permutation")]
@@ -81,6 +94,86 @@ pub enum Direction {
     /// Blocks map latent -> action (paper's offline-RL code). Sampling is the
     /// forward pass; likelihood runs the inverse.
     Forward,
+}
+
+/// How the dense kernels (every `*.w` tensor) are stored. Biases,
+/// LayerNorm and PLU parameters stay f32 whatever this says: they are a
+/// few percent of the bytes and the PLU inverse is precision-sensitive.
+/// Half-size kernels halve the bytes the sampler streams per sample; it
+/// accumulates in f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    /// IEEE 754 binary16: 11-bit significand, range ±65504.
+    F16,
+    /// bfloat16: 8-bit significand, f32's range.
+    Bf16,
+}
+
+impl WeightDtype {
+    /// The safetensors dtype the kernels are stored as.
+    pub fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::F16 => Dtype::F16,
+            WeightDtype::Bf16 => Dtype::BF16,
+        }
+    }
+
+    /// Bytes per stored kernel value.
+    pub fn size(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+        }
+    }
+
+    /// `x` rounded (to nearest, ties to even) to this dtype, as f32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            WeightDtype::F32 => x,
+            WeightDtype::F16 => half::f16::from_f32(x).to_f32(),
+            WeightDtype::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// The 16-bit pattern of `x` (callers pass exactly representable values).
+    pub fn bits(self, x: f32) -> u16 {
+        match self {
+            WeightDtype::F16 => half::f16::from_f32(x).to_bits(),
+            WeightDtype::Bf16 => half::bf16::from_f32(x).to_bits(),
+            WeightDtype::F32 => unreachable!("f32 kernels have no 16-bit pattern"),
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown weight dtype '{other}' (f32, f16, bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Whether a tensor is a dense kernel (stored in [`ModelSpec::weights`]).
+pub fn is_kernel(name: &str) -> bool {
+    name.ends_with(".w")
 }
 
 /// Which policy family the file holds.
@@ -143,6 +236,10 @@ pub struct ModelSpec {
     pub blocks: usize,
     /// MLP hidden widths [h1, h2]. Paper flax: [C + k, C]; torch: [C, C].
     pub hidden: [usize; 2],
+    /// How the dense kernels are stored. Omitted from the file when f32,
+    /// so files written before it existed keep their digest.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub weights: WeightDtype,
     pub layer_norm_eps: f32,
     #[serde(default)]
     pub encoder: Option<EncoderSpec>,
@@ -189,6 +286,10 @@ fn one_usize() -> usize {
 
 fn is_one_usize(v: &usize) -> bool {
     *v == 1
+}
+
+fn is_f32(w: &WeightDtype) -> bool {
+    *w == WeightDtype::F32
 }
 
 fn one_f32() -> f32 {
@@ -276,7 +377,11 @@ impl ModelSpec {
     /// The tensors this spec requires, with their shapes, in a fixed order.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>, Dtype)> {
         let mut out = Vec::new();
-        let f = |name: String, shape: Vec<usize>| (name, shape, Dtype::F32);
+        let kernel = self.weights.safetensors();
+        let f = |name: String, shape: Vec<usize>| {
+            let dtype = if is_kernel(&name) { kernel } else { Dtype::F32 };
+            (name, shape, dtype)
+        };
         let k = self.cond_dim();
         let d = self.act_dim;
         let [h1, h2] = self.hidden;
@@ -537,6 +642,13 @@ impl ModelFile {
             let view = st
                 .tensor(&name)
                 .map_err(|_| ModelError::MissingTensor(name.clone()))?;
+            if view.dtype() != dtype && is_kernel(&name) {
+                return Err(ModelError::WeightDtype {
+                    name,
+                    recorded: spec.weights,
+                    found: format!("{:?}", view.dtype()),
+                });
+            }
             tensors.insert(name.clone(), read_tensor(&name, &view, &shape, dtype)?);
         }
         if let Some(extra) = st.names().into_iter().find(|n| !tensors.contains_key(*n)) {
@@ -556,13 +668,19 @@ impl ModelFile {
 
     /// Serialise to safetensors bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let half: BTreeMap<&str, Vec<u8>> = self
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| Some((n.as_str(), self.half_bytes(n, t)?)))
+            .collect();
         let views: Vec<(String, TensorView<'_>)> = self
             .tensors
             .iter()
             .map(|(n, t)| {
-                let (dtype, bytes): (Dtype, &[u8]) = match &t.data {
-                    TensorData::F32(v) => (Dtype::F32, bytemuck_f32(v)),
-                    TensorData::I64(v) => (Dtype::I64, bytemuck_i64(v)),
+                let (dtype, bytes): (Dtype, &[u8]) = match (&t.data, half.get(n.as_str())) {
+                    (_, Some(h)) => (self.spec.weights.safetensors(), h),
+                    (TensorData::F32(v), None) => (Dtype::F32, bytemuck_f32(v)),
+                    (TensorData::I64(v), None) => (Dtype::I64, bytemuck_i64(v)),
                 };
                 (
                     n.clone(),
@@ -576,6 +694,41 @@ impl ModelFile {
             serde_json::to_string(&self.spec).expect("spec serialises"),
         );
         safetensors::serialize(views, Some(meta)).expect("in-memory serialisation")
+    }
+
+    /// The little-endian 16-bit bytes of a kernel stored half-size, or None
+    /// for a tensor stored as it is held (f32, i64).
+    fn half_bytes(&self, name: &str, t: &Tensor) -> Option<Vec<u8>> {
+        let w = self.spec.weights;
+        match &t.data {
+            TensorData::F32(v) if w != WeightDtype::F32 && is_kernel(name) => {
+                Some(v.iter().flat_map(|x| w.bits(*x).to_le_bytes()).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// The same model with its kernels stored as `dtype`: each kernel value
+    /// rounded to nearest (ties to even), the spec's `weights` set, the
+    /// digest restamped. A value beyond the dtype's range (|x| > 65504 for
+    /// f16) becomes infinite and is refused as [`ModelError::NonFinite`].
+    pub fn with_weights(&self, dtype: WeightDtype) -> Result<Self, ModelError> {
+        let mut spec = self.spec.clone();
+        spec.weights = dtype;
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let mut t = t.clone();
+                if let TensorData::F32(v) = &mut t.data {
+                    if is_kernel(n) {
+                        v.iter_mut().for_each(|x| *x = dtype.round(*x));
+                    }
+                }
+                (n.clone(), t)
+            })
+            .collect();
+        Self::new(spec, tensors)
     }
 
     /// Write atomically: temp file in the same directory, fsync, rename.
@@ -598,9 +751,23 @@ impl ModelFile {
                 });
             }
             match (&t.data, dtype) {
-                (TensorData::F32(v), Dtype::F32) => {
+                (TensorData::F32(v), Dtype::F32 | Dtype::F16 | Dtype::BF16) => {
                     if let Some(index) = v.iter().position(|x| !x.is_finite()) {
                         return Err(ModelError::NonFinite { name, index });
+                    }
+                    // Half-size kernels are held as their exact f32 values
+                    // (every reader sees plain f32); they must be values
+                    // the stored dtype can hold, or saving would round them.
+                    let w = self.spec.weights;
+                    if dtype != Dtype::F32 {
+                        if let Some(index) = v.iter().position(|x| w.round(*x) != *x) {
+                            return Err(ModelError::NotRepresentable {
+                                name,
+                                index,
+                                value: v[index],
+                                dtype: w,
+                            });
+                        }
                     }
                     if name.ends_with(".lin.s") {
                         if let Some(index) = v.iter().position(|x| *x == 0.0) {
@@ -650,12 +817,16 @@ impl ModelFile {
             for s in &t.shape {
                 h.update((*s as u64).to_le_bytes());
             }
-            match &t.data {
-                TensorData::F32(v) => {
+            match (&t.data, self.half_bytes(name, t)) {
+                (_, Some(b)) => {
+                    h.update(self.spec.weights.to_string().as_bytes());
+                    h.update(&b);
+                }
+                (TensorData::F32(v), None) => {
                     h.update(b"f32");
                     h.update(bytemuck_f32(v));
                 }
-                TensorData::I64(v) => {
+                (TensorData::I64(v), None) => {
                     h.update(b"i64");
                     h.update(bytemuck_i64(v));
                 }
@@ -709,12 +880,25 @@ fn read_tensor(
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect(),
         ),
+        // Half-size kernels become their exact f32 values: every reader
+        // (twin, learner, inspect) keeps working on plain f32, and the
+        // sampler narrows them back to 16 bits without loss.
+        Dtype::F16 => TensorData::F32(
+            b.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        Dtype::BF16 => TensorData::F32(
+            b.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
         Dtype::I64 => TensorData::I64(
             b.chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
         ),
-        _ => unreachable!("only f32 and i64 are expected"),
+        _ => unreachable!("only f32, f16, bf16 and i64 are expected"),
     };
     Ok(Tensor {
         shape: shape.to_vec(),

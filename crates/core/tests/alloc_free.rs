@@ -4,6 +4,7 @@
 use flowpilot_core::testkit as common;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
+use flowpilot_core::model::WeightDtype;
 use flowpilot_core::sampler::Sampler;
 
 #[global_allocator]
@@ -19,15 +20,32 @@ fn sampler_makes_no_heap_allocation_per_call() {
         "counting allocator not installed"
     );
 
-    let denoising = common::all_variants().into_iter().map(|(n, m)| {
-        let mut spec = m.spec.clone();
-        spec.denoise = true;
-        (
-            format!("{n} +denoise"),
-            flowpilot_core::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
-        )
-    });
-    for (name, m) in common::all_variants().into_iter().chain(denoising) {
+    let denoising: Vec<_> = common::all_variants()
+        .into_iter()
+        .map(|(n, m)| {
+            let mut spec = m.spec.clone();
+            spec.denoise = true;
+            (
+                format!("{n} +denoise"),
+                flowpilot_core::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
+            )
+        })
+        .collect();
+    // Half-size kernels (the widening gemv and the backward pass's row
+    // dots over 16-bit weights), plain and denoising.
+    let half: Vec<_> = common::all_variants()
+        .into_iter()
+        .chain(denoising.clone())
+        .flat_map(|(n, m)| {
+            [WeightDtype::F16, WeightDtype::Bf16]
+                .map(|w| (format!("{n} {w}"), m.with_weights(w).unwrap()))
+        })
+        .collect();
+    for (name, m) in common::all_variants()
+        .into_iter()
+        .chain(denoising)
+        .chain(half)
+    {
         let s = &m.spec;
         let obs = common::vals(s.obs_dim, 1, 1.0);
         let goal = common::vals(s.goal_dim, 2, 1.0);

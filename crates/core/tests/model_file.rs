@@ -253,3 +253,158 @@ fn random_byte_corruption_never_panics() {
         let _ = ModelFile::from_bytes(&c); // must return, Ok or Err
     }
 }
+
+/// The half-size model's tensors as they are stored on disk: kernels as
+/// 16-bit `dtype` bytes, everything else as `parts` writes it.
+fn half_parts(
+    m: &ModelFile,
+    dtype: safetensors::Dtype,
+) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
+    let w = m.spec.weights;
+    parts(m)
+        .into_iter()
+        .map(|(n, dt, s, b)| {
+            if flowpilot_core::model::is_kernel(&n) {
+                let bytes = b
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        w.bits(f32::from_le_bytes(c.try_into().unwrap()))
+                            .to_le_bytes()
+                    })
+                    .collect();
+                (n, dtype, s, bytes)
+            } else {
+                (n, dt, s, b)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn half_size_kernels_round_trip_at_half_the_bytes() {
+    use flowpilot_core::model::WeightDtype;
+    let m = model();
+    let f32_bytes = m.to_bytes().len();
+    for w in [WeightDtype::F16, WeightDtype::Bf16] {
+        let h = m.with_weights(w).unwrap();
+        assert_eq!(h.spec.weights, w);
+        assert_ne!(
+            h.spec.digest, m.spec.digest,
+            "{w}: the digest covers the dtype"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.safetensors");
+        h.save(&p).unwrap();
+        let back = ModelFile::load(&p).unwrap();
+        assert_eq!(back.spec, h.spec);
+        assert_eq!(back.tensors(), h.tensors());
+        // each kernel value takes 2 bytes instead of 4 (the header differs
+        // by a few bytes: dtype names, the `weights` field)
+        let n = std::fs::metadata(&p).unwrap().len() as i64;
+        let kernel_values: usize = m
+            .tensors()
+            .iter()
+            .filter(|(n, _)| flowpilot_core::model::is_kernel(n))
+            .map(|(_, t)| t.shape.iter().product::<usize>())
+            .sum();
+        let saved = f32_bytes as i64 - n;
+        assert!(
+            (saved - 2 * kernel_values as i64).abs() < 256,
+            "{w}: {n} vs {f32_bytes} bytes, {kernel_values} kernel values"
+        );
+        // rounding is to nearest: within half an ulp of the dtype
+        let rel = if w == WeightDtype::F16 {
+            1.0 / 2048.0
+        } else {
+            1.0 / 256.0
+        };
+        for (name, t) in m.tensors() {
+            if let TensorData::F32(v) = &t.data {
+                for (a, b) in v.iter().zip(back.f32(name)) {
+                    let tol = if flowpilot_core::model::is_kernel(name) {
+                        rel * a.abs() + 1e-7
+                    } else {
+                        0.0
+                    };
+                    assert!((a - b).abs() <= tol, "{w} {name}: {a} -> {b}");
+                }
+            }
+        }
+        // and back to f32 gives the f16-valued model in f32 storage
+        let up = back.with_weights(WeightDtype::F32).unwrap();
+        assert_eq!(up.tensors(), h.tensors());
+        assert_eq!(up.spec.weights, WeightDtype::F32);
+    }
+}
+
+#[test]
+fn a_file_whose_recorded_kernel_dtype_disagrees_with_its_tensors_is_refused() {
+    use flowpilot_core::model::WeightDtype;
+    let m = model();
+    let h = m.with_weights(WeightDtype::F16).unwrap();
+    // f16 kernels on disk, spec recording f32 (the `weights` field dropped)
+    let e = ModelFile::from_bytes(&raw_file(half_parts(&h, safetensors::Dtype::F16), meta(&m)))
+        .unwrap_err();
+    assert!(
+        matches!(&e, ModelError::WeightDtype { recorded: WeightDtype::F32, found, .. } if found == "F16"),
+        "{e}"
+    );
+    // spec recording f16, kernels stored f32
+    let e = ModelFile::from_bytes(&raw_file(parts(&h), meta(&h))).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::WeightDtype { recorded: WeightDtype::F16, found, .. } if found == "F32"),
+        "{e}"
+    );
+    // spec recording f16, kernels stored bf16
+    let e = ModelFile::from_bytes(&raw_file(
+        half_parts(&h, safetensors::Dtype::BF16),
+        meta(&h),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(&e, ModelError::WeightDtype { recorded: WeightDtype::F16, found, .. } if found == "BF16"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("weights"), "{e}");
+    // the matching file loads
+    ModelFile::from_bytes(&raw_file(half_parts(&h, safetensors::Dtype::F16), meta(&h))).unwrap();
+    // an unknown dtype name in the spec is a spec error
+    let bad = meta(&h).replace("\"weights\":\"f16\"", "\"weights\":\"f8\"");
+    assert_ne!(bad, meta(&h));
+    let e =
+        ModelFile::from_bytes(&raw_file(half_parts(&h, safetensors::Dtype::F16), bad)).unwrap_err();
+    assert!(matches!(e, ModelError::BadSpec(_)), "{e}");
+}
+
+#[test]
+fn half_size_kernels_must_hold_values_the_dtype_can_store() {
+    use flowpilot_core::model::WeightDtype;
+    let m = model();
+    let mut spec = m.spec.clone();
+    spec.weights = WeightDtype::F16;
+    // f32 values that f16 would round: refused, not silently rounded
+    let e = ModelFile::new(spec, m.tensors().clone()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ModelError::NotRepresentable {
+                dtype: WeightDtype::F16,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // beyond f16's range: the conversion names the overflowing weight
+    let mut tensors = m.tensors().clone();
+    if let TensorData::F32(v) = &mut tensors.get_mut("blocks.0.s.l1.w").unwrap().data {
+        v[3] = 1e5;
+    }
+    let big = ModelFile::new(m.spec.clone(), tensors).unwrap();
+    let e = big.with_weights(WeightDtype::F16).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::NonFinite { name, index: 3 } if name == "blocks.0.s.l1.w"),
+        "{e}"
+    );
+    // bf16 has f32's range
+    big.with_weights(WeightDtype::Bf16).unwrap();
+}

@@ -212,6 +212,7 @@ pub fn import_nf4rl(
         obs_horizon: opts.obs_horizon,
         blocks: meta.blocks,
         hidden: meta.hidden,
+        weights: Default::default(),
         layer_norm_eps: meta.layer_norm_eps,
         encoder: meta.encoder.as_ref().map(|e| EncoderSpec {
             width: e.width,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use flowpilot_core::model::{Direction, ModelFile, ModelSpec, PolicyKind, TensorData};
+use flowpilot_core::model::{Direction, ModelFile, ModelSpec, PolicyKind, TensorData, WeightDtype};
 use flowpilot_core::sampler::{HALF_LN_2PI, LOG_STD_MAX, LOG_STD_MIN};
 
 pub struct Twin {
@@ -130,7 +130,11 @@ impl Twin {
     }
 
     /// Export the current weights as a model file with the given spec.
-    pub(crate) fn to_model(&self, spec: ModelSpec) -> Result<ModelFile> {
+    /// Always f32 kernels: the twin trains in f32, and a half-size parent
+    /// (read up-converted: its values are exact in f32) yields f32
+    /// checkpoints; `flowpilot convert` narrows one again if wanted.
+    pub(crate) fn to_model(&self, mut spec: ModelSpec) -> Result<ModelFile> {
+        spec.weights = WeightDtype::F32;
         let mut tensors = BTreeMap::new();
         for (name, v) in &self.params {
             let t = v.as_tensor();

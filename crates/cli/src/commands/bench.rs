@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::bench::{BenchReport, CompareReport};
 use crate::cli::load;
+use flowpilot_core::model::WeightDtype;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
@@ -25,27 +27,38 @@ pub(crate) struct BenchArgs {
     /// SAC batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Also convert the model's kernels to this width at load (f16, bf16)
+    /// and time it against the model with f32 kernels in the same run
+    /// (interleaved), with the action and log-prob error over
+    /// `--accuracy-n` random inputs.
+    #[arg(long)]
+    weights: Option<WeightDtype>,
+    /// Random inputs for the `--weights` accuracy check.
+    #[arg(long, default_value_t = 10000)]
+    accuracy_n: usize,
 }
 
 fn sampler(a: BenchArgs) -> Result<()> {
     let m = load(&a.model)?;
+    if let Some(w) = a.weights {
+        // The reference is the f32 model: for an f32 file, the file itself.
+        let base = m.with_weights(WeightDtype::F32)?;
+        let half = m.with_weights(w)?;
+        let r = crate::bench::compare(&base, &half, a.n, a.accuracy_n)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            print_compare(&a, &r);
+        }
+        return Ok(());
+    }
     let r = crate::bench::run(&m, a.n, a.twin)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    let l = &r.sampler;
     println!("model        : {} ({})", a.model.display(), &r.model_digest);
-    println!(
-        "sampler      : min {:.2} / median {:.2} / p99 {:.2} / max {:.2} us over {} samples",
-        l.min_us, l.median_us, l.p99_us, l.max_us, l.samples
-    );
-    println!("allocations  : {} per sample", r.allocations_per_sample);
-    println!(
-        "bound        : {:.2} us = {} weight bytes / {:.1} GB/s read bandwidth (same run)",
-        r.bound_us, r.weight_bytes, r.read_bandwidth_gb_s
-    );
-    println!("median/bound : {:.2}x", r.median_over_bound);
+    print_report("", &r);
     if let (Some(t), Some(ratio)) = (&r.twin, r.twin_over_sampler) {
         println!(
             "candle twin  : min {:.2} / median {:.2} / p99 {:.2} / max {:.2} us over {} samples",
@@ -54,6 +67,47 @@ fn sampler(a: BenchArgs) -> Result<()> {
         println!("twin/sampler : {ratio:.2}x (median)");
     }
     Ok(())
+}
+
+fn print_report(tag: &str, r: &BenchReport) {
+    let l = &r.sampler;
+    println!("weights{tag:<6}: {} kernels", r.weights);
+    println!(
+        "sampler{tag:<6}: min {:.2} / median {:.2} / p99 {:.2} / max {:.2} us over {} samples",
+        l.min_us, l.median_us, l.p99_us, l.max_us, l.samples
+    );
+    println!("allocs{tag:<7}: {} per sample", r.allocations_per_sample);
+    println!(
+        "bound{tag:<8}: {:.2} us = {} weight bytes / {:.1} GB/s read bandwidth (same run)",
+        r.bound_us, r.weight_bytes, r.read_bandwidth_gb_s
+    );
+    println!("median/bound{tag}: {:.2}x", r.median_over_bound);
+}
+
+fn print_compare(a: &BenchArgs, r: &CompareReport) {
+    println!(
+        "model        : {} ({}), f32 vs {} kernels converted at load, interleaved in one run",
+        a.model.display(),
+        r.base.model_digest,
+        r.half.weights
+    );
+    print_report(" f32", &r.base);
+    print_report(&format!(" {}", r.half.weights), &r.half);
+    println!(
+        "{} / f32     : min {:.3}x, median {:.3}x, p99 {:.3}x (goal <= 0.6x at the median)",
+        r.half.weights, r.min_ratio, r.median_ratio, r.p99_ratio
+    );
+    let c = &r.accuracy;
+    println!(
+        "accuracy     : over {} random inputs, max |action err| {:.3e} (clipped, physical), max |raw action err| {:.3e} (mean of per-input max {:.3e}), max |log-prob err| {:.3e} (mean {:.3e}; max |log-prob| {:.1})",
+        c.inputs,
+        c.max_action_err,
+        c.max_raw_action_err,
+        c.mean_raw_action_err,
+        c.max_log_prob_err,
+        c.mean_log_prob_err,
+        c.max_abs_log_prob
+    );
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {

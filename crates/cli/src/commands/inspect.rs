@@ -73,6 +73,7 @@ pub(crate) fn print(m: &ModelFile) -> Result<()> {
         s.action_low, s.action_high
     );
     println!("parameters     : {}", m.parameter_count());
+    println!("kernels stored : {}", s.weights);
     println!("digest         : {}", s.digest);
     println!(
         "version        : {} (parent {} {})",

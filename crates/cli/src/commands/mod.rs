@@ -3,6 +3,7 @@
 //! return `anyhow` errors. None of them runs on a robot's control thread.
 
 pub(crate) mod bench;
+pub(crate) mod convert;
 pub(crate) mod demos;
 pub(crate) mod eval;
 pub(crate) mod finetune;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use flowpilot_core::model::WeightDtype;
 
 #[derive(clap::Args)]
 pub(crate) struct NewArgs {
@@ -34,6 +35,11 @@ pub(crate) struct NewArgs {
     /// Version number within a lineage (a learner's checkpoints count up).
     #[arg(long, default_value_t = 1)]
     version: u64,
+    /// How the dense kernels are stored: f32, f16 or bf16 (half the bytes;
+    /// drawn in f32, then rounded: the same seed's f32 model differs only
+    /// by rounding).
+    #[arg(long, default_value = "f32")]
+    weights: WeightDtype,
 }
 
 pub(crate) fn run(a: NewArgs) -> Result<()> {
@@ -48,6 +54,7 @@ pub(crate) fn run(a: NewArgs) -> Result<()> {
     spec.obs_horizon = a.obs_horizon;
     spec.created_by = format!("flowpilot new (random={}, seed={})", a.random, a.seed);
     spec.version = a.version;
+    spec.weights = a.weights;
     let init = if a.random {
         flowpilot_core::init::Init::Random { last_scale: 0.3 }
     } else {
@@ -56,9 +63,10 @@ pub(crate) fn run(a: NewArgs) -> Result<()> {
     let m = flowpilot_core::init::init_model(spec, init, a.seed)?;
     m.save(&a.out)?;
     println!(
-        "wrote {} ({} parameters, {})",
+        "wrote {} ({} parameters, {} kernels, {})",
         a.out.display(),
         m.parameter_count(),
+        m.spec.weights,
         m.spec.digest
     );
     Ok(())

@@ -153,7 +153,7 @@ impl Mlp {
         dense_backward(&self.l1, gh2, gh1);
         ln_leaky_backward(&self.ln0, &c.xh0, c.r0, &c.a0, gh1);
         for (i, gi) in g_in[..n].iter_mut().enumerate() {
-            *gi += dot(&self.l0.w[i * self.l0.out..(i + 1) * self.l0.out], gh1);
+            *gi += self.l0.row_dot(i, gh1);
         }
     }
 }
@@ -161,7 +161,7 @@ impl Mlp {
 /// g_x = W · g_y for y = x·W (W rows are contiguous: one dot per input).
 fn dense_backward(l: &Dense, g_y: &[f32], g_x: &mut [f32]) {
     for (i, gx) in g_x[..l.inp].iter_mut().enumerate() {
-        *gx = dot(&l.w[i * l.out..(i + 1) * l.out], &g_y[..l.out]);
+        *gx = l.row_dot(i, &g_y[..l.out]);
     }
 }
 
@@ -185,21 +185,7 @@ fn ln_leaky_backward(ln: &LayerNorm, xh: &[f32], r: f32, pre: &[f32], g: &mut [f
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = fma(x[l], y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + rest
+    weights::dot_with(a, b, |v| v)
 }
 
 /// S and T of block `b` from its unchanged half `first` and `cond`, with
