@@ -9,7 +9,7 @@
 //! process does the training from the shard directory.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ struct Args {
     /// Seconds between acknowledgements.
     #[arg(long, default_value_t = 0.2)]
     ack_period: f64,
+    /// Seconds between the per-robot counter reports in the log.
+    #[arg(long, default_value_t = 10.0)]
+    report_period: f64,
 }
 
 pub fn main() {
@@ -127,10 +130,12 @@ fn run(a: Args) -> Result<()> {
     let ack_period = Duration::from_secs_f64(a.ack_period.clamp(0.01, 10.0));
     let mut next_ack = Instant::now();
     let mut next_scan = Instant::now();
-    let mut next_report = Instant::now() + Duration::from_secs(10);
+    let report_every = Duration::from_secs_f64(a.report_period.clamp(0.1, 3600.0));
+    let mut next_report = Instant::now() + report_every;
     let mut scanned: Option<Vec<(PathBuf, std::time::SystemTime)>> = None;
     let mut published: Option<String> = None;
-    let mut revoked_seen = BTreeSet::new();
+    // Wire bytes received per robot (the link's bandwidth, for the report).
+    let mut bytes_in: std::collections::BTreeMap<String, u64> = Default::default();
     while !shutdown.requested() {
         node.spin_once(Duration::from_millis(5));
         pool.run_until_stalled();
@@ -146,6 +151,7 @@ fn run(a: Args) -> Result<()> {
             if a.robot.as_ref().is_some_and(|r| *r != b.robot) {
                 continue;
             }
+            *bytes_in.entry(b.robot.clone()).or_default() += bytes.len() as u64;
             if let Err(e) = store.receive(&b) {
                 tracing::warn!("records batch not stored: {e}");
             }
@@ -170,7 +176,6 @@ fn run(a: Args) -> Result<()> {
                     tracing::warn!(robot = %r.robot, digest = %r.digest, "a robot revoked a version: revoked for the learner too");
                     changed = true;
                 }
-                revoked_seen.insert(r.digest);
             }
             if changed {
                 if let Err(e) = ckpt.record_accepted(&rec) {
@@ -209,10 +214,11 @@ fn run(a: Args) -> Result<()> {
             }
         }
         if Instant::now() >= next_report {
-            next_report = Instant::now() + Duration::from_secs(10);
+            next_report = Instant::now() + report_every;
             for (r, (stored, dup, ahead)) in store.counters() {
                 let ack = store.acks()[&r];
-                tracing::info!(robot = %r, next = ack.next, stored, duplicates = dup, ahead, gap_records = ack.gap_records, "fleet shards");
+                let bytes = bytes_in.get(&r).copied().unwrap_or(0);
+                tracing::info!(robot = %r, next = ack.next, stored, duplicates = dup, ahead, gap_records = ack.gap_records, bytes, "fleet shards");
             }
         }
     }
