@@ -13,6 +13,7 @@ Needs root (network namespaces) and a build with the ROS feature:
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def cpu_seconds(pid):
 
 def run(n, seconds, rate, domain):
     d = tempfile.mkdtemp(prefix="fleetbench")
-    net = netns.Net(f"b{n:02d}", 200 + n)
+    net = netns.Net(f"b{n:02d}", 200 + n % 50)
     procs = []
     try:
         learner = net.host("l")
@@ -96,13 +97,15 @@ def run(n, seconds, rate, domain):
         bytes_total = sum(b for _, b in last.values())
         return {"robots": n, "logged": logged, "stored": stored,
                 "lag_records": logged - stored,
-                "bytes_per_robot_s": bytes_total / max(1, n) / (wall + 5),
+                # wire bytes per record × the logging rate
+                "bytes_per_robot_s": bytes_total / max(1, stored) * rate,
                 "learner_cpu": (c1 - c0) / wall}
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
         net.close()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def main():

@@ -27,6 +27,7 @@ class Net:
     def __init__(self, tag, net):
         self.tag, self.net, self.hosts = tag, net, []
         self.bridge = f"fb{tag}"
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         sh("link", "add", self.bridge, "type", "bridge")
         # no IGMP snooping: multicast (DDS discovery) floods to every port
         sh("link", "set", self.bridge, "type", "bridge", "mcast_snooping", "0")
@@ -49,6 +50,9 @@ class Host:
         self.ns = f"fp{net.tag}{name}"
         self.veth = f"v{net.tag}{index}"  # bridge side (≤ 15 characters)
         self.addr = f"10.{net.net}.0.{index}"
+        # leftovers of a run that was killed before its clean-up
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         sh("netns", "add", self.ns)
         sh("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         sh("link", "set", self.veth, "master", net.bridge, "up")
@@ -74,7 +78,6 @@ class Host:
         sh("link", "set", self.veth, "up" if up else "down")
 
     def close(self):
-        subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True)
         out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout
         for pid in out.split():
             try:

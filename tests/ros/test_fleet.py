@@ -149,3 +149,45 @@ def test_two_robots_feed_one_learner_across_hosts_through_a_cut_link_and_a_kille
     print("fleet record counts:", json.dumps(counts))
     with open(os.path.join(LOGS, "fleet_counts.json"), "w") as f:
         json.dump(counts, f)
+
+
+def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domain, peer):
+    """One host (no namespaces): a robot rolls back the learner's version;
+    the learner's record revokes it and the learner leaves that line."""
+    from std_srvs.srv import Trigger
+    from conftest import NodeProc, wait_for
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
+    llog_path = tmp_path / "learner.log"
+    llog = open(llog_path, "w")
+    learner = subprocess.Popen(
+        [CLI, "finetune", "--from-graph", str(tmp_path / "shards"), "--out", str(tmp_path / "lckpt"),
+         "--init", REACH_MODEL, "--min-transitions", "100", "--critic-warmup", "50",
+         "--checkpoint-every", "50", "--utd", "0.5", "--batch", "64", "--critic-hidden", "64", "--threads", "1"],
+        env=env, stdout=llog, stderr=subprocess.STDOUT, cwd=ROOT)
+    node = NodeProc(domain, params=robot_params(tmp_path, "r1"))
+    sim = subprocess.Popen([sys.executable, SIM, "--episodes", "40", "--rate", "20", "--seed", "3"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        wait_for(lambda: "policy accepted; swapping in" in node.output(), 90, "a fleet version on the robot")
+        client = peer.node.create_client(Trigger, "/flowpilot/rollback")
+        assert client.wait_for_service(timeout_sec=10)
+        fut = client.call_async(Trigger.Request())
+        wait_for(fut.done, 10, "rollback reply")
+        assert fut.result().success, fut.result().message
+        robot_record = (tmp_path / "r1" / "ckpt" / ".flowpilot_accepted").read_text()
+        revoked = [l.split()[1] for l in robot_record.splitlines() if l.startswith("revoked ")]
+        assert revoked, robot_record
+        learner_record = tmp_path / "lckpt" / ".flowpilot_accepted"
+        wait_for(lambda: learner_record.exists() and revoked[0] in learner_record.read_text(), 20,
+                 "the revocation in the learner's record")
+        wait_for(lambda: "restarting the actor from the accepted version" in llog_path.read_text(), 60,
+                 "the learner leaving the revoked line")
+    finally:
+        sim.kill()
+        assert node.stop(signal.SIGINT, timeout=20) == 0
+        learner.send_signal(signal.SIGTERM)
+        learner.wait(timeout=20)
+        llog.close()
+    text = llog_path.read_text()
+    assert "revoked for the learner too" in text

@@ -1,6 +1,6 @@
 //! Entry points for fuzzing the parsers that read untrusted bytes: the
-//! model loader, the transition log's CDR decoder and MCAP reader, and the
-//! node's parameter parser. Each takes arbitrary bytes and must return
+//! model loader, the transition log's CDR decoder and MCAP reader, the
+//! fleet link's records batch, and the node's parameter parser. Each takes arbitrary bytes and must return
 //! (Ok or Err) without panicking, hanging or reading out of bounds.
 //!
 //! Two drivers call them: `crates/core/tests/fuzz.rs` (stable Rust, a
@@ -19,6 +19,19 @@ use crate::model::ModelFile;
 /// The model loader on a whole file's bytes.
 pub fn model_loader(data: &[u8]) {
     let _ = ModelFile::from_bytes(data);
+}
+
+/// A fleet records batch from the graph, and each record in it; and a
+/// fleet acknowledgement as JSON.
+pub fn fleet_batch(data: &[u8]) {
+    if let Ok(b) = crate::fleet::wire::Batch::decode(data) {
+        for r in &b.records {
+            let _ = Transition::decode(r);
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = crate::fleet::wire::from_json::<crate::fleet::wire::Ack>(s);
+    }
 }
 
 /// One CDR-encoded transition record.

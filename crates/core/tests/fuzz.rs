@@ -228,6 +228,29 @@ fn cdr_decoder_never_panics() {
 }
 
 #[test]
+fn fleet_batch_decoder_never_panics() {
+    let seeds: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let mut rec = Vec::new();
+            record(i).encode(&mut rec);
+            flowpilot_core::fleet::wire::Batch {
+                robot: "r1".into(),
+                file: "flowpilot_1_2.mcap".into(),
+                seq: i,
+                prev_end: i,
+                metadata: [("every".to_string(), "1".to_string())].into(),
+                records: vec![rec; i as usize + 1],
+            }
+            .encode()
+        })
+        .chain([
+            br#"{"learner":"a","only":null,"robots":{"r1":{"next":3,"gap_records":0}}}"#.to_vec(),
+        ])
+        .collect();
+    assert!(fuzz("fleet_batch", &seeds, t::fleet_batch) > 0);
+}
+
+#[test]
 fn log_reader_never_panics_or_loops() {
     let dir = tempfile::tempdir().unwrap();
     let handle = LogHandle::start(LogConfig {

@@ -289,8 +289,9 @@ mod tests {
 
     #[test]
     fn acks_are_json() {
-        let a = Ack {
+        let mut a = Ack {
             learner: "l-1".into(),
+            only: None,
             robots: [(
                 "r1".to_string(),
                 RobotAck {
@@ -302,6 +303,9 @@ mod tests {
         };
         let s = to_json(&a);
         assert_eq!(from_json::<Ack>(&s).unwrap(), a);
+        assert_eq!((a.next_for("r1"), a.next_for("r2")), (Some(5), Some(0)));
+        a.only = Some("r2".into());
+        assert_eq!((a.next_for("r1"), a.next_for("r2")), (None, Some(0)));
         assert!(from_json::<Ack>("{\"learner\":1}").is_err());
     }
 }
