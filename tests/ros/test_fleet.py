@@ -154,8 +154,9 @@ def test_two_robots_feed_one_learner_across_hosts_through_a_cut_link_and_a_kille
 def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domain, peer):
     """One host (no namespaces): a robot rolls back the learner's version;
     the learner's record revokes it and the learner leaves that line."""
+    from diagnostic_msgs.msg import DiagnosticArray
     from std_srvs.srv import Trigger
-    from conftest import NodeProc, wait_for
+    from conftest import RELIABLE, NodeProc, diag, wait_for
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
     llog_path = tmp_path / "learner.log"
@@ -169,7 +170,10 @@ def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domai
     sim = subprocess.Popen([sys.executable, SIM, "--episodes", "40", "--rate", "20", "--seed", "3"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
+        diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
         wait_for(lambda: "policy accepted; swapping in" in node.output(), 90, "a fleet version on the robot")
+        wait_for(lambda: diags and "versions taken 0" not in diag(diags)["fleet"], 10, "fleet diagnostics")
+        assert diag(diags)["fleet"].startswith("r1: records sent "), diag(diags)["fleet"]
         client = peer.node.create_client(Trigger, "/flowpilot/rollback")
         assert client.wait_for_service(timeout_sec=10)
         fut = client.call_async(Trigger.Request())

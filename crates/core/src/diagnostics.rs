@@ -85,6 +85,8 @@ pub struct StatsSnapshot {
     pub log_dropped: u64,
     pub log: LogState,
     pub learner: LearnerState,
+    /// The fleet link's counters in words ("off" without one).
+    pub fleet: String,
 }
 
 impl Stats {
@@ -214,6 +216,14 @@ pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Repor
             ("policy_auto_rollbacks", s.policy_auto_rollbacks.to_string()),
             ("policy_guard_verdict", s.policy_guard_verdict.clone()),
             ("policy_record_error", s.policy_record_error.clone()),
+            (
+                "fleet",
+                if s.fleet.is_empty() {
+                    "off".into()
+                } else {
+                    s.fleet.clone()
+                },
+            ),
         ],
     }
 }
@@ -291,6 +301,7 @@ mod tests {
                 "policy_auto_rollbacks",
                 "policy_guard_verdict",
                 "policy_record_error",
+                "fleet",
             ]
         );
         assert_eq!(r.get("rate_hz"), Some("99.99"));

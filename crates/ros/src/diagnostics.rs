@@ -31,6 +31,7 @@ pub(crate) struct Sources<'a> {
     pub(crate) swap: Option<&'a SwapStatus>,
     pub(crate) log: Option<&'a LogStats>,
     pub(crate) learner: Option<&'a mut Learner>,
+    pub(crate) fleet: Option<&'a crate::fleet::FleetLink>,
 }
 
 impl Sources<'_> {
@@ -71,6 +72,9 @@ impl Sources<'_> {
         }
         if let Some(l) = self.learner {
             s.learner = l.state();
+        }
+        if let Some(f) = self.fleet {
+            s.fleet = f.describe();
         }
         s
     }

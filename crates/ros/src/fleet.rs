@@ -56,6 +56,7 @@ pub(crate) struct FleetLink {
     abort: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<FleetStats>,
+    robot: String,
 }
 
 fn reliable(depth: usize) -> QosProfile {
@@ -133,11 +134,27 @@ impl FleetLink {
             abort,
             thread: Some(thread),
             stats,
+            robot: f.robot_id.clone(),
         }))
     }
 
     pub(crate) fn stats(&self) -> &Arc<FleetStats> {
         &self.stats
+    }
+
+    /// The counters in words, for /diagnostics.
+    pub(crate) fn describe(&self) -> String {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "{}: records sent {}, acknowledged up to {}, resends {}, versions taken {}, refused {}",
+            self.robot,
+            l(&s.sent),
+            l(&s.acked),
+            l(&s.rewinds),
+            l(&s.versions_taken),
+            l(&s.versions_refused)
+        )
     }
 
     /// Ask the link to finish: it sends what the learner still lacks for

@@ -436,6 +436,7 @@ impl Session {
             swap,
             log_stats,
             learner,
+            fleet,
             ..
         } = self;
         diag.publish_if_due(|| diagnostics::Sources {
@@ -447,6 +448,7 @@ impl Session {
             swap: swap.as_mut().map(|s| s.status()),
             log: log_stats.as_deref(),
             learner: learner.as_mut(),
+            fleet: fleet.as_ref(),
         });
     }
 
