@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bench, convert, demos, eval, finetune, import, inspect, log_prob, new, replay, report, sample,
-    train,
+    bare_loop, bench, convert, demos, eval, finetune, import, inspect, log_prob, new, replay,
+    report, sample, train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -40,6 +40,9 @@ enum Cmd {
     Import(import::ImportCmd),
     /// Batch-1 latency, allocations and the bandwidth bound.
     Bench(bench::BenchArgs),
+    /// A periodic loop doing no work with the node's timer and RT
+    /// settings: the machine's wake-up floor (JSON p50/p99/max).
+    BareLoop(bare_loop::BareLoopArgs),
     /// Create a fresh (or fully random, for benchmarks) model file.
     New(new::NewArgs),
     /// Store a model's dense kernels in another width (f32, f16, bf16).
@@ -81,6 +84,7 @@ impl Cli {
             Cmd::Bench(a) => bench::run(a),
             Cmd::New(a) => new::run(a),
             Cmd::Convert(a) => convert::run(a),
+            Cmd::BareLoop(a) => bare_loop::run(a),
             Cmd::Train(c) => train::run(c),
             Cmd::Demos(c) => demos::run(c),
             Cmd::Eval(c) => eval::run(c),

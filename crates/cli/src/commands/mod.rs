@@ -2,6 +2,7 @@
 //! `run`. These are the binary's edge: they print results to stdout and
 //! return `anyhow` errors. None of them runs on a robot's control thread.
 
+pub(crate) mod bare_loop;
 pub(crate) mod bench;
 pub(crate) mod convert;
 pub(crate) mod demos;
