@@ -67,6 +67,7 @@ def run(n, seconds, window, domain, learner_args):
             h = net.host(f"r{i}")
             nodes.append(h.popen([NODE, "--ros-args", "--params-file", params(d, f"r{i}"), "-r", f"__node:=fp_r{i}"],
                                  domain, open(f"{d}/r{i}.log", "w"), cwd=ROOT))
+            procs.append(nodes[-1])
             procs.append(h.popen([sys.executable, SIM, "--episodes", "100000", "--rate", "20", "--seed", str(i)],
                                  domain, open(f"{d}/sim{i}.log", "w"), cwd=ROOT))
         t0 = time.time()
@@ -81,7 +82,7 @@ def run(n, seconds, window, domain, learner_args):
         text = re.sub(r"\x1b\[[0-9;]*m", "", open(f"{d}/learner.log").read())
         ups = [int(u) for u in re.findall(r"updates=(\d+)", text)]
         stored = sum(len(read_log(f"{d}/shards/r{i}")["tick"]) for i in range(n))
-        bins = {}
+        bins, per_robot = {}, {}
         for i in range(n):
             lg = read_log(f"{d}/r{i}/log")
             for e in np.unique(lg["episode"]):
@@ -91,14 +92,19 @@ def run(n, seconds, window, domain, learner_args):
                 r = lg["reward"][m]
                 t_end = lg["wall_ns"][m][-1] / 1e9 - t0
                 bins.setdefault(int(t_end // window), []).append(float(np.nansum(r)))
+                per_robot.setdefault((i, int(t_end // window)), []).append(float(np.nansum(r)))
         return {"robots": n, "records_per_min": stored / seconds * 60, "updates": max(ups, default=0),
-                "bins": {k: (np.mean(v), len(v)) for k, v in sorted(bins.items())}}
+                "bins": {k: (np.mean(v), len(v)) for k, v in sorted(bins.items())},
+                "per_robot": {k: float(np.mean(v)) for k, v in sorted(per_robot.items())}}
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
         net.close()
-        shutil.rmtree(d, ignore_errors=True)
+        if os.environ.get("FLEET_KEEP") != "1":
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            print("kept", d)
 
 
 def main():
@@ -120,6 +126,10 @@ def main():
                           for k, (m, c) in r["bins"].items())
         print(f"robots {n}: {r['records_per_min']:.0f} records/min at the learner, {r['updates']} updates; "
               f"mean return by wall time: {cells}", flush=True)
+        for i in range(n):
+            row = ", ".join(f"{int(k * a.window)}-{int((k + 1) * a.window)} s: {m:.1f}"
+                            for (j, k), m in r["per_robot"].items() if j == i)
+            print(f"    robot r{i} (sim seed {i}): {row}", flush=True)
 
 
 if __name__ == "__main__":

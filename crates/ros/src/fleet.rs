@@ -296,8 +296,21 @@ impl Link {
             }
         };
         let path = dir.policy_path(m.spec.version);
-        if ModelFile::load(&path).is_ok_and(|have| have.spec.digest == m.spec.digest) {
-            return; // already here (a latched repeat)
+        if path.exists() {
+            // A version's file is never replaced: the hot swap and the
+            // accepted record name versions by path.
+            match ModelFile::load(&path) {
+                Ok(have) if have.spec.digest == m.spec.digest => {} // a latched repeat
+                _ => {
+                    self.stats.versions_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        version = m.spec.version,
+                        path = %path.display(),
+                        "fleet: refused a version whose number is taken by another file here (two learners?)"
+                    );
+                }
+            }
+            return;
         }
         if let Err(e) = dir.create().map_err(anyhow::Error::from).and_then(|()| {
             write_atomic(&path, |tmp| std::fs::write(tmp, bytes)).map_err(Into::into)
