@@ -44,9 +44,9 @@ def params(d, robot):
     startup_hold: 0.3
     observations: [state]
     sources:
-      state: {{type: float64_multi_array, topic: /reach/state, size: 2, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: /reach/cmd}}
-    log: {{dir: {d}/{robot}/log, flush_period: 0.05, reward_topic: /reward, episode_topic: /episode}}
+      state: {{type: float64_multi_array, topic: /{robot}/reach/state, size: 2, max_age: 0.25}}
+    action: {{type: float64_multi_array, topic: /{robot}/reach/cmd}}
+    log: {{dir: {d}/{robot}/log, flush_period: 0.05, reward_topic: /{robot}/reward, episode_topic: /{robot}/episode}}
     hot_swap: {{dir: {d}/{robot}/ckpt, poll_period: 0.2}}
     fleet: {{robot_id: {robot}, policy: shared}}
 """)
@@ -68,7 +68,8 @@ def run(n, seconds, window, domain, learner_args):
             nodes.append(h.popen([NODE, "--ros-args", "--params-file", params(d, f"r{i}"), "-r", f"__node:=fp_r{i}"],
                                  domain, open(f"{d}/r{i}.log", "w"), cwd=ROOT))
             procs.append(nodes[-1])
-            procs.append(h.popen([sys.executable, SIM, "--episodes", "100000", "--rate", "20", "--seed", str(i)],
+            procs.append(h.popen([sys.executable, SIM, "--episodes", "100000", "--rate", "20", "--seed", str(i),
+                                  "--ns", f"/r{i}"],
                                  domain, open(f"{d}/sim{i}.log", "w"), cwd=ROOT))
         t0 = time.time()
         time.sleep(seconds)

@@ -33,21 +33,23 @@ def main():
     ap.add_argument("--rate", type=float, default=20.0, help="steps per second (dt is always 0.1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cmd-timeout", type=float, default=0.25)
+    ap.add_argument("--ns", default="", help="topic prefix, e.g. /r1 (several robots on one graph)")
     a = ap.parse_args()
+    ns = a.ns.rstrip("/")
     rng = random.Random(a.seed)
     rclpy.init()
     node = rclpy.create_node("reach_sim")
     be = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
     rel = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    pub = node.create_publisher(Float64MultiArray, "/reach/state", be)
-    rew_pub = node.create_publisher(Float64, "/reward", rel)
-    ep_pub = node.create_publisher(Int64, "/episode", rel)
+    pub = node.create_publisher(Float64MultiArray, ns + "/reach/state", be)
+    rew_pub = node.create_publisher(Float64, ns + "/reward", rel)
+    ep_pub = node.create_publisher(Int64, ns + "/episode", rel)
     last = {"cmd": (0.0, 0.0), "t": -1e9}
 
     def on_cmd(m):
         if len(m.data) == 2 and all(math.isfinite(v) for v in m.data):
             last["cmd"], last["t"] = (m.data[0], m.data[1]), time.monotonic()
-    node.create_subscription(Float64MultiArray, "/reach/cmd", on_cmd, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(Float64MultiArray, ns + "/reach/cmd", on_cmd, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
 
     def spin_until(t_end):
         while True:

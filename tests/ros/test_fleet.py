@@ -42,7 +42,9 @@ def net():
         n.close()
 
 
-def robot_params(tmp_path, robot):
+def robot_params(tmp_path, robot, ns=""):
+    """A reach robot's parameters; `ns` prefixes its own topics (robots share
+    one graph, so each one's sim and node talk on topics of its own)."""
     y = tmp_path / f"{robot}.yaml"
     y.write_text(f"""
 /**:
@@ -54,13 +56,13 @@ def robot_params(tmp_path, robot):
     startup_hold: 0.3
     observations: [state]
     sources:
-      state: {{type: float64_multi_array, topic: /reach/state, size: 2, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: /reach/cmd}}
+      state: {{type: float64_multi_array, topic: {ns}/reach/state, size: 2, max_age: 0.25}}
+    action: {{type: float64_multi_array, topic: {ns}/reach/cmd}}
     log:
       dir: {tmp_path}/{robot}/log
       flush_period: 0.05
-      reward_topic: /reward
-      episode_topic: /episode
+      reward_topic: {ns}/reward
+      episode_topic: {ns}/episode
     hot_swap: {{dir: {tmp_path}/{robot}/ckpt, poll_period: 0.2}}
     fleet: {{robot_id: {robot}, policy: shared}}
 """)
@@ -90,9 +92,9 @@ def test_two_robots_feed_one_learner_across_hosts_through_a_cut_link_and_a_kille
         learner = start_learner()
         nodes, sims = {}, {}
         for i, (r, h) in enumerate(robots.items()):
-            nodes[r] = h.popen([NODE, "--ros-args", "--params-file", robot_params(tmp_path, r),
+            nodes[r] = h.popen([NODE, "--ros-args", "--params-file", robot_params(tmp_path, r, f"/{r}"),
                                 "-r", f"__node:=flowpilot_{r}"], domain, log(f"node_{r}"), cwd=ROOT)
-            sims[r] = h.popen([sys.executable, SIM, "--episodes", "24", "--rate", "20", "--seed", str(i)],
+            sims[r] = h.popen([sys.executable, SIM, "--episodes", "24", "--rate", "20", "--seed", str(i), "--ns", f"/{r}"],
                               domain, log(f"sim_{r}"), cwd=ROOT)
         procs = [learner, *nodes.values(), *sims.values()]
         t0 = time.monotonic()
@@ -145,6 +147,8 @@ def test_two_robots_feed_one_learner_across_hosts_through_a_cut_link_and_a_kille
         # the control loop ticked on through the cut and the restart
         assert (np.diff(mine["tick"]) == 1).all(), f"{r}: a tick is missing from its log"
         assert n >= 24 * 30, f"{r}: only {n} records"
+        # each robot saw its own sim only: 24 episode ends, not 48
+        assert mine["truncated"].sum() == 24, f"{r}: {mine['truncated'].sum()} episode ends"
         assert counts[r]["last_version"] > counts[r]["first_version"] == 1, counts[r]
     print("fleet record counts:", json.dumps(counts))
     with open(os.path.join(LOGS, "fleet_counts.json"), "w") as f:
