@@ -21,8 +21,10 @@
 //!   node rolled back is abandoned for the accepted version.
 
 mod error;
+mod fast;
 mod finetune;
 mod follower;
+mod kernels;
 mod replay;
 mod sac;
 mod shards;
