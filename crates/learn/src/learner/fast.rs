@@ -19,13 +19,16 @@
 //! Learner only (off the control thread): no real-time promise; it allocates
 //! only while its buffers grow to the batch size.
 
+use std::ops::Range;
+
 use candle_core::{Tensor, Var};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use super::error::{LearnerError, Result};
 use super::kernels::{
-    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, matmul, parallelism, polyak,
-    AdamCfg, LnCache, Mat, Real,
+    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, matmul, polyak, AdamCfg,
+    LnCache, Mat, Real,
 };
 use super::sac::SacConfig;
 use crate::twin::Twin;
@@ -64,7 +67,6 @@ fn three_mut<T>(buf: &mut [T], a: Slot, b: Slot, c: Slot) -> (&mut [T], &mut [T]
 /// moments, all flat; `vars` keeps the candle variable each slot mirrors.
 struct Params<T> {
     data: Vec<T>,
-    grad: Vec<T>,
     m: Vec<T>,
     v: Vec<T>,
     vars: Vec<(Var, Slot)>,
@@ -76,7 +78,6 @@ impl<T: Real> Params<T> {
     fn new(adam: AdamCfg) -> Self {
         Self {
             data: Vec::new(),
-            grad: Vec::new(),
             m: Vec::new(),
             v: Vec::new(),
             vars: Vec::new(),
@@ -99,18 +100,17 @@ impl<T: Real> Params<T> {
 
     fn finish(&mut self) {
         let n = self.data.len();
-        self.grad = vec![T::zero(); n];
         self.m = vec![T::zero(); n];
         self.v = vec![T::zero(); n];
     }
 
-    fn step(&mut self) {
+    fn step(&mut self, grad: &[T]) {
         self.steps += 1;
         adamw_step(
             &self.adam,
             self.steps,
             &mut self.data,
-            &self.grad,
+            grad,
             &mut self.m,
             &mut self.v,
         );
@@ -221,31 +221,58 @@ struct Work<T> {
     dmat: Vec<T>,
 }
 
-/// The hand-written SAC engine; owns the parameters while it is in use
-/// (the candle variables are refreshed by [`Fast::store`]).
-pub(crate) struct Fast<T: Real> {
+/// Shapes and fixed inputs of the update (read-only in the passes).
+struct Geo<T> {
     d: usize,
     d1: usize,
     d2: usize,
     k: usize,
     inverse: bool,
     eps: T,
-    par: Parallelism,
-    actor: Params<T>,
     blocks: Vec<BlockSlots>,
-    perms: Vec<Vec<usize>>,
-    plu: Vec<Plu<T>>,
-    critic: Params<T>,
     q: [CriticSlots; 2],
-    targ: Vec<T>,
-    targ_vars: Vec<(Var, Slot)>,
     in_mean: Vec<T>,
     in_inv_std: Vec<T>,
+}
+
+/// What a pass reads: shapes, parameter values, this update's W and W⁻¹.
+#[derive(Clone, Copy)]
+struct View<'a, T> {
+    g: &'a Geo<T>,
+    actor: &'a [T],
+    plu: &'a [Plu<T>],
+    critic: &'a [T],
+    targ: &'a [T],
+}
+
+/// One thread's share of the batch: its rows' activations and scratch,
+/// and its own gradient sums (added up after the parallel part).
+#[derive(Default)]
+struct Worker<T> {
     steps: Vec<StepCache<T>>,
     qc: [CriticCache<T>; 2],
     work: Work<T>,
     cond: Vec<T>,
     x: Vec<T>,
+    grad_actor: Vec<T>,
+    grad_critic: Vec<T>,
+}
+
+/// The hand-written SAC engine; owns the parameters while it is in use
+/// (the candle variables are refreshed by [`Fast::store`]).
+///
+/// With n threads the batch is cut into n row ranges, each run start to
+/// end by one worker (no threading inside a product): per-row work is
+/// independent, LayerNorm included, and only the gradient sums meet.
+pub(crate) struct Fast<T: Real> {
+    geo: Geo<T>,
+    actor: Params<T>,
+    perms: Vec<Vec<usize>>,
+    plu: Vec<Plu<T>>,
+    critic: Params<T>,
+    targ: Vec<T>,
+    targ_vars: Vec<(Var, Slot)>,
+    workers: Vec<Worker<T>>,
 }
 
 /// Per-row results of a sampling pass.
@@ -389,29 +416,34 @@ impl<T: Real> Fast<T> {
             .iter()
             .map(|p| p.iter().map(|&c| c as usize).collect())
             .collect();
+        let workers = (0..threads.max(1))
+            .map(|_| Worker {
+                steps: blocks.iter().map(|_| StepCache::default()).collect(),
+                grad_actor: vec![T::zero(); actor.data.len()],
+                grad_critic: vec![T::zero(); critic.data.len()],
+                ..Default::default()
+            })
+            .collect();
         Ok(Self {
-            d,
-            d1,
-            d2,
-            k,
-            inverse: spec.direction == Direction::Inverse,
-            eps: T::of(spec.layer_norm_eps as f64),
-            par: parallelism(threads),
-            blocks: blocks.clone(),
+            geo: Geo {
+                d,
+                d1,
+                d2,
+                k,
+                inverse: spec.direction == Direction::Inverse,
+                eps: T::of(spec.layer_norm_eps as f64),
+                blocks: blocks.clone(),
+                q,
+                in_mean: in_mean.to_vec(),
+                in_inv_std: in_inv_std.to_vec(),
+            },
             plu: blocks.iter().map(|_| Plu::default()).collect(),
-            steps: blocks.iter().map(|_| StepCache::default()).collect(),
             actor,
             perms,
             critic,
-            q,
             targ,
             targ_vars,
-            in_mean: in_mean.to_vec(),
-            in_inv_std: in_inv_std.to_vec(),
-            qc: Default::default(),
-            work: Work::default(),
-            cond: Vec::new(),
-            x: Vec::new(),
+            workers,
         })
     }
 
@@ -440,8 +472,8 @@ impl<T: Real> Fast<T> {
 
     /// Build W, W⁻¹ and log|det| of every block from the current L, U, s.
     pub(crate) fn prepare(&mut self) {
-        let d = self.d;
-        for ((bs, plu), perm) in self.blocks.iter().zip(&mut self.plu).zip(&self.perms) {
+        let d = self.geo.d;
+        for ((bs, plu), perm) in self.geo.blocks.iter().zip(&mut self.plu).zip(&self.perms) {
             let l = bs.l.of(&self.actor.data);
             let u = bs.u.of(&self.actor.data);
             let s: Vec<f64> = bs.s.of(&self.actor.data).iter().map(|v| v.to64()).collect();
@@ -478,14 +510,156 @@ impl<T: Real> Fast<T> {
         }
     }
 
+    /// Run `f` on each worker with its row range of a `b`-row batch, in
+    /// parallel when there are several; results in row order.
+    fn each<R: Send>(
+        &mut self,
+        b: usize,
+        f: impl Fn(&mut Worker<T>, View<'_, T>, Range<usize>) -> R + Sync,
+    ) -> Vec<R> {
+        let v = View {
+            g: &self.geo,
+            actor: &self.actor.data,
+            plu: &self.plu,
+            critic: &self.critic.data,
+            targ: &self.targ,
+        };
+        let n = self.active(b);
+        if n == 1 {
+            return vec![f(&mut self.workers[0], v, 0..b)];
+        }
+        self.workers[..n]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, w)| f(w, v, i * b / n..(i + 1) * b / n))
+            .collect()
+    }
+
+    /// Workers in use for a `b`-row batch.
+    fn active(&self, b: usize) -> usize {
+        self.workers.len().min(b).max(1)
+    }
+
+    /// The critic target y = r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s'))
+    /// (needs [`Self::prepare`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn target(
+        &mut self,
+        s2: &[T],
+        r: &[T],
+        done: &[T],
+        z2: &[T],
+        alpha: T,
+        gamma: f64,
+        b: usize,
+    ) -> Vec<T> {
+        let (k, d) = (self.geo.k, self.geo.d);
+        self.each(b, |w, v, rg| {
+            w.target_rows(
+                v,
+                &s2[rg.start * k..rg.end * k],
+                &r[rg.clone()],
+                &done[rg.clone()],
+                &z2[rg.start * d..rg.end * d],
+                alpha,
+                gamma,
+                rg.len(),
+            )
+        })
+        .concat()
+    }
+
+    /// Critic loss Σ_i mean((Q_i(s, a) − y)²) and its gradient (kept for
+    /// [`Self::critic_step`]); returns (loss, mean Q_1).
+    pub(crate) fn critic_grads(&mut self, s: &[T], a: &[T], y: &[T], b: usize) -> (T, T) {
+        let (k, d) = (self.geo.k, self.geo.d);
+        let inv_b = T::one() / T::of(b as f64);
+        let parts = self.each(b, |w, v, rg| {
+            w.critic_rows(
+                v,
+                &s[rg.start * k..rg.end * k],
+                &a[rg.start * d..rg.end * d],
+                &y[rg],
+                inv_b,
+            )
+        });
+        let n = self.active(b);
+        sum_into_first(&mut self.workers[..n], |w| &mut w.grad_critic);
+        sum_pairs(&parts)
+    }
+
+    pub(crate) fn critic_step(&mut self) {
+        self.critic.step(&self.workers[0].grad_critic);
+    }
+
+    /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
+    /// with a reparameterised from z, and its gradient (kept for
+    /// [`Self::actor_step`]; needs [`Self::prepare`]); returns (loss, mean
+    /// log π).
+    pub(crate) fn actor_grads(&mut self, s: &[T], z: &[T], alpha: T, b: usize) -> (T, T) {
+        let (k, d) = (self.geo.k, self.geo.d);
+        let inv_b = T::one() / T::of(b as f64);
+        let parts = self.each(b, |w, v, rg| {
+            w.actor_rows(
+                v,
+                &s[rg.start * k..rg.end * k],
+                &z[rg.start * d..rg.end * d],
+                alpha,
+                inv_b,
+            )
+        });
+        let n = self.active(b);
+        sum_into_first(&mut self.workers[..n], |w| &mut w.grad_actor);
+        sum_pairs(&parts)
+    }
+
+    pub(crate) fn actor_step(&mut self) {
+        self.actor.step(&self.workers[0].grad_actor);
+    }
+
+    pub(crate) fn polyak(&mut self, tau: f64) {
+        polyak(&mut self.targ, &self.critic.data, tau);
+    }
+
+    /// The actor's gradient of the last [`Self::actor_grads`], per variable.
+    #[cfg(test)]
+    pub(crate) fn actor_grad_of(&self, var: &Var) -> Option<Vec<T>> {
+        grad_of(&self.actor, &self.workers[0].grad_actor, var)
+    }
+
+    /// The critics' gradient of the last [`Self::critic_grads`], per variable.
+    #[cfg(test)]
+    pub(crate) fn critic_grad_of(&self, var: &Var) -> Option<Vec<T>> {
+        grad_of(&self.critic, &self.workers[0].grad_critic, var)
+    }
+}
+
+/// Add every worker's buffer into the first one's.
+fn sum_into_first<T: Real>(workers: &mut [Worker<T>], buf: fn(&mut Worker<T>) -> &mut Vec<T>) {
+    if let Some((first, rest)) = workers.split_first_mut() {
+        let acc = buf(first);
+        for w in rest {
+            for (a, &x) in acc.iter_mut().zip(buf(w).iter()) {
+                *a += x;
+            }
+        }
+    }
+}
+
+fn sum_pairs<T: Real>(parts: &[(T, T)]) -> (T, T) {
+    parts
+        .iter()
+        .fold((T::zero(), T::zero()), |(a, b), &(x, y)| (a + x, b + y))
+}
+
+impl<T: Real> Worker<T> {
     /// (s − mean) / std per row: the flow's conditioning and the critics'
     /// state input.
-    fn normalise(&mut self, s: &[T], b: usize) {
-        let k = self.k;
+    fn normalise(&mut self, v: View<T>, s: &[T], b: usize) {
+        let k = v.g.k;
         resize(&mut self.cond, b * k);
         for (c, r) in self.cond.chunks_exact_mut(k).zip(s.chunks_exact(k)) {
-            for (((cv, &sv), &m), &is) in
-                c.iter_mut().zip(r).zip(&self.in_mean).zip(&self.in_inv_std)
+            for (((cv, &sv), &m), &is) in c.iter_mut().zip(r).zip(&v.g.in_mean).zip(&v.g.in_inv_std)
             {
                 *cv = (sv - m) * is;
             }
@@ -493,8 +667,8 @@ impl<T: Real> Fast<T> {
     }
 
     /// The critic input [normalised s, a] from `self.cond`.
-    fn critic_input(&mut self, a: &[T], b: usize) {
-        let (k, d) = (self.k, self.d);
+    fn critic_input(&mut self, v: View<T>, a: &[T], b: usize) {
+        let (k, d) = (v.g.k, v.g.d);
         resize(&mut self.x, b * (k + d));
         for ((x, c), ar) in self
             .x
@@ -509,20 +683,20 @@ impl<T: Real> Fast<T> {
 
     /// The reparameterised sampling pass from base noise z (B, d) on
     /// `self.cond`, keeping what the backward needs.
-    fn sample(&mut self, z: &[T], b: usize) -> Sampled<T> {
-        let (d, d1, d2, k) = (self.d, self.d1, self.d2, self.k);
-        let nb = self.blocks.len();
+    fn sample(&mut self, v: View<T>, z: &[T], b: usize) -> Sampled<T> {
+        let (d, d1, d2, k) = (v.g.d, v.g.d1, v.g.d2, v.g.k);
+        let nb = v.g.blocks.len();
         let mut logdet = vec![T::zero(); b];
         let mut cur = z.to_vec();
         for j in 0..nb {
-            let bi = if self.inverse { nb - 1 - j } else { j };
-            let bs = self.blocks[bi];
-            let plu = &self.plu[bi];
+            let bi = if v.g.inverse { nb - 1 - j } else { j };
+            let bs = v.g.blocks[bi];
+            let plu = &v.plu[bi];
             let st = &mut self.steps[j];
             resize(&mut st.x, b * d);
             st.x.copy_from_slice(&cur);
             // The half the nets see: z1 (inverse) or u1 of u = x·W (forward).
-            let first: &[T] = if self.inverse {
+            let first: &[T] = if v.g.inverse {
                 &st.x
             } else {
                 resize(&mut st.u, b * d);
@@ -534,7 +708,7 @@ impl<T: Real> Fast<T> {
                     false,
                     Mat::rows(&st.x, d),
                     Mat::rows(&plu.w, d),
-                    self.par,
+                    Parallelism::None,
                 );
                 &st.u
             };
@@ -549,7 +723,7 @@ impl<T: Real> Fast<T> {
                 i[d1..].copy_from_slice(c);
             }
             for (ns, nc) in bs.nets.iter().zip(st.nets.iter_mut()) {
-                net_forward(&self.actor.data, ns, &st.inp, b, nc, self.eps, self.par);
+                net_forward(v.actor, ns, &st.inp, b, nc, v.g.eps, Parallelism::None);
             }
             resize(&mut st.es, b * d2);
             resize(&mut st.y, b * d);
@@ -561,7 +735,7 @@ impl<T: Real> Fast<T> {
                 for c in 0..d2 {
                     let (sv, tv) = (s_out[r * d2 + c], t_out[r * d2 + c]);
                     sum_s += sv;
-                    if self.inverse {
+                    if v.g.inverse {
                         let e = sv.exp();
                         st.es[r * d2 + c] = e;
                         yr[d1 + c] = fr[d1 + c] * e + tv;
@@ -572,13 +746,13 @@ impl<T: Real> Fast<T> {
                     }
                 }
                 // The twin's order: logdet ± Σs, then ∓ log|s|.
-                logdet[r] = if self.inverse {
+                logdet[r] = if v.g.inverse {
                     logdet[r] + sum_s - plu.log_abs_s
                 } else {
                     logdet[r] - sum_s + plu.log_abs_s
                 };
             }
-            if self.inverse {
+            if v.g.inverse {
                 matmul(
                     b,
                     d,
@@ -587,7 +761,7 @@ impl<T: Real> Fast<T> {
                     false,
                     Mat::rows(&st.y, d),
                     Mat::rows(&plu.w_inv, d),
-                    self.par,
+                    Parallelism::None,
                 );
             } else {
                 cur.copy_from_slice(&st.y);
@@ -608,23 +782,23 @@ impl<T: Real> Fast<T> {
 
     /// Backward of [`Self::sample`]: `da` (B, d) and `dlp` (B) in; the actor
     /// gradients accumulate into `self.actor.grad`.
-    fn sample_backward(&mut self, da: &[T], dlp: &[T], b: usize) {
-        let (d, d1, d2) = (self.d, self.d1, self.d2);
-        let nb = self.blocks.len();
+    fn sample_backward(&mut self, v: View<T>, da: &[T], dlp: &[T], b: usize) {
+        let (d, d1, d2) = (v.g.d, v.g.d1, v.g.d2);
+        let nb = v.g.blocks.len();
         let w = &mut self.work;
         let mut dcur = da.to_vec();
         // lp = base − logdet.
         let dlogdet: Vec<T> = dlp.iter().map(|&v| -v).collect();
         let sum_dlogdet = dlogdet.iter().fold(T::zero(), |a, &v| a + v);
         for j in (0..nb).rev() {
-            let bi = if self.inverse { nb - 1 - j } else { j };
-            let bs = self.blocks[bi];
-            let plu = &self.plu[bi];
+            let bi = if v.g.inverse { nb - 1 - j } else { j };
+            let bs = v.g.blocks[bi];
+            let plu = &v.plu[bi];
             let st = &mut self.steps[j];
             resize(&mut w.dmat, d * d);
             resize(&mut w.dout, b * d);
             // dy: the gradient w.r.t. the coupling output [first, v2].
-            let dlas = if self.inverse {
+            let dlas = if v.g.inverse {
                 // out = y·W⁻¹.
                 matmul(
                     d,
@@ -634,7 +808,7 @@ impl<T: Real> Fast<T> {
                     false,
                     Mat::t(&st.y, d),
                     Mat::rows(&dcur, d),
-                    self.par,
+                    Parallelism::None,
                 );
                 matmul(
                     b,
@@ -644,7 +818,7 @@ impl<T: Real> Fast<T> {
                     false,
                     Mat::rows(&dcur, d),
                     Mat::t(&plu.w_inv, d),
-                    self.par,
+                    Parallelism::None,
                 );
                 -sum_dlogdet
             } else {
@@ -653,13 +827,13 @@ impl<T: Real> Fast<T> {
             };
             resize(&mut w.ds, b * d2);
             resize(&mut w.dt, b * d2);
-            let first: &[T] = if self.inverse { &st.x } else { &st.u };
+            let first: &[T] = if v.g.inverse { &st.x } else { &st.u };
             for r in 0..b {
                 for c in 0..d2 {
                     let i = r * d2 + c;
                     let dv2 = w.dout[r * d + d1 + c];
                     let e = st.es[i];
-                    if self.inverse {
+                    if v.g.inverse {
                         // v2 = z2·e^s + t; logdet += Σs.
                         w.ds[i] = dv2 * first[r * d + d1 + c] * e + dlogdet[r];
                         w.dt[i] = dv2;
@@ -680,8 +854,8 @@ impl<T: Real> Fast<T> {
             for (n, ns) in bs.nets.iter().enumerate() {
                 let dn = if n == 0 { &w.ds } else { &w.dt };
                 net_backward(
-                    &self.actor.data,
-                    &mut self.actor.grad,
+                    v.actor,
+                    &mut self.grad_actor,
                     ns,
                     &st.inp,
                     b,
@@ -691,13 +865,13 @@ impl<T: Real> Fast<T> {
                     &mut w.dprev,
                     &mut w.d0,
                     &mut w.d1,
-                    self.par,
+                    Parallelism::None,
                 );
             }
             for r in 0..b {
                 w.dout[r * d..r * d + d1].copy_from_slice(&w.dprev[r * d1..(r + 1) * d1]);
             }
-            if !self.inverse {
+            if !v.g.inverse {
                 // u = x·W.
                 matmul(
                     d,
@@ -707,7 +881,7 @@ impl<T: Real> Fast<T> {
                     false,
                     Mat::t(&st.x, d),
                     Mat::rows(&w.dout, d),
-                    self.par,
+                    Parallelism::None,
                 );
                 if j > 0 {
                     matmul(
@@ -718,7 +892,7 @@ impl<T: Real> Fast<T> {
                         false,
                         Mat::rows(&w.dout, d),
                         Mat::t(&plu.w, d),
-                        self.par,
+                        Parallelism::None,
                     );
                 }
             } else {
@@ -727,29 +901,33 @@ impl<T: Real> Fast<T> {
             plu_backward(
                 d,
                 plu,
-                self.inverse,
+                v.g.inverse,
                 &w.dmat,
                 dlas,
-                &mut self.actor.grad,
+                &mut self.grad_actor,
                 &bs,
             );
         }
     }
 
     /// Forward of critic `c` on `self.x`, with its parameters from `data`.
-    fn critic_forward(&mut self, c: usize, targets: bool, b: usize) {
-        let data = if targets {
-            &self.targ
-        } else {
-            &self.critic.data
-        };
-        critic_forward(data, &self.q[c], &self.x, b, &mut self.qc[c], self.par);
+    fn critic_forward(&mut self, v: View<T>, c: usize, targets: bool, b: usize) {
+        let data = if targets { v.targ } else { v.critic };
+        critic_forward(
+            data,
+            &v.g.q[c],
+            &self.x,
+            b,
+            &mut self.qc[c],
+            Parallelism::None,
+        );
     }
 
     /// The critic target y = r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn target(
+    fn target_rows(
         &mut self,
+        v: View<T>,
         s2: &[T],
         r: &[T],
         done: &[T],
@@ -758,11 +936,11 @@ impl<T: Real> Fast<T> {
         gamma: f64,
         b: usize,
     ) -> Vec<T> {
-        self.normalise(s2, b);
-        let smp = self.sample(z2, b);
-        self.critic_input(&smp.a, b);
-        self.critic_forward(0, true, b);
-        self.critic_forward(1, true, b);
+        self.normalise(v, s2, b);
+        let smp = self.sample(v, z2, b);
+        self.critic_input(v, &smp.a, b);
+        self.critic_forward(v, 0, true, b);
+        self.critic_forward(v, 1, true, b);
         let g = T::of(gamma);
         (0..b)
             .map(|i| {
@@ -774,18 +952,19 @@ impl<T: Real> Fast<T> {
             .collect()
     }
 
-    /// Critic loss Σ_i mean((Q_i(s, a) − y)²) and its gradient in
-    /// `self.critic.grad`; returns (loss, mean Q_1).
-    pub(crate) fn critic_grads(&mut self, s: &[T], a: &[T], y: &[T], b: usize) -> (T, T) {
-        self.normalise(s, b);
-        self.critic_input(a, b);
-        self.critic.grad.fill(T::zero());
-        let inv_b = T::one() / T::of(b as f64);
+    /// This worker's rows of the critic loss Σ_i mean((Q_i(s, a) − y)²)
+    /// over the whole batch (`inv_b` = 1/B) and their gradient in
+    /// `grad_critic`; returns (its share of the loss, of mean Q_1).
+    fn critic_rows(&mut self, v: View<T>, s: &[T], a: &[T], y: &[T], inv_b: T) -> (T, T) {
+        let b = y.len();
+        self.normalise(v, s, b);
+        self.critic_input(v, a, b);
+        self.grad_critic.fill(T::zero());
         let two = T::of(2.0);
         let mut loss = T::zero();
         let mut q1 = T::zero();
         for c in 0..2 {
-            self.critic_forward(c, false, b);
+            self.critic_forward(v, c, false, b);
             let mut l = T::zero();
             let dq: Vec<T> = self.qc[c]
                 .q
@@ -801,36 +980,33 @@ impl<T: Real> Fast<T> {
                 q1 = self.qc[0].q.iter().fold(T::zero(), |a, &v| a + v) * inv_b;
             }
             critic_backward(
-                &self.critic.data,
-                Some(&mut self.critic.grad),
-                &self.q[c],
+                v.critic,
+                Some(&mut self.grad_critic),
+                &v.g.q[c],
                 &self.x,
                 b,
                 &self.qc[c],
                 &dq,
                 None,
                 &mut self.work,
-                self.par,
+                Parallelism::None,
             );
         }
         (loss, q1)
     }
 
-    pub(crate) fn critic_step(&mut self) {
-        self.critic.step();
-    }
-
     /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
-    /// with a reparameterised from z, and its gradient in
-    /// `self.actor.grad` (needs [`Self::prepare`]); returns (loss, mean log π).
-    pub(crate) fn actor_grads(&mut self, s: &[T], z: &[T], alpha: T, b: usize) -> (T, T) {
-        let (d, k) = (self.d, self.k);
-        self.normalise(s, b);
-        let smp = self.sample(z, b);
-        self.critic_input(&smp.a, b);
-        self.critic_forward(0, false, b);
-        self.critic_forward(1, false, b);
-        let inv_b = T::one() / T::of(b as f64);
+    /// with a reparameterised from z, on this worker's rows (`inv_b` = 1/B of
+    /// the whole batch); the gradient in `grad_actor`; returns (its share of
+    /// the loss, of mean log π).
+    fn actor_rows(&mut self, v: View<T>, s: &[T], z: &[T], alpha: T, inv_b: T) -> (T, T) {
+        let (d, k) = (v.g.d, v.g.k);
+        let b = z.len() / d;
+        self.normalise(v, s, b);
+        let smp = self.sample(v, z, b);
+        self.critic_input(v, &smp.a, b);
+        self.critic_forward(v, 0, false, b);
+        self.critic_forward(v, 1, false, b);
         let ten = T::of(10.0);
         let two = T::of(2.0);
         let half = T::of(0.5);
@@ -871,54 +1047,34 @@ impl<T: Real> Fast<T> {
         let mut dx = vec![T::zero(); b * d];
         for (c, dq) in [dq0, dq1].iter().enumerate() {
             critic_backward(
-                &self.critic.data,
+                v.critic,
                 None,
-                &self.q[c],
+                &v.g.q[c],
                 &self.x,
                 b,
                 &self.qc[c],
                 dq,
                 Some((&mut dx, k)),
                 &mut self.work,
-                self.par,
+                Parallelism::None,
             );
         }
         for (a, x) in da.iter_mut().zip(&dx) {
             *a += *x;
         }
         let dlp = vec![alpha * inv_b; b];
-        self.actor.grad.fill(T::zero());
-        self.sample_backward(&da, &dlp, b);
+        self.grad_actor.fill(T::zero());
+        self.sample_backward(v, &da, &dlp, b);
         (loss, lp_sum * inv_b)
-    }
-
-    pub(crate) fn actor_step(&mut self) {
-        self.actor.step();
-    }
-
-    pub(crate) fn polyak(&mut self, tau: f64) {
-        polyak(&mut self.targ, &self.critic.data, tau);
-    }
-
-    /// The actor's gradient of the last [`Self::actor_grads`], per variable.
-    #[cfg(test)]
-    pub(crate) fn actor_grad_of(&self, var: &Var) -> Option<Vec<T>> {
-        grad_of(&self.actor, var)
-    }
-
-    /// The critics' gradient of the last [`Self::critic_grads`], per variable.
-    #[cfg(test)]
-    pub(crate) fn critic_grad_of(&self, var: &Var) -> Option<Vec<T>> {
-        grad_of(&self.critic, var)
     }
 }
 
 #[cfg(test)]
-fn grad_of<T: Real>(p: &Params<T>, var: &Var) -> Option<Vec<T>> {
+fn grad_of<T: Real>(p: &Params<T>, grad: &[T], var: &Var) -> Option<Vec<T>> {
     p.vars
         .iter()
         .find(|(v, _)| v.as_tensor().id() == var.as_tensor().id())
-        .map(|(_, s)| s.of(&p.grad).to_vec())
+        .map(|(_, s)| s.of(grad).to_vec())
 }
 
 /// (d×d)·(d×d) in f64.

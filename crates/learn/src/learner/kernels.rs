@@ -93,10 +93,6 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
-/// Products below this many multiply-adds run on one thread (measured:
-/// batch-256 SAC, 2 threads).
-const PAR_MIN_MACS: usize = 1 << 22;
-
 /// dst (m×n, row-major) = [dst +] lhs (m×k) · rhs (k×n).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<T: Real>(
@@ -117,12 +113,7 @@ pub(crate) fn matmul<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
-    // Splitting a small product costs more in hand-offs than it saves.
-    let par = if m * n * k < PAR_MIN_MACS {
-        Parallelism::None
-    } else {
-        par
-    };
+
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(T::zero());
@@ -345,14 +336,5 @@ pub(crate) fn polyak<T: Real>(target: &mut [T], source: &[T], tau: f64) {
     let (keep, take) = (T::of(1.0 - tau), T::of(tau));
     for (t, &s) in target.iter_mut().zip(source) {
         *t = *t * keep + s * take;
-    }
-}
-
-/// gemm's threading for `threads` (candle's rule: none for one thread).
-pub(crate) fn parallelism(threads: usize) -> Parallelism {
-    if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
     }
 }

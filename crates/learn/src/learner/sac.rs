@@ -705,7 +705,7 @@ mod parity {
         (diff / norm, norm)
     }
 
-    fn check(dir: Direction, act: usize, goal: usize, seed: u64) -> f64 {
+    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
         spec.direction = dir;
@@ -783,7 +783,7 @@ mod parity {
             &mean,
             &inv,
             &cfg,
-            1,
+            threads,
         )
         .unwrap();
         f.prepare();
@@ -846,13 +846,18 @@ mod parity {
 
     #[test]
     fn fast_sac_gradients_match_autograd() {
-        for (i, dir) in [Direction::Inverse, Direction::Forward]
-            .into_iter()
-            .enumerate()
-        {
-            for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0)].into_iter().enumerate() {
-                let worst = check(dir, act, goal, 10 + (3 * i + j) as u64);
-                eprintln!("{dir:?} act {act} goal {goal}: worst relative gradient error {worst:e}");
+        // 3 workers: the batch split into row ranges whose sums meet.
+        for threads in [1, 3] {
+            for (i, dir) in [Direction::Inverse, Direction::Forward]
+                .into_iter()
+                .enumerate()
+            {
+                for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0)].into_iter().enumerate() {
+                    let worst = check(dir, act, goal, 10 + (3 * i + j) as u64, threads);
+                    eprintln!(
+                        "{threads} worker(s), {dir:?} act {act} goal {goal}: worst relative gradient error {worst:e}"
+                    );
+                }
             }
         }
     }
