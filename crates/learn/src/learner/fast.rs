@@ -16,8 +16,9 @@
 //! without a conditioning encoder, plain (no-LayerNorm) critics, no BC term.
 //! [`Fast::supports`] says so; anything else takes the autograd path.
 //!
-//! Learner only (off the control thread): no real-time promise; it allocates
-//! only while its buffers grow to the batch size.
+//! Learner only (off the control thread): no real-time promise. The
+//! activations and scratch live across updates; a few per-row vectors
+//! (B or B×d values) are still allocated per update.
 
 use std::ops::Range;
 
