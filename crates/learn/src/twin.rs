@@ -124,6 +124,21 @@ impl Twin {
         &self.dev
     }
 
+    pub(crate) fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// One trainable variable by its model-file name.
+    pub(crate) fn var(&self, name: &str) -> Option<&Var> {
+        self.params.get(name)
+    }
+
+    /// The fixed permutation of each block (row i of P has its 1 in
+    /// column perm[i]).
+    pub(crate) fn perms(&self) -> &[Vec<i64>] {
+        &self.perms
+    }
+
     /// Trainable variables (for an optimiser).
     pub(crate) fn vars(&self) -> Vec<Var> {
         self.params.values().cloned().collect()

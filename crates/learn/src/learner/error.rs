@@ -55,6 +55,8 @@ pub enum LearnerError {
         #[source]
         source: Box<LearnerError>,
     },
+    #[error("hand-written SAC path: {0}")]
+    FastPath(String),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     #[error(transparent)]

@@ -9,7 +9,12 @@
 //! is drawn from one seeded ChaCha stream, so a run is reproducible.
 //!
 //! The rooms:
-//! - [`sac`]: the update math ([`Sac`], [`SacConfig`]) and its state file.
+//! - [`sac`]: the update math ([`Sac`], [`SacConfig`]) and its state file;
+//!   the candle autograd update, the reference.
+//! - `fast`, `kernels`: the same update written out by hand (forward and
+//!   backward over flat buffers, fused LayerNorm, `gemm`), used whenever it
+//!   covers the configuration; checked against autograd by a gradient
+//!   parity test.
 //! - [`replay`]: the [`ReplayBuffer`] and the [`Batch`]es drawn from it.
 //! - [`follower`]: [`LogFollower`], transition logs (replayed, and followed
 //!   while still being written) into the replay buffer.
@@ -21,8 +26,10 @@
 //!   node rolled back is abandoned for the accepted version.
 
 mod error;
+mod fast;
 mod finetune;
 mod follower;
+mod kernels;
 mod replay;
 mod sac;
 mod shards;

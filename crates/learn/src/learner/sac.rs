@@ -13,7 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::error::{LearnerError, Result};
-use super::replay::ReplayBuffer;
+use super::fast::Fast;
+use super::replay::{Batch, ReplayBuffer};
 use crate::twin::Twin;
 use flowpilot_core::model::{ModelFile, ModelSpec};
 
@@ -210,6 +211,11 @@ pub struct Sac {
     in_mean: Tensor,
     in_inv_std: Tensor,
     updates: u64,
+    /// The hand-written update ([`Fast::supports`] this configuration):
+    /// while present it owns the actor's and critics' values and AdamW
+    /// moments; the candle variables are refreshed from it before anything
+    /// else reads them ([`Self::sync_vars`]).
+    fast: Option<Fast<f32>>,
 }
 
 fn adam(vars: Vec<Var>, lr: f64) -> Result<AdamW> {
@@ -251,6 +257,22 @@ impl Sac {
         let in_mean = Tensor::from_vec(mean, (1, n), &dev)?;
         let in_inv_std = Tensor::from_vec(std.iter().map(|s| 1.0 / s).collect(), (1, n), &dev)?;
         let q_vars: Vec<Var> = q.iter().flat_map(|c| c.vars.clone()).collect();
+        let fast = if Fast::<f32>::supports(&spec, &cfg) {
+            let (m, s) = (in_mean.flatten_all()?, in_inv_std.flatten_all()?);
+            Some(Fast::new(
+                &twin,
+                [&q[0].vars, &q[1].vars],
+                [&q_targ[0].vars, &q_targ[1].vars],
+                &m.to_vec1::<f32>()?,
+                &s.to_vec1::<f32>()?,
+                &cfg,
+                // Once: candle's own lookup re-reads the environment (or
+                // /proc/cpuinfo) on every call.
+                candle_core::utils::get_num_threads(),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             opt_actor: adam(twin.vars(), cfg.lr_actor)?,
             opt_q: adam(q_vars, cfg.lr_critic)?,
@@ -266,6 +288,7 @@ impl Sac {
             in_mean,
             in_inv_std,
             updates: 0,
+            fast,
         })
     }
 
@@ -288,6 +311,7 @@ impl Sac {
     /// `rb` (one exact log π per sampled action), in the flow's normalised
     /// action space.
     pub fn policy_entropy(&mut self, rb: &ReplayBuffer, n: usize) -> Result<f64> {
+        self.sync_vars()?;
         let batch = rb.sample(n, &mut self.rng, &self.dev)?;
         let z = self.noise(batch.len())?;
         let c = self.cond(&batch.s)?;
@@ -306,30 +330,20 @@ impl Sac {
     }
 
     fn noise(&mut self, b: usize) -> Result<Tensor> {
-        let d = self.spec.act_dim;
-        let v: Vec<f32> = (0..b * d)
-            .map(|_| self.rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        Ok(Tensor::from_vec(v, (b, d), &self.dev)?)
+        let v = noise_vec(&mut self.rng, b * self.spec.act_dim);
+        Ok(Tensor::from_vec(v, (b, self.spec.act_dim), &self.dev)?)
     }
 
-    /// Flow conditioning of raw s = obs ++ goal.
     fn cond(&self, s: &Tensor) -> Result<Tensor> {
-        let od = self.spec.obs_dim;
-        let obs = s.narrow(1, 0, od)?;
-        let goal = if self.spec.goal_dim > 0 {
-            Some(s.narrow(1, od, self.spec.goal_dim)?)
-        } else {
-            None
-        };
-        Ok(self.twin.condition(&obs, goal.as_ref())?)
+        cond_of(&self.twin, s)
     }
 
-    fn q_in(&self, s: &Tensor, a: &Tensor) -> Result<Tensor> {
-        let sn = s
-            .broadcast_sub(&self.in_mean)?
-            .broadcast_mul(&self.in_inv_std)?;
-        Ok(Tensor::cat(&[&sn, a], 1)?)
+    /// Refresh the candle variables from the hand-written path's values.
+    fn sync_vars(&self) -> Result<()> {
+        match &self.fast {
+            Some(f) => f.store(),
+            None => Ok(()),
+        }
     }
 
     /// One SAC update on a batch from `rb`.
@@ -355,22 +369,23 @@ impl Sac {
         let b = batch.len();
         let alpha = self.log_alpha.as_tensor().exp()?.detach();
         let alpha_v = alpha.to_vec1::<f32>()?[0];
+        if self.fast.is_some() {
+            return self.update_fast(&batch, alpha_v, actor);
+        }
 
-        // Critic target: r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')).
         let z2 = self.noise(b)?;
-        let c2 = self.cond(&batch.s2)?;
-        let (a2, lp2) = self.twin.sample(&c2, &z2)?;
-        let x2 = self.q_in(&batch.s2, &a2)?;
-        let qn = self.q_targ[0]
-            .forward(&x2)?
-            .minimum(&self.q_targ[1].forward(&x2)?)?;
-        let soft = (qn - lp2.broadcast_mul(&alpha)?)?;
-        let not_done = (batch.done.neg()? + 1.0)?;
-        let y = (batch.r + (soft.mul(&not_done)? * self.cfg.gamma)?)?.detach();
-        let x = self.q_in(&batch.s, &batch.a)?;
-        let q1 = self.q[0].forward(&x)?;
-        let q2 = self.q[1].forward(&x)?;
-        let critic_loss = ((&q1 - &y)?.sqr()?.mean_all()? + (&q2 - &y)?.sqr()?.mean_all()?)?;
+        let norm = (&self.in_mean, &self.in_inv_std);
+        let y = critic_target(
+            &self.twin,
+            &self.q_targ,
+            norm,
+            &batch,
+            &z2,
+            &alpha,
+            self.cfg.gamma,
+        )?;
+        let x = q_in(norm, &batch.s, &batch.a)?;
+        let (critic_loss, q1) = critic_loss(&self.q, &x, &y)?;
         self.opt_q.backward_step(&critic_loss)?;
 
         let mut st = UpdateStats {
@@ -381,17 +396,9 @@ impl Sac {
         };
         self.updates += 1;
         if actor && self.updates > self.cfg.critic_warmup {
-            // Actor: α log π(a|s) − min Q(s, a), a reparameterised; the
-            // exact log π comes from the same flow pass.
             let z = self.noise(b)?;
-            let c = self.cond(&batch.s)?;
-            let (a, lp) = self.twin.sample(&c, &z)?;
-            let xa = self.q_in(&batch.s, &a)?;
-            let qa = self.q[0].forward(&xa)?.minimum(&self.q[1].forward(&xa)?)?;
-            // Keep samples inside the action box (the robot clips anyway).
-            let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
-            let mut loss = (lp.broadcast_mul(&alpha)? - qa)?.mean_all()?;
-            loss = (loss + (outside.mean_all()? * 10.0)?)?;
+            let norm = (&self.in_mean, &self.in_inv_std);
+            let (mut loss, lp, c) = actor_loss(&self.twin, &self.q, norm, &batch.s, &z, &alpha)?;
             let lambda = self.bc_lambda_now();
             if lambda > 0.0 {
                 let bc = self.twin.log_prob(&c, &batch.a)?.mean_all()?.neg()?;
@@ -402,21 +409,75 @@ impl Sac {
             st.actor_loss = loss.to_scalar::<f32>()?;
             let lp_mean = lp.mean_all()?.to_scalar::<f32>()? as f64;
             st.entropy = -lp_mean as f32;
-            // Temperature: −log α · (log π + H̄).
-            let target = self
-                .cfg
-                .target_entropy
-                .unwrap_or(-(self.spec.act_dim as f64));
-            let a_loss = (self.log_alpha.as_tensor() * -(lp_mean + target))?.mean_all()?;
-            self.opt_alpha.backward_step(&a_loss)?;
+            self.temperature_step(lp_mean)?;
         }
         self.q_targ[0].polyak(&self.q[0], self.cfg.tau)?;
         self.q_targ[1].polyak(&self.q[1], self.cfg.tau)?;
         Ok(st)
     }
 
+    /// Temperature: −log α · (log π + H̄).
+    fn temperature_step(&mut self, lp_mean: f64) -> Result<()> {
+        let target = self
+            .cfg
+            .target_entropy
+            .unwrap_or(-(self.spec.act_dim as f64));
+        let a_loss = (self.log_alpha.as_tensor() * -(lp_mean + target))?.mean_all()?;
+        self.opt_alpha.backward_step(&a_loss)?;
+        Ok(())
+    }
+
+    /// [`Self::update_mixed`] on the hand-written path: the same losses, the
+    /// same random draws in the same order, the same optimiser arithmetic.
+    fn update_fast(&mut self, batch: &Batch, alpha: f32, actor: bool) -> Result<UpdateStats> {
+        let b = batch.len();
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let (s, a, r, s2, done) = (
+            flat(&batch.s)?,
+            flat(&batch.a)?,
+            flat(&batch.r)?,
+            flat(&batch.s2)?,
+            flat(&batch.done)?,
+        );
+        let z2 = noise_vec(&mut self.rng, b * self.spec.act_dim);
+        let actor_now = actor && self.updates + 1 > self.cfg.critic_warmup;
+        let lambda = self.bc_lambda_now();
+        let Some(f) = self.fast.as_mut() else {
+            return Err(LearnerError::FastPath("not in use".into()));
+        };
+        // W, W⁻¹ once for both passes: the actor moves only after both.
+        f.prepare();
+        let y = f.target(&s2, &r, &done, &z2, alpha, self.cfg.gamma, b);
+        let (critic_loss, q1) = f.critic_grads(&s, &a, &y, b);
+        f.critic_step();
+        let mut st = UpdateStats {
+            critic_loss,
+            alpha,
+            q: q1,
+            ..Default::default()
+        };
+        self.updates += 1;
+        if actor_now {
+            let z = noise_vec(&mut self.rng, b * self.spec.act_dim);
+            let Some(f) = self.fast.as_mut() else {
+                return Err(LearnerError::FastPath("not in use".into()));
+            };
+            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, b);
+            f.actor_step();
+            st.bc_lambda = lambda as f32;
+            st.actor_loss = loss;
+            st.entropy = -lp_mean;
+            self.temperature_step(lp_mean as f64)?;
+        }
+        if let Some(f) = self.fast.as_mut() {
+            f.polyak(self.cfg.tau);
+        }
+        Ok(st)
+    }
+
     /// The current actor as the next version of `parent`.
     pub fn export(&self, parent: &ModelSpec) -> Result<ModelFile> {
+        self.sync_vars()?;
         let mut spec = parent.clone();
         spec.version = parent.version + 1;
         spec.parent_digest = Some(parent.digest.clone());
@@ -435,6 +496,7 @@ impl Sac {
     /// Critics, targets, temperature and update count, atomically
     /// (tmp file, fsync, rename).
     pub(crate) fn save_state(&self, path: &Path) -> Result<()> {
+        self.sync_vars()?;
         let mut m: HashMap<String, Tensor> = HashMap::new();
         for (name, c) in self.critics() {
             for (i, v) in c.vars.iter().enumerate() {
@@ -485,8 +547,87 @@ impl Sac {
         }
         self.log_alpha.set(get("log_alpha")?)?;
         self.updates = get("updates")?.to_vec1::<f32>()?[0] as u64;
+        if let Some(f) = self.fast.as_mut() {
+            f.load_critics()?;
+        }
         Ok(())
     }
+}
+
+/// `n` standard normal draws from the update's stream.
+fn noise_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+/// Flow conditioning of raw s = obs ++ goal.
+fn cond_of(twin: &Twin, s: &Tensor) -> Result<Tensor> {
+    let spec = twin.spec();
+    let od = spec.obs_dim;
+    let obs = s.narrow(1, 0, od)?;
+    let goal = if spec.goal_dim > 0 {
+        Some(s.narrow(1, od, spec.goal_dim)?)
+    } else {
+        None
+    };
+    Ok(twin.condition(&obs, goal.as_ref())?)
+}
+
+/// The critics' input [normalised s, a]; `norm` = (mean, 1/std) of s.
+fn q_in(norm: (&Tensor, &Tensor), s: &Tensor, a: &Tensor) -> Result<Tensor> {
+    let sn = s.broadcast_sub(norm.0)?.broadcast_mul(norm.1)?;
+    Ok(Tensor::cat(&[&sn, a], 1)?)
+}
+
+/// Critic target r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')), a' from
+/// base noise z2; detached.
+fn critic_target(
+    twin: &Twin,
+    q_targ: &[Critic; 2],
+    norm: (&Tensor, &Tensor),
+    batch: &Batch,
+    z2: &Tensor,
+    alpha: &Tensor,
+    gamma: f64,
+) -> Result<Tensor> {
+    let c2 = cond_of(twin, &batch.s2)?;
+    let (a2, lp2) = twin.sample(&c2, z2)?;
+    let x2 = q_in(norm, &batch.s2, &a2)?;
+    let qn = q_targ[0].forward(&x2)?.minimum(&q_targ[1].forward(&x2)?)?;
+    let soft = (qn - lp2.broadcast_mul(alpha)?)?;
+    let not_done = (batch.done.neg()? + 1.0)?;
+    Ok((&batch.r + (soft.mul(&not_done)? * gamma)?)?.detach())
+}
+
+/// Σ_i mean((Q_i(x) − y)²), and Q_1(x).
+fn critic_loss(q: &[Critic; 2], x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    let q1 = q[0].forward(x)?;
+    let q2 = q[1].forward(x)?;
+    let loss = ((&q1 - y)?.sqr()?.mean_all()? + (&q2 - y)?.sqr()?.mean_all()?)?;
+    Ok((loss, q1))
+}
+
+/// Actor loss without the BC term: mean(α log π(a|s) − min Q(s, a)) plus
+/// the box penalty, a reparameterised from z (the exact log π comes from
+/// the same flow pass). Returns (loss, log π, the conditioning).
+fn actor_loss(
+    twin: &Twin,
+    q: &[Critic; 2],
+    norm: (&Tensor, &Tensor),
+    s: &Tensor,
+    z: &Tensor,
+    alpha: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = cond_of(twin, s)?;
+    let (a, lp) = twin.sample(&c, z)?;
+    let xa = q_in(norm, s, &a)?;
+    let qa = q[0].forward(&xa)?.minimum(&q[1].forward(&xa)?)?;
+    // Keep samples inside the action box (the robot clips anyway).
+    let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
+    let loss = (lp.broadcast_mul(alpha)? - qa)?.mean_all()?;
+    let loss = (loss + (outside.mean_all()? * 10.0)?)?;
+    Ok((loss, lp, c))
 }
 
 #[cfg(all(test, feature = "clap"))]
@@ -525,5 +666,315 @@ mod tests {
         assert_eq!(f.bc_lambda, 0.5);
         assert_eq!(f.target_entropy, Some(-3.0));
         assert_eq!(f.lr_actor, 1e-3);
+    }
+}
+
+/// The hand-written update against candle autograd: every parameter's
+/// gradient of the critic and actor losses, in f64, on random models of
+/// both flow directions (with and without a goal).
+#[cfg(test)]
+mod parity {
+    use super::*;
+    use flowpilot_core::init::{default_spec, init_model, Init};
+    use flowpilot_core::model::{Direction, Normalizer};
+
+    /// ‖fast − ref‖₂ ≤ TOL·‖ref‖₂ per parameter tensor.
+    const TOL: f64 = 1e-5;
+
+    fn f64_critic(c: &Critic) -> Critic {
+        Critic {
+            vars: c
+                .vars
+                .iter()
+                .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap())
+                .collect(),
+            layer_norm: false,
+        }
+    }
+
+    fn rel_err(fast: &[f64], reference: &Tensor) -> (f64, f64) {
+        let r = reference.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(fast.len(), r.len());
+        let diff: f64 = fast
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = r.iter().map(|b| b * b).sum::<f64>().sqrt();
+        (diff / norm, norm)
+    }
+
+    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize) -> f64 {
+        let (obs, b, dev) = (5, 64, Device::Cpu);
+        let mut spec = default_spec(obs, goal, act, 3, 24);
+        spec.direction = dir;
+        spec.obs_norm = Normalizer {
+            mean: (0..obs).map(|i| 0.1 * i as f32).collect(),
+            std: (0..obs).map(|i| 0.5 + 0.25 * i as f32).collect(),
+        };
+        if goal > 0 {
+            spec.goal_norm = Some(Normalizer {
+                mean: vec![0.3; goal],
+                std: vec![2.0; goal],
+            });
+        }
+        let model = init_model(spec.clone(), Init::Random { last_scale: 0.5 }, seed).unwrap();
+        let twin = Twin::from_model_dtype(&model, &dev, DType::F64).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let k = obs + goal;
+        let mk =
+            |rng: &mut ChaCha8Rng| f64_critic(&Critic::new(k + act, 16, false, rng, &dev).unwrap());
+        let q = [mk(&mut rng), mk(&mut rng)];
+        let q_targ = [mk(&mut rng), mk(&mut rng)];
+        let mut mean: Vec<f64> = spec.obs_norm.mean.iter().map(|&v| v as f64).collect();
+        // The twin takes 1/std in f32 (then widens): the same values here.
+        let mut inv: Vec<f64> = spec
+            .obs_norm
+            .std
+            .iter()
+            .map(|&v| (1.0 / v) as f64)
+            .collect();
+        if let Some(g) = &spec.goal_norm {
+            mean.extend(g.mean.iter().map(|&v| v as f64));
+            inv.extend(g.std.iter().map(|&v| (1.0 / v) as f64));
+        }
+        let in_mean = Tensor::from_vec(mean.clone(), (1, k), &dev).unwrap();
+        let in_inv = Tensor::from_vec(inv.clone(), (1, k), &dev).unwrap();
+        let mut uni = |n: usize, lo: f64, hi: f64| -> Vec<f64> {
+            (0..n).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let s = uni(b * k, -2.0, 2.0);
+        let a = uni(b * act, -1.5, 1.5);
+        let r = uni(b, -1.0, 0.0);
+        let s2 = uni(b * k, -2.0, 2.0);
+        let done: Vec<f64> = uni(b, 0.0, 1.0)
+            .iter()
+            .map(|&u| if u < 0.2 { 1.0 } else { 0.0 })
+            .collect();
+        let z2: Vec<f64> = uni(b * act, -2.0, 2.0);
+        let z: Vec<f64> = uni(b * act, -2.0, 2.0);
+        let t2 = |v: &[f64], c: usize| Tensor::from_vec(v.to_vec(), (b, c), &dev).unwrap();
+        let t1 = |v: &[f64]| Tensor::from_vec(v.to_vec(), b, &dev).unwrap();
+        let batch = Batch {
+            s: t2(&s, k),
+            a: t2(&a, act),
+            r: t1(&r),
+            s2: t2(&s2, k),
+            done: t1(&done),
+        };
+        let alpha_v = 0.3f64;
+        let alpha = Tensor::new(&[alpha_v], &dev).unwrap();
+        let norm = (&in_mean, &in_inv);
+
+        // Reference: the autograd path's own loss functions.
+        let y = critic_target(&twin, &q_targ, norm, &batch, &t2(&z2, act), &alpha, 0.99).unwrap();
+        let x = q_in(norm, &batch.s, &batch.a).unwrap();
+        let (closs, _) = critic_loss(&q, &x, &y).unwrap();
+        let cgrads = closs.backward().unwrap();
+        let (aloss, _, _) = actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        let agrads = aloss.backward().unwrap();
+
+        let cfg = SacConfig::default();
+        let mut f = Fast::<f64>::new(
+            &twin,
+            [&q[0].vars, &q[1].vars],
+            [&q_targ[0].vars, &q_targ[1].vars],
+            &mean,
+            &inv,
+            &cfg,
+            threads,
+        )
+        .unwrap();
+        f.prepare();
+        let yf = f.target(&s2, &r, &done, &z2, alpha_v, 0.99, b);
+        let (e, _) = rel_err(&yf, &y);
+        assert!(e < 1e-9, "{dir:?}: critic target differs (rel {e:e})");
+        let (cl, _) = f.critic_grads(&s, &a, &yf, b);
+        let cl_ref = closs.to_scalar::<f64>().unwrap();
+        assert!(
+            (cl - cl_ref).abs() <= 1e-9 * cl_ref.abs(),
+            "critic loss {cl} vs {cl_ref}"
+        );
+        let (al, _) = f.actor_grads(&s, &z, alpha_v, b);
+        let al_ref = aloss.to_scalar::<f64>().unwrap();
+        assert!(
+            (al - al_ref).abs() <= 1e-9 * al_ref.abs(),
+            "actor loss {al} vs {al_ref}"
+        );
+
+        let mut checked = 0;
+        let mut worst = 0f64;
+        for c in &q {
+            for (i, v) in c.vars.iter().enumerate() {
+                let (e, n) = rel_err(
+                    &f.critic_grad_of(v).unwrap(),
+                    cgrads.get(v.as_tensor()).unwrap(),
+                );
+                assert!(n > 0.0, "critic var {i}: zero reference gradient");
+                assert!(
+                    e <= TOL,
+                    "{dir:?} act {act} goal {goal}: critic var {i}: rel err {e:e}"
+                );
+                worst = worst.max(e);
+                checked += 1;
+            }
+        }
+        let vars = twin.vars();
+        assert_eq!(vars.len(), 3 * 23);
+        for v in &vars {
+            // A 1-D action's L and U have no free entries: autograd has no
+            // gradient for them (they do not reach the loss), ours is 0.
+            let zero = v.as_tensor().zeros_like().unwrap();
+            let reference = match agrads.get(v.as_tensor()) {
+                Some(g) => g,
+                None if act == 1 => &zero,
+                None => panic!("actor var {:?}: no autograd gradient", v.shape()),
+            };
+            let (e, n) = rel_err(&f.actor_grad_of(v).unwrap(), reference);
+            let e = if n == 0.0 && act == 1 {
+                f.actor_grad_of(v).unwrap().iter().map(|x| x.abs()).sum()
+            } else {
+                e
+            };
+            assert!(
+                n > 0.0 || act == 1,
+                "actor var {:?}: zero reference gradient",
+                v.shape()
+            );
+            assert!(
+                e <= TOL,
+                "{dir:?} act {act} goal {goal}: actor var {:?}: rel err {e:e}",
+                v.shape()
+            );
+            worst = worst.max(e);
+            checked += 1;
+        }
+        assert_eq!(checked, 12 + 69);
+        worst
+    }
+
+    #[test]
+    fn fast_sac_gradients_match_autograd() {
+        // 3 workers: the batch split into row ranges whose sums meet.
+        for threads in [1, 3] {
+            for (i, dir) in [Direction::Inverse, Direction::Forward]
+                .into_iter()
+                .enumerate()
+            {
+                for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate() {
+                    let worst = check(dir, act, goal, 10 + (4 * i + j) as u64, threads);
+                    eprintln!(
+                        "{threads} worker(s), {dir:?} act {act} goal {goal}: worst relative gradient error {worst:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whole updates, hand-written vs autograd, in f32: the same draws, losses,
+/// AdamW and Polyak steps leave the same actor, critics and temperature.
+#[cfg(test)]
+mod same_update {
+    use super::*;
+    use flowpilot_core::init::{default_spec, init_model, Init};
+    use flowpilot_core::model::TensorData;
+
+    #[test]
+    fn fast_and_autograd_updates_agree() {
+        let model = init_model(
+            default_spec(6, 0, 3, 2, 32),
+            Init::Random { last_scale: 0.5 },
+            3,
+        )
+        .unwrap();
+        let cfg = SacConfig {
+            batch: 32,
+            critic_hidden: 32,
+            critic_warmup: 1,
+            // Large steps, so that a missing or wrong one shows.
+            lr_actor: 1e-2,
+            lr_critic: 1e-2,
+            lr_alpha: 1e-2,
+            ..Default::default()
+        };
+        let mut fast = Sac::new(&model, cfg.clone()).unwrap();
+        assert!(fast.fast.is_some());
+        let mut slow = Sac::new(&model, cfg).unwrap();
+        slow.fast = None;
+        let mut rb = ReplayBuffer::new(6, 3, 500);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for i in 0..500 {
+            let mut v =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+            let (s, a, s2) = (v(6), v(3), v(6));
+            rb.push(&s, &a, -(i as f32 % 7.0) / 7.0, &s2, i % 13 == 0);
+        }
+        for _ in 0..4 {
+            let (sf, ss) = (fast.update(&rb).unwrap(), slow.update(&rb).unwrap());
+            for (x, y) in [
+                (sf.critic_loss, ss.critic_loss),
+                (sf.actor_loss, ss.actor_loss),
+                (sf.entropy, ss.entropy),
+                (sf.q, ss.q),
+                (sf.alpha, ss.alpha),
+            ] {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "stats {sf:?} vs {ss:?}"
+                );
+            }
+        }
+        let (mf, ms) = (
+            fast.export(&model.spec).unwrap(),
+            slow.export(&model.spec).unwrap(),
+        );
+        let mut n = 0;
+        let dist = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f32>()
+                .sqrt()
+        };
+        for (((name, a), (_, b)), (_, o)) in
+            mf.tensors().iter().zip(ms.tensors()).zip(model.tensors())
+        {
+            if let (TensorData::F32(a), TensorData::F32(b), TensorData::F32(o)) =
+                (&a.data, &b.data, &o.data)
+            {
+                let (d, moved) = (dist(a, b), dist(b, o));
+                assert!(
+                    d <= 1e-3 * moved,
+                    "{name}: paths differ by {d}, moved {moved}"
+                );
+                n += 1;
+            }
+        }
+        assert!(n > 20);
+        // The critics went through the state file's path too.
+        fast.sync_vars().unwrap();
+        for (cf, cs) in fast
+            .q
+            .iter()
+            .chain(&fast.q_targ)
+            .zip(slow.q.iter().chain(&slow.q_targ))
+        {
+            for (a, b) in cf.vars.iter().zip(&cs.vars) {
+                let d = (a.as_tensor() - b.as_tensor())
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let nb = b.as_tensor().sqr().unwrap().sum_all().unwrap();
+                let (d, nb) = (
+                    d.to_scalar::<f32>().unwrap().sqrt(),
+                    nb.to_scalar::<f32>().unwrap().sqrt(),
+                );
+                assert!(d <= 1e-4 * nb.max(1e-3), "critic: {d} vs norm {nb}");
+            }
+        }
     }
 }
