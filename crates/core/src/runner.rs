@@ -129,6 +129,11 @@ pub struct LogInputs {
     reward: AtomicU64,
     episode: AtomicU64,
     last_terminal: AtomicBool,
+    /// The boundary before the latest one was a terminal state.
+    prev_terminal: AtomicBool,
+    /// Step reports received when the latest boundary arrived
+    /// (`u64::MAX`: none, or no step source).
+    boundary_step: AtomicU64,
     /// f64 bits of the running episode's reward sum.
     episode_return: AtomicU64,
     /// Returns of finished episodes, for the return guard (a full queue
@@ -142,6 +147,8 @@ impl Default for LogInputs {
             reward: AtomicU64::new(f64::NAN.to_bits()),
             episode: AtomicU64::new(0),
             last_terminal: AtomicBool::new(false),
+            prev_terminal: AtomicBool::new(false),
+            boundary_step: AtomicU64::new(u64::MAX),
             episode_return: AtomicU64::new(0f64.to_bits()),
             finished: ArrayQueue::new(64),
         }
@@ -176,10 +183,47 @@ impl LogInputs {
 
     /// An episode just ended, in a terminal state or not (time limit).
     pub fn boundary(&self, terminal: bool) {
+        self.boundary_after(terminal, None);
+    }
+
+    /// As [`Self::boundary`], when `step_reports` robot step reports had
+    /// been received (log.step_source): the episode ended with the last of
+    /// them, so that step's record belongs to the episode that ended even
+    /// if the control thread writes it after this call.
+    pub fn boundary_after(&self, terminal: bool, step_reports: Option<u64>) {
         let ret = f64::from_bits(self.episode_return.swap(0f64.to_bits(), Ordering::AcqRel));
         let _ = self.finished.push(ret);
+        self.prev_terminal
+            .store(self.last_terminal.load(Ordering::SeqCst), Ordering::SeqCst);
         self.last_terminal.store(terminal, Ordering::SeqCst);
+        self.boundary_step
+            .store(step_reports.unwrap_or(u64::MAX), Ordering::SeqCst);
         self.episode.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The episode (and whether it began after a terminal state) of the
+    /// record of step report number `report`: one before the current
+    /// episode when the latest boundary came after that report. Lock-free;
+    /// a boundary landing mid-read is read again (bounded).
+    pub fn episode_of_step(&self, report: u64) -> (u64, bool) {
+        let mut e = self.episode.load(Ordering::SeqCst);
+        for _ in 0..4 {
+            let at = self.boundary_step.load(Ordering::SeqCst);
+            let (last, prev) = (
+                self.last_terminal.load(Ordering::SeqCst),
+                self.prev_terminal.load(Ordering::SeqCst),
+            );
+            let again = self.episode.load(Ordering::SeqCst);
+            if again == e {
+                return if e > 0 && at != u64::MAX && at >= report {
+                    (e - 1, prev)
+                } else {
+                    (e, last)
+                };
+            }
+            e = again;
+        }
+        (e, self.last_terminal.load(Ordering::SeqCst))
     }
 
     /// Episode boundaries seen so far.
@@ -372,8 +416,12 @@ impl<C: Clock> Runner<C> {
             if write {
                 self.controller.fill_transition(&mut self.rec);
                 self.rec.reward = tap.inputs.take_reward();
-                self.rec.episode = tap.inputs.episode();
-                self.rec.began_after_terminal = tap.inputs.last_terminal();
+                (self.rec.episode, self.rec.began_after_terminal) = match tap.step {
+                    // The report's own episode (a boundary may arrive
+                    // between a step's report and its record).
+                    Some(_) => tap.inputs.episode_of_step(self.step_log.seen),
+                    None => (tap.inputs.episode(), tap.inputs.last_terminal()),
+                };
                 if tap.step.is_some() {
                     let sl = &mut self.step_log;
                     sl.pending = false;
@@ -685,6 +733,55 @@ mod tests {
         assert_eq!(recs[1].tick, 4, "held one tick for its state");
         assert_eq!(recs[3].tick, 6 + STEP_WAIT_TICKS as u64);
         assert!(recs.iter().all(|t| t.temperature == 1.0));
+    }
+
+    #[test]
+    fn a_step_ended_by_a_boundary_before_its_record_stays_in_its_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = test_log(dir.path());
+        let inputs = Arc::new(LogInputs::default());
+        let (c, board) = controller(0, 5);
+        let step = Arc::new(Board::new(&[3]));
+        let mut r =
+            Runner::new(c, clock(), SwapChannel::new(), OutputQueue::new(64)).with_log(LogTap {
+                handle: Arc::new(handle),
+                inputs: inputs.clone(),
+                every: 1,
+                step: Some(step.clone()),
+            });
+        let state = |v: f64, stamp: i64| {
+            step.write(0, &[v as f32 as f64, 0.0, 0.0], Some(stamp));
+            board.write(0, &[v, 0.2, 0.3, 0.4, 0.5], Some(stamp));
+        };
+        state(1.0, 1_000);
+        r.step(); // step 1 of episode 0
+        state(2.0, 2_000); // the last step: the pole fell...
+        inputs.boundary_after(true, Some(step.writes(0))); // ...and /terminal came before the tick
+        r.step();
+        state(0.0, 3_000); // the next episode's first state
+        r.step();
+        state(3.0, 4_000);
+        inputs.boundary_after(false, Some(step.writes(0))); // a time limit
+        r.step();
+        state(0.5, 5_000);
+        r.step();
+        drop(r.into_controller());
+        let files = crate::log::reader::log_files(dir.path()).unwrap();
+        let recs = crate::log::reader::read_file(&files[0]).unwrap();
+        let got: Vec<(f32, u64, bool, bool)> = recs
+            .iter()
+            .map(|t| (t.obs()[0], t.episode, t.terminated, t.truncated))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1.0, 0, false, false),
+                (2.0, 0, true, false), // the fallen state ends episode 0
+                (0.0, 1, false, false),
+                (3.0, 1, false, true),
+                (0.5, 2, false, false),
+            ]
+        );
     }
 
     #[test]

@@ -21,10 +21,14 @@ use flowpilot_core::runner::{LogInputs, LogTap};
 
 /// Subscribe the reward topic (std_msgs/Float64) and the episode-boundary
 /// topics (std_msgs/Int64: an episode just ended by time limit / terminal).
+///
+/// With a step source, a boundary is tied to the robot step reports
+/// received so far: the episode ended with the last of them.
 fn subscribe_log_inputs(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
     l: &LogSettings,
+    step: Option<Arc<Board>>,
 ) -> Result<Arc<LogInputs>> {
     let inputs = Arc::new(LogInputs::default());
     let q = QosProfile::default().reliable().keep_last(100);
@@ -41,9 +45,9 @@ fn subscribe_log_inputs(
     for (topic, terminal) in [(&l.episode_topic, false), (&l.terminal_topic, true)] {
         if let Some(t) = topic {
             let s = node.subscribe::<r2r::std_msgs::msg::Int64>(t, q.clone())?;
-            let i = inputs.clone();
+            let (i, step) = (inputs.clone(), step.clone());
             spawner.spawn_local(s.for_each(move |_| {
-                i.boundary(terminal);
+                i.boundary_after(terminal, step.as_ref().map(|b| b.writes(0)));
                 futures::future::ready(())
             }))?;
         }
@@ -102,8 +106,8 @@ pub(crate) fn start(
             board_total
         );
     }
-    let inputs = subscribe_log_inputs(node, spawner, l)?;
-    let spec = &model.spec;
+    // The step source first: within one spin its report is taken before
+    // an episode boundary that followed it.
     let step = match &l.step_source {
         None => None,
         Some(src) => {
@@ -119,6 +123,8 @@ pub(crate) fn start(
             Some(b)
         }
     };
+    let inputs = subscribe_log_inputs(node, spawner, l, step.clone())?;
+    let spec = &model.spec;
     let meta = [
         ("obs_dim", spec.step_obs_dim().to_string()),
         ("goal_dim", spec.goal_dim.to_string()),
