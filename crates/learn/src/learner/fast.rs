@@ -1,5 +1,6 @@
 //! The hand-written SAC update: the flow actor's sampling pass and the twin
-//! ReLU critics, forward and backward by hand over flat row-major buffers,
+//! ReLU critics (plain, or with a LayerNorm without affine before each ReLU
+//! as `--critic-layer-norm` makes them), forward and backward by hand over flat row-major buffers,
 //! with the same losses and the same AdamW / Polyak arithmetic as the candle
 //! autograd path in [`super::sac`] (which stays the reference: the parity
 //! test below compares every parameter's gradient against it).
@@ -12,8 +13,9 @@
 //! the critic weight gradients nobody applies; the buffers live across
 //! updates; AdamW and Polyak are one pass per parameter set.
 //!
-//! It covers the configurations the learner runs by default: a flow policy
-//! without a conditioning encoder, plain (no-LayerNorm) critics, no BC term.
+//! It covers the configurations the learner runs by default and the
+//! on-robot recipe: a flow policy without a conditioning encoder, plain or
+//! LayerNorm critics, no BC term.
 //! [`Fast::supports`] says so; anything else takes the autograd path.
 //!
 //! Learner only (off the control thread): no real-time promise. The
@@ -28,8 +30,8 @@ use rayon::prelude::*;
 
 use super::error::{LearnerError, Result};
 use super::kernels::{
-    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, matmul, polyak, AdamCfg,
-    LnCache, Mat, Real,
+    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, ln_backward, ln_relu_forward,
+    matmul, polyak, AdamCfg, LnCache, Mat, Real, CRITIC_LN_EPS,
 };
 use super::sac::SacConfig;
 use crate::twin::Twin;
@@ -162,6 +164,8 @@ struct CriticSlots {
     b: [Slot; 3],
     inp: usize,
     hid: usize,
+    /// A LayerNorm (no affine) before each ReLU.
+    ln: bool,
 }
 
 /// W, W⁻¹ and the factors of one block, rebuilt once per update.
@@ -208,6 +212,12 @@ struct CriticCache<T> {
     h0: Vec<T>,
     h1: Vec<T>,
     q: Vec<T>,
+    /// LayerNorm critics only: the normalised rows before each ReLU and
+    /// their 1 / sqrt(var + ε).
+    n0: Vec<T>,
+    n1: Vec<T>,
+    r0: Vec<T>,
+    r1: Vec<T>,
 }
 
 /// Scratch for the backward passes.
@@ -301,10 +311,7 @@ impl<T: Real> Fast<T> {
     /// Whether this path computes the same update as the autograd path for
     /// `spec` under `cfg`.
     pub(crate) fn supports(spec: &ModelSpec, cfg: &SacConfig) -> bool {
-        spec.kind == PolicyKind::Flow
-            && spec.encoder.is_none()
-            && !cfg.critic_layer_norm
-            && cfg.bc_lambda == 0.0
+        spec.kind == PolicyKind::Flow && spec.encoder.is_none() && cfg.bc_lambda == 0.0
     }
 
     /// Take the current values of the twin's and critics' variables.
@@ -390,6 +397,7 @@ impl<T: Real> Fast<T> {
                 b,
                 hid: b[0].len,
                 inp: w[0].len / b[0].len,
+                ln: cfg.critic_layer_norm,
             };
             if q[c].inp != k + d || b[2].len != 1 {
                 return Err(LearnerError::FastPath("critic shapes".into()));
@@ -1351,7 +1359,8 @@ fn net_backward<T: Real>(
     );
 }
 
-/// ReLU critic forward: q = relu(relu(x·W0 + b0)·W1 + b1)·W2 + b2.
+/// ReLU critic forward: q = relu(relu(x·W0 + b0)·W1 + b1)·W2 + b2, or with
+/// a LayerNorm (no affine) inside each relu when `cs.ln`.
 fn critic_forward<T: Real>(
     data: &[T],
     cs: &CriticSlots,
@@ -1361,7 +1370,14 @@ fn critic_forward<T: Real>(
     par: Parallelism,
 ) {
     let h = cs.hid;
-    let dense_relu = |inp: &[T], iw: usize, w: Slot, bias: Slot, out: &mut Vec<T>| {
+    let eps = T::of(CRITIC_LN_EPS);
+    let dense_relu = |inp: &[T],
+                      iw: usize,
+                      w: Slot,
+                      bias: Slot,
+                      out: &mut Vec<T>,
+                      norm: &mut Vec<T>,
+                      rstd: &mut Vec<T>| {
         resize(out, b * h);
         matmul(
             b,
@@ -1374,14 +1390,20 @@ fn critic_forward<T: Real>(
             par,
         );
         let bias = bias.of(data);
+        if cs.ln {
+            resize(norm, b * h);
+            resize(rstd, b);
+            ln_relu_forward(out, bias, eps, norm, rstd);
+            return;
+        }
         for row in out.chunks_exact_mut(h) {
             for (o, &bv) in row.iter_mut().zip(bias) {
                 *o = (*o + bv).max_of(T::zero());
             }
         }
     };
-    dense_relu(x, cs.inp, cs.w[0], cs.b[0], &mut c.h0);
-    dense_relu(&c.h0, h, cs.w[1], cs.b[1], &mut c.h1);
+    dense_relu(x, cs.inp, cs.w[0], cs.b[0], &mut c.h0, &mut c.n0, &mut c.r0);
+    dense_relu(&c.h0, h, cs.w[1], cs.b[1], &mut c.h1, &mut c.n1, &mut c.r1);
     resize(&mut c.q, b);
     matmul(
         b,
@@ -1429,13 +1451,17 @@ fn critic_backward<T: Real>(
         );
         cs.b[2].of_mut(g)[0] += dq.iter().fold(T::zero(), |a, &v| a + v);
     }
-    // dh1 = dq·W2ᵀ, through the ReLU (its output is 0 where it was cut).
+    // dh1 = dq·W2ᵀ, through the ReLU (its output is 0 where it was cut)
+    // and the LayerNorm when there is one.
     resize(&mut w.d1, b * h);
     let w2 = cs.w[2].of(data);
     for ((row, &dqv), hr) in w.d1.chunks_exact_mut(h).zip(dq).zip(c.h1.chunks_exact(h)) {
         for ((o, &wv), &hv) in row.iter_mut().zip(w2).zip(hr) {
             *o = if hv > T::zero() { dqv * wv } else { T::zero() };
         }
+    }
+    if cs.ln {
+        ln_backward(&mut w.d1, h, &c.n1, &c.r1);
     }
     if let Some(g) = grad.as_mut() {
         matmul(
@@ -1465,6 +1491,9 @@ fn critic_backward<T: Real>(
         if hv <= T::zero() {
             *o = T::zero();
         }
+    }
+    if cs.ln {
+        ln_backward(&mut w.d0, h, &c.n0, &c.r0);
     }
     if let Some(g) = grad.as_mut() {
         matmul(

@@ -671,7 +671,8 @@ mod tests {
 
 /// The hand-written update against candle autograd: every parameter's
 /// gradient of the critic and actor losses, in f64, on random models of
-/// both flow directions (with and without a goal).
+/// both flow directions (with and without a goal), with plain and with
+/// LayerNorm critics.
 #[cfg(test)]
 mod parity {
     use super::*;
@@ -688,7 +689,7 @@ mod parity {
                 .iter()
                 .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap())
                 .collect(),
-            layer_norm: false,
+            layer_norm: c.layer_norm,
         }
     }
 
@@ -705,7 +706,7 @@ mod parity {
         (diff / norm, norm)
     }
 
-    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize) -> f64 {
+    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize, ln: bool) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
         spec.direction = dir;
@@ -724,7 +725,7 @@ mod parity {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let k = obs + goal;
         let mk =
-            |rng: &mut ChaCha8Rng| f64_critic(&Critic::new(k + act, 16, false, rng, &dev).unwrap());
+            |rng: &mut ChaCha8Rng| f64_critic(&Critic::new(k + act, 16, ln, rng, &dev).unwrap());
         let q = [mk(&mut rng), mk(&mut rng)];
         let q_targ = [mk(&mut rng), mk(&mut rng)];
         let mut mean: Vec<f64> = spec.obs_norm.mean.iter().map(|&v| v as f64).collect();
@@ -775,7 +776,11 @@ mod parity {
         let (aloss, _, _) = actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
         let agrads = aloss.backward().unwrap();
 
-        let cfg = SacConfig::default();
+        let cfg = SacConfig {
+            critic_layer_norm: ln,
+            ..Default::default()
+        };
+        assert!(Fast::<f64>::supports(&spec, &cfg));
         let mut f = Fast::<f64>::new(
             &twin,
             [&q[0].vars, &q[1].vars],
@@ -814,7 +819,7 @@ mod parity {
                 assert!(n > 0.0, "critic var {i}: zero reference gradient");
                 assert!(
                     e <= TOL,
-                    "{dir:?} act {act} goal {goal}: critic var {i}: rel err {e:e}"
+                    "{dir:?} act {act} goal {goal} ln {ln}: critic var {i}: rel err {e:e}"
                 );
                 worst = worst.max(e);
                 checked += 1;
@@ -844,7 +849,7 @@ mod parity {
             );
             assert!(
                 e <= TOL,
-                "{dir:?} act {act} goal {goal}: actor var {:?}: rel err {e:e}",
+                "{dir:?} act {act} goal {goal} ln {ln}: actor var {:?}: rel err {e:e}",
                 v.shape()
             );
             worst = worst.max(e);
@@ -857,16 +862,20 @@ mod parity {
     #[test]
     fn fast_sac_gradients_match_autograd() {
         // 3 workers: the batch split into row ranges whose sums meet.
-        for threads in [1, 3] {
-            for (i, dir) in [Direction::Inverse, Direction::Forward]
-                .into_iter()
-                .enumerate()
-            {
-                for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate() {
-                    let worst = check(dir, act, goal, 10 + (4 * i + j) as u64, threads);
-                    eprintln!(
-                        "{threads} worker(s), {dir:?} act {act} goal {goal}: worst relative gradient error {worst:e}"
-                    );
+        // ln: LayerNorm critics (`--critic-layer-norm`).
+        for ln in [false, true] {
+            for threads in [1, 3] {
+                for (i, dir) in [Direction::Inverse, Direction::Forward]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate()
+                    {
+                        let worst = check(dir, act, goal, 10 + (4 * i + j) as u64, threads, ln);
+                        eprintln!(
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln}: worst relative gradient error {worst:e}"
+                        );
+                    }
                 }
             }
         }
@@ -874,7 +883,8 @@ mod parity {
 }
 
 /// Whole updates, hand-written vs autograd, in f32: the same draws, losses,
-/// AdamW and Polyak steps leave the same actor, critics and temperature.
+/// AdamW and Polyak steps leave the same actor, critics and temperature,
+/// with plain and with LayerNorm critics.
 #[cfg(test)]
 mod same_update {
     use super::*;
@@ -883,6 +893,12 @@ mod same_update {
 
     #[test]
     fn fast_and_autograd_updates_agree() {
+        for critic_layer_norm in [false, true] {
+            agree(critic_layer_norm);
+        }
+    }
+
+    fn agree(critic_layer_norm: bool) {
         let model = init_model(
             default_spec(6, 0, 3, 2, 32),
             Init::Random { last_scale: 0.5 },
@@ -897,6 +913,7 @@ mod same_update {
             lr_actor: 1e-2,
             lr_critic: 1e-2,
             lr_alpha: 1e-2,
+            critic_layer_norm,
             ..Default::default()
         };
         let mut fast = Sac::new(&model, cfg.clone()).unwrap();
@@ -922,7 +939,7 @@ mod same_update {
             ] {
                 assert!(
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "stats {sf:?} vs {ss:?}"
+                    "ln {critic_layer_norm}: stats {sf:?} vs {ss:?}"
                 );
             }
         }
@@ -947,7 +964,7 @@ mod same_update {
                 let (d, moved) = (dist(a, b), dist(b, o));
                 assert!(
                     d <= 1e-3 * moved,
-                    "{name}: paths differ by {d}, moved {moved}"
+                    "ln {critic_layer_norm}: {name}: paths differ by {d}, moved {moved}"
                 );
                 n += 1;
             }
@@ -973,7 +990,10 @@ mod same_update {
                     d.to_scalar::<f32>().unwrap().sqrt(),
                     nb.to_scalar::<f32>().unwrap().sqrt(),
                 );
-                assert!(d <= 1e-4 * nb.max(1e-3), "critic: {d} vs norm {nb}");
+                assert!(
+                    d <= 1e-4 * nb.max(1e-3),
+                    "ln {critic_layer_norm}: critic: {d} vs norm {nb}"
+                );
             }
         }
     }
