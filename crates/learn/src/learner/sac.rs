@@ -462,7 +462,8 @@ impl Sac {
             let Some(f) = self.fast.as_mut() else {
                 return Err(LearnerError::FastPath("not in use".into()));
             };
-            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, b);
+            let bc = (lambda > 0.0).then_some((&a[..], lambda as f32));
+            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, bc, b);
             f.actor_step();
             st.bc_lambda = lambda as f32;
             st.actor_loss = loss;
@@ -706,7 +707,16 @@ mod parity {
         (diff / norm, norm)
     }
 
-    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize, ln: bool) -> f64 {
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        dir: Direction,
+        act: usize,
+        goal: usize,
+        seed: u64,
+        threads: usize,
+        ln: bool,
+        bc: f64,
+    ) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
         spec.direction = dir;
@@ -773,11 +783,24 @@ mod parity {
         let x = q_in(norm, &batch.s, &batch.a).unwrap();
         let (closs, _) = critic_loss(&q, &x, &y).unwrap();
         let cgrads = closs.backward().unwrap();
-        let (aloss, _, _) = actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        let (mut aloss, _, c) =
+            actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        if bc > 0.0 {
+            // As `update_mixed`: λ·mean(−log π(a_data|s)).
+            let nll = twin
+                .log_prob(&c, &batch.a)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .neg()
+                .unwrap();
+            aloss = (aloss + (nll * bc).unwrap()).unwrap();
+        }
         let agrads = aloss.backward().unwrap();
 
         let cfg = SacConfig {
             critic_layer_norm: ln,
+            bc_lambda: bc,
             ..Default::default()
         };
         assert!(Fast::<f64>::supports(&spec, &cfg));
@@ -801,7 +824,7 @@ mod parity {
             (cl - cl_ref).abs() <= 1e-9 * cl_ref.abs(),
             "critic loss {cl} vs {cl_ref}"
         );
-        let (al, _) = f.actor_grads(&s, &z, alpha_v, b);
+        let (al, _) = f.actor_grads(&s, &z, alpha_v, (bc > 0.0).then_some((&a[..], bc)), b);
         let al_ref = aloss.to_scalar::<f64>().unwrap();
         assert!(
             (al - al_ref).abs() <= 1e-9 * al_ref.abs(),
@@ -819,7 +842,7 @@ mod parity {
                 assert!(n > 0.0, "critic var {i}: zero reference gradient");
                 assert!(
                     e <= TOL,
-                    "{dir:?} act {act} goal {goal} ln {ln}: critic var {i}: rel err {e:e}"
+                    "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: critic var {i}: rel err {e:e}"
                 );
                 worst = worst.max(e);
                 checked += 1;
@@ -849,7 +872,7 @@ mod parity {
             );
             assert!(
                 e <= TOL,
-                "{dir:?} act {act} goal {goal} ln {ln}: actor var {:?}: rel err {e:e}",
+                "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: actor var {:?}: rel err {e:e}",
                 v.shape()
             );
             worst = worst.max(e);
@@ -862,8 +885,8 @@ mod parity {
     #[test]
     fn fast_sac_gradients_match_autograd() {
         // 3 workers: the batch split into row ranges whose sums meet.
-        // ln: LayerNorm critics (`--critic-layer-norm`).
-        for ln in [false, true] {
+        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight.
+        for (ln, bc) in [(false, 0.0), (true, 0.0), (false, 0.7), (true, 0.7)] {
             for threads in [1, 3] {
                 for (i, dir) in [Direction::Inverse, Direction::Forward]
                     .into_iter()
@@ -871,9 +894,10 @@ mod parity {
                 {
                     for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate()
                     {
-                        let worst = check(dir, act, goal, 10 + (4 * i + j) as u64, threads, ln);
+                        let seed = 10 + (4 * i + j) as u64;
+                        let worst = check(dir, act, goal, seed, threads, ln, bc);
                         eprintln!(
-                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln}: worst relative gradient error {worst:e}"
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc}: worst relative gradient error {worst:e}"
                         );
                     }
                 }
@@ -893,12 +917,12 @@ mod same_update {
 
     #[test]
     fn fast_and_autograd_updates_agree() {
-        for critic_layer_norm in [false, true] {
-            agree(critic_layer_norm);
+        for (critic_layer_norm, bc_lambda) in [(false, 0.0), (true, 0.0), (true, 0.5)] {
+            agree(critic_layer_norm, bc_lambda);
         }
     }
 
-    fn agree(critic_layer_norm: bool) {
+    fn agree(critic_layer_norm: bool, bc_lambda: f64) {
         let model = init_model(
             default_spec(6, 0, 3, 2, 32),
             Init::Random { last_scale: 0.5 },
@@ -914,6 +938,7 @@ mod same_update {
             lr_critic: 1e-2,
             lr_alpha: 1e-2,
             critic_layer_norm,
+            bc_lambda,
             ..Default::default()
         };
         let mut fast = Sac::new(&model, cfg.clone()).unwrap();
@@ -939,7 +964,7 @@ mod same_update {
             ] {
                 assert!(
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "ln {critic_layer_norm}: stats {sf:?} vs {ss:?}"
+                    "ln {critic_layer_norm} bc {bc_lambda}: stats {sf:?} vs {ss:?}"
                 );
             }
         }
@@ -964,7 +989,7 @@ mod same_update {
                 let (d, moved) = (dist(a, b), dist(b, o));
                 assert!(
                     d <= 1e-3 * moved,
-                    "ln {critic_layer_norm}: {name}: paths differ by {d}, moved {moved}"
+                    "ln {critic_layer_norm} bc {bc_lambda}: {name}: paths differ by {d}, moved {moved}"
                 );
                 n += 1;
             }
@@ -992,7 +1017,7 @@ mod same_update {
                 );
                 assert!(
                     d <= 1e-4 * nb.max(1e-3),
-                    "ln {critic_layer_norm}: critic: {d} vs norm {nb}"
+                    "ln {critic_layer_norm} bc {bc_lambda}: critic: {d} vs norm {nb}"
                 );
             }
         }
