@@ -1,7 +1,7 @@
 //! The hand-written SAC update: the flow actor's sampling pass and the twin
 //! ReLU critics (plain, or with a LayerNorm without affine before each ReLU
-//! as `--critic-layer-norm` makes them), forward and backward by hand over flat row-major buffers,
-//! with the same losses and the same AdamW / Polyak arithmetic as the candle
+//! as `--critic-layer-norm` makes them), forward and backward by hand over
+//! flat row-major buffers, with the same losses and the same AdamW / Polyak arithmetic as the candle
 //! autograd path in [`super::sac`] (which stays the reference: the parity
 //! test below compares every parameter's gradient against it).
 //!
