@@ -317,19 +317,24 @@ pub fn twin_latency(model: &ModelFile, obs: &[f32], goal: &[f32], n: usize) -> R
 }
 
 /// Time of one SAC update (critic, actor, temperature, Polyak) at `batch`
-/// on random transitions, critics 2×`critic_hidden`. The first 5 updates
+/// on random transitions, critics 2×`critic_hidden` (a LayerNorm before
+/// each ReLU with `critic_layer_norm`), BC weight `bc_lambda`. The first 5 updates
 /// are warm-up and not timed.
 pub fn sac_updates(
     model: &ModelFile,
     batch: usize,
     n: usize,
     critic_hidden: usize,
+    critic_layer_norm: bool,
+    bc_lambda: f64,
 ) -> Result<Latency> {
     use rand::{Rng, SeedableRng};
     let spec = &model.spec;
     let cfg = flowpilot_learn::learner::SacConfig {
         batch,
         critic_hidden,
+        critic_layer_norm,
+        bc_lambda,
         critic_warmup: 0,
         ..Default::default()
     };

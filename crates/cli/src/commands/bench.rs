@@ -24,6 +24,14 @@ pub(crate) struct BenchArgs {
     /// Instead: time SAC updates (this flow as the actor, 2×256 critics).
     #[arg(long)]
     sac: bool,
+    /// With `--sac`: LayerNorm (no affine) before each critic ReLU, as
+    /// `finetune --critic-layer-norm`.
+    #[arg(long)]
+    critic_layer_norm: bool,
+    /// With `--sac`: the BC weight λ of λ·(−log π(a_data|s)), as
+    /// `finetune --bc-lambda`.
+    #[arg(long, default_value_t = 0.0)]
+    bc_lambda: f64,
     /// SAC batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
@@ -121,13 +129,13 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
 fn sac(a: BenchArgs) -> Result<()> {
     let m = load(&a.model)?;
     let n = a.n.min(200);
-    let l = crate::bench::sac_updates(&m, a.batch, n, 256)?;
+    let l = crate::bench::sac_updates(&m, a.batch, n, 256, a.critic_layer_norm, a.bc_lambda)?;
     if a.json {
         println!("{}", serde_json::to_string(&l)?);
     } else {
         println!(
-            "SAC update (batch {}, K={} C={}, critics 2x256, {} threads): min {:.2} ms, median {:.2} ms, p99 {:.2} ms over {n} updates; {:.1} updates/s at the median",
-            a.batch, m.spec.blocks, m.spec.hidden[1], std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+            "SAC update (batch {}, K={} C={}, critics 2x256{}, BC λ {}, {} threads): min {:.2} ms, median {:.2} ms, p99 {:.2} ms over {n} updates; {:.1} updates/s at the median",
+            a.batch, m.spec.blocks, m.spec.hidden[1], if a.critic_layer_norm { " with LayerNorm" } else { "" }, a.bc_lambda, std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
             l.min_us / 1e3, l.median_us / 1e3, l.p99_us / 1e3, 1e6 / l.median_us
         );
     }

@@ -1,6 +1,7 @@
 //! The hand-written SAC update: the flow actor's sampling pass and the twin
-//! ReLU critics, forward and backward by hand over flat row-major buffers,
-//! with the same losses and the same AdamW / Polyak arithmetic as the candle
+//! ReLU critics (plain, or with a LayerNorm without affine before each ReLU
+//! as `--critic-layer-norm` makes them), forward and backward by hand over
+//! flat row-major buffers, with the same losses and the same AdamW / Polyak arithmetic as the candle
 //! autograd path in [`super::sac`] (which stays the reference: the parity
 //! test below compares every parameter's gradient against it).
 //!
@@ -12,8 +13,10 @@
 //! the critic weight gradients nobody applies; the buffers live across
 //! updates; AdamW and Polyak are one pass per parameter set.
 //!
-//! It covers the configurations the learner runs by default: a flow policy
-//! without a conditioning encoder, plain (no-LayerNorm) critics, no BC term.
+//! It covers the configurations the learner runs by default and the
+//! on-robot recipe: a flow policy without a conditioning encoder, plain or
+//! LayerNorm critics, with or without the BC term λ·(−log π(a_data|s))
+//! (its likelihood pass is the sampling pass run in the other direction).
 //! [`Fast::supports`] says so; anything else takes the autograd path.
 //!
 //! Learner only (off the control thread): no real-time promise. The
@@ -28,8 +31,8 @@ use rayon::prelude::*;
 
 use super::error::{LearnerError, Result};
 use super::kernels::{
-    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, matmul, polyak, AdamCfg,
-    LnCache, Mat, Real,
+    adamw_step, add_col_sums, leaky_ln_backward, leaky_ln_forward, ln_backward, ln_relu_forward,
+    matmul, polyak, AdamCfg, LnCache, Mat, Real, CRITIC_LN_EPS,
 };
 use super::sac::SacConfig;
 use crate::twin::Twin;
@@ -162,6 +165,8 @@ struct CriticSlots {
     b: [Slot; 3],
     inp: usize,
     hid: usize,
+    /// A LayerNorm (no affine) before each ReLU.
+    ln: bool,
 }
 
 /// W, W⁻¹ and the factors of one block, rebuilt once per update.
@@ -208,6 +213,12 @@ struct CriticCache<T> {
     h0: Vec<T>,
     h1: Vec<T>,
     q: Vec<T>,
+    /// LayerNorm critics only: the normalised rows before each ReLU and
+    /// their 1 / sqrt(var + ε).
+    n0: Vec<T>,
+    n1: Vec<T>,
+    r0: Vec<T>,
+    r1: Vec<T>,
 }
 
 /// Scratch for the backward passes.
@@ -240,6 +251,9 @@ struct Geo<T> {
 #[derive(Clone, Copy)]
 struct View<'a, T> {
     g: &'a Geo<T>,
+    /// The direction [`Worker::sample`] runs: the policy's own for sampling
+    /// (`g.inverse`), the other one for the likelihood of given actions.
+    inverse: bool,
     actor: &'a [T],
     plu: &'a [Plu<T>],
     critic: &'a [T],
@@ -280,6 +294,8 @@ pub(crate) struct Fast<T: Real> {
 pub(crate) struct Sampled<T> {
     pub(crate) a: Vec<T>,
     pub(crate) lp: Vec<T>,
+    /// The pass's log|det| (lp = log N(input) − logdet).
+    pub(crate) logdet: Vec<T>,
 }
 
 fn adam_cfg(lr: f64) -> AdamCfg {
@@ -300,11 +316,9 @@ fn resize<T: Real>(v: &mut Vec<T>, n: usize) {
 impl<T: Real> Fast<T> {
     /// Whether this path computes the same update as the autograd path for
     /// `spec` under `cfg`.
-    pub(crate) fn supports(spec: &ModelSpec, cfg: &SacConfig) -> bool {
-        spec.kind == PolicyKind::Flow
-            && spec.encoder.is_none()
-            && !cfg.critic_layer_norm
-            && cfg.bc_lambda == 0.0
+    /// (Every [`SacConfig`] is: plain or LayerNorm critics, any BC weight.)
+    pub(crate) fn supports(spec: &ModelSpec, _cfg: &SacConfig) -> bool {
+        spec.kind == PolicyKind::Flow && spec.encoder.is_none()
     }
 
     /// Take the current values of the twin's and critics' variables.
@@ -390,6 +404,7 @@ impl<T: Real> Fast<T> {
                 b,
                 hid: b[0].len,
                 inp: w[0].len / b[0].len,
+                ln: cfg.critic_layer_norm,
             };
             if q[c].inp != k + d || b[2].len != 1 {
                 return Err(LearnerError::FastPath("critic shapes".into()));
@@ -520,6 +535,7 @@ impl<T: Real> Fast<T> {
     ) -> Vec<R> {
         let v = View {
             g: &self.geo,
+            inverse: self.geo.inverse,
             actor: &self.actor.data,
             plu: &self.plu,
             critic: &self.critic.data,
@@ -594,10 +610,18 @@ impl<T: Real> Fast<T> {
     }
 
     /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
-    /// with a reparameterised from z, and its gradient (kept for
+    /// with a reparameterised from z, plus λ·mean(−log π(a_data|s)) when
+    /// `bc` = Some((a_data, λ)), and its gradient (kept for
     /// [`Self::actor_step`]; needs [`Self::prepare`]); returns (loss, mean
-    /// log π).
-    pub(crate) fn actor_grads(&mut self, s: &[T], z: &[T], alpha: T, b: usize) -> (T, T) {
+    /// log π of the samples).
+    pub(crate) fn actor_grads(
+        &mut self,
+        s: &[T],
+        z: &[T],
+        alpha: T,
+        bc: Option<(&[T], T)>,
+        b: usize,
+    ) -> (T, T) {
         let (k, d) = (self.geo.k, self.geo.d);
         let inv_b = T::one() / T::of(b as f64);
         let parts = self.each(b, |w, v, rg| {
@@ -606,6 +630,7 @@ impl<T: Real> Fast<T> {
                 &s[rg.start * k..rg.end * k],
                 &z[rg.start * d..rg.end * d],
                 alpha,
+                bc.map(|(a, l)| (&a[rg.start * d..rg.end * d], l)),
                 inv_b,
             )
         });
@@ -690,14 +715,14 @@ impl<T: Real> Worker<T> {
         let mut logdet = vec![T::zero(); b];
         let mut cur = z.to_vec();
         for j in 0..nb {
-            let bi = if v.g.inverse { nb - 1 - j } else { j };
+            let bi = if v.inverse { nb - 1 - j } else { j };
             let bs = v.g.blocks[bi];
             let plu = &v.plu[bi];
             let st = &mut self.steps[j];
             resize(&mut st.x, b * d);
             st.x.copy_from_slice(&cur);
             // The half the nets see: z1 (inverse) or u1 of u = x·W (forward).
-            let first: &[T] = if v.g.inverse {
+            let first: &[T] = if v.inverse {
                 &st.x
             } else {
                 resize(&mut st.u, b * d);
@@ -736,7 +761,7 @@ impl<T: Real> Worker<T> {
                 for c in 0..d2 {
                     let (sv, tv) = (s_out[r * d2 + c], t_out[r * d2 + c]);
                     sum_s += sv;
-                    if v.g.inverse {
+                    if v.inverse {
                         let e = sv.exp();
                         st.es[r * d2 + c] = e;
                         yr[d1 + c] = fr[d1 + c] * e + tv;
@@ -747,13 +772,13 @@ impl<T: Real> Worker<T> {
                     }
                 }
                 // The twin's order: logdet ± Σs, then ∓ log|s|.
-                logdet[r] = if v.g.inverse {
+                logdet[r] = if v.inverse {
                     logdet[r] + sum_s - plu.log_abs_s
                 } else {
                     logdet[r] - sum_s + plu.log_abs_s
                 };
             }
-            if v.g.inverse {
+            if v.inverse {
                 matmul(
                     b,
                     d,
@@ -778,7 +803,7 @@ impl<T: Real> Worker<T> {
                 (sq * half - c) - ld
             })
             .collect();
-        Sampled { a: cur, lp }
+        Sampled { a: cur, lp, logdet }
     }
 
     /// Backward of [`Self::sample`]: `da` (B, d) and `dlp` (B) in; the actor
@@ -792,14 +817,14 @@ impl<T: Real> Worker<T> {
         let dlogdet: Vec<T> = dlp.iter().map(|&v| -v).collect();
         let sum_dlogdet = dlogdet.iter().fold(T::zero(), |a, &v| a + v);
         for j in (0..nb).rev() {
-            let bi = if v.g.inverse { nb - 1 - j } else { j };
+            let bi = if v.inverse { nb - 1 - j } else { j };
             let bs = v.g.blocks[bi];
             let plu = &v.plu[bi];
             let st = &mut self.steps[j];
             resize(&mut w.dmat, d * d);
             resize(&mut w.dout, b * d);
             // dy: the gradient w.r.t. the coupling output [first, v2].
-            let dlas = if v.g.inverse {
+            let dlas = if v.inverse {
                 // out = y·W⁻¹.
                 matmul(
                     d,
@@ -828,13 +853,13 @@ impl<T: Real> Worker<T> {
             };
             resize(&mut w.ds, b * d2);
             resize(&mut w.dt, b * d2);
-            let first: &[T] = if v.g.inverse { &st.x } else { &st.u };
+            let first: &[T] = if v.inverse { &st.x } else { &st.u };
             for r in 0..b {
                 for c in 0..d2 {
                     let i = r * d2 + c;
                     let dv2 = w.dout[r * d + d1 + c];
                     let e = st.es[i];
-                    if v.g.inverse {
+                    if v.inverse {
                         // v2 = z2·e^s + t; logdet += Σs.
                         w.ds[i] = dv2 * first[r * d + d1 + c] * e + dlogdet[r];
                         w.dt[i] = dv2;
@@ -872,7 +897,7 @@ impl<T: Real> Worker<T> {
             for r in 0..b {
                 w.dout[r * d..r * d + d1].copy_from_slice(&w.dprev[r * d1..(r + 1) * d1]);
             }
-            if !v.g.inverse {
+            if !v.inverse {
                 // u = x·W.
                 matmul(
                     d,
@@ -899,15 +924,7 @@ impl<T: Real> Worker<T> {
             } else {
                 dcur.copy_from_slice(&w.dout);
             }
-            plu_backward(
-                d,
-                plu,
-                v.g.inverse,
-                &w.dmat,
-                dlas,
-                &mut self.grad_actor,
-                &bs,
-            );
+            plu_backward(d, plu, v.inverse, &w.dmat, dlas, &mut self.grad_actor, &bs);
         }
     }
 
@@ -997,10 +1014,19 @@ impl<T: Real> Worker<T> {
     }
 
     /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
-    /// with a reparameterised from z, on this worker's rows (`inv_b` = 1/B of
-    /// the whole batch); the gradient in `grad_actor`; returns (its share of
-    /// the loss, of mean log π).
-    fn actor_rows(&mut self, v: View<T>, s: &[T], z: &[T], alpha: T, inv_b: T) -> (T, T) {
+    /// with a reparameterised from z, plus λ·mean(−log π(a_data|s)) with
+    /// `bc`, on this worker's rows (`inv_b` = 1/B of the whole batch); the
+    /// gradient in `grad_actor`; returns (its share of the loss, of mean
+    /// log π).
+    fn actor_rows(
+        &mut self,
+        v: View<T>,
+        s: &[T],
+        z: &[T],
+        alpha: T,
+        bc: Option<(&[T], T)>,
+        inv_b: T,
+    ) -> (T, T) {
         let (d, k) = (v.g.d, v.g.k);
         let b = z.len() / d;
         self.normalise(v, s, b);
@@ -1066,6 +1092,28 @@ impl<T: Real> Worker<T> {
         let dlp = vec![alpha * inv_b; b];
         self.grad_actor.fill(T::zero());
         self.sample_backward(v, &da, &dlp, b);
+        if let Some((a_data, lambda)) = bc {
+            // log π(a|s) = log N(z(a)) + log|det ∂z/∂a|: the sampling pass in
+            // the other direction (the twin's `log_prob`), from a to z.
+            let vb = View {
+                inverse: !v.inverse,
+                ..v
+            };
+            let lik = self.sample(vb, a_data, b);
+            let c = T::of(d as f64 * HALF_LN_2PI as f64);
+            let half = T::of(-0.5);
+            let scale = lambda * inv_b;
+            let mut nll = T::zero();
+            for (zr, &ld) in lik.a.chunks_exact(d).zip(&lik.logdet) {
+                let sq = zr.iter().fold(T::zero(), |a, &v| a + v * v);
+                nll -= (sq * half - c) + ld;
+            }
+            loss += nll * scale;
+            // ∂(−λ/B·log N(z))/∂z = λ/B·z; ∂/∂logdet = −λ/B, which the
+            // backward takes as dlp (its lp is base − logdet).
+            let dz: Vec<T> = lik.a.iter().map(|&zv| zv * scale).collect();
+            self.sample_backward(vb, &dz, &vec![scale; b], b);
+        }
         (loss, lp_sum * inv_b)
     }
 }
@@ -1351,7 +1399,8 @@ fn net_backward<T: Real>(
     );
 }
 
-/// ReLU critic forward: q = relu(relu(x·W0 + b0)·W1 + b1)·W2 + b2.
+/// ReLU critic forward: q = relu(relu(x·W0 + b0)·W1 + b1)·W2 + b2, or with
+/// a LayerNorm (no affine) inside each relu when `cs.ln`.
 fn critic_forward<T: Real>(
     data: &[T],
     cs: &CriticSlots,
@@ -1361,7 +1410,14 @@ fn critic_forward<T: Real>(
     par: Parallelism,
 ) {
     let h = cs.hid;
-    let dense_relu = |inp: &[T], iw: usize, w: Slot, bias: Slot, out: &mut Vec<T>| {
+    let eps = T::of(CRITIC_LN_EPS);
+    let dense_relu = |inp: &[T],
+                      iw: usize,
+                      w: Slot,
+                      bias: Slot,
+                      out: &mut Vec<T>,
+                      norm: &mut Vec<T>,
+                      rstd: &mut Vec<T>| {
         resize(out, b * h);
         matmul(
             b,
@@ -1374,14 +1430,20 @@ fn critic_forward<T: Real>(
             par,
         );
         let bias = bias.of(data);
+        if cs.ln {
+            resize(norm, b * h);
+            resize(rstd, b);
+            ln_relu_forward(out, bias, eps, norm, rstd);
+            return;
+        }
         for row in out.chunks_exact_mut(h) {
             for (o, &bv) in row.iter_mut().zip(bias) {
                 *o = (*o + bv).max_of(T::zero());
             }
         }
     };
-    dense_relu(x, cs.inp, cs.w[0], cs.b[0], &mut c.h0);
-    dense_relu(&c.h0, h, cs.w[1], cs.b[1], &mut c.h1);
+    dense_relu(x, cs.inp, cs.w[0], cs.b[0], &mut c.h0, &mut c.n0, &mut c.r0);
+    dense_relu(&c.h0, h, cs.w[1], cs.b[1], &mut c.h1, &mut c.n1, &mut c.r1);
     resize(&mut c.q, b);
     matmul(
         b,
@@ -1429,13 +1491,17 @@ fn critic_backward<T: Real>(
         );
         cs.b[2].of_mut(g)[0] += dq.iter().fold(T::zero(), |a, &v| a + v);
     }
-    // dh1 = dq·W2ᵀ, through the ReLU (its output is 0 where it was cut).
+    // dh1 = dq·W2ᵀ, through the ReLU (its output is 0 where it was cut)
+    // and the LayerNorm when there is one.
     resize(&mut w.d1, b * h);
     let w2 = cs.w[2].of(data);
     for ((row, &dqv), hr) in w.d1.chunks_exact_mut(h).zip(dq).zip(c.h1.chunks_exact(h)) {
         for ((o, &wv), &hv) in row.iter_mut().zip(w2).zip(hr) {
             *o = if hv > T::zero() { dqv * wv } else { T::zero() };
         }
+    }
+    if cs.ln {
+        ln_backward(&mut w.d1, h, &c.n1, &c.r1);
     }
     if let Some(g) = grad.as_mut() {
         matmul(
@@ -1465,6 +1531,9 @@ fn critic_backward<T: Real>(
         if hv <= T::zero() {
             *o = T::zero();
         }
+    }
+    if cs.ln {
+        ln_backward(&mut w.d0, h, &c.n0, &c.r0);
     }
     if let Some(g) = grad.as_mut() {
         matmul(

@@ -1,7 +1,8 @@
 //! Batch kernels of the hand-written SAC path ([`super::fast`]): matmuls on
 //! row-major slices through the `gemm` crate (the one candle itself calls),
 //! the fused Dense-bias → LeakyReLU → LayerNorm layer with its hand-written
-//! backward, the fused AdamW step and the Polyak average.
+//! backward, the critics' fused Dense-bias → LayerNorm (no affine) → ReLU
+//! and its LayerNorm backward, the fused AdamW step and the Polyak average.
 //!
 //! Why hand-written: candle runs each of the ~15 elementwise ops of a
 //! composite LayerNorm as its own pass with its own allocation (and as many
@@ -285,6 +286,60 @@ pub(crate) fn leaky_ln_backward<T: Real>(
             let da = if pv > T::zero() { dl } else { dl * slope };
             *dv = da;
             *dbb += da;
+        }
+    }
+}
+
+/// The critics' LayerNorm ε (`sac::layer_norm`).
+pub(crate) const CRITIC_LN_EPS: f64 = 1e-5;
+
+/// h = ReLU(LayerNorm(pre + bias)) per row of width n, the LayerNorm without
+/// affine (the `--critic-layer-norm` critics, as in RLPD). `pre` holds the
+/// matmul output on entry and h on return; `norm` gets the normalised row
+/// before the ReLU and `rstd` 1 / sqrt(var + ε), for the backward. Same math
+/// as `sac::layer_norm`: biased variance of the centred row.
+pub(crate) fn ln_relu_forward<T: Real>(
+    pre: &mut [T],
+    bias: &[T],
+    eps: T,
+    norm: &mut [T],
+    rstd: &mut [T],
+) {
+    let n = bias.len();
+    let inv_n = T::one() / T::of(n as f64);
+    for ((p, nr), r) in pre
+        .chunks_exact_mut(n)
+        .zip(norm.chunks_exact_mut(n))
+        .zip(rstd.iter_mut())
+    {
+        for (pv, &b) in p.iter_mut().zip(bias) {
+            *pv += b;
+        }
+        let mean = lane_sum(n, |i| p[i]) * inv_n;
+        for (nv, &pv) in nr.iter_mut().zip(p.iter()) {
+            *nv = pv - mean;
+        }
+        let var = lane_sum(n, |i| nr[i] * nr[i]) * inv_n;
+        let rs = T::one() / (var + eps).sqrt();
+        *r = rs;
+        for (nv, pv) in nr.iter_mut().zip(p.iter_mut()) {
+            *nv *= rs;
+            *pv = nv.max_of(T::zero());
+        }
+    }
+}
+
+/// Backward of the LayerNorm of [`ln_relu_forward`]: `dn` (B, n), the
+/// gradient w.r.t. the normalised rows (the ReLU's mask already applied
+/// by the caller), rows of width n, in; the gradient w.r.t. pre + bias out in its place:
+/// rstd·(dn − mean(dn) − n̂·mean(dn·n̂)).
+pub(crate) fn ln_backward<T: Real>(dn: &mut [T], n: usize, norm: &[T], rstd: &[T]) {
+    let inv_n = T::one() / T::of(n as f64);
+    for ((d, nr), &rs) in dn.chunks_exact_mut(n).zip(norm.chunks_exact(n)).zip(rstd) {
+        let m1 = lane_sum(n, |i| d[i]) * inv_n;
+        let m2 = lane_sum(n, |i| d[i] * nr[i]) * inv_n;
+        for (dv, &nv) in d.iter_mut().zip(nr) {
+            *dv = rs * (*dv - m1 - nv * m2);
         }
     }
 }

@@ -462,7 +462,8 @@ impl Sac {
             let Some(f) = self.fast.as_mut() else {
                 return Err(LearnerError::FastPath("not in use".into()));
             };
-            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, b);
+            let bc = (lambda > 0.0).then_some((&a[..], lambda as f32));
+            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, bc, b);
             f.actor_step();
             st.bc_lambda = lambda as f32;
             st.actor_loss = loss;
@@ -671,7 +672,8 @@ mod tests {
 
 /// The hand-written update against candle autograd: every parameter's
 /// gradient of the critic and actor losses, in f64, on random models of
-/// both flow directions (with and without a goal).
+/// both flow directions (with and without a goal), with plain and with
+/// LayerNorm critics.
 #[cfg(test)]
 mod parity {
     use super::*;
@@ -688,7 +690,7 @@ mod parity {
                 .iter()
                 .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap())
                 .collect(),
-            layer_norm: false,
+            layer_norm: c.layer_norm,
         }
     }
 
@@ -705,7 +707,16 @@ mod parity {
         (diff / norm, norm)
     }
 
-    fn check(dir: Direction, act: usize, goal: usize, seed: u64, threads: usize) -> f64 {
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        dir: Direction,
+        act: usize,
+        goal: usize,
+        seed: u64,
+        threads: usize,
+        ln: bool,
+        bc: f64,
+    ) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
         spec.direction = dir;
@@ -724,7 +735,7 @@ mod parity {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let k = obs + goal;
         let mk =
-            |rng: &mut ChaCha8Rng| f64_critic(&Critic::new(k + act, 16, false, rng, &dev).unwrap());
+            |rng: &mut ChaCha8Rng| f64_critic(&Critic::new(k + act, 16, ln, rng, &dev).unwrap());
         let q = [mk(&mut rng), mk(&mut rng)];
         let q_targ = [mk(&mut rng), mk(&mut rng)];
         let mut mean: Vec<f64> = spec.obs_norm.mean.iter().map(|&v| v as f64).collect();
@@ -772,10 +783,27 @@ mod parity {
         let x = q_in(norm, &batch.s, &batch.a).unwrap();
         let (closs, _) = critic_loss(&q, &x, &y).unwrap();
         let cgrads = closs.backward().unwrap();
-        let (aloss, _, _) = actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        let (mut aloss, _, c) =
+            actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        if bc > 0.0 {
+            // As `update_mixed`: λ·mean(−log π(a_data|s)).
+            let nll = twin
+                .log_prob(&c, &batch.a)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .neg()
+                .unwrap();
+            aloss = (aloss + (nll * bc).unwrap()).unwrap();
+        }
         let agrads = aloss.backward().unwrap();
 
-        let cfg = SacConfig::default();
+        let cfg = SacConfig {
+            critic_layer_norm: ln,
+            bc_lambda: bc,
+            ..Default::default()
+        };
+        assert!(Fast::<f64>::supports(&spec, &cfg));
         let mut f = Fast::<f64>::new(
             &twin,
             [&q[0].vars, &q[1].vars],
@@ -796,7 +824,7 @@ mod parity {
             (cl - cl_ref).abs() <= 1e-9 * cl_ref.abs(),
             "critic loss {cl} vs {cl_ref}"
         );
-        let (al, _) = f.actor_grads(&s, &z, alpha_v, b);
+        let (al, _) = f.actor_grads(&s, &z, alpha_v, (bc > 0.0).then_some((&a[..], bc)), b);
         let al_ref = aloss.to_scalar::<f64>().unwrap();
         assert!(
             (al - al_ref).abs() <= 1e-9 * al_ref.abs(),
@@ -814,7 +842,7 @@ mod parity {
                 assert!(n > 0.0, "critic var {i}: zero reference gradient");
                 assert!(
                     e <= TOL,
-                    "{dir:?} act {act} goal {goal}: critic var {i}: rel err {e:e}"
+                    "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: critic var {i}: rel err {e:e}"
                 );
                 worst = worst.max(e);
                 checked += 1;
@@ -844,7 +872,7 @@ mod parity {
             );
             assert!(
                 e <= TOL,
-                "{dir:?} act {act} goal {goal}: actor var {:?}: rel err {e:e}",
+                "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: actor var {:?}: rel err {e:e}",
                 v.shape()
             );
             worst = worst.max(e);
@@ -857,16 +885,21 @@ mod parity {
     #[test]
     fn fast_sac_gradients_match_autograd() {
         // 3 workers: the batch split into row ranges whose sums meet.
-        for threads in [1, 3] {
-            for (i, dir) in [Direction::Inverse, Direction::Forward]
-                .into_iter()
-                .enumerate()
-            {
-                for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate() {
-                    let worst = check(dir, act, goal, 10 + (4 * i + j) as u64, threads);
-                    eprintln!(
-                        "{threads} worker(s), {dir:?} act {act} goal {goal}: worst relative gradient error {worst:e}"
-                    );
+        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight.
+        for (ln, bc) in [(false, 0.0), (true, 0.0), (false, 0.7), (true, 0.7)] {
+            for threads in [1, 3] {
+                for (i, dir) in [Direction::Inverse, Direction::Forward]
+                    .into_iter()
+                    .enumerate()
+                {
+                    for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate()
+                    {
+                        let seed = 10 + (4 * i + j) as u64;
+                        let worst = check(dir, act, goal, seed, threads, ln, bc);
+                        eprintln!(
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc}: worst relative gradient error {worst:e}"
+                        );
+                    }
                 }
             }
         }
@@ -874,7 +907,8 @@ mod parity {
 }
 
 /// Whole updates, hand-written vs autograd, in f32: the same draws, losses,
-/// AdamW and Polyak steps leave the same actor, critics and temperature.
+/// AdamW and Polyak steps leave the same actor, critics and temperature,
+/// with plain and with LayerNorm critics.
 #[cfg(test)]
 mod same_update {
     use super::*;
@@ -883,6 +917,12 @@ mod same_update {
 
     #[test]
     fn fast_and_autograd_updates_agree() {
+        for (critic_layer_norm, bc_lambda) in [(false, 0.0), (true, 0.0), (true, 0.5)] {
+            agree(critic_layer_norm, bc_lambda);
+        }
+    }
+
+    fn agree(critic_layer_norm: bool, bc_lambda: f64) {
         let model = init_model(
             default_spec(6, 0, 3, 2, 32),
             Init::Random { last_scale: 0.5 },
@@ -897,6 +937,8 @@ mod same_update {
             lr_actor: 1e-2,
             lr_critic: 1e-2,
             lr_alpha: 1e-2,
+            critic_layer_norm,
+            bc_lambda,
             ..Default::default()
         };
         let mut fast = Sac::new(&model, cfg.clone()).unwrap();
@@ -922,7 +964,7 @@ mod same_update {
             ] {
                 assert!(
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "stats {sf:?} vs {ss:?}"
+                    "ln {critic_layer_norm} bc {bc_lambda}: stats {sf:?} vs {ss:?}"
                 );
             }
         }
@@ -947,7 +989,7 @@ mod same_update {
                 let (d, moved) = (dist(a, b), dist(b, o));
                 assert!(
                     d <= 1e-3 * moved,
-                    "{name}: paths differ by {d}, moved {moved}"
+                    "ln {critic_layer_norm} bc {bc_lambda}: {name}: paths differ by {d}, moved {moved}"
                 );
                 n += 1;
             }
@@ -973,7 +1015,10 @@ mod same_update {
                     d.to_scalar::<f32>().unwrap().sqrt(),
                     nb.to_scalar::<f32>().unwrap().sqrt(),
                 );
-                assert!(d <= 1e-4 * nb.max(1e-3), "critic: {d} vs norm {nb}");
+                assert!(
+                    d <= 1e-4 * nb.max(1e-3),
+                    "ln {critic_layer_norm} bc {bc_lambda}: critic: {d} vs norm {nb}"
+                );
             }
         }
     }
