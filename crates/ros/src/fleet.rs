@@ -21,7 +21,6 @@ use crossbeam_queue::ArrayQueue;
 use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
-use r2r::QosProfile;
 
 use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::{write_atomic, CheckpointDir};
@@ -59,12 +58,26 @@ pub(crate) struct FleetLink {
     robot: String,
 }
 
-fn reliable(depth: usize) -> QosProfile {
-    QosProfile::default().reliable().keep_last(depth)
-}
+/// The fleet topics' QoS, for both ends of the link (the words in
+/// `flowpilot_core::fleet::topics`).
+pub(crate) mod qos {
+    use r2r::QosProfile;
 
-fn latched(depth: usize) -> QosProfile {
-    reliable(depth).transient_local()
+    fn reliable(depth: usize) -> QosProfile {
+        QosProfile::default().reliable().keep_last(depth)
+    }
+    pub(crate) fn records() -> QosProfile {
+        reliable(64)
+    }
+    pub(crate) fn acks() -> QosProfile {
+        reliable(8)
+    }
+    pub(crate) fn policy() -> QosProfile {
+        reliable(1).transient_local()
+    }
+    pub(crate) fn revoked() -> QosProfile {
+        reliable(64).transient_local()
+    }
 }
 
 impl FleetLink {
@@ -80,7 +93,7 @@ impl FleetLink {
         let acks = Arc::new(ArrayQueue::<Ack>::new(16));
         let versions = Arc::new(ArrayQueue::<Vec<u8>>::new(2));
         let q = acks.clone();
-        let sub = node.subscribe::<StringMsg>(topics::ACKS, reliable(8))?;
+        let sub = node.subscribe::<StringMsg>(topics::ACKS, qos::acks())?;
         spawner.spawn_local(sub.for_each(move |m| {
             match from_json::<Ack>(&m.data) {
                 Ok(a) => {
@@ -97,14 +110,14 @@ impl FleetLink {
         };
         if let Some(t) = &policy_topic {
             let q = versions.clone();
-            let sub = node.subscribe::<UInt8MultiArray>(t, latched(1))?;
+            let sub = node.subscribe::<UInt8MultiArray>(t, qos::policy())?;
             spawner.spawn_local(sub.for_each(move |m| {
                 q.force_push(m.data);
                 futures::future::ready(())
             }))?;
         }
-        let records = node.create_publisher::<UInt8MultiArray>(topics::RECORDS, reliable(64))?;
-        let revoked = node.create_publisher::<StringMsg>(topics::REVOKED, latched(64))?;
+        let records = node.create_publisher::<UInt8MultiArray>(topics::RECORDS, qos::records())?;
+        let revoked = node.create_publisher::<StringMsg>(topics::REVOKED, qos::revoked())?;
         let stats = Arc::new(FleetStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));

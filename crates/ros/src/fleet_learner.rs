@@ -14,12 +14,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::fleet::qos;
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
-use r2r::QosProfile;
 
 use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::fleet::shards::ShardStore;
@@ -54,21 +54,7 @@ struct Args {
 }
 
 pub fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Args::parse()) {
-        tracing::error!("{e:#}");
-        eprintln!("flowpilot_fleet: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn reliable(depth: usize) -> QosProfile {
-    QosProfile::default().reliable().keep_last(depth)
+    crate::binary_main("flowpilot_fleet", || run(Args::parse()));
 }
 
 fn run(a: Args) -> Result<()> {
@@ -99,7 +85,7 @@ fn run(a: Args) -> Result<()> {
     let spawner = pool.spawner();
     let batches: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::default();
     let q = batches.clone();
-    let sub = node.subscribe::<UInt8MultiArray>(topics::RECORDS, reliable(64))?;
+    let sub = node.subscribe::<UInt8MultiArray>(topics::RECORDS, qos::records())?;
     spawner.spawn_local(sub.for_each(move |m| {
         let mut q = q.borrow_mut();
         if q.len() >= QUEUE {
@@ -110,7 +96,7 @@ fn run(a: Args) -> Result<()> {
     }))?;
     let revocations: Rc<RefCell<Vec<Revocation>>> = Rc::default();
     let q = revocations.clone();
-    let sub = node.subscribe::<StringMsg>(topics::REVOKED, reliable(64).transient_local())?;
+    let sub = node.subscribe::<StringMsg>(topics::REVOKED, qos::revoked())?;
     spawner.spawn_local(sub.for_each(move |m| {
         match from_json::<Revocation>(&m.data) {
             Ok(r) => q.borrow_mut().push(r),
@@ -118,13 +104,12 @@ fn run(a: Args) -> Result<()> {
         }
         futures::future::ready(())
     }))?;
-    let acks = node.create_publisher::<StringMsg>(topics::ACKS, reliable(8))?;
+    let acks = node.create_publisher::<StringMsg>(topics::ACKS, qos::acks())?;
     let policy_topic = match &a.robot {
         Some(r) => topics::own_policy(r),
         None => topics::POLICY.to_string(),
     };
-    let policy =
-        node.create_publisher::<UInt8MultiArray>(&policy_topic, reliable(1).transient_local())?;
+    let policy = node.create_publisher::<UInt8MultiArray>(&policy_topic, qos::policy())?;
     tracing::info!(instance = %instance, shards = %a.shards.display(), out = %a.out.display(), policy = %policy_topic, "fleet learner link up");
 
     let ack_period = Duration::from_secs_f64(a.ack_period.clamp(0.01, 10.0));
@@ -215,8 +200,9 @@ fn run(a: Args) -> Result<()> {
         }
         if Instant::now() >= next_report {
             next_report = Instant::now() + report_every;
+            let acks = store.acks();
             for (r, (stored, dup, ahead)) in store.counters() {
-                let ack = store.acks()[&r];
+                let ack = acks[&r];
                 let bytes = bytes_in.get(&r).copied().unwrap_or(0);
                 tracing::info!(robot = %r, next = ack.next, stored, duplicates = dup, ahead, gap_records = ack.gap_records, bytes, "fleet shards");
             }

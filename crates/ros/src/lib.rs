@@ -577,15 +577,21 @@ fn log_summary(stats: &flowpilot_core::control::Stats) {
 /// The `flowpilot_node` binary: logging set-up, then [`run_node`]; exits 1
 /// with the reason on a fatal error.
 pub fn main() {
+    binary_main("flowpilot_node", run_node);
+}
+
+/// A binary's edge: logging to stderr (RUST_LOG, default info), then
+/// `run`; exits 1 with the reason on a fatal error.
+fn binary_main(name: &str, run: impl FnOnce() -> Result<()>) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run_node() {
+    if let Err(e) = run() {
         tracing::error!("{e:#}");
-        eprintln!("flowpilot_node: {e:#}");
+        eprintln!("{name}: {e:#}");
         std::process::exit(1);
     }
 }
