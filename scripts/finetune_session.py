@@ -295,6 +295,9 @@ def main():
         "newest_checkpoint": pol["path"] if pol else None,
         "policy_version_before": v0, "policy_version_after": v1,
         "policy_swaps": d.get("policy_swaps"), "policy_rejections": d.get("policy_rejections"),
+        "policy_auto_rollbacks": d.get("policy_auto_rollbacks"),
+        "overruns": d.get("overruns"), "jitter_max_us": d.get("jitter_max_us"),
+        "policy_guard_verdict": d.get("policy_guard_verdict"),
         "log_written": d.get("log_written"), "log_dropped": d.get("log_dropped"),
         "evals": evals, "train": train, "plot": plot_path,
     }
@@ -303,8 +306,14 @@ def main():
           f"{'' if expert is None else f'; scripted expert {expert:.2f}'}")
     print(f"robot time {robot_time:.1f} s, {robot_steps} robot steps in {done} training episodes; "
           f"learner updates {summary['learner_updates']}; policy version {v0} -> {v1}, "
-          f"swaps {d.get('policy_swaps')}, rejections {d.get('policy_rejections')}; "
+          f"swaps {d.get('policy_swaps')}, rejections {d.get('policy_rejections')}, "
+          f"automatic rollbacks {d.get('policy_auto_rollbacks')}; "
           f"log: {d.get('log_written')} records written, {d.get('log_dropped')} dropped")
+    if pol and session_s > 0:
+        print(f"learner: {pol['updates'] / session_s:.1f} updates/s over the session's {session_s:.0f} s; "
+              f"control loop: {d.get('overruns')} overruns since the node started")
+    if d.get("policy_guard_verdict"):
+        print(f"return guard, last verdict: {d.get('policy_guard_verdict')}")
     # the line scripts and docs quote (kept from earlier versions)
     print(f"fine-tuning changed the return by {after['return'] - before['return']:+.2f}; log: {d.get('log_written')} "
           f"records written, {d.get('log_dropped')} dropped; swaps {d.get('policy_swaps')}, "

@@ -1,16 +1,27 @@
 //! The return guard: an automatic rollback rule for fine-tuning sessions.
 //! Each finished episode's return is booked to the policy version that ran
 //! the whole episode (an episode during which a swap happened is booked to
-//! nobody). Once a new version has `episodes` returns, it is compared once
-//! with its parent's latest `episodes` returns:
+//! nobody). Once a new version has `episodes` returns, it is judged once
+//! against the best version so far on the running line: of the earlier
+//! accepted versions with at least `episodes` returns (its parent is one),
+//! the one with the highest mean over all its returns.
 //!
-//! roll back  ⇔  mean(new) < mean(parent) − max(margin, z·SE),
-//! SE = sqrt(var(new)/n + var(parent)/m)
+//! roll back to the best  ⇔  mean(new) < mean(best) − max(margin, z·SE),
+//! SE = sqrt(var(new)/n + var(best)/m)
 //!
 //! so a version is undone only when it is worse by more than the margin
 //! and by more than z standard errors of the difference (episode returns
 //! vary with the task's random targets; one test per version keeps the
-//! false-rollback rate at the one-sided z level, 2.3 % for z = 2).
+//! false-rollback rate near the one-sided z level, 2.3 % for z = 2, against
+//! the parent). Judging against the best rather than the parent stops a
+//! slow slide: versions that are each a little worse than their parent
+//! pass one by one, but not once their sum is clearly below the best. A
+//! lucky best is not kept on a pedestal: rolled back to, it runs again and
+//! its mean takes in the new returns.
+//!
+//! A version replaced before it ran `episodes` whole episodes is never
+//! judged; [`ReturnGuard::unjudged`] counts them (the learner's checkpoint
+//! period must leave each version that many episodes).
 //!
 //! Pure bookkeeping on the spin thread; never on the control thread.
 
@@ -27,33 +38,21 @@ pub struct GuardConfig {
     pub z: f64,
 }
 
-/// The guard's judgement of a version.
+/// The guard's judgement of a version, against `best`: the digest of the
+/// best version so far on the line (possibly the parent).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Keep {
         new_mean: f64,
-        parent_mean: f64,
+        best: String,
+        best_mean: f64,
     },
     RollBack {
         new_mean: f64,
-        parent_mean: f64,
+        best: String,
+        best_mean: f64,
         threshold: f64,
     },
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Verdict::Keep { new_mean, parent_mean } => write!(
-                f,
-                "kept: mean return {new_mean:.2} against its parent's {parent_mean:.2}"
-            ),
-            Verdict::RollBack { new_mean, parent_mean, threshold } => write!(
-                f,
-                "rolled back: mean return {new_mean:.2} is below its parent's {parent_mean:.2} by more than {threshold:.2}"
-            ),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -64,6 +63,9 @@ pub struct ReturnGuard {
     last_live: Option<String>,
     returns: HashMap<String, Vec<f64>>,
     judged: HashSet<String>,
+    /// The first version seen: the start, judged against nothing.
+    first: Option<String>,
+    unjudged: u64,
 }
 
 fn mean_var(v: &[f64]) -> (f64, f64) {
@@ -84,6 +86,8 @@ impl ReturnGuard {
             last_live: None,
             returns: HashMap::new(),
             judged: HashSet::new(),
+            first: None,
+            unjudged: 0,
         }
     }
 
@@ -91,38 +95,64 @@ impl ReturnGuard {
         self.cfg.episodes > 0
     }
 
+    /// Versions replaced before they had `episodes` returns (never judged).
+    pub fn unjudged(&self) -> u64 {
+        self.unjudged
+    }
+
     /// An episode ended with return `ret` while `live` (a digest) runs;
-    /// `parent` is the version `live` replaced. Returns a verdict the first
-    /// time `live` has enough episodes (and its parent too).
-    pub fn episode(&mut self, ret: f64, live: &str, parent: Option<&str>) -> Option<Verdict> {
+    /// `line` holds the versions accepted before it, oldest first (the
+    /// candidates for the best so far). Returns a verdict the first time
+    /// `live` has enough episodes and some version on the line has too.
+    pub fn episode(&mut self, ret: f64, live: &str, line: &[&str]) -> Option<Verdict> {
+        if !self.enabled() {
+            return None;
+        }
+        self.first.get_or_insert_with(|| live.to_string());
         let whole = self.last_live.as_deref() == Some(live);
+        if !whole {
+            if let Some(prev) = self.last_live.take() {
+                let ran = self.returns.get(&prev).map_or(0, Vec::len);
+                let start = self.first.as_deref() == Some(&prev);
+                if !start && !self.judged.contains(&prev) && ran < self.cfg.episodes {
+                    self.unjudged += 1;
+                }
+            }
+        }
         self.last_live = Some(live.to_string());
-        if !self.enabled() || !whole || !ret.is_finite() {
+        if !whole || !ret.is_finite() {
             return None;
         }
         let k = self.cfg.episodes;
         self.returns.entry(live.to_string()).or_default().push(ret);
-        let parent = parent?;
         let new = &self.returns[live];
-        let old = self.returns.get(parent)?;
-        if new.len() < k || old.len() < k || self.judged.contains(live) {
+        if new.len() < k || self.judged.contains(live) {
             return None;
         }
+        let (best, (bm, bv), bn) = line
+            .iter()
+            .filter_map(|d| {
+                let r = self.returns.get(*d).filter(|r| r.len() >= k)?;
+                Some((*d, mean_var(r), r.len()))
+            })
+            .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))?;
         self.judged.insert(live.to_string());
         let (nm, nv) = mean_var(&new[..k]);
-        let (pm, pv) = mean_var(&old[old.len() - k..]);
-        let se = (nv / k as f64 + pv / k as f64).sqrt();
+        let se = (nv / k as f64 + bv / bn as f64).sqrt();
         let threshold = self.cfg.margin.max(self.cfg.z * se);
-        Some(if nm < pm - threshold {
+        let best = best.to_string();
+        Some(if nm < bm - threshold {
             Verdict::RollBack {
                 new_mean: nm,
-                parent_mean: pm,
+                best,
+                best_mean: bm,
                 threshold,
             }
         } else {
             Verdict::Keep {
                 new_mean: nm,
-                parent_mean: pm,
+                best,
+                best_mean: bm,
             }
         })
     }
@@ -140,80 +170,120 @@ mod tests {
         })
     }
 
+    /// Run `rets` under `live` (the first one sees the swap and is booked
+    /// to nobody); the verdicts returned.
+    fn run(g: &mut ReturnGuard, live: &str, line: &[&str], rets: &[f64]) -> Vec<Verdict> {
+        let mut out = vec![];
+        for &r in std::iter::once(&0.0).chain(rets) {
+            out.extend(g.episode(r, live, line));
+        }
+        out
+    }
+
     #[test]
     fn a_clearly_worse_version_is_rolled_back_once() {
         let mut g = guard();
-        for r in [-5.0, -5.2, -4.8, -5.0, -5.1] {
-            assert_eq!(g.episode(r, "v1", None), None);
-        }
-        // the episode that saw the swap is booked to nobody
-        assert_eq!(g.episode(-20.0, "v2", Some("v1")), None);
-        for r in [-8.0, -8.2, -7.9] {
-            assert_eq!(g.episode(r, "v2", Some("v1")), None);
-        }
-        match g.episode(-8.1, "v2", Some("v1")) {
-            Some(Verdict::RollBack {
+        assert!(run(&mut g, "v1", &[], &[-5.0, -5.2, -4.8, -5.0, -5.1]).is_empty());
+        let v = run(&mut g, "v2", &["v1"], &[-8.0, -8.2, -7.9, -8.1, -8.0]);
+        assert_eq!(v.len(), 1, "judged once: {v:?}");
+        match &v[0] {
+            Verdict::RollBack {
                 new_mean,
-                parent_mean,
+                best,
+                best_mean,
                 ..
-            }) => {
-                assert!((new_mean + 8.05).abs() < 1e-9);
-                assert!((parent_mean + 5.025).abs() < 1e-9, "the parent's last 4");
+            } => {
+                assert!((new_mean + 8.05).abs() < 1e-9, "its first 4");
+                assert_eq!(best, "v1");
+                assert!((best_mean + 5.02).abs() < 1e-9, "all 5 of the parent's");
             }
             v => panic!("{v:?}"),
         }
-        assert_eq!(g.episode(-8.0, "v2", Some("v1")), None, "judged once");
+    }
+
+    #[test]
+    fn a_slow_slide_is_judged_against_the_best_not_the_parent() {
+        // Each version 0.4 below its parent (inside the 0.5 margin), but
+        // v4 is 0.8 below the best so far, v2: rolled back to v2.
+        let mut g = guard();
+        run(&mut g, "v1", &[], &[-5.0; 4]);
+        let v = run(&mut g, "v2", &["v1"], &[-4.0; 4]);
+        assert!(matches!(&v[..], [Verdict::Keep { best, .. }] if best == "v1"));
+        let v = run(&mut g, "v3", &["v1", "v2"], &[-4.4; 4]);
+        assert!(
+            matches!(&v[..], [Verdict::Keep { best, .. }] if best == "v2"),
+            "{v:?}"
+        );
+        let v = run(&mut g, "v4", &["v1", "v2", "v3"], &[-4.8; 4]);
+        match &v[..] {
+            [Verdict::RollBack {
+                best, best_mean, ..
+            }] => {
+                assert_eq!((best.as_str(), *best_mean), ("v2", -4.0))
+            }
+            v => panic!("{v:?}"),
+        }
+        // back on v2, its new returns join its old ones: a lucky best does
+        // not stay the bar
+        run(&mut g, "v2", &["v1"], &[-4.6; 4]);
+        let v = run(&mut g, "v5", &["v1", "v2"], &[-4.6; 4]);
+        match &v[..] {
+            [Verdict::Keep {
+                best, best_mean, ..
+            }] => {
+                assert_eq!(best, "v2");
+                assert!((best_mean + 4.3).abs() < 1e-9, "{best_mean}");
+            }
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
     fn a_drop_within_the_noise_or_the_margin_is_kept() {
         let mut g = guard();
         // parent: noisy returns (sd ≈ 3)
-        for r in [-2.0, -8.0, -3.0, -9.0, -5.0] {
-            g.episode(r, "v1", None);
-        }
-        g.episode(0.0, "v2", Some("v1"));
-        for r in [-4.0, -10.0, -6.0] {
-            g.episode(r, "v2", Some("v1"));
-        }
-        // mean −7.25 vs −6.25: 1.0 worse, but 2·SE ≈ 4.3
-        assert!(matches!(
-            g.episode(-9.0, "v2", Some("v1")),
-            Some(Verdict::Keep { .. })
-        ));
+        run(&mut g, "v1", &[], &[-2.0, -8.0, -3.0, -9.0]);
+        // mean −7.25 vs −5.5: 1.75 worse, but 2·SE ≈ 4.3
+        let v = run(&mut g, "v2", &["v1"], &[-4.0, -10.0, -6.0, -9.0]);
+        assert!(matches!(&v[..], [Verdict::Keep { .. }]), "{v:?}");
         // quiet returns: 0.4 worse is inside the margin
         let mut g = guard();
-        for r in [-5.0; 5] {
-            g.episode(r, "a", None);
-        }
-        g.episode(0.0, "b", Some("a"));
-        for r in [-5.4; 3] {
-            g.episode(r, "b", Some("a"));
-        }
-        assert!(matches!(
-            g.episode(-5.4, "b", Some("a")),
-            Some(Verdict::Keep { .. })
-        ));
+        run(&mut g, "a", &[], &[-5.0; 4]);
+        let v = run(&mut g, "b", &["a"], &[-5.4; 4]);
+        assert!(matches!(&v[..], [Verdict::Keep { .. }]), "{v:?}");
     }
 
     #[test]
-    fn off_or_without_a_judged_parent_it_never_acts() {
+    fn off_or_with_nothing_judged_to_compare_with_it_never_acts() {
         let mut g = ReturnGuard::new(GuardConfig {
             episodes: 0,
             margin: 0.5,
             z: 2.0,
         });
-        for _ in 0..10 {
-            assert_eq!(g.episode(-1.0, "v1", None), None);
-        }
+        assert!(run(&mut g, "v1", &[], &[-1.0; 10]).is_empty());
+        assert!(run(&mut g, "v2", &["v1"], &[-100.0; 10]).is_empty());
         let mut g = guard();
-        g.episode(-1.0, "v2", Some("v1"));
-        for _ in 0..10 {
-            assert_eq!(
-                g.episode(-100.0, "v2", Some("v1")),
-                None,
-                "parent never ran"
-            );
-        }
+        assert!(
+            run(&mut g, "v2", &["v1"], &[-100.0; 10]).is_empty(),
+            "v1 never ran"
+        );
+        // v2 ran its episodes: it is a bar for v3
+        let v = run(&mut g, "v3", &["v1", "v2"], &[-100.0; 10]);
+        assert!(
+            matches!(&v[..], [Verdict::Keep { best, .. }] if best == "v2"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_replaced_before_it_could_be_judged_is_counted() {
+        let mut g = guard();
+        run(&mut g, "v1", &[], &[-5.0; 2]); // the start: judged against nothing
+        run(&mut g, "v2", &["v1"], &[-5.0; 3]); // replaced after 3 of 4
+        assert_eq!(g.unjudged(), 0, "counted when replaced");
+        run(&mut g, "v3", &["v1", "v2"], &[-5.0; 4]);
+        assert_eq!(g.unjudged(), 1);
+        run(&mut g, "v4", &["v1", "v2", "v3"], &[-5.0; 1]);
+        assert_eq!(g.unjudged(), 1, "v3 ran its 4 episodes");
     }
 }

@@ -205,21 +205,56 @@ impl HotSwap {
     }
 
     /// An episode just ended with return `ret`: book it to the running
-    /// version; roll that version back if the guard says so.
+    /// version; roll back to the best version so far if the guard says so.
     pub fn episode_ended(&mut self, ret: f64, chan: &SwapChannel) {
         let n = self.accepted.len();
+        let unjudged = self.guard.unjudged();
+        let line: Vec<&str> = self.accepted[..n - 1]
+            .iter()
+            .map(|(_, m)| m.spec.digest.as_str())
+            .collect();
         let live = self.accepted[n - 1].1.spec.digest.clone();
-        let parent = (n >= 2).then(|| self.accepted[n - 2].1.spec.digest.clone());
-        let Some(v) = self.guard.episode(ret, &live, parent.as_deref()) else {
-            return;
-        };
+        let verdict = self.guard.episode(ret, &live, &line);
+        if self.guard.unjudged() > unjudged {
+            tracing::warn!(
+                unjudged = self.guard.unjudged(),
+                "a version was replaced before the return guard could judge it; \
+                 give each version more episodes (the learner's checkpoint period)"
+            );
+        }
+        let Some(v) = verdict else { return };
         let version = self.current().spec.version;
-        self.last_verdict = format!("version {version} {v}");
+        let best = match &v {
+            crate::guard::Verdict::Keep { best, .. }
+            | crate::guard::Verdict::RollBack { best, .. } => best.clone(),
+        };
+        let best_version = self
+            .accepted
+            .iter()
+            .find(|(_, m)| m.spec.digest == best)
+            .map_or(0, |(_, m)| m.spec.version);
         match v {
-            crate::guard::Verdict::Keep { .. } => tracing::info!("{}", self.last_verdict),
-            crate::guard::Verdict::RollBack { .. } => {
+            crate::guard::Verdict::Keep {
+                new_mean,
+                best_mean,
+                ..
+            } => {
+                self.last_verdict = format!(
+                    "version {version} kept: mean return {new_mean:.2} against the best so far, version {best_version}'s {best_mean:.2}"
+                );
+                tracing::info!("{}", self.last_verdict);
+            }
+            crate::guard::Verdict::RollBack {
+                new_mean,
+                best_mean,
+                threshold,
+                ..
+            } => {
+                self.last_verdict = format!(
+                    "version {version} rolled back to version {best_version}: mean return {new_mean:.2} is below the best so far ({best_mean:.2}) by more than {threshold:.2}"
+                );
                 tracing::warn!("{}", self.last_verdict);
-                match self.rollback(chan) {
+                match self.rollback_to(&best, chan) {
                     Ok(_) => self.auto_rollbacks += 1,
                     Err(e) => tracing::error!("automatic rollback failed: {e}"),
                 }
@@ -387,13 +422,29 @@ impl HotSwap {
 
     /// Offer the previous accepted version again. Returns its description.
     pub fn rollback(&mut self, chan: &SwapChannel) -> Result<String, SwapError> {
-        if self.accepted.len() < 2 {
+        let n = self.accepted.len();
+        if n < 2 {
             return Err(SwapError::NoPrevious);
         }
-        let (path, undone) = self.accepted.pop().expect("len >= 2");
-        self.revoked.insert(undone.spec.digest.clone());
-        let (prev_path, prev) = self.accepted.last().expect("len >= 1");
-        let sampler = Sampler::new(prev)?;
+        let prev = self.accepted[n - 2].1.spec.digest.clone();
+        self.rollback_to(&prev, chan)
+    }
+
+    /// Revoke every version accepted after `digest` and offer `digest`
+    /// again (an earlier accepted version). Returns its description.
+    fn rollback_to(&mut self, digest: &str, chan: &SwapChannel) -> Result<String, SwapError> {
+        let Some(keep) = self.accepted[..self.accepted.len() - 1]
+            .iter()
+            .rposition(|(_, m)| m.spec.digest == digest)
+        else {
+            return Err(SwapError::NoPrevious);
+        };
+        let sampler = Sampler::new(&self.accepted[keep].1)?;
+        let (path, _) = self.accepted.last().expect("len >= 2").clone();
+        for (_, undone) in self.accepted.drain(keep + 1..) {
+            self.revoked.insert(undone.spec.digest);
+        }
+        let (prev_path, prev) = self.accepted.last().expect("kept");
         if let Some(stale) = chan.offer(sampler) {
             drop(stale);
         }
@@ -664,6 +715,62 @@ mod tests {
             again.last_rejection().contains("rolled back"),
             "{}",
             again.last_rejection()
+        );
+    }
+
+    #[test]
+    fn the_guard_rolls_a_slow_slide_back_to_the_best_version() {
+        let mut s = setup(0.0);
+        s.hot = HotSwap::new(
+            s.dir.path().into(),
+            0.0,
+            s.dir.policy_path(1),
+            version(1, 2, 1),
+        )
+        .with_guard(crate::guard::GuardConfig {
+            episodes: 3,
+            margin: 0.5,
+            z: 2.0,
+        });
+        // each version runs one swap episode (booked to nobody), then 3
+        let mut run = |s: &mut Setup, ret: f64| {
+            for _ in 0..4 {
+                s.hot.episode_ended(ret, &s.chan);
+            }
+        };
+        run(&mut s, -5.0);
+        let mut parent = s.hot.current().clone();
+        for (v, ret) in [(2, -4.0), (3, -4.4), (4, -4.8)] {
+            let m = child(&parent, v, v);
+            m.save(s.dir.policy_path(v)).unwrap();
+            s.hot.poll(&s.chan, &[]);
+            s.chan.take().unwrap();
+            run(&mut s, ret);
+            parent = m;
+        }
+        // v4 is 0.4 below its parent, 0.8 below the best (v2): undone, and
+        // v3 with it
+        assert_eq!(s.hot.auto_rollbacks(), 1, "{}", s.hot.last_verdict());
+        assert!(
+            s.hot.last_verdict().contains("rolled back to version 2"),
+            "{}",
+            s.hot.last_verdict()
+        );
+        assert_eq!(s.hot.current().spec.version, 2);
+        assert_eq!(s.chan.take().unwrap().spec().version, 2);
+        let revoked = s.dir.accepted().revoked;
+        for v in [3, 4] {
+            let d = ModelFile::load(s.dir.policy_path(v)).unwrap().spec.digest;
+            assert!(revoked.contains(&d), "version {v} revoked");
+        }
+        // and the learner's next version on v4's line is refused
+        child(&parent, 5, 5).save(s.dir.policy_path(5)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.hot.current().spec.version, 2);
+        assert!(
+            s.hot.last_rejection().contains("rolled back"),
+            "{}",
+            s.hot.last_rejection()
         );
     }
 
