@@ -46,7 +46,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EVAL_SEED = 1000
@@ -70,6 +70,7 @@ class Session:
         self.cli = self.node.create_client(SetBool, f"{node_name}/finetune")
         if not self.cli.wait_for_service(timeout_sec=30):
             raise SystemExit(f"{node_name}/finetune not available: is flowpilot_node running?")
+        self.keep = self.node.create_client(Trigger, f"{node_name}/keep_best")
 
     def _on_diag(self, m):
         for s in m.status:
@@ -88,6 +89,16 @@ class Session:
         if r is None or not r.success:
             raise SystemExit(f"~/finetune {on}: {r.message if r else 'no response'}")
         return r.message
+
+    def keep_best(self):
+        """~/keep_best: the node swaps in the best version the return guard
+        has seen. Returns (success, message)."""
+        if not self.keep.wait_for_service(timeout_sec=5):
+            return False, "~/keep_best not available"
+        fut = self.keep.call_async(Trigger.Request())
+        rclpy.spin_until_future_complete(self.node, fut, timeout_sec=30)
+        r = fut.result()
+        return (r.success, r.message) if r else (False, "no response")
 
     def version(self):
         v = self.diag.get("policy_version")
@@ -182,8 +193,13 @@ def plot(path, task, train, evals, expert, before):
     if train:
         ax.scatter([e["robot_time_s"] for e in train], [e["return"] for e in train], s=8, alpha=0.25,
                    color="tab:blue", label="training episodes")
-    ax.plot([e["robot_time_s"] for e in evals], [e["return"] for e in evals], "o-", color="tab:orange",
+    line = [e for e in evals if e["label"] != "kept best"]
+    ax.plot([e["robot_time_s"] for e in line], [e["return"] for e in line], "o-", color="tab:orange",
             label=f"evaluation ({evals[0]['episodes']} episodes, seed {EVAL_SEED})")
+    for e in evals:
+        if e["label"] == "kept best":
+            ax.plot([e["robot_time_s"]], [e["return"]], "*", ms=14, color="tab:red",
+                    label=f"kept best (version {e['policy_version_end']}) {e['return']:.2f}")
     ax.axhline(before, color="tab:gray", ls="--", lw=1, label=f"BC start {before:.2f}")
     if expert is not None:
         ax.axhline(expert, color="tab:green", ls="--", lw=1, label=f"scripted expert {expert:.2f}")
@@ -215,6 +231,9 @@ def main():
                     "(MuJoCo tasks: measured with the sim unless given)")
     ap.add_argument("--plot", help="learning-curve PNG (default ~/.local/state/flowpilot/<task>/finetune.png)")
     ap.add_argument("--summary", help="JSON summary (default: next to the plot, .json)")
+    ap.add_argument("--no-keep-best", action="store_true",
+                    help="end on the newest version (default: after evaluating it, ~/keep_best swaps in the "
+                    "best version the return guard judged on the training episodes, which is evaluated too)")
     a = ap.parse_args()
     mj = MUJOCO.get(a.task)
     n_eval = a.eval_episodes or (mj["eval"] if mj else 10)
@@ -281,6 +300,19 @@ def main():
         print(f"warning: the node runs version {v1}, the newest checkpoint is {pol['version']}", flush=True)
     after = evaluate("after", round(robot_time, 3), done)
     evals.append(after)
+    kept = None
+    if not a.no_keep_best:
+        v_newest = s.version()
+        ok, msg = s.keep_best()
+        print(f"keep the best: {msg}", flush=True)
+        if ok and "already the best" in msg:
+            kept = after
+        elif ok:
+            end = time.monotonic() + 10
+            while s.version() == v_newest and time.monotonic() < end:
+                s.spin(0.2)
+            kept = evaluate("kept best", round(robot_time, 3), done)
+            evals.append(kept)
     s.spin(1.5)
     d = s.diag
     worst = min(e["return"] for e in evals[1:])
@@ -288,6 +320,8 @@ def main():
         "task": a.task, "train_episodes": done, "eval_episodes": n_eval, "eval_seed": EVAL_SEED,
         "eval_every": every, "sim_rate_hz": a.rate if a.task == "reach" else a.sim_rate,
         "return_before": before["return"], "return_after": after["return"],
+        "return_kept": kept["return"] if kept else None,
+        "kept_version": kept["policy_version_end"] if kept else None,
         "change": after["return"] - before["return"], "min_eval_minus_before": worst - before["return"],
         "expert_return": expert, "robot_time_s": round(robot_time, 3), "robot_steps": robot_steps,
         "session_wall_s": round(session_s, 1),
@@ -309,6 +343,9 @@ def main():
           f"swaps {d.get('policy_swaps')}, rejections {d.get('policy_rejections')}, "
           f"automatic rollbacks {d.get('policy_auto_rollbacks')}; "
           f"log: {d.get('log_written')} records written, {d.get('log_dropped')} dropped")
+    if kept is not None:
+        print(f"kept version {kept['policy_version_end']} (the best the return guard judged): mean return "
+              f"{kept['return']:.2f} ({kept['return'] - before['return']:+.2f} on the start)")
     if pol and session_s > 0:
         print(f"learner: {pol['updates'] / session_s:.1f} updates/s over the session's {session_s:.0f} s; "
               f"control loop: {d.get('overruns')} overruns since the node started")

@@ -48,6 +48,8 @@ def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
     assert int(s["log_dropped"]) == 0
     assert int(s["policy_swaps"]) >= 1 and s["learner_updates"] > 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000, "learning curve written"
+    # the session ends on the best version the return guard judged
+    assert s["kept_version"] is not None and s["return_kept"] is not None, s.get("kept_version")
     assert s["change"] > MIN_GAIN, (
         f"fine-tuning changed the return by {s['change']:+.2f} "
         f"({s['return_before']:.2f} -> {s['return_after']:.2f}); needs > {MIN_GAIN}")

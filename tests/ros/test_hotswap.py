@@ -100,6 +100,13 @@ def test_swap_reject_rollback_and_resume(domain, peer, tmp_path):
         assert fut.result().success, fut.result().message
         t = time.monotonic()
         wait_for(lambda: acts_match(trace, v1, t + 0.2), 5, "v1 actions after rollback")
+        # keep_best needs versions judged on episodes (no episode topic here)
+        keep = peer.node.create_client(Trigger, "/flowpilot/keep_best")
+        assert keep.wait_for_service(timeout_sec=5)
+        fut = keep.call_async(Trigger.Request())
+        wait_for(fut.done, 5, "keep_best reply")
+        assert not fut.result().success
+        assert "no version has run the return guard's episodes" in fut.result().message, fut.result().message
     finally:
         assert node.stop() == 0
     # restart: resumes with the last accepted version (v1 after the rollback);

@@ -100,6 +100,26 @@ impl ReturnGuard {
         self.unjudged
     }
 
+    /// The best of `versions` (digests): the highest mean return over all
+    /// its booked episodes, among those with at least `episodes` of them;
+    /// with its (mean, variance) and episode count.
+    fn best_of<'a>(&self, versions: &[&'a str]) -> Option<(&'a str, (f64, f64), usize)> {
+        let k = self.cfg.episodes.max(1);
+        versions
+            .iter()
+            .filter_map(|d| {
+                let r = self.returns.get(*d).filter(|r| r.len() >= k)?;
+                Some((*d, mean_var(r), r.len()))
+            })
+            .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
+    }
+
+    /// The best of `versions` so far (see [`Self::best_of`]): its digest,
+    /// mean return and episode count.
+    pub fn best<'a>(&self, versions: &[&'a str]) -> Option<(&'a str, f64, usize)> {
+        self.best_of(versions).map(|(d, (m, _), n)| (d, m, n))
+    }
+
     /// An episode ended with return `ret` while `live` (a digest) runs;
     /// `line` holds the versions accepted before it, oldest first (the
     /// candidates for the best so far). Returns a verdict the first time
@@ -129,13 +149,7 @@ impl ReturnGuard {
         if new.len() < k || self.judged.contains(live) {
             return None;
         }
-        let (best, (bm, bv), bn) = line
-            .iter()
-            .filter_map(|d| {
-                let r = self.returns.get(*d).filter(|r| r.len() >= k)?;
-                Some((*d, mean_var(r), r.len()))
-            })
-            .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0))?;
+        let (best, (bm, bv), bn) = self.best_of(line)?;
         self.judged.insert(live.to_string());
         let (nm, nv) = mean_var(&new[..k]);
         let se = (nv / k as f64 + bv / bn as f64).sqrt();
@@ -273,6 +287,17 @@ mod tests {
             matches!(&v[..], [Verdict::Keep { best, .. }] if best == "v2"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn the_best_is_the_highest_mean_among_versions_with_enough_episodes() {
+        let mut g = guard();
+        run(&mut g, "v1", &[], &[-5.0; 4]);
+        run(&mut g, "v2", &["v1"], &[-3.0; 4]);
+        run(&mut g, "v3", &["v1", "v2"], &[-1.0; 3]); // too few to count
+        assert_eq!(g.best(&["v1", "v2", "v3"]), Some(("v2", -3.0, 4)));
+        assert_eq!(g.best(&["v1"]), Some(("v1", -5.0, 4)));
+        assert_eq!(g.best(&["v3"]), None);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum SwapError {
     Sample(#[from] SampleError),
     #[error("no previous version to roll back to")]
     NoPrevious,
+    #[error("no version has run the return guard's episodes yet (or the guard is off)")]
+    NoJudged,
 }
 
 /// What a candidate's smoke sample got wrong.
@@ -260,6 +262,32 @@ impl HotSwap {
                 }
             }
         }
+    }
+
+    /// Swap in the best version so far by the return guard's bookkeeping
+    /// (the highest mean return among accepted versions that ran the
+    /// guard's episodes, the running one included), revoking every version
+    /// after it: how a session ends on the robot's best policy rather than
+    /// the newest, unjudged one. Returns what it did.
+    pub fn keep_best(&mut self, chan: &SwapChannel) -> Result<String, SwapError> {
+        let line: Vec<&str> = self
+            .accepted
+            .iter()
+            .map(|(_, m)| m.spec.digest.as_str())
+            .collect();
+        let (best, mean, n) = self.guard.best(&line).ok_or(SwapError::NoJudged)?;
+        let best = best.to_string();
+        let cur = self.current();
+        if cur.spec.digest == best {
+            return Ok(format!(
+                "version {} is already the best so far (mean return {mean:.2} over {n} episodes)",
+                cur.spec.version
+            ));
+        }
+        let msg = self.rollback_to(&best, chan)?;
+        Ok(format!(
+            "the best so far (mean return {mean:.2} over {n} episodes): {msg}"
+        ))
     }
 
     /// Rollbacks made by the return guard, and its latest verdict.
@@ -763,6 +791,9 @@ mod tests {
             let d = ModelFile::load(s.dir.policy_path(v)).unwrap().spec.digest;
             assert!(revoked.contains(&d), "version {v} revoked");
         }
+        // v2 is the best so far: keeping the best changes nothing
+        let msg = s.hot.keep_best(&s.chan).unwrap();
+        assert!(msg.contains("version 2 is already the best"), "{msg}");
         // and the learner's next version on v4's line is refused
         child(&parent, 5, 5).save(s.dir.policy_path(5)).unwrap();
         s.hot.poll(&s.chan, &[]);
@@ -772,6 +803,48 @@ mod tests {
             "{}",
             s.hot.last_rejection()
         );
+    }
+
+    #[test]
+    fn keep_best_swaps_in_the_best_judged_version() {
+        let mut s = setup(0.0);
+        assert!(matches!(s.hot.keep_best(&s.chan), Err(SwapError::NoJudged)));
+        s.hot = HotSwap::new(
+            s.dir.path().into(),
+            0.0,
+            s.dir.policy_path(1),
+            version(1, 2, 1),
+        )
+        .with_guard(crate::guard::GuardConfig {
+            episodes: 3,
+            margin: 5.0, // wide: the guard itself never acts here
+            z: 2.0,
+        });
+        let mut parent = s.hot.current().clone();
+        for (v, ret) in [(1, -5.0), (2, -3.0), (3, -4.0), (4, -3.5)] {
+            if v > 1 {
+                let m = child(&parent, v, v);
+                m.save(s.dir.policy_path(v)).unwrap();
+                s.hot.poll(&s.chan, &[]);
+                s.chan.take().unwrap();
+                parent = m;
+            }
+            for _ in 0..4 {
+                s.hot.episode_ended(ret, &s.chan);
+            }
+        }
+        // a fifth, newest version that ran too few episodes to count
+        child(&parent, 5, 5).save(s.dir.policy_path(5)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        s.chan.take().unwrap();
+        s.hot.episode_ended(-1.0, &s.chan);
+        s.hot.episode_ended(-1.0, &s.chan);
+        assert_eq!(s.hot.auto_rollbacks(), 0);
+        let msg = s.hot.keep_best(&s.chan).unwrap();
+        assert!(msg.contains("-3.00 over 3 episodes"), "{msg}");
+        assert_eq!(s.hot.current().spec.version, 2);
+        assert_eq!(s.chan.take().unwrap().spec().version, 2);
+        assert_eq!(s.dir.accepted().revoked.len(), 3, "versions 3, 4 and 5");
     }
 
     #[test]

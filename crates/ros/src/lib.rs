@@ -14,7 +14,7 @@
 //! - [`inputs`]: observation/goal subscriptions into the board.
 //! - [`log_inputs`]: reward/episode/terminal and override subscriptions; the log writer.
 //! - [`outputs`]: the action publisher and its thread.
-//! - [`services`]: e-stop, `~/rollback`, `~/finetune`.
+//! - [`services`]: e-stop, `~/rollback`, `~/keep_best`, `~/finetune`.
 //! - [`lifecycle`]: the managed-node services on lifecycle_msgs.
 //! - [`swap`]: the starting model and the hot-swap poll.
 //! - [`learner`]: the fine-tuning learner child process.
@@ -415,7 +415,7 @@ impl Session {
         self.requests.serve_finetune(self.learner.as_mut());
         let (requests, chan, returns) = (&mut self.requests, &self.chan, &self.episode_returns);
         match self.swap.as_mut() {
-            None => requests.refuse_rollback(),
+            None => requests.refuse_swap_requests(),
             Some(s) => s.with_hot(|h| {
                 // The return guard judges versions by their episodes' returns.
                 if let Some(inputs) = returns {
@@ -423,7 +423,7 @@ impl Session {
                         h.episode_ended(ret, chan);
                     }
                 }
-                requests.serve_rollback(h, chan);
+                requests.serve_swap_requests(h, chan);
             }),
         }
         let Self {

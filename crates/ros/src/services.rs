@@ -2,8 +2,8 @@
 //! so that every common publisher QoS reaches it), the `~/estop` SetBool
 //! and `~/reset_estop` Trigger services, all applying core's
 //! [`EStopLatch`] rule (engage at once, release only by a deliberate reset)
-//! to the atomic the control thread reads; and the queued `~/rollback` and
-//! `~/finetune` services, whose requests the spin thread answers between
+//! to the atomic the control thread reads; and the queued `~/rollback`,
+//! `~/keep_best` and `~/finetune` services, whose requests the spin thread answers between
 //! spins (it owns the hot swap and the learner they act on). Nothing here
 //! runs on the control thread.
 
@@ -136,10 +136,10 @@ where
     Ok(queue)
 }
 
-/// `~/rollback` (Trigger) and `~/finetune` (SetBool), answered by
-/// [`Requests::serve`].
+/// `~/rollback` and `~/keep_best` (Trigger), and `~/finetune` (SetBool).
 pub(crate) struct Requests {
     rollback: Arc<ArrayQueue<r2r::ServiceRequest<Trigger::Service>>>,
+    keep_best: Arc<ArrayQueue<r2r::ServiceRequest<Trigger::Service>>>,
     finetune: Arc<ArrayQueue<r2r::ServiceRequest<SetBool::Service>>>,
     /// A stop request answered once the learner has exited.
     pending_stop: Option<r2r::ServiceRequest<SetBool::Service>>,
@@ -152,6 +152,12 @@ impl Requests {
     ) -> Result<Self> {
         Ok(Self {
             rollback: queued_service::<Trigger::Service>(node, spawner, "~/rollback", || {
+                Trigger::Response {
+                    success: false,
+                    message: "busy".into(),
+                }
+            })?,
+            keep_best: queued_service::<Trigger::Service>(node, spawner, "~/keep_best", || {
                 Trigger::Response {
                     success: false,
                     message: "busy".into(),
@@ -170,26 +176,35 @@ impl Requests {
     /// Answer what is queued. Never blocks: a learner stop is answered on a
     /// later call, once the learner has exited (it writes a last checkpoint
     /// first).
-    /// `~/rollback` requests, answered by the hot swap (the spin thread
-    /// calls this only when the worker is not validating: until then they
-    /// wait in their queue).
-    pub(crate) fn serve_rollback(&mut self, hot: &mut HotSwap, chan: &SwapChannel) {
-        while let Some(req) = self.rollback.pop() {
-            let (success, message) = match hot.rollback(chan) {
-                Ok(m) => (true, m),
-                Err(e) => (false, e.to_string()),
-            };
-            let _ = req.respond(Trigger::Response { success, message });
+    /// `~/rollback` and `~/keep_best` requests, answered by the hot swap
+    /// (the spin thread calls this only when the worker is not validating:
+    /// until then they wait in their queues).
+    pub(crate) fn serve_swap_requests(&mut self, hot: &mut HotSwap, chan: &SwapChannel) {
+        for (queue, rollback) in [(&self.rollback, true), (&self.keep_best, false)] {
+            while let Some(req) = queue.pop() {
+                let done = if rollback {
+                    hot.rollback(chan)
+                } else {
+                    hot.keep_best(chan)
+                };
+                let (success, message) = match done {
+                    Ok(m) => (true, m),
+                    Err(e) => (false, e.to_string()),
+                };
+                let _ = req.respond(Trigger::Response { success, message });
+            }
         }
     }
 
-    /// `~/rollback` requests while hot swap is off.
-    pub(crate) fn refuse_rollback(&mut self) {
-        while let Some(req) = self.rollback.pop() {
-            let _ = req.respond(Trigger::Response {
-                success: false,
-                message: "hot swap is off (set hot_swap.dir)".into(),
-            });
+    /// `~/rollback` and `~/keep_best` requests while hot swap is off.
+    pub(crate) fn refuse_swap_requests(&mut self) {
+        for queue in [&self.rollback, &self.keep_best] {
+            while let Some(req) = queue.pop() {
+                let _ = req.respond(Trigger::Response {
+                    success: false,
+                    message: "hot swap is off (set hot_swap.dir)".into(),
+                });
+            }
         }
     }
 
