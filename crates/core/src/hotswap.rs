@@ -746,9 +746,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_guard_rolls_a_slow_slide_back_to_the_best_version() {
-        let mut s = setup(0.0);
+    /// `s` restarted with a return guard judging on 3 episodes.
+    fn guarded(s: &mut Setup, margin: f64) {
         s.hot = HotSwap::new(
             s.dir.path().into(),
             0.0,
@@ -757,9 +756,15 @@ mod tests {
         )
         .with_guard(crate::guard::GuardConfig {
             episodes: 3,
-            margin: 0.5,
+            margin,
             z: 2.0,
         });
+    }
+
+    #[test]
+    fn the_guard_rolls_a_slow_slide_back_to_the_best_version() {
+        let mut s = setup(0.0);
+        guarded(&mut s, 0.5);
         // each version runs one swap episode (booked to nobody), then 3
         let mut run = |s: &mut Setup, ret: f64| {
             for _ in 0..4 {
@@ -809,17 +814,7 @@ mod tests {
     fn keep_best_swaps_in_the_best_judged_version() {
         let mut s = setup(0.0);
         assert!(matches!(s.hot.keep_best(&s.chan), Err(SwapError::NoJudged)));
-        s.hot = HotSwap::new(
-            s.dir.path().into(),
-            0.0,
-            s.dir.policy_path(1),
-            version(1, 2, 1),
-        )
-        .with_guard(crate::guard::GuardConfig {
-            episodes: 3,
-            margin: 5.0, // wide: the guard itself never acts here
-            z: 2.0,
-        });
+        guarded(&mut s, 5.0); // wide: the guard itself never acts here
         let mut parent = s.hot.current().clone();
         for (v, ret) in [(1, -5.0), (2, -3.0), (3, -4.0), (4, -3.5)] {
             if v > 1 {
