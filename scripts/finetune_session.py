@@ -247,6 +247,7 @@ def main():
 
     rclpy.init()
     s = Session(a.node)
+    t_start = time.monotonic()
     s.spin(1.5)
     v0 = s.diag.get("policy_version", "?")
 
@@ -270,6 +271,8 @@ def main():
 
     before = evaluate("before", 0.0, 0)
     evals = [before]
+    s.spin(1.5)
+    overruns0, up0 = s.diag.get("overruns"), time.monotonic()
     print(s.call(True), flush=True)
     train, robot_time, robot_steps, done, chunk = [], 0.0, 0, 0, 0
     t0 = time.monotonic()
@@ -330,7 +333,8 @@ def main():
         "policy_version_before": v0, "policy_version_after": v1,
         "policy_swaps": d.get("policy_swaps"), "policy_rejections": d.get("policy_rejections"),
         "policy_auto_rollbacks": d.get("policy_auto_rollbacks"),
-        "overruns": d.get("overruns"), "jitter_max_us": d.get("jitter_max_us"),
+        "overruns": d.get("overruns"), "overruns_before_learner": overruns0,
+        "node_s_before_learner": round(up0 - t_start, 1), "jitter_max_us": d.get("jitter_max_us"),
         "policy_guard_verdict": d.get("policy_guard_verdict"),
         "log_written": d.get("log_written"), "log_dropped": d.get("log_dropped"),
         "evals": evals, "train": train, "plot": plot_path,
@@ -348,7 +352,8 @@ def main():
               f"{kept['return']:.2f} ({kept['return'] - before['return']:+.2f} on the start)")
     if pol and session_s > 0:
         print(f"learner: {pol['updates'] / session_s:.1f} updates/s over the session's {session_s:.0f} s; "
-              f"control loop: {d.get('overruns')} overruns since the node started")
+              f"control loop overruns: {overruns0} in the {up0 - t_start:.0f} s before the learner started, "
+              f"{d.get('overruns')} in all by the end ({time.monotonic() - t_start:.0f} s)")
     if d.get("policy_guard_verdict"):
         print(f"return guard, last verdict: {d.get('policy_guard_verdict')}")
     # the line scripts and docs quote (kept from earlier versions)
