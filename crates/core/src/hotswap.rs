@@ -766,7 +766,7 @@ mod tests {
         let mut s = setup(0.0);
         guarded(&mut s, 0.5);
         // each version runs one swap episode (booked to nobody), then 3
-        let mut run = |s: &mut Setup, ret: f64| {
+        let run = |s: &mut Setup, ret: f64| {
             for _ in 0..4 {
                 s.hot.episode_ended(ret, &s.chan);
             }
