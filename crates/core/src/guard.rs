@@ -55,6 +55,15 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// The digest of the version this one was judged against.
+    pub fn best(&self) -> &str {
+        match self {
+            Verdict::Keep { best, .. } | Verdict::RollBack { best, .. } => best,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ReturnGuard {
     cfg: GuardConfig,

@@ -209,14 +209,10 @@ impl HotSwap {
     /// An episode just ended with return `ret`: book it to the running
     /// version; roll back to the best version so far if the guard says so.
     pub fn episode_ended(&mut self, ret: f64, chan: &SwapChannel) {
-        let n = self.accepted.len();
         let unjudged = self.guard.unjudged();
-        let line: Vec<&str> = self.accepted[..n - 1]
-            .iter()
-            .map(|(_, m)| m.spec.digest.as_str())
-            .collect();
-        let live = self.accepted[n - 1].1.spec.digest.clone();
-        let verdict = self.guard.episode(ret, &live, &line);
+        let mut line = digests(&self.accepted);
+        let live = line.pop().expect("never empty");
+        let verdict = self.guard.episode(ret, live, &line);
         if self.guard.unjudged() > unjudged {
             tracing::warn!(
                 unjudged = self.guard.unjudged(),
@@ -226,10 +222,7 @@ impl HotSwap {
         }
         let Some(v) = verdict else { return };
         let version = self.current().spec.version;
-        let best = match &v {
-            crate::guard::Verdict::Keep { best, .. }
-            | crate::guard::Verdict::RollBack { best, .. } => best.clone(),
-        };
+        let best = v.best().to_string();
         let best_version = self
             .accepted
             .iter()
@@ -270,12 +263,10 @@ impl HotSwap {
     /// after it: how a session ends on the robot's best policy rather than
     /// the newest, unjudged one. Returns what it did.
     pub fn keep_best(&mut self, chan: &SwapChannel) -> Result<String, SwapError> {
-        let line: Vec<&str> = self
-            .accepted
-            .iter()
-            .map(|(_, m)| m.spec.digest.as_str())
-            .collect();
-        let (best, mean, n) = self.guard.best(&line).ok_or(SwapError::NoJudged)?;
+        let (best, mean, n) = self
+            .guard
+            .best(&digests(&self.accepted))
+            .ok_or(SwapError::NoJudged)?;
         let best = best.to_string();
         let cur = self.current();
         if cur.spec.digest == best {
@@ -487,6 +478,14 @@ impl HotSwap {
         tracing::warn!("{msg}");
         Ok(msg)
     }
+}
+
+/// The digests of `accepted`, oldest first (the running one last).
+fn digests(accepted: &[(PathBuf, ModelFile)]) -> Vec<&str> {
+    accepted
+        .iter()
+        .map(|(_, m)| m.spec.digest.as_str())
+        .collect()
 }
 
 /// The first differences between two sets of named vectors, as
