@@ -9,10 +9,14 @@ Trains one SAC agent (SB3 defaults: 2x256 MLPs, batch 256, lr 3e-4, UTD 1,
 learning_starts 100, auto entropy) and, at each step count given, evaluates
 the deterministic (mean) action on the same 20 episodes the fine-tuning
 sessions evaluate on: sim seed 1000, i.e. env.reset(seed=1000 * 100000 +
-50000 + ep) as sim/mujoco_sim.py seeds them. Prints one line per checkpoint
-and the training speed (env steps per second on this machine).
+50000 + ep) as sim/mujoco_sim.py seeds them, paired with the scripted
+expert on the same episodes (sim/tasks.py shadow_return, the sessions'
+`shadow_expert`). Prints one line per checkpoint and the training speed
+(env steps per second on this machine).
 """
 import argparse
+import os
+import sys
 import time
 
 import gymnasium as gym
@@ -21,14 +25,26 @@ import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sim"))
+import tasks  # noqa: E402
+
 EVAL_SEED = 1000  # scripts/finetune_session.py EVAL_SEED
+
+
+def expert_returns(episodes):
+    """The scripted expert on the evaluation episodes, with the elbow draws
+    sim/mujoco_sim.py makes (one per episode from default_rng(seed))."""
+    t, env = tasks.make("reacher")
+    rng = np.random.default_rng(EVAL_SEED)
+    return np.array([tasks.shadow_return(t, env, t.expert(rng), tasks.reset_seed(EVAL_SEED, ep))
+                     for ep in range(episodes)])
 
 
 def evaluate(model, episodes):
     env = gym.make("Reacher-v5")
     rets = []
     for ep in range(episodes):
-        o, _ = env.reset(seed=EVAL_SEED * 100_000 + 50_000 + ep)
+        o, _ = env.reset(seed=tasks.reset_seed(EVAL_SEED, ep))
         ret, done = 0.0, False
         while not done:
             a, _ = model.predict(o, deterministic=True)
@@ -36,24 +52,27 @@ def evaluate(model, episodes):
             ret += r
             done = term or trunc
         rets.append(ret)
-    return float(np.mean(rets)), float(np.std(rets) / np.sqrt(len(rets)))
+    return np.array(rets)
 
 
 class At(BaseCallback):
     def __init__(self, steps, episodes):
         super().__init__()
         self.todo, self.episodes, self.t0, self.paused = sorted(steps), episodes, time.monotonic(), 0.0
+        self.expert = expert_returns(episodes)
 
     def _on_step(self):
         if self.todo and self.num_timesteps >= self.todo[0]:
             s = self.todo.pop(0)
             t = time.monotonic()
-            mean, se = evaluate(self.model, self.episodes)
+            rets = evaluate(self.model, self.episodes)
             self.paused += time.monotonic() - t
             train_s = time.monotonic() - self.t0 - self.paused
-            print(f"SB3 SAC seed {self.model.seed}: {s} steps: mean return {mean:.2f} +- {se:.2f} (s.e.) over "
-                  f"{self.episodes} episodes (seed {EVAL_SEED}, deterministic); {s / train_s:.1f} steps/s",
-                  flush=True)
+            n, d = len(rets), rets - self.expert
+            print(f"SB3 SAC seed {self.model.seed}: {s} steps: mean return {rets.mean():.2f} +- "
+                  f"{rets.std() / np.sqrt(n):.2f} (s.e.) over {n} episodes (seed {EVAL_SEED}, deterministic; "
+                  f"first 20: {rets[:20].mean():.2f}); minus the expert {d.mean():+.2f} +- "
+                  f"{d.std(ddof=1) / np.sqrt(n):.2f} (paired s.e.); {s / train_s:.1f} steps/s", flush=True)
         return bool(self.todo)
 
 

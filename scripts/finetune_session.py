@@ -55,7 +55,8 @@ REACH_STEPS = 30  # sim/reach_sim.py STEPS
 # (1 / the env's dt), evaluation episodes and training episodes per chunk.
 MUJOCO = {"reacher": {"max_steps": 50, "rate": 50.0, "eval": 20, "every": 50},
           "pendulum": {"max_steps": 1000, "rate": 25.0, "eval": 5, "every": 20}}
-EPISODE_RE = re.compile(r"episode\s+(\d+): return\s+(-?[\d.]+)[^\n\[]*(?:\[t ([\d.]+) s, ep ([\d.]+) s(?:, (\d+) steps)?\])?")
+EPISODE_RE = re.compile(r"episode\s+(\d+): return\s+(-?[\d.]+)[^\n\[]*(?:\[t ([\d.]+) s, ep ([\d.]+) s(?:, (\d+) steps)?\])?"
+                        r"(?:\s+expert (-?[\d.]+))?")
 CREATED_BY_RE = re.compile(r"SAC, (\d+) updates, seed (\d+)")
 
 
@@ -128,7 +129,10 @@ def sim_cmd(task, episodes, seed, a, expert=False):
     rate = 1000.0 if expert else float(a.sim_rate)
     cmd = [sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args", "-p", f"task:={task}",
            "-p", f"episodes:={episodes}", "-p", f"seed:={seed}", "-p", f"rate_hz:={rate}"]
-    if expert:
+    if not expert:
+        # the scripted expert on each same episode, in the sim's reset gap: a paired baseline
+        cmd += ["-p", "shadow_expert:=true"]
+    else:
         # its topics are remapped away from the node (which would log them)
         cmd += ["-p", "expert:=true"]
         for topic in ("/joint_states", "/task/obs", "/reward", "/episode", "/terminal", f"/{task}/cmd"):
@@ -137,7 +141,8 @@ def sim_cmd(task, episodes, seed, a, expert=False):
 
 
 def run_sim(session, task, episodes, seed, a, expert=False):
-    """Mean return and per-episode (return, seconds, steps) of one sim run."""
+    """Mean return and per-episode (return, seconds, steps, the scripted expert's
+    return on the same episode or None) of one sim run."""
     rate = a.rate if task == "reach" else (1000.0 if expert else a.sim_rate)
     steps_per_s = rate
     timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else MUJOCO[task]["max_steps"]) / steps_per_s
@@ -152,11 +157,23 @@ def run_sim(session, task, episodes, seed, a, expert=False):
         ret = float(g.group(2))
         secs = float(g.group(4)) if g.group(4) else None
         steps = int(g.group(5)) if g.group(5) else (REACH_STEPS if task == "reach" else None)
-        eps.append([ret, secs, steps])
+        eps.append([ret, secs, steps, float(g.group(6)) if g.group(6) else None])
     if eps and any(e[1] is None for e in eps):  # reach: no per-episode times; share the run's wall time
         for e in eps:
             e[1] = wall / len(eps)
     return float(m.group(1)), eps
+
+
+def paired(policy, expert):
+    """(policy mean, expert mean, mean difference, its standard error) over
+    episodes both ran; None without the expert's returns."""
+    pairs = [(p, e) for p, e in zip(policy, expert) if p is not None and e is not None]
+    if len(pairs) < 2:
+        return None
+    d = [p - e for p, e in pairs]
+    n, m = len(d), sum(d) / len(d)
+    se = (sum((x - m) ** 2 for x in d) / (n - 1) / n) ** 0.5
+    return (sum(p for p, _ in pairs) / n, sum(e for _, e in pairs) / n, m, se)
 
 
 def newest_policy(ckpt_dir):
@@ -263,9 +280,13 @@ def main():
         e = {"label": label, "after_train_episodes": chunk, "robot_time_s": robot_time, "return": ret,
              "episodes": n_eval, "episode_returns": [x[0] for x in eps], "policy_version_start": ver0,
              "policy_version_end": s.version(), "learner_updates": pol["updates"] if pol else None}
+        # the sim's own shadow expert on these very episodes (MuJoCo tasks)
+        pe = paired(e["episode_returns"], [x[3] for x in eps])
+        e["minus_expert"] = [round(pe[2], 3), round(pe[3], 3)] if pe else None
         print(f"{label}: mean return {ret:.2f} over {n_eval} episodes (policy version {ver0}"
               f"{'' if e['policy_version_end'] == ver0 else '->' + str(e['policy_version_end'])}"
-              f"{'' if e['learner_updates'] is None else ', newest checkpoint ' + str(e['learner_updates']) + ' updates'})",
+              f"{'' if e['learner_updates'] is None else ', newest checkpoint ' + str(e['learner_updates']) + ' updates'})"
+              f"{'' if pe is None else f'; minus the expert {pe[2]:+.2f} +- {pe[3]:.2f} (paired SE)'}",
               flush=True)
         return e
 
@@ -280,11 +301,11 @@ def main():
     while done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
         n = min(size, a.train_episodes - done)
         _, eps = run_sim(s, a.task, n, 1 + chunk, a)  # a fresh seed per chunk: new episodes
-        for ret, secs, steps in eps:
+        for ret, secs, steps, shadow in eps:
             robot_time += secs
             robot_steps += steps or 0
             train.append({"episode": len(train) + 1, "return": ret, "robot_time_s": round(robot_time, 3),
-                          "steps": steps})
+                          "steps": steps, "expert_return": shadow})
         done += n
         chunk += 1
         if done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
@@ -319,6 +340,15 @@ def main():
     s.spin(1.5)
     d = s.diag
     worst = min(e["return"] for e in evals[1:])
+    # The training episodes against the scripted expert on the very same
+    # episodes, chunk by chunk: far less noisy than 20 evaluation episodes.
+    online = []
+    for i in range(0, len(train), size):
+        part = train[i:i + size]
+        pe = paired([e["return"] for e in part], [e["expert_return"] for e in part])
+        if pe:
+            online.append({"episodes": [i + 1, i + len(part)], "policy": round(pe[0], 3),
+                           "expert": round(pe[1], 3), "minus_expert": round(pe[2], 3), "se": round(pe[3], 3)})
     summary = {
         "task": a.task, "train_episodes": done, "eval_episodes": n_eval, "eval_seed": EVAL_SEED,
         "eval_every": every, "sim_rate_hz": a.rate if a.task == "reach" else a.sim_rate,
@@ -337,7 +367,7 @@ def main():
         "node_s_before_learner": round(up0 - t_start, 1), "jitter_max_us": d.get("jitter_max_us"),
         "policy_guard_verdict": d.get("policy_guard_verdict"),
         "log_written": d.get("log_written"), "log_dropped": d.get("log_dropped"),
-        "evals": evals, "train": train, "plot": plot_path,
+        "online_vs_expert": online, "evals": evals, "train": train, "plot": plot_path,
     }
     print(f"return before {before['return']:.2f}, after {after['return']:.2f} ({after['return'] - before['return']:+.2f}) "
           f"over {n_eval} episodes (seed {EVAL_SEED}); min eval - before {worst - before['return']:+.2f}"
@@ -356,6 +386,9 @@ def main():
               f"{d.get('overruns')} in all by the end ({time.monotonic() - t_start:.0f} s)")
     if d.get("policy_guard_verdict"):
         print(f"return guard, last verdict: {d.get('policy_guard_verdict')}")
+    if online:
+        print("training episodes minus the scripted expert on the same episodes: " + ", ".join(
+            f"{c['episodes'][0]}-{c['episodes'][1]}: {c['minus_expert']:+.2f} +- {c['se']:.2f}" for c in online))
     # the line scripts and docs quote (kept from earlier versions)
     print(f"fine-tuning changed the return by {after['return'] - before['return']:+.2f}; log: {d.get('log_written')} "
           f"records written, {d.get('log_dropped')} dropped; swaps {d.get('policy_swaps')}, "

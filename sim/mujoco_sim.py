@@ -27,10 +27,14 @@ until stopped), cmd_timeout, expert (true: act with the scripted expert,
 ignoring commands — for a baseline), truth_log (a path: at exit, write an
 .npz with one row per env step: episode, step, obs (policy layout, the state
 before the step), act (applied, physical), reward, stale, wall (time.time()
-at the step); plus final_obs/final_episode, each episode's last state).
+at the step); plus final_obs/final_episode, each episode's last state),
+shadow_expert (true: also run the scripted expert on each episode's start,
+in a private copy of the env at reset, and print its return: a paired
+baseline for the policy's return on the same episode).
 Prints one line per episode (`episode   N: return    X.XX[  success]`,
 then `  [t T s, ep D s, K steps]`: wall seconds since the sim started, the
-episode's own duration and its env steps) and a summary line; exits after `episodes`.
+episode's own duration and its env steps, then `  expert X.XX` with
+shadow_expert) and a summary line; exits after `episodes`.
 """
 import math
 import os
@@ -57,8 +61,10 @@ def main():
     task_name, rate, seed = p("task", "reacher"), float(p("rate_hz", 50.0)), int(p("seed", 0))
     episodes, cmd_timeout, use_expert = int(p("episodes", 10)), float(p("cmd_timeout", 0.1)), bool(p("expert", False))
     truth_log = str(p("truth_log", ""))
+    shadow = bool(p("shadow_expert", False))
     t_start = time.monotonic()
     t, env = tasks.make(task_name)
+    shadow_env = tasks.make(task_name)[1] if shadow and not use_expert else None
     be = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
     rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     js_pub = node.create_publisher(JointState, "/joint_states", be)
@@ -100,7 +106,7 @@ def main():
     returns, successes = [], []
     period = 1.0 / rate
     ep = 0
-    o, _ = env.reset(seed=seed * 100_000 + 50_000)
+    o, _ = env.reset(seed=tasks.reset_seed(seed, 0))
     if not use_expert:  # wait for the controller before the first episode
         t0 = time.monotonic()
         while last["n"] == 0 and time.monotonic() - t0 < 60:
@@ -146,7 +152,7 @@ def main():
                 # within one control tick would count as one, see
                 # docs/log-format.md).
                 spin_until(time.monotonic() + period)
-            o, _ = env.reset(seed=seed * 100_000 + 50_000 + ep)
+            o, _ = env.reset(seed=tasks.reset_seed(seed, ep))
             ret, done, info, k, term = 0.0, False, {}, 0, False
             ep_t0 = time.monotonic()
             q, v, task_vec = publish(o)  # o_0, effort zeros
@@ -184,9 +190,12 @@ def main():
             (term_pub if term else ep_pub).publish(Int64(data=ep))
             returns.append(ret)
             successes.append(bool(t.success(info)))
-            now = time.monotonic()
+            now = time.monotonic()  # the episode's own time, without the shadow's
+            # In the reset's gap (one period), never inside the episode.
+            shadow_ret = tasks.shadow_return(t, shadow_env, expert, tasks.reset_seed(seed, ep)) if shadow_env else None
             print(f"episode {ep + 1:3d}: return {ret:8.2f}{'  success' if successes[-1] else ''}"
-                  f"  [t {now - t_start:.2f} s, ep {now - ep_t0:.2f} s, {k} steps]", flush=True)
+                  f"  [t {now - t_start:.2f} s, ep {now - ep_t0:.2f} s, {k} steps]"
+                  + (f"  expert {shadow_ret:.2f}" if shadow_ret is not None else ""), flush=True)
             ep += 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

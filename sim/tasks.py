@@ -78,3 +78,22 @@ def expert_action(t, expert, q, v, task_vec, gym_obs):
     return expert(np.array([q[0], q[1], v[0], v[1]]))
 
 
+def reset_seed(seed, ep):
+    """The env.reset seed of episode `ep` of a sim run with `seed`
+    (sim/mujoco_sim.py; evaluations elsewhere replay the same episodes)."""
+    return seed * 100_000 + 50_000 + ep
+
+
+def shadow_return(t, env, expert, reset_seed):
+    """The scripted expert's return on the episode that env.reset(seed=
+    reset_seed) starts, on `env` (a private copy, off the robot's clock):
+    the paired baseline for the policy's return on the same episode."""
+    o, _ = env.reset(seed=reset_seed)
+    ret, done = 0.0, False
+    while not done:
+        q, v, task_vec = t.ros(env, o)
+        act = np.asarray(expert_action(t, expert, q, v, task_vec, o), dtype=np.float32)
+        o, r, term, trunc, _ = env.step(act)
+        ret += r
+        done = term or trunc
+    return ret

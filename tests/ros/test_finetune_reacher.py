@@ -9,9 +9,15 @@ The gain threshold comes from measured noise (docs/finetuning.md): the
 20-episode evaluation of one fixed policy on the fixed seeds varies by
 about ±0.3 between runs, and the gain after TRAIN episodes was measured
 over several sessions; the test asserts a gain of more than MIN_GAIN.
+
+The session's paired baseline is checked too: the scripted expert's
+return that the sim reports beside each training episode (shadow_expert)
+is the expert's own return on that very episode, as an expert-driven sim
+run on the same seed measures it.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +56,29 @@ def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 10_000, "learning curve written"
     # the session ends on the best version the return guard judged
     assert s["kept_version"] is not None and s["return_kept"] is not None, s.get("kept_version")
+    # The paired baseline: one chunk (--eval-every 0) of TRAIN episodes, each
+    # with the expert's return on the same episode (the session's training
+    # chunk runs sim seed 1), equal to what the expert scores driving the sim.
+    shadow = [e["expert_return"] for e in s["train"]]
+    assert len(shadow) == TRAIN and all(x is not None for x in shadow)
+    expert = subprocess.run([sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args",
+                             "-p", "task:=reacher", "-p", f"episodes:={TRAIN}", "-p", "seed:=1",
+                             "-p", "rate_hz:=1000.0", "-p", "expert:=true",
+                             "-r", "/joint_states:=/shadow_check/joint_states", "-r", "/task/obs:=/shadow_check/obs",
+                             "-r", "/reward:=/shadow_check/reward", "-r", "/episode:=/shadow_check/episode",
+                             "-r", "/terminal:=/shadow_check/terminal"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert expert.returncode == 0, expert.stderr[-2000:]
+    driven = [float(m) for m in re.findall(r"episode\s+\d+: return\s+(-?[\d.]+)", expert.stdout)]
+    assert len(driven) == TRAIN
+    worst = max(abs(a - b) for a, b in zip(shadow, driven))
+    assert worst <= 0.011, f"shadow expert differs from the driven expert by up to {worst:.3f}"
+    (chunk,) = s["online_vs_expert"]
+    assert chunk["episodes"] == [1, TRAIN]
+    assert abs(chunk["expert"] - sum(driven) / TRAIN) < 0.01
+    assert abs(chunk["policy"] - chunk["expert"] - chunk["minus_expert"]) < 0.002
+    # each evaluation is paired with the shadow expert on its own episodes
+    assert all(e["minus_expert"] is not None for e in s["evals"]), [e["label"] for e in s["evals"]]
     assert s["change"] > MIN_GAIN, (
         f"fine-tuning changed the return by {s['change']:+.2f} "
         f"({s['return_before']:.2f} -> {s['return_after']:.2f}); needs > {MIN_GAIN}")

@@ -241,6 +241,9 @@ struct Geo<T> {
     k: usize,
     inverse: bool,
     eps: T,
+    /// Latent temperature of the optimised policy: the sampling passes get
+    /// z = τ·ε and their log π is that of z ~ N(0, τ²I).
+    tau: T,
     blocks: Vec<BlockSlots>,
     q: [CriticSlots; 2],
     in_mean: Vec<T>,
@@ -448,6 +451,7 @@ impl<T: Real> Fast<T> {
                 k,
                 inverse: spec.direction == Direction::Inverse,
                 eps: T::of(spec.layer_norm_eps as f64),
+                tau: T::of(cfg.latent_temperature),
                 blocks: blocks.clone(),
                 q,
                 in_mean: in_mean.to_vec(),
@@ -793,8 +797,11 @@ impl<T: Real> Worker<T> {
                 cur.copy_from_slice(&st.y);
             }
         }
-        let c = T::of(d as f64 * HALF_LN_2PI as f64);
-        let half = T::of(-0.5);
+        // log N(z; 0, τ²I) = −|z|²/(2τ²) − d·ln τ − d·ln√(2π); the
+        // likelihood pass (`inverse` flipped) reads `logdet`, not this.
+        let tau = v.g.tau;
+        let c = T::of(d as f64 * (HALF_LN_2PI as f64 + tau.to64().ln()));
+        let half = T::of(-0.5) / (tau * tau);
         let lp = z
             .chunks_exact(d)
             .zip(&logdet)

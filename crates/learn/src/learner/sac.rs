@@ -95,6 +95,16 @@ pub struct SacConfig {
     pub critic_warmup: u64,
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// Latent temperature τ ∈ (0, 1] of the policy being optimised: the
+    /// actor loss, the critic target and the entropy sample z ~ N(0, τ²I)
+    /// and take that policy's exact log π. 1 (the default) optimises the
+    /// untempered flow, which did better on Reacher than optimising the
+    /// τ = 0.3 policy the robot acts with (docs/finetuning.md).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value_t = 1.0, help = "Latent temperature of the optimised policy", long_help = None::<&str>)
+    )]
+    pub latent_temperature: f64,
 }
 
 impl Default for SacConfig {
@@ -115,6 +125,7 @@ impl Default for SacConfig {
             critic_hidden: 256,
             critic_warmup: 500,
             seed: 0,
+            latent_temperature: 1.0,
         }
     }
 }
@@ -233,6 +244,10 @@ fn adam(vars: Vec<Var>, lr: f64) -> Result<AdamW> {
 
 impl Sac {
     pub fn new(model: &ModelFile, cfg: SacConfig) -> Result<Self> {
+        let t = cfg.latent_temperature;
+        if !(t > 0.0 && t <= 1.0) {
+            return Err(LearnerError::LatentTemperature(t));
+        }
         let dev = Device::Cpu;
         let spec = model.spec.clone();
         let twin = Twin::from_model(model, &dev)?;
@@ -315,7 +330,7 @@ impl Sac {
         let batch = rb.sample(n, &mut self.rng, &self.dev)?;
         let z = self.noise(batch.len())?;
         let c = self.cond(&batch.s)?;
-        let (_, lp) = self.twin.sample(&c, &z)?;
+        let (_, lp) = self.latent(&z).sample(&self.twin, &c)?;
         Ok(-(lp.mean_all()?.to_scalar::<f32>()? as f64))
     }
 
@@ -329,9 +344,25 @@ impl Sac {
         self.updates
     }
 
+    /// Base noise z = τ·ε of the optimised policy, (b, act_dim).
     fn noise(&mut self, b: usize) -> Result<Tensor> {
-        let v = noise_vec(&mut self.rng, b * self.spec.act_dim);
+        let v = self.noise_vec(b);
         Ok(Tensor::from_vec(v, (b, self.spec.act_dim), &self.dev)?)
+    }
+
+    fn latent<'a>(&self, z: &'a Tensor) -> Latent<'a> {
+        Latent {
+            z,
+            tau: self.cfg.latent_temperature,
+        }
+    }
+
+    /// b·act_dim draws τ·ε, ε standard normal, from the update's stream.
+    fn noise_vec(&mut self, b: usize) -> Vec<f32> {
+        let tau = self.cfg.latent_temperature as f32;
+        (0..b * self.spec.act_dim)
+            .map(|_| tau * self.rng.sample::<f32, _>(StandardNormal))
+            .collect()
     }
 
     fn cond(&self, s: &Tensor) -> Result<Tensor> {
@@ -380,7 +411,7 @@ impl Sac {
             &self.q_targ,
             norm,
             &batch,
-            &z2,
+            self.latent(&z2),
             &alpha,
             self.cfg.gamma,
         )?;
@@ -398,7 +429,8 @@ impl Sac {
         if actor && self.updates > self.cfg.critic_warmup {
             let z = self.noise(b)?;
             let norm = (&self.in_mean, &self.in_inv_std);
-            let (mut loss, lp, c) = actor_loss(&self.twin, &self.q, norm, &batch.s, &z, &alpha)?;
+            let (mut loss, lp, c) =
+                actor_loss(&self.twin, &self.q, norm, &batch.s, self.latent(&z), &alpha)?;
             let lambda = self.bc_lambda_now();
             if lambda > 0.0 {
                 let bc = self.twin.log_prob(&c, &batch.a)?.mean_all()?.neg()?;
@@ -439,7 +471,7 @@ impl Sac {
             flat(&batch.s2)?,
             flat(&batch.done)?,
         );
-        let z2 = noise_vec(&mut self.rng, b * self.spec.act_dim);
+        let z2 = self.noise_vec(b);
         let actor_now = actor && self.updates + 1 > self.cfg.critic_warmup;
         let lambda = self.bc_lambda_now();
         let Some(f) = self.fast.as_mut() else {
@@ -458,7 +490,7 @@ impl Sac {
         };
         self.updates += 1;
         if actor_now {
-            let z = noise_vec(&mut self.rng, b * self.spec.act_dim);
+            let z = self.noise_vec(b);
             let Some(f) = self.fast.as_mut() else {
                 return Err(LearnerError::FastPath("not in use".into()));
             };
@@ -555,11 +587,18 @@ impl Sac {
     }
 }
 
-/// `n` standard normal draws from the update's stream.
-fn noise_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect()
+/// log π_τ(a|s) from the twin's untempered `lp` of the action sampled from
+/// base noise `z` (B, d): log N(z; 0, τ²I) replaces log N(z; 0, I), so each
+/// row gains (1 − 1/τ²)·|z|²/2 − d·ln τ. Constant in the actor's
+/// parameters, so gradients are untouched (the sampler's own rule,
+/// `Sampler::sample_tempered`).
+fn tempered(lp: &Tensor, z: &Tensor, tau: f64) -> Result<Tensor> {
+    if tau == 1.0 {
+        return Ok(lp.clone());
+    }
+    let d = z.dim(D::Minus1)? as f64;
+    let sq = z.sqr()?.sum(D::Minus1)?;
+    Ok(((lp + (sq * (0.5 * (1.0 - 1.0 / (tau * tau))))?)? - d * tau.ln())?)
 }
 
 /// Flow conditioning of raw s = obs ++ goal.
@@ -581,6 +620,21 @@ fn q_in(norm: (&Tensor, &Tensor), s: &Tensor, a: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&sn, a], 1)?)
 }
 
+/// Base noise of the optimised policy, z = τ·ε, with its τ.
+#[derive(Clone, Copy)]
+struct Latent<'a> {
+    z: &'a Tensor,
+    tau: f64,
+}
+
+impl Latent<'_> {
+    /// The action from this noise and its exact log π_τ.
+    fn sample(&self, twin: &Twin, c: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (a, lp) = twin.sample(c, self.z)?;
+        Ok((a, tempered(&lp, self.z, self.tau)?))
+    }
+}
+
 /// Critic target r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')), a' from
 /// base noise z2; detached.
 fn critic_target(
@@ -588,12 +642,12 @@ fn critic_target(
     q_targ: &[Critic; 2],
     norm: (&Tensor, &Tensor),
     batch: &Batch,
-    z2: &Tensor,
+    z2: Latent,
     alpha: &Tensor,
     gamma: f64,
 ) -> Result<Tensor> {
     let c2 = cond_of(twin, &batch.s2)?;
-    let (a2, lp2) = twin.sample(&c2, z2)?;
+    let (a2, lp2) = z2.sample(twin, &c2)?;
     let x2 = q_in(norm, &batch.s2, &a2)?;
     let qn = q_targ[0].forward(&x2)?.minimum(&q_targ[1].forward(&x2)?)?;
     let soft = (qn - lp2.broadcast_mul(alpha)?)?;
@@ -617,11 +671,11 @@ fn actor_loss(
     q: &[Critic; 2],
     norm: (&Tensor, &Tensor),
     s: &Tensor,
-    z: &Tensor,
+    z: Latent,
     alpha: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = cond_of(twin, s)?;
-    let (a, lp) = twin.sample(&c, z)?;
+    let (a, lp) = z.sample(twin, &c)?;
     let xa = q_in(norm, s, &a)?;
     let qa = q[0].forward(&xa)?.minimum(&q[1].forward(&xa)?)?;
     // Keep samples inside the action box (the robot clips anyway).
@@ -629,6 +683,56 @@ fn actor_loss(
     let loss = (lp.broadcast_mul(alpha)? - qa)?.mean_all()?;
     let loss = (loss + (outside.mean_all()? * 10.0)?)?;
     Ok((loss, lp, c))
+}
+
+/// The optimised policy's latent temperature: its entropy is that of
+/// z ~ N(0, τ²I) pushed through the flow, and τ outside (0, 1] is refused.
+#[cfg(test)]
+mod latent_temperature {
+    use super::*;
+    use flowpilot_core::init::{default_spec, init_model, Init};
+
+    fn entropy_at(tau: f64) -> Result<f64> {
+        // Paper init: zero last layers make every coupling the identity and
+        // the linear layers are orthogonal, so the flow keeps volume and the
+        // entropy is exactly Gaussian's, d/2·ln(2πe) + d·ln τ.
+        let model = init_model(default_spec(4, 0, 2, 2, 16), Init::Paper, 1).unwrap();
+        let cfg = SacConfig {
+            latent_temperature: tau,
+            ..Default::default()
+        };
+        let mut sac = Sac::new(&model, cfg)?;
+        let mut rb = ReplayBuffer::new(4, 2, 64);
+        for i in 0..64 {
+            let s = [i as f32 / 64.0, 0.5, -0.25, 1.0];
+            rb.push(&s, &[0.0, 0.0], 0.0, &s, false);
+        }
+        sac.policy_entropy(&rb, 8192)
+    }
+
+    #[test]
+    fn the_entropy_is_that_of_the_tempered_policy() {
+        let gauss = (2.0 * std::f64::consts::PI * std::f64::consts::E).ln();
+        // 8192 draws: the estimate's SE is √(d/2 / 8192) ≈ 0.011.
+        for tau in [1.0, 0.3] {
+            let h = entropy_at(tau).unwrap();
+            let want = gauss + 2.0 * tau.ln();
+            assert!(
+                (h - want).abs() < 0.06,
+                "tau {tau}: entropy {h}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_temperature_outside_0_1_is_refused() {
+        for tau in [0.0, -0.5, 1.5, f64::NAN] {
+            assert!(matches!(
+                entropy_at(tau),
+                Err(LearnerError::LatentTemperature(_))
+            ));
+        }
+    }
 }
 
 #[cfg(all(test, feature = "clap"))]
@@ -716,6 +820,7 @@ mod parity {
         threads: usize,
         ln: bool,
         bc: f64,
+        tau: f64,
     ) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
@@ -779,12 +884,13 @@ mod parity {
         let norm = (&in_mean, &in_inv);
 
         // Reference: the autograd path's own loss functions.
-        let y = critic_target(&twin, &q_targ, norm, &batch, &t2(&z2, act), &alpha, 0.99).unwrap();
+        let (z2t, zt) = (t2(&z2, act), t2(&z, act));
+        let latent = |z| Latent { z, tau };
+        let y = critic_target(&twin, &q_targ, norm, &batch, latent(&z2t), &alpha, 0.99).unwrap();
         let x = q_in(norm, &batch.s, &batch.a).unwrap();
         let (closs, _) = critic_loss(&q, &x, &y).unwrap();
         let cgrads = closs.backward().unwrap();
-        let (mut aloss, _, c) =
-            actor_loss(&twin, &q, norm, &batch.s, &t2(&z, act), &alpha).unwrap();
+        let (mut aloss, _, c) = actor_loss(&twin, &q, norm, &batch.s, latent(&zt), &alpha).unwrap();
         if bc > 0.0 {
             // As `update_mixed`: λ·mean(−log π(a_data|s)).
             let nll = twin
@@ -801,6 +907,7 @@ mod parity {
         let cfg = SacConfig {
             critic_layer_norm: ln,
             bc_lambda: bc,
+            latent_temperature: tau,
             ..Default::default()
         };
         assert!(Fast::<f64>::supports(&spec, &cfg));
@@ -885,8 +992,14 @@ mod parity {
     #[test]
     fn fast_sac_gradients_match_autograd() {
         // 3 workers: the batch split into row ranges whose sums meet.
-        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight.
-        for (ln, bc) in [(false, 0.0), (true, 0.0), (false, 0.7), (true, 0.7)] {
+        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight;
+        // tau: the latent temperature.
+        for (ln, bc, tau) in [
+            (false, 0.0, 1.0),
+            (true, 0.0, 0.3),
+            (false, 0.7, 0.3),
+            (true, 0.7, 1.0),
+        ] {
             for threads in [1, 3] {
                 for (i, dir) in [Direction::Inverse, Direction::Forward]
                     .into_iter()
@@ -895,9 +1008,9 @@ mod parity {
                     for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate()
                     {
                         let seed = 10 + (4 * i + j) as u64;
-                        let worst = check(dir, act, goal, seed, threads, ln, bc);
+                        let worst = check(dir, act, goal, seed, threads, ln, bc, tau);
                         eprintln!(
-                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc}: worst relative gradient error {worst:e}"
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc} tau {tau}: worst relative gradient error {worst:e}"
                         );
                     }
                 }
@@ -917,12 +1030,14 @@ mod same_update {
 
     #[test]
     fn fast_and_autograd_updates_agree() {
-        for (critic_layer_norm, bc_lambda) in [(false, 0.0), (true, 0.0), (true, 0.5)] {
-            agree(critic_layer_norm, bc_lambda);
+        for (critic_layer_norm, bc_lambda, tau) in
+            [(false, 0.0, 1.0), (true, 0.0, 0.3), (true, 0.5, 0.3)]
+        {
+            agree(critic_layer_norm, bc_lambda, tau);
         }
     }
 
-    fn agree(critic_layer_norm: bool, bc_lambda: f64) {
+    fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64) {
         let model = init_model(
             default_spec(6, 0, 3, 2, 32),
             Init::Random { last_scale: 0.5 },
@@ -939,6 +1054,7 @@ mod same_update {
             lr_alpha: 1e-2,
             critic_layer_norm,
             bc_lambda,
+            latent_temperature,
             ..Default::default()
         };
         let mut fast = Sac::new(&model, cfg.clone()).unwrap();
