@@ -163,6 +163,19 @@ fn offline_finetuning_writes_versioned_checkpoints_and_resumes() {
 }
 
 #[test]
+fn bc_on_the_demonstrations_only_is_refused_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut o, _) = offline_setup(dir.path(), 1, 5);
+    o.sac.bc_demos_only = true;
+    let e = learner::run(&o, &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("--bc-demos-only"), "{e:#}");
+    assert!(
+        CheckpointDir::new(&o.out).latest().is_none(),
+        "no version written"
+    );
+}
+
+#[test]
 fn a_stop_request_ends_the_session_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (mut o, _) = offline_setup(dir.path(), 2, 0);

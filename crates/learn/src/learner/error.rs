@@ -55,6 +55,8 @@ pub enum LearnerError {
         #[source]
         source: Box<LearnerError>,
     },
+    #[error("--bc-demos-only needs prior data (--prior with followed logs)")]
+    BcDemosWithoutPrior,
     #[error("--latent-temperature must be within (0, 1], got {0}")]
     LatentTemperature(f64),
     #[error("hand-written SAC path: {0}")]

@@ -614,8 +614,9 @@ impl<T: Real> Fast<T> {
     }
 
     /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
-    /// with a reparameterised from z, plus λ·mean(−log π(a_data|s)) when
-    /// `bc` = Some((a_data, λ)), and its gradient (kept for
+    /// with a reparameterised from z, plus Σ_r w_r·(−log π(a_data_r|s_r))
+    /// when `bc` = Some((a_data, w)) (w: each row's BC weight, λ/rows for
+    /// the rows imitated, 0 elsewhere), and its gradient (kept for
     /// [`Self::actor_step`]; needs [`Self::prepare`]); returns (loss, mean
     /// log π of the samples).
     pub(crate) fn actor_grads(
@@ -623,7 +624,7 @@ impl<T: Real> Fast<T> {
         s: &[T],
         z: &[T],
         alpha: T,
-        bc: Option<(&[T], T)>,
+        bc: Option<(&[T], &[T])>,
         b: usize,
     ) -> (T, T) {
         let (k, d) = (self.geo.k, self.geo.d);
@@ -634,7 +635,7 @@ impl<T: Real> Fast<T> {
                 &s[rg.start * k..rg.end * k],
                 &z[rg.start * d..rg.end * d],
                 alpha,
-                bc.map(|(a, l)| (&a[rg.start * d..rg.end * d], l)),
+                bc.map(|(a, w)| (&a[rg.start * d..rg.end * d], &w[rg.clone()])),
                 inv_b,
             )
         });
@@ -1021,17 +1022,17 @@ impl<T: Real> Worker<T> {
     }
 
     /// Actor loss mean(α log π(a|s) − min Q(s, a)) + 10·mean(Σ relu(|a|−1)²)
-    /// with a reparameterised from z, plus λ·mean(−log π(a_data|s)) with
-    /// `bc`, on this worker's rows (`inv_b` = 1/B of the whole batch); the
-    /// gradient in `grad_actor`; returns (its share of the loss, of mean
-    /// log π).
+    /// with a reparameterised from z, plus Σ w_r·(−log π(a_data_r|s_r))
+    /// with `bc` = (a_data, w), on this worker's rows (`inv_b` = 1/B of the
+    /// whole batch); the gradient in `grad_actor`; returns (its share of the
+    /// loss, of mean log π).
     fn actor_rows(
         &mut self,
         v: View<T>,
         s: &[T],
         z: &[T],
         alpha: T,
-        bc: Option<(&[T], T)>,
+        bc: Option<(&[T], &[T])>,
         inv_b: T,
     ) -> (T, T) {
         let (d, k) = (v.g.d, v.g.k);
@@ -1099,7 +1100,7 @@ impl<T: Real> Worker<T> {
         let dlp = vec![alpha * inv_b; b];
         self.grad_actor.fill(T::zero());
         self.sample_backward(v, &da, &dlp, b);
-        if let Some((a_data, lambda)) = bc {
+        if let Some((a_data, w)) = bc {
             // log π(a|s) = log N(z(a)) + log|det ∂z/∂a|: the sampling pass in
             // the other direction (the twin's `log_prob`), from a to z.
             let vb = View {
@@ -1109,17 +1110,21 @@ impl<T: Real> Worker<T> {
             let lik = self.sample(vb, a_data, b);
             let c = T::of(d as f64 * HALF_LN_2PI as f64);
             let half = T::of(-0.5);
-            let scale = lambda * inv_b;
             let mut nll = T::zero();
-            for (zr, &ld) in lik.a.chunks_exact(d).zip(&lik.logdet) {
+            for ((zr, &ld), &wr) in lik.a.chunks_exact(d).zip(&lik.logdet).zip(w) {
                 let sq = zr.iter().fold(T::zero(), |a, &v| a + v * v);
-                nll -= (sq * half - c) + ld;
+                nll -= ((sq * half - c) + ld) * wr;
             }
-            loss += nll * scale;
-            // ∂(−λ/B·log N(z))/∂z = λ/B·z; ∂/∂logdet = −λ/B, which the
-            // backward takes as dlp (its lp is base − logdet).
-            let dz: Vec<T> = lik.a.iter().map(|&zv| zv * scale).collect();
-            self.sample_backward(vb, &dz, &vec![scale; b], b);
+            loss += nll;
+            // ∂(−w·log N(z))/∂z = w·z; ∂/∂logdet = −w, which the backward
+            // takes as dlp (its lp is base − logdet).
+            let dz: Vec<T> = lik
+                .a
+                .chunks_exact(d)
+                .zip(w)
+                .flat_map(|(zr, &wr)| zr.iter().map(move |&zv| zv * wr))
+                .collect();
+            self.sample_backward(vb, &dz, w, b);
         }
         (loss, lp_sum * inv_b)
     }

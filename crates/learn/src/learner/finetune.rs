@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use super::error::{LearnerError, Result};
 use super::replay::ReplayBuffer;
-use super::sac::{Sac, SacConfig};
+use super::sac::{Draw, Sac, SacConfig};
 use super::shards::Shards;
 use crate::demos::Demos;
 use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
@@ -141,6 +141,9 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         }
         _ => None,
     };
+    if opts.sac.bc_demos_only && prior.is_none() {
+        return Err(LearnerError::BcDemosWithoutPrior);
+    }
     if opts.sac.target_entropy_from_policy {
         let on = prior
             .as_ref()
@@ -161,7 +164,12 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let st = sac.update_mixed(&[(p, b)], false)?;
+            let all = Draw {
+                from: p,
+                rows: b,
+                imitate: true,
+            };
+            let st = sac.update_mixed(&[all], false)?;
             if (i + 1) % 200 == 0 {
                 tracing::info!(
                     updates = i + 1,
@@ -215,9 +223,24 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
                 Some(_) => ((b as f64 * opts.prior_share).round() as usize).min(b),
                 None => 0,
             };
-            let mut parts = online.parts(b - n_prior);
+            // The BC term imitates the demonstrations, and the robot's own
+            // logged actions too unless --bc-demos-only.
+            let own = !sac.cfg().bc_demos_only;
+            let mut parts: Vec<Draw> = online
+                .parts(b - n_prior)
+                .into_iter()
+                .map(|(from, rows)| Draw {
+                    from,
+                    rows,
+                    imitate: own,
+                })
+                .collect();
             if let Some(p) = prior.as_ref().filter(|_| n_prior > 0) {
-                parts.push((p, n_prior));
+                parts.push(Draw {
+                    from: p,
+                    rows: n_prior,
+                    imitate: true,
+                });
             }
             sac.update_mixed(&parts, true)?
         };

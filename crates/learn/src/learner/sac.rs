@@ -64,6 +64,13 @@ pub struct SacConfig {
         arg(long, default_value_t = 0, help = "Actor updates over which the BC term anneals to 0 (0: constant)", long_help = None::<&str>)
     )]
     pub bc_anneal: u64,
+    /// The BC term on the prior data's rows only (the demonstrations), not
+    /// on the robot's own logged actions (needs prior data).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, help = "The BC term on the prior data's rows only", long_help = None::<&str>)
+    )]
+    pub bc_demos_only: bool,
     /// LayerNorm (no affine) after each hidden layer of the critics, as in
     /// RLPD: keeps Q bounded when the actor leaves the data.
     #[cfg_attr(
@@ -121,6 +128,7 @@ impl Default for SacConfig {
             target_entropy_from_policy: false,
             bc_lambda: 0.0,
             bc_anneal: 0,
+            bc_demos_only: false,
             critic_layer_norm: false,
             critic_hidden: 256,
             critic_warmup: 500,
@@ -194,6 +202,15 @@ impl Critic {
         }
         Ok(())
     }
+}
+
+/// One part of an update's batch: `rows` rows drawn from `from`, and
+/// whether the BC term imitates their actions.
+#[derive(Clone, Copy)]
+pub struct Draw<'a> {
+    pub from: &'a ReplayBuffer,
+    pub rows: usize,
+    pub imitate: bool,
 }
 
 /// Losses and statistics of one update.
@@ -379,29 +396,31 @@ impl Sac {
 
     /// One SAC update on a batch from `rb`.
     pub fn update(&mut self, rb: &ReplayBuffer) -> Result<UpdateStats> {
-        let b = self.cfg.batch;
-        self.update_mixed(&[(rb, b)], true)
+        let rows = self.cfg.batch;
+        let all = Draw {
+            from: rb,
+            rows,
+            imitate: true,
+        };
+        self.update_mixed(&[all], true)
     }
 
-    /// One update on a batch drawn `n` rows from each `(buffer, n)` (RLPD's
-    /// symmetric sampling: online and prior data in fixed shares). With
-    /// `actor` false only the critics move (offline critic pre-training).
-    pub fn update_mixed(
-        &mut self,
-        sources: &[(&ReplayBuffer, usize)],
-        actor: bool,
-    ) -> Result<UpdateStats> {
+    /// One update on a batch of the [`Draw`]s (RLPD's symmetric sampling:
+    /// online and prior data in fixed shares). With `actor` false only the
+    /// critics move (offline critic pre-training).
+    pub fn update_mixed(&mut self, sources: &[Draw], actor: bool) -> Result<UpdateStats> {
+        let sources: Vec<&Draw> = sources.iter().filter(|d| d.rows > 0).collect();
         let parts = sources
             .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(rb, n)| rb.sample(*n, &mut self.rng, &self.dev))
+            .map(|d| d.from.sample(d.rows, &mut self.rng, &self.dev))
             .collect::<Result<Vec<_>>>()?;
         let batch = super::replay::Batch::cat(&parts)?;
         let b = batch.len();
+        let bc_w = bc_weights(&sources, self.bc_lambda_now());
         let alpha = self.log_alpha.as_tensor().exp()?.detach();
         let alpha_v = alpha.to_vec1::<f32>()?[0];
         if self.fast.is_some() {
-            return self.update_fast(&batch, alpha_v, actor);
+            return self.update_fast(&batch, alpha_v, actor, &bc_w);
         }
 
         let z2 = self.noise(b)?;
@@ -433,8 +452,9 @@ impl Sac {
                 actor_loss(&self.twin, &self.q, norm, &batch.s, self.latent(&z), &alpha)?;
             let lambda = self.bc_lambda_now();
             if lambda > 0.0 {
-                let bc = self.twin.log_prob(&c, &batch.a)?.mean_all()?.neg()?;
-                loss = (loss + (bc * lambda)?)?;
+                let w = Tensor::from_slice(&bc_w, b, &self.dev)?;
+                let bc = (self.twin.log_prob(&c, &batch.a)? * w)?.sum_all()?.neg()?;
+                loss = (loss + bc)?;
             }
             st.bc_lambda = lambda as f32;
             self.opt_actor.backward_step(&loss)?;
@@ -461,7 +481,13 @@ impl Sac {
 
     /// [`Self::update_mixed`] on the hand-written path: the same losses, the
     /// same random draws in the same order, the same optimiser arithmetic.
-    fn update_fast(&mut self, batch: &Batch, alpha: f32, actor: bool) -> Result<UpdateStats> {
+    fn update_fast(
+        &mut self,
+        batch: &Batch,
+        alpha: f32,
+        actor: bool,
+        bc_w: &[f32],
+    ) -> Result<UpdateStats> {
         let b = batch.len();
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let (s, a, r, s2, done) = (
@@ -494,7 +520,7 @@ impl Sac {
             let Some(f) = self.fast.as_mut() else {
                 return Err(LearnerError::FastPath("not in use".into()));
             };
-            let bc = (lambda > 0.0).then_some((&a[..], lambda as f32));
+            let bc = (lambda > 0.0).then_some((&a[..], bc_w));
             let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, bc, b);
             f.actor_step();
             st.bc_lambda = lambda as f32;
@@ -599,6 +625,22 @@ fn tempered(lp: &Tensor, z: &Tensor, tau: f64) -> Result<Tensor> {
     let d = z.dim(D::Minus1)? as f64;
     let sq = z.sqr()?.sum(D::Minus1)?;
     Ok(((lp + (sq * (0.5 * (1.0 - 1.0 / (tau * tau))))?)? - d * tau.ln())?)
+}
+
+/// Each row's BC weight, in batch order: λ/n on the n rows of the draws
+/// that imitate (so the term is λ·mean(−log π(a_data|s)) over them), 0 on
+/// the rest.
+fn bc_weights(draws: &[&Draw], lambda: f64) -> Vec<f32> {
+    let n: usize = draws.iter().filter(|d| d.imitate).map(|d| d.rows).sum();
+    let w = if n > 0 {
+        (lambda / n as f64) as f32
+    } else {
+        0.0
+    };
+    draws
+        .iter()
+        .flat_map(|d| std::iter::repeat_n(if d.imitate { w } else { 0.0 }, d.rows))
+        .collect()
 }
 
 /// Flow conditioning of raw s = obs ++ goal.
@@ -819,7 +861,7 @@ mod parity {
         seed: u64,
         threads: usize,
         ln: bool,
-        bc: f64,
+        (bc, imitated): (f64, usize),
         tau: f64,
     ) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
@@ -892,9 +934,12 @@ mod parity {
         let cgrads = closs.backward().unwrap();
         let (mut aloss, _, c) = actor_loss(&twin, &q, norm, &batch.s, latent(&zt), &alpha).unwrap();
         if bc > 0.0 {
-            // As `update_mixed`: λ·mean(−log π(a_data|s)).
+            // As `update_mixed`: λ·mean(−log π(a_data|s)) over the last
+            // `imitated` rows (where a batch puts the prior data).
             let nll = twin
                 .log_prob(&c, &batch.a)
+                .unwrap()
+                .narrow(0, b - imitated, imitated)
                 .unwrap()
                 .mean_all()
                 .unwrap()
@@ -931,7 +976,16 @@ mod parity {
             (cl - cl_ref).abs() <= 1e-9 * cl_ref.abs(),
             "critic loss {cl} vs {cl_ref}"
         );
-        let (al, _) = f.actor_grads(&s, &z, alpha_v, (bc > 0.0).then_some((&a[..], bc)), b);
+        let w: Vec<f64> = (0..b)
+            .map(|r| {
+                if r >= b - imitated {
+                    bc / imitated as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (al, _) = f.actor_grads(&s, &z, alpha_v, (bc > 0.0).then_some((&a[..], &w[..])), b);
         let al_ref = aloss.to_scalar::<f64>().unwrap();
         assert!(
             (al - al_ref).abs() <= 1e-9 * al_ref.abs(),
@@ -949,7 +1003,7 @@ mod parity {
                 assert!(n > 0.0, "critic var {i}: zero reference gradient");
                 assert!(
                     e <= TOL,
-                    "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: critic var {i}: rel err {e:e}"
+                    "{dir:?} act {act} goal {goal} ln {ln} bc {bc}/{imitated}: critic var {i}: rel err {e:e}"
                 );
                 worst = worst.max(e);
                 checked += 1;
@@ -979,7 +1033,7 @@ mod parity {
             );
             assert!(
                 e <= TOL,
-                "{dir:?} act {act} goal {goal} ln {ln} bc {bc}: actor var {:?}: rel err {e:e}",
+                "{dir:?} act {act} goal {goal} ln {ln} bc {bc}/{imitated}: actor var {:?}: rel err {e:e}",
                 v.shape()
             );
             worst = worst.max(e);
@@ -992,13 +1046,15 @@ mod parity {
     #[test]
     fn fast_sac_gradients_match_autograd() {
         // 3 workers: the batch split into row ranges whose sums meet.
-        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight;
-        // tau: the latent temperature.
+        // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight
+        // and the rows it covers (of 64; 24: `--bc-demos-only`); tau: the
+        // latent temperature.
         for (ln, bc, tau) in [
-            (false, 0.0, 1.0),
-            (true, 0.0, 0.3),
-            (false, 0.7, 0.3),
-            (true, 0.7, 1.0),
+            (false, (0.0, 64), 1.0),
+            (true, (0.0, 64), 0.3),
+            (false, (0.7, 64), 0.3),
+            (true, (0.7, 64), 1.0),
+            (true, (0.7, 24), 0.3),
         ] {
             for threads in [1, 3] {
                 for (i, dir) in [Direction::Inverse, Direction::Forward]
@@ -1010,12 +1066,35 @@ mod parity {
                         let seed = 10 + (4 * i + j) as u64;
                         let worst = check(dir, act, goal, seed, threads, ln, bc, tau);
                         eprintln!(
-                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc} tau {tau}: worst relative gradient error {worst:e}"
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc:?} tau {tau}: worst relative gradient error {worst:e}"
                         );
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bc_rows {
+    use super::*;
+
+    #[test]
+    fn the_bc_weight_is_a_mean_over_the_imitated_rows_only() {
+        let rb = ReplayBuffer::new(2, 1, 4);
+        let d = |rows, imitate| Draw {
+            from: &rb,
+            rows,
+            imitate,
+        };
+        let (online, demos) = (d(3, false), d(2, true));
+        assert_eq!(
+            bc_weights(&[&online, &demos], 0.5),
+            [0.0, 0.0, 0.0, 0.25, 0.25]
+        );
+        let both = d(3, true);
+        assert_eq!(bc_weights(&[&both, &demos], 1.0), [0.2; 5]);
+        assert_eq!(bc_weights(&[&online], 1.0), [0.0; 3]);
     }
 }
 
@@ -1030,14 +1109,18 @@ mod same_update {
 
     #[test]
     fn fast_and_autograd_updates_agree() {
-        for (critic_layer_norm, bc_lambda, tau) in
-            [(false, 0.0, 1.0), (true, 0.0, 0.3), (true, 0.5, 0.3)]
-        {
-            agree(critic_layer_norm, bc_lambda, tau);
+        // The last: BC on the second draw's rows only (`--bc-demos-only`).
+        for (critic_layer_norm, bc_lambda, tau, demos_only) in [
+            (false, 0.0, 1.0, false),
+            (true, 0.0, 0.3, false),
+            (true, 0.5, 0.3, false),
+            (true, 0.5, 1.0, true),
+        ] {
+            agree(critic_layer_norm, bc_lambda, tau, demos_only);
         }
     }
 
-    fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64) {
+    fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos_only: bool) {
         let model = init_model(
             default_spec(6, 0, 3, 2, 32),
             Init::Random { last_scale: 0.5 },
@@ -1069,8 +1152,29 @@ mod same_update {
             let (s, a, s2) = (v(6), v(3), v(6));
             rb.push(&s, &a, -(i as f32 % 7.0) / 7.0, &s2, i % 13 == 0);
         }
+        let draws = |imitate_first| {
+            [
+                Draw {
+                    from: &rb,
+                    rows: 20,
+                    imitate: imitate_first,
+                },
+                Draw {
+                    from: &rb,
+                    rows: 12,
+                    imitate: true,
+                },
+            ]
+        };
         for _ in 0..4 {
-            let (sf, ss) = (fast.update(&rb).unwrap(), slow.update(&rb).unwrap());
+            let (sf, ss) = if demos_only {
+                (
+                    fast.update_mixed(&draws(false), true).unwrap(),
+                    slow.update_mixed(&draws(false), true).unwrap(),
+                )
+            } else {
+                (fast.update(&rb).unwrap(), slow.update(&rb).unwrap())
+            };
             for (x, y) in [
                 (sf.critic_loss, ss.critic_loss),
                 (sf.actor_loss, ss.actor_loss),
