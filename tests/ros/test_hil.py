@@ -95,14 +95,17 @@ def test_expert_reference_on_the_same_seeds(domain):
 def test_a_one_dimensional_pendulum_flow_balances_over_ros(domain, tmp_path):
     """The bundled InvertedPendulum-v5 flow (a 1-D action: the cart force,
     docs/model-format.md "1-D actions") closes the loop over ROS 2. Run at
-    4x real time (sim and node at 100 Hz; the env's dt is 0.04 s) to keep CI
-    short. Measured: 1000 (the task's maximum) in every episode, at 25 Hz
-    (real time) and 100 Hz, tau 0 and 1; the BC policy trained without
-    the perturbed demos scored 9-34 (docs/hil.md)."""
+    4x real time (sim at 100 Hz, the env's dt being 0.04 s; node at 200 Hz,
+    twice the sim as config/pendulum.yaml has it) to keep CI short.
+    Measured: 1000 (the task's maximum) in 10 of 10 episodes; with the node
+    at the sim's 100 Hz the pole fell in 3 of 10 (94, 16, 974: commands one
+    step late as the clocks' phase drifts), which made this test flaky; the
+    BC policy trained without the perturbed demos scored 9-34
+    (docs/hil.md)."""
     cmd = launch_run.commands(os.path.join(ROOT, "launch", "flowpilot.launch.xml"),
                               {"params_file": os.path.join(ROOT, "config", "pendulum.yaml"),
                                "model": os.path.join(ROOT, "models", "pendulum_flow.safetensors")})[0]
-    cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt", "-p", "rate_hz:=100.0"]
+    cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt", "-p", "rate_hz:=200.0"]
     node = subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.5)
