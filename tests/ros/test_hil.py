@@ -95,22 +95,24 @@ def test_expert_reference_on_the_same_seeds(domain):
 def test_a_one_dimensional_pendulum_flow_balances_over_ros(domain, tmp_path):
     """The bundled InvertedPendulum-v5 flow (a 1-D action: the cart force,
     docs/model-format.md "1-D actions") closes the loop over ROS 2. Run at
-    4x real time (sim at 100 Hz, the env's dt being 0.04 s; node at 200 Hz,
-    twice the sim as config/pendulum.yaml has it) to keep CI short.
-    Measured: 1000 (the task's maximum) in 10 of 10 episodes; with the node
-    at the sim's 100 Hz the pole fell in 3 of 10 (94, 16, 974: commands one
-    step late as the clocks' phase drifts), which made this test flaky; the
-    BC policy trained without the perturbed demos scored 9-34
+    2x real time (sim at 50 Hz, the env's dt being 0.04 s; node at 100 Hz,
+    twice the sim as config/pendulum.yaml has it). Measured alone: 1000
+    (the task's maximum) in 10 of 10 episodes at 4x (node 200 Hz, sim
+    100 Hz) and 6 of 6 at 2x; with the node at the sim's rate the pole fell
+    in 3 of 10 (94, 16, 974: commands one step late as the clocks' phase
+    drifts). At 4x it still fell in one full-suite run of two (episodes of
+    844 and 94 steps), so the test runs at 2x, with twice the margin per
+    step. The BC policy trained without the perturbed demos scored 9-34
     (docs/hil.md)."""
     cmd = launch_run.commands(os.path.join(ROOT, "launch", "flowpilot.launch.xml"),
                               {"params_file": os.path.join(ROOT, "config", "pendulum.yaml"),
                                "model": os.path.join(ROOT, "models", "pendulum_flow.safetensors")})[0]
-    cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt", "-p", "rate_hz:=200.0"]
+    cmd += ["-p", f"log.dir:={tmp_path}/log", "-p", f"hot_swap.dir:={tmp_path}/ckpt", "-p", "rate_hz:=100.0"]
     node = subprocess.Popen(cmd, env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.5)
     try:
-        ret, out = run_sim(domain, "task:=pendulum", "episodes:=3", "seed:=1", "rate_hz:=100.0")
+        ret, out = run_sim(domain, "task:=pendulum", "episodes:=3", "seed:=1", "rate_hz:=50.0")
     finally:
         node.send_signal(signal.SIGTERM)
         log, _ = node.communicate(timeout=10)
