@@ -46,10 +46,11 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
         assert got[0].double_value == 500.0 and got[1].string_value.endswith("pointmass_flow.safetensors")
         wait_for(lambda: diags, 5, "diagnostics")
         # this machine's own misses over 2 s without changes, for comparison
-        baseline_start = int(diag(diags)["overruns"])
+        baseline_start, t_base = int(diag(diags)["overruns"]), time.monotonic()
         time.sleep(2.0)
-        overruns_before = int(diag(diags)["overruns"])
+        overruns_before, t_changes = int(diag(diags)["overruns"]), time.monotonic()
         baseline = overruns_before - baseline_start
+        baseline_rate = baseline / (t_changes - t_base)
 
         # live: a tight rate limit applies between two ticks
         r = call(client.set_parameters([Parameter("max_delta", value=[0.001, 0.001])]), "set max_delta").results
@@ -81,11 +82,13 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
                  "a parameter event")
         # No missed deadlines caused by the changes (each is a copy between
         # two ticks): the window with them misses no more than the same
-        # machine did without them, plus one hypervisor stall (~36 ms, 18
-        # periods at 500 Hz: docs/performance.md). The full suite on this
-        # 2-core VM measured 0-4 misses in such a window.
+        # machine did without them over as long a time, plus one hypervisor
+        # stall (~36 ms, 18 periods at 500 Hz: docs/performance.md). The
+        # full suite on this 2-core VM measured 0-4 misses in 2 s, and once
+        # 73 (a busy host; the changes' window then 101): hence the rate.
         time.sleep(0.5)
-        assert int(diag(diags)["overruns"]) - overruns_before <= baseline + 18
+        allowed = max(baseline, baseline_rate * (time.monotonic() - t_changes)) + 18
+        assert int(diag(diags)["overruns"]) - overruns_before <= allowed, (baseline, allowed)
     finally:
         assert node.stop() == 0
     # every accepted change is in the transition log, in order, as metadata
