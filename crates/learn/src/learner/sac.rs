@@ -207,10 +207,10 @@ impl Critic {
 /// One part of an update's batch: `rows` rows drawn from `from`, and
 /// whether the BC term imitates their actions.
 #[derive(Clone, Copy)]
-pub struct Draw<'a> {
-    pub from: &'a ReplayBuffer,
-    pub rows: usize,
-    pub imitate: bool,
+pub(crate) struct Draw<'a> {
+    pub(crate) from: &'a ReplayBuffer,
+    pub(crate) rows: usize,
+    pub(crate) imitate: bool,
 }
 
 /// Losses and statistics of one update.
@@ -408,7 +408,7 @@ impl Sac {
     /// One update on a batch of the [`Draw`]s (RLPD's symmetric sampling:
     /// online and prior data in fixed shares). With `actor` false only the
     /// critics move (offline critic pre-training).
-    pub fn update_mixed(&mut self, sources: &[Draw], actor: bool) -> Result<UpdateStats> {
+    pub(crate) fn update_mixed(&mut self, sources: &[Draw], actor: bool) -> Result<UpdateStats> {
         let sources: Vec<&Draw> = sources.iter().filter(|d| d.rows > 0).collect();
         let parts = sources
             .iter()
