@@ -102,6 +102,7 @@ const KEYS: &[&str] = &[
     "hot_swap.guard.episodes",
     "hot_swap.guard.margin",
     "hot_swap.guard.z",
+    "hot_swap.guard.hold",
     "log.dir",
     "log.every",
     "log.flush_period",
@@ -709,10 +710,15 @@ fn fleet_settings(p: &Params<'_>, has_log: bool, has_swap: bool) -> Result<Optio
     }))
 }
 
-fn guard_config(p: &Params<'_>) -> Result<crate::guard::GuardConfig> {
+/// `log`: holding new versions back needs episode returns to reach the
+/// guard (the log's reward and episode topics); without them it would
+/// hold forever, so it is off.
+fn guard_config(p: &Params<'_>, log: Option<&LogSettings>) -> Result<crate::guard::GuardConfig> {
     let episodes = p.i64("hot_swap.guard.episodes", 20)?;
     let margin = p.f64("hot_swap.guard.margin", 0.5)?;
     let z = p.f64("hot_swap.guard.z", 2.0)?;
+    let fed = log.is_some_and(|l| l.reward_topic.is_some() && l.episode_topic.is_some());
+    let hold = p.bool("hot_swap.guard.hold", false)? && fed;
     for (name, ok) in [
         ("hot_swap.guard.episodes", episodes >= 0),
         ("hot_swap.guard.margin", margin >= 0.0 && margin.is_finite()),
@@ -729,6 +735,7 @@ fn guard_config(p: &Params<'_>) -> Result<crate::guard::GuardConfig> {
         episodes: episodes as usize,
         margin,
         z,
+        hold,
     })
 }
 
@@ -935,6 +942,7 @@ impl NodeConfig {
             .chain(&goals)
             .map(|s| s.kind.width())
             .sum();
+        let log = log_settings(&p, width)?;
         Self {
             model: p.path("model", None)?,
             rate_hz,
@@ -986,8 +994,8 @@ impl NodeConfig {
                 "a number >= 0 (0: off)",
             )?,
             hot_swap_allow_spec_change: p.bool("hot_swap.allow_spec_change", false)?,
-            hot_swap_guard: guard_config(&p)?,
-            log: log_settings(&p, width)?,
+            hot_swap_guard: guard_config(&p, log.as_ref())?,
+            log,
             override_input: nonempty(p.string("override.topic", Some(""))?)
                 .map(|t| {
                     Ok::<_, ConfigError>((
@@ -1101,6 +1109,8 @@ mod tests {
         assert!(c.hot_swap_dir.is_none());
         assert_eq!(c.hot_swap_poll_s, 0.5);
         assert_eq!(c.hot_swap_max_divergence, 0.0);
+        assert_eq!(c.hot_swap_guard.episodes, 20);
+        assert!(!c.hot_swap_guard.hold);
         assert!(c.log.is_none());
         assert!(c.override_input.is_none());
         assert!(c.finetune_args.is_empty() && c.finetune_exe.is_none());
@@ -1198,6 +1208,14 @@ mod tests {
         assert_eq!(c.hot_swap_dir.as_deref(), Some("/tmp/ckpt"));
         assert_eq!(c.hot_swap_poll_s, 0.1);
         assert_eq!(c.hot_swap_max_divergence, 0.3);
+        assert!(!c.hot_swap_guard.hold, "off by default");
+        let on = with(m.clone(), &[("hot_swap.guard.hold", V::Bool(true))]);
+        assert!(NodeConfig::from_params(&on).unwrap().hot_swap_guard.hold);
+        let unfed = with(on, &[("log.episode_topic", s(""))]);
+        assert!(
+            !NodeConfig::from_params(&unfed).unwrap().hot_swap_guard.hold,
+            "no episode returns reach the guard: holding would never end"
+        );
         let l = c.log.unwrap();
         assert_eq!(l.dir, "/tmp/log");
         assert_eq!(l.every, 5);

@@ -20,8 +20,10 @@
 //! its mean takes in the new returns.
 //!
 //! A version replaced before it ran `episodes` whole episodes is never
-//! judged; [`ReturnGuard::unjudged`] counts them (the learner's checkpoint
-//! period must leave each version that many episodes).
+//! judged; [`ReturnGuard::unjudged`] counts them. With `hold`, the hot swap
+//! asks [`ReturnGuard::holds`] and keeps new versions back until the
+//! running one has its episodes, so every version is judged whatever the
+//! learner's checkpoint period and the task's episode length.
 //!
 //! Pure bookkeeping on the spin thread; never on the control thread.
 
@@ -36,6 +38,9 @@ pub struct GuardConfig {
     pub margin: f64,
     /// Standard errors of the difference a drop must also exceed.
     pub z: f64,
+    /// Hold new versions back until the running one ran `episodes` whole
+    /// episodes (only meaningful when episode returns reach the guard).
+    pub hold: bool,
 }
 
 /// The guard's judgement of a version, against `best`: the digest of the
@@ -102,6 +107,16 @@ impl ReturnGuard {
 
     pub fn enabled(&self) -> bool {
         self.cfg.episodes > 0
+    }
+
+    /// Whether a new version must wait: holding is on and `live` (a
+    /// digest) has fewer than `episodes` booked returns. A version that
+    /// has them (judged, the start, or a best rolled back to) lets the
+    /// next one in.
+    pub fn holds(&self, live: &str) -> bool {
+        self.cfg.hold
+            && self.enabled()
+            && self.returns.get(live).map_or(0, Vec::len) < self.cfg.episodes
     }
 
     /// Versions replaced before they had `episodes` returns (never judged).
@@ -190,6 +205,7 @@ mod tests {
             episodes: 4,
             margin: 0.5,
             z: 2.0,
+            hold: false,
         })
     }
 
@@ -282,6 +298,7 @@ mod tests {
             episodes: 0,
             margin: 0.5,
             z: 2.0,
+            hold: true,
         });
         assert!(run(&mut g, "v1", &[], &[-1.0; 10]).is_empty());
         assert!(run(&mut g, "v2", &["v1"], &[-100.0; 10]).is_empty());
@@ -319,5 +336,29 @@ mod tests {
         assert_eq!(g.unjudged(), 1);
         run(&mut g, "v4", &["v1", "v2", "v3"], &[-5.0; 1]);
         assert_eq!(g.unjudged(), 1, "v3 ran its 4 episodes");
+    }
+
+    #[test]
+    fn holding_waits_for_the_live_versions_episodes_only() {
+        let mut g = ReturnGuard::new(GuardConfig {
+            hold: true,
+            ..guard().cfg
+        });
+        assert!(g.holds("v1"), "the start has run nothing yet");
+        run(&mut g, "v1", &[], &[-5.0; 3]);
+        assert!(
+            g.holds("v1"),
+            "3 of 4 (the first episode was booked to nobody)"
+        );
+        g.episode(-5.0, "v1", &[]);
+        assert!(!g.holds("v1"), "4 of 4");
+        assert!(g.holds("v2"), "a new version waits for its own");
+        assert!(!guard().holds("v1"), "hold off");
+        let off = ReturnGuard::new(GuardConfig {
+            episodes: 0,
+            hold: true,
+            ..guard().cfg
+        });
+        assert!(!off.holds("v1"), "guard off");
     }
 }

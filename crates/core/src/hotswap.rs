@@ -185,6 +185,7 @@ impl HotSwap {
                 episodes: 0,
                 margin: 0.0,
                 z: 0.0,
+                hold: false,
             }),
             auto_rollbacks: 0,
             last_verdict: String::new(),
@@ -343,6 +344,13 @@ impl HotSwap {
     pub fn poll(&mut self, chan: &SwapChannel, recent: &[(Vec<f32>, Vec<f32>)]) {
         while let Some(old) = chan.take_retired() {
             drop(old); // freed here, not on the control thread
+        }
+        // The running version (or the offer not yet taken) first runs the
+        // return guard's episodes; newer files wait in the directory and
+        // the newest valid one is offered once it has.
+        let live = &self.accepted.last().expect("never empty").1.spec.digest;
+        if self.guard.holds(live) {
+            return;
         }
         let candidates: Vec<_> = self
             .dir
@@ -747,6 +755,10 @@ mod tests {
 
     /// `s` restarted with a return guard judging on 3 episodes.
     fn guarded(s: &mut Setup, margin: f64) {
+        guarded_holding(s, margin, false)
+    }
+
+    fn guarded_holding(s: &mut Setup, margin: f64, hold: bool) {
         s.hot = HotSwap::new(
             s.dir.path().into(),
             0.0,
@@ -757,6 +769,7 @@ mod tests {
             episodes: 3,
             margin,
             z: 2.0,
+            hold,
         });
     }
 
@@ -807,6 +820,44 @@ mod tests {
             "{}",
             s.hot.last_rejection()
         );
+    }
+
+    #[test]
+    fn with_hold_a_new_version_waits_until_the_live_one_ran_its_episodes() {
+        let mut s = setup(0.0);
+        guarded_holding(&mut s, 0.5, true);
+        let v2 = child(s.hot.current(), 2, 2);
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert!(s.chan.take().is_none(), "the start has run no episode");
+        for _ in 0..3 {
+            s.hot.episode_ended(-5.0, &s.chan); // the first is booked to nobody
+        }
+        s.hot.poll(&s.chan, &[]);
+        assert!(s.chan.take().is_none(), "2 of 3 episodes");
+        s.hot.episode_ended(-5.0, &s.chan);
+        // v3 and v4 arrived meanwhile: the newest is offered, once
+        for v in [3, 4] {
+            child(&v2, v, v).save(s.dir.policy_path(v)).unwrap();
+        }
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.chan.take().unwrap().spec().version, 4);
+        assert_eq!(s.hot.current().spec.version, 4);
+        // v4 in turn runs its episodes, is judged (kept), and lets v5 in
+        let v4 = s.hot.current().clone();
+        child(&v4, 5, 5).save(s.dir.policy_path(5)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert!(s.chan.take().is_none());
+        for _ in 0..4 {
+            s.hot.episode_ended(-5.0, &s.chan);
+        }
+        assert!(
+            s.hot.last_verdict().contains("version 4 kept"),
+            "{}",
+            s.hot.last_verdict()
+        );
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.chan.take().unwrap().spec().version, 5);
     }
 
     #[test]

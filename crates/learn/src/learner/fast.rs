@@ -244,6 +244,9 @@ struct Geo<T> {
     /// Latent temperature of the optimised policy: the sampling passes get
     /// z = τ·ε and their log π is that of z ~ N(0, τ²I).
     tau: T,
+    /// The critics see sampled actions clipped to the box (the executed
+    /// action), in the target and the actor loss.
+    clip: bool,
     blocks: Vec<BlockSlots>,
     q: [CriticSlots; 2],
     in_mean: Vec<T>,
@@ -452,6 +455,7 @@ impl<T: Real> Fast<T> {
                 inverse: spec.direction == Direction::Inverse,
                 eps: T::of(spec.layer_norm_eps as f64),
                 tau: T::of(cfg.latent_temperature),
+                clip: cfg.critic_clips_actions,
                 blocks: blocks.clone(),
                 q,
                 in_mean: in_mean.to_vec(),
@@ -698,9 +702,12 @@ impl<T: Real> Worker<T> {
     }
 
     /// The critic input [normalised s, a] from `self.cond`.
-    fn critic_input(&mut self, v: View<T>, a: &[T], b: usize) {
+    /// The critics' input rows [cond, a]; with `clip`, a as the robot
+    /// executes it, clip(a, −1, 1).
+    fn critic_input(&mut self, v: View<T>, a: &[T], b: usize, clip: bool) {
         let (k, d) = (v.g.k, v.g.d);
         resize(&mut self.x, b * (k + d));
+        let (lo, hi) = (-T::one(), T::one());
         for ((x, c), ar) in self
             .x
             .chunks_exact_mut(k + d)
@@ -709,6 +716,11 @@ impl<T: Real> Worker<T> {
         {
             x[..k].copy_from_slice(c);
             x[k..].copy_from_slice(ar);
+            if clip {
+                for xa in &mut x[k..] {
+                    *xa = xa.max_of(lo).min_of(hi);
+                }
+            }
         }
     }
 
@@ -964,7 +976,7 @@ impl<T: Real> Worker<T> {
     ) -> Vec<T> {
         self.normalise(v, s2, b);
         let smp = self.sample(v, z2, b);
-        self.critic_input(v, &smp.a, b);
+        self.critic_input(v, &smp.a, b, v.g.clip);
         self.critic_forward(v, 0, true, b);
         self.critic_forward(v, 1, true, b);
         let g = T::of(gamma);
@@ -984,7 +996,7 @@ impl<T: Real> Worker<T> {
     fn critic_rows(&mut self, v: View<T>, s: &[T], a: &[T], y: &[T], inv_b: T) -> (T, T) {
         let b = y.len();
         self.normalise(v, s, b);
-        self.critic_input(v, a, b);
+        self.critic_input(v, a, b, false);
         self.grad_critic.fill(T::zero());
         let two = T::of(2.0);
         let mut loss = T::zero();
@@ -1039,7 +1051,7 @@ impl<T: Real> Worker<T> {
         let b = z.len() / d;
         self.normalise(v, s, b);
         let smp = self.sample(v, z, b);
-        self.critic_input(v, &smp.a, b);
+        self.critic_input(v, &smp.a, b, v.g.clip);
         self.critic_forward(v, 0, false, b);
         self.critic_forward(v, 1, false, b);
         let ten = T::of(10.0);
@@ -1094,8 +1106,12 @@ impl<T: Real> Worker<T> {
                 Parallelism::None,
             );
         }
-        for (a, x) in da.iter_mut().zip(&dx) {
-            *a += *x;
+        for ((a, x), av) in da.iter_mut().zip(&dx).zip(&smp.a) {
+            // clip's gradient: 1 inside the box, 0 outside (as candle's
+            // relu form of it in sac.rs)
+            if !v.g.clip || av.abs() < T::one() {
+                *a += *x;
+            }
         }
         let dlp = vec![alpha * inv_b; b];
         self.grad_actor.fill(T::zero());

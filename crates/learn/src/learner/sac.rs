@@ -78,6 +78,16 @@ pub struct SacConfig {
         arg(long, help = "LayerNorm in the critics' hidden layers", long_help = None::<&str>)
     )]
     pub critic_layer_norm: bool,
+    /// The critics see each sampled action as the robot executes it,
+    /// clip(a, −1, 1), in the critic target and the actor loss (the
+    /// paper's −Q(s, clip(a_π))): Q is never asked about actions outside
+    /// the box, where it has no data; outside, the actor feels only the
+    /// box penalty.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, help = "Critics see sampled actions clipped to the box, as the robot executes them", long_help = None::<&str>)
+    )]
+    pub critic_clips_actions: bool,
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.99))]
     pub gamma: f64,
     /// Polyak factor for the target critics.
@@ -130,6 +140,7 @@ impl Default for SacConfig {
             bc_anneal: 0,
             bc_demos_only: false,
             critic_layer_norm: false,
+            critic_clips_actions: false,
             critic_hidden: 256,
             critic_warmup: 500,
             seed: 0,
@@ -433,6 +444,7 @@ impl Sac {
             self.latent(&z2),
             &alpha,
             self.cfg.gamma,
+            self.cfg.critic_clips_actions,
         )?;
         let x = q_in(norm, &batch.s, &batch.a)?;
         let (critic_loss, q1) = critic_loss(&self.q, &x, &y)?;
@@ -448,8 +460,15 @@ impl Sac {
         if actor && self.updates > self.cfg.critic_warmup {
             let z = self.noise(b)?;
             let norm = (&self.in_mean, &self.in_inv_std);
-            let (mut loss, lp, c) =
-                actor_loss(&self.twin, &self.q, norm, &batch.s, self.latent(&z), &alpha)?;
+            let (mut loss, lp, c) = actor_loss(
+                &self.twin,
+                &self.q,
+                norm,
+                &batch.s,
+                self.latent(&z),
+                &alpha,
+                self.cfg.critic_clips_actions,
+            )?;
             let lambda = self.bc_lambda_now();
             if lambda > 0.0 {
                 let w = Tensor::from_slice(&bc_w, b, &self.dev)?;
@@ -662,6 +681,18 @@ fn q_in(norm: (&Tensor, &Tensor), s: &Tensor, a: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&sn, a], 1)?)
 }
 
+/// With `clip`, the action the robot executes, clip(a, −1, 1), written
+/// with relus so its gradient is 1 inside the box and 0 outside (the fast
+/// path's rule); otherwise `a` itself.
+fn executed(a: &Tensor, clip: bool) -> Result<Tensor> {
+    if !clip {
+        return Ok(a.clone());
+    }
+    let over = (a - 1.0)?.relu()?;
+    let under = (a.neg()? - 1.0)?.relu()?;
+    Ok(((a - over)? + under)?)
+}
+
 /// Base noise of the optimised policy, z = τ·ε, with its τ.
 #[derive(Clone, Copy)]
 struct Latent<'a> {
@@ -687,10 +718,11 @@ fn critic_target(
     z2: Latent,
     alpha: &Tensor,
     gamma: f64,
+    clip: bool,
 ) -> Result<Tensor> {
     let c2 = cond_of(twin, &batch.s2)?;
     let (a2, lp2) = z2.sample(twin, &c2)?;
-    let x2 = q_in(norm, &batch.s2, &a2)?;
+    let x2 = q_in(norm, &batch.s2, &executed(&a2, clip)?)?;
     let qn = q_targ[0].forward(&x2)?.minimum(&q_targ[1].forward(&x2)?)?;
     let soft = (qn - lp2.broadcast_mul(alpha)?)?;
     let not_done = (batch.done.neg()? + 1.0)?;
@@ -715,10 +747,11 @@ fn actor_loss(
     s: &Tensor,
     z: Latent,
     alpha: &Tensor,
+    clip: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = cond_of(twin, s)?;
     let (a, lp) = z.sample(twin, &c)?;
-    let xa = q_in(norm, s, &a)?;
+    let xa = q_in(norm, s, &executed(&a, clip)?)?;
     let qa = q[0].forward(&xa)?.minimum(&q[1].forward(&xa)?)?;
     // Keep samples inside the action box (the robot clips anyway).
     let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
@@ -863,6 +896,7 @@ mod parity {
         ln: bool,
         (bc, imitated): (f64, usize),
         tau: f64,
+        clip: bool,
     ) -> f64 {
         let (obs, b, dev) = (5, 64, Device::Cpu);
         let mut spec = default_spec(obs, goal, act, 3, 24);
@@ -928,11 +962,22 @@ mod parity {
         // Reference: the autograd path's own loss functions.
         let (z2t, zt) = (t2(&z2, act), t2(&z, act));
         let latent = |z| Latent { z, tau };
-        let y = critic_target(&twin, &q_targ, norm, &batch, latent(&z2t), &alpha, 0.99).unwrap();
+        let y = critic_target(
+            &twin,
+            &q_targ,
+            norm,
+            &batch,
+            latent(&z2t),
+            &alpha,
+            0.99,
+            clip,
+        )
+        .unwrap();
         let x = q_in(norm, &batch.s, &batch.a).unwrap();
         let (closs, _) = critic_loss(&q, &x, &y).unwrap();
         let cgrads = closs.backward().unwrap();
-        let (mut aloss, _, c) = actor_loss(&twin, &q, norm, &batch.s, latent(&zt), &alpha).unwrap();
+        let (mut aloss, _, c) =
+            actor_loss(&twin, &q, norm, &batch.s, latent(&zt), &alpha, clip).unwrap();
         if bc > 0.0 {
             // As `update_mixed`: λ·mean(−log π(a_data|s)) over the last
             // `imitated` rows (where a batch puts the prior data).
@@ -953,6 +998,7 @@ mod parity {
             critic_layer_norm: ln,
             bc_lambda: bc,
             latent_temperature: tau,
+            critic_clips_actions: clip,
             ..Default::default()
         };
         assert!(Fast::<f64>::supports(&spec, &cfg));
@@ -1048,13 +1094,16 @@ mod parity {
         // 3 workers: the batch split into row ranges whose sums meet.
         // ln: LayerNorm critics (`--critic-layer-norm`); bc: the BC weight
         // and the rows it covers (of 64; 24: `--bc-demos-only`); tau: the
-        // latent temperature.
-        for (ln, bc, tau) in [
-            (false, (0.0, 64), 1.0),
-            (true, (0.0, 64), 0.3),
-            (false, (0.7, 64), 0.3),
-            (true, (0.7, 64), 1.0),
-            (true, (0.7, 24), 0.3),
+        // latent temperature; clip: `--critic-clips-actions` (about a third
+        // of these samples fall outside the box).
+        for (ln, bc, tau, clip) in [
+            (false, (0.0, 64), 1.0, false),
+            (true, (0.0, 64), 0.3, false),
+            (false, (0.7, 64), 0.3, false),
+            (true, (0.7, 64), 1.0, false),
+            (true, (0.7, 24), 0.3, false),
+            (true, (0.0, 64), 1.0, true),
+            (false, (0.7, 24), 1.0, true),
         ] {
             for threads in [1, 3] {
                 for (i, dir) in [Direction::Inverse, Direction::Forward]
@@ -1064,9 +1113,9 @@ mod parity {
                     for (j, (act, goal)) in [(5, 0), (4, 3), (2, 0), (1, 2)].into_iter().enumerate()
                     {
                         let seed = 10 + (4 * i + j) as u64;
-                        let worst = check(dir, act, goal, seed, threads, ln, bc, tau);
+                        let worst = check(dir, act, goal, seed, threads, ln, bc, tau, clip);
                         eprintln!(
-                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc:?} tau {tau}: worst relative gradient error {worst:e}"
+                            "{threads} worker(s), {dir:?} act {act} goal {goal} ln {ln} bc {bc:?} tau {tau} clip {clip}: worst relative gradient error {worst:e}"
                         );
                     }
                 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Stable-Baselines3 SAC from scratch on MuJoCo Reacher-v5: the reference
-for docs/finetuning.md's flow-vs-Gaussian-vs-SB3 table (optional; needs torch
-and stable-baselines3, which CI does not install).
+"""Stable-Baselines3 SAC from scratch on MuJoCo Reacher-v5 or
+InvertedPendulum-v5: the reference for docs/finetuning.md's
+flow-vs-Gaussian-vs-SB3 table and its pendulum section (optional; needs
+torch and stable-baselines3, which CI does not install).
 
-  /path/to/python-with-sb3 bench/sb3_reacher.py --steps 15000 30000 [--seed 0] [--threads 1]
+  /path/to/python-with-sb3 bench/sb3_sac.py [--task reacher|pendulum] --steps 15000 30000 [--seed 0] [--threads 1]
 
 Trains one SAC agent (SB3 defaults: 2x256 MLPs, batch 256, lr 3e-4, UTD 1,
 learning_starts 100, auto entropy) and, at each step count given, evaluates
@@ -31,17 +32,17 @@ import tasks  # noqa: E402
 EVAL_SEED = 1000  # scripts/finetune_session.py EVAL_SEED
 
 
-def expert_returns(episodes):
+def expert_returns(task, episodes):
     """The scripted expert on the evaluation episodes, with the elbow draws
     sim/mujoco_sim.py makes (one per episode from default_rng(seed))."""
-    t, env = tasks.make("reacher")
+    t, env = tasks.make(task)
     rng = np.random.default_rng(EVAL_SEED)
     return np.array([tasks.shadow_return(t, env, t.expert(rng), tasks.reset_seed(EVAL_SEED, ep))
                      for ep in range(episodes)])
 
 
-def evaluate(model, episodes):
-    env = gym.make("Reacher-v5")
+def evaluate(model, env_id, episodes):
+    env = gym.make(env_id)
     rets = []
     for ep in range(episodes):
         o, _ = env.reset(seed=tasks.reset_seed(EVAL_SEED, ep))
@@ -56,20 +57,21 @@ def evaluate(model, episodes):
 
 
 class At(BaseCallback):
-    def __init__(self, steps, episodes):
+    def __init__(self, task, steps, episodes):
         super().__init__()
         self.todo, self.episodes, self.t0, self.paused = sorted(steps), episodes, time.monotonic(), 0.0
-        self.expert = expert_returns(episodes)
+        self.env_id = tasks.TASKS[task].env_id
+        self.expert = expert_returns(task, episodes)
 
     def _on_step(self):
         if self.todo and self.num_timesteps >= self.todo[0]:
             s = self.todo.pop(0)
             t = time.monotonic()
-            rets = evaluate(self.model, self.episodes)
+            rets = evaluate(self.model, self.env_id, self.episodes)
             self.paused += time.monotonic() - t
             train_s = time.monotonic() - self.t0 - self.paused
             n, d = len(rets), rets - self.expert
-            print(f"SB3 SAC seed {self.model.seed}: {s} steps: mean return {rets.mean():.2f} +- "
+            print(f"SB3 SAC {self.env_id} seed {self.model.seed}: {s} steps: mean return {rets.mean():.2f} +- "
                   f"{rets.std() / np.sqrt(n):.2f} (s.e.) over {n} episodes (seed {EVAL_SEED}, deterministic; "
                   f"first 20: {rets[:20].mean():.2f}); minus the expert {d.mean():+.2f} +- "
                   f"{d.std(ddof=1) / np.sqrt(n):.2f} (paired s.e.); {s / train_s:.1f} steps/s", flush=True)
@@ -78,14 +80,16 @@ class At(BaseCallback):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--task", choices=sorted(tasks.TASKS), default="reacher")
     ap.add_argument("--steps", type=int, nargs="+", default=[15000, 30000])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--episodes", type=int, default=20)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = SAC("MlpPolicy", gym.make("Reacher-v5"), seed=a.seed, device="cpu", verbose=0)
-    model.learn(total_timesteps=max(a.steps), callback=At(a.steps, a.episodes))
+    env = gym.make(tasks.TASKS[a.task].env_id)
+    model = SAC("MlpPolicy", env, seed=a.seed, device="cpu", verbose=0)
+    model.learn(total_timesteps=max(a.steps), callback=At(a.task, a.steps, a.episodes))
 
 
 if __name__ == "__main__":
