@@ -321,7 +321,11 @@ def main():
     s.spin(1.5)
     v1 = s.diag.get("policy_version", "?")
     if pol and s.version() != pol["version"]:
-        print(f"warning: the node runs version {v1}, the newest checkpoint is {pol['version']}", flush=True)
+        # rejected, or held back until the running version has the return
+        # guard's episodes (hot_swap.guard.hold); the evaluation may see it
+        # swapped in once it has
+        print(f"warning: the node runs version {v1}, the newest checkpoint is {pol['version']} "
+              f"(rejected, or held until version {v1} has run the return guard's episodes)", flush=True)
     after = evaluate("after", round(robot_time, 3), done)
     evals.append(after)
     kept = None

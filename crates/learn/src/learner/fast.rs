@@ -701,9 +701,8 @@ impl<T: Real> Worker<T> {
         }
     }
 
-    /// The critic input [normalised s, a] from `self.cond`.
-    /// The critics' input rows [cond, a]; with `clip`, a as the robot
-    /// executes it, clip(a, −1, 1).
+    /// The critic input [normalised s, a] from `self.cond`; with `clip`,
+    /// a as the robot executes it, clip(a, −1, 1).
     fn critic_input(&mut self, v: View<T>, a: &[T], b: usize, clip: bool) {
         let (k, d) = (v.g.k, v.g.d);
         resize(&mut self.x, b * (k + d));
