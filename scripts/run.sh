@@ -59,7 +59,7 @@ node=$!
 trap 'kill -TERM $node 2>/dev/null || true' EXIT
 if [ $finetune = 1 ]; then
   python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes" \
-    $([ "$task" = reacher ] && echo --eval-every 150) $([ "$task" = pendulum ] && echo --max-steps 15000)
+    $([ "$task" = reacher ] && echo --eval-every 150) $([ "$task" = pendulum ] && echo --max-steps 30000)
 elif [ "$task" = reacher ]; then
   python3 sim/mujoco_sim.py --ros-args -p task:=reacher -p episodes:="$episodes" -p seed:=1
 elif [ "$task" = pendulum ]; then
