@@ -2,6 +2,7 @@
 parameter client reads and changes the running node's parameters; live
 ones apply between two ticks, structural ones are refused with a reason,
 and every accepted change is announced on /parameter_events."""
+import bisect
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -35,7 +36,10 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
 
         def steps(since):
             """|Δ action| between consecutive policy ticks after `since`."""
-            d = [(int(m.data[0]), m.data[5:7]) for t, m in list(trace) if t > since and m.data[1] == POLICY]
+            # the trace only grows, in receive order: read just the tail
+            # (scanning all of it every 10 ms costs a core on this VM)
+            tail = trace[bisect.bisect_right(trace, since, key=lambda e: e[0]):]
+            d = [(int(m.data[0]), m.data[5:7]) for _, m in tail if m.data[1] == POLICY]
             return [max(abs(a - b) for a, b in zip(x, y)) for (i, x), (j, y) in zip(d, d[1:]) if j == i + 1]
 
         wait_for(lambda: len(steps(0)) > 100, 15, "policy ticks")
@@ -80,14 +84,19 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
         # announced
         wait_for(lambda: any(p.name == "temperature" for _, e in list(events) for p in e.changed_parameters), 5,
                  "a parameter event")
-        # No missed deadlines caused by the changes (each is a copy between
-        # two ticks): the window with them misses no more than the same
-        # machine did without them over as long a time, plus one hypervisor
-        # stall (~36 ms, 18 periods at 500 Hz: docs/performance.md). The
-        # full suite on this 2-core VM measured 0-4 misses in 2 s, and once
-        # 73 (a busy host; the changes' window then 101): hence the rate.
+        # No stall caused by the changes. That applying one is a copy
+        # between two ticks, without allocation or lock, is proven by
+        # crates/core/tests/runner_alloc.rs; here the misses of the window
+        # with the changes are compared with this machine's own rate just
+        # before, as a guard against gross regressions only (e.g. a change
+        # that blocks the control thread). The margin is from measured
+        # noise: misses in the ~1.1 s window minus the baseline's rate over
+        # it reached 23 in 11 runs here and 37 in CI (2 in the 2 s baseline,
+        # then 40 - 2): a 2-core VM with hypervisor steal. 60 is 120 ms of
+        # ticks at 500 Hz: three changes that each stalled the loop 50 ms
+        # or more would fail it.
         time.sleep(0.5)
-        allowed = max(baseline, baseline_rate * (time.monotonic() - t_changes)) + 18
+        allowed = max(baseline, baseline_rate * (time.monotonic() - t_changes)) + 60
         assert int(diag(diags)["overruns"]) - overruns_before <= allowed, (baseline, allowed)
     finally:
         assert node.stop() == 0
