@@ -29,8 +29,8 @@ episodes, and draws the scripted expert's return on the eval seeds (one
 expert run of the sim on topics remapped away from the node; --expert-return
 skips it); pendulum (InvertedPendulum-v5, episodes of up to 1000 steps that
 end when the pole falls) evaluates 5 episodes every 20 training episodes,
-and --max-steps ends training after the chunk in which the robot steps
-reached it.
+and --max-steps ends training after the episode in which the robot steps
+reach it (the sim's max_steps).
 """
 import argparse
 import glob
@@ -121,7 +121,7 @@ class Session:
             return p.returncode, out.read(), err.read()
 
 
-def sim_cmd(task, episodes, seed, a, expert=False):
+def sim_cmd(task, episodes, seed, a, expert=False, max_steps=None):
     if task == "reach":
         return [sys.executable, os.path.join(ROOT, "sim", "reach_sim.py"), "--episodes", str(episodes),
                 "--seed", str(seed), "--rate", str(a.rate)]
@@ -129,6 +129,8 @@ def sim_cmd(task, episodes, seed, a, expert=False):
     rate = 1000.0 if expert else float(a.sim_rate)
     cmd = [sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args", "-p", f"task:={task}",
            "-p", f"episodes:={episodes}", "-p", f"seed:={seed}", "-p", f"rate_hz:={rate}"]
+    if max_steps:
+        cmd += ["-p", f"max_steps:={max_steps}"]
     if not expert:
         # the scripted expert on each same episode, in the sim's reset gap: a paired baseline
         cmd += ["-p", "shadow_expert:=true"]
@@ -140,14 +142,14 @@ def sim_cmd(task, episodes, seed, a, expert=False):
     return cmd
 
 
-def run_sim(session, task, episodes, seed, a, expert=False):
+def run_sim(session, task, episodes, seed, a, expert=False, max_steps=None):
     """Mean return and per-episode (return, seconds, steps, the scripted expert's
     return on the same episode or None) of one sim run."""
     rate = a.rate if task == "reach" else (1000.0 if expert else a.sim_rate)
     steps_per_s = rate
     timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else MUJOCO[task]["max_steps"]) / steps_per_s
     t0 = time.monotonic()
-    rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert), timeout)
+    rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert, max_steps), timeout)
     wall = time.monotonic() - t0
     m = re.search(r"mean return (-?[\d.]+)", out)
     if rc != 0 or not m:
@@ -236,7 +238,7 @@ def main():
     ap.add_argument("--task", default="reach", choices=["reach", *MUJOCO])
     ap.add_argument("--eval-episodes", type=int, help="default: reach 10, reacher 20, pendulum 5")
     ap.add_argument("--train-episodes", type=int, default=80)
-    ap.add_argument("--max-steps", type=int, help="end training after the chunk in which the robot steps reach this")
+    ap.add_argument("--max-steps", type=int, help="end training after the episode in which the robot steps reach this")
     ap.add_argument("--eval-every", type=int, help="training episodes per chunk, each followed by an evaluation "
                     "(0: one chunk; default: reach 0, reacher 50, pendulum 20)")
     ap.add_argument("--rate", type=float, default=20.0, help="reach sim steps per second")
@@ -300,13 +302,16 @@ def main():
     size = every if every > 0 else a.train_episodes
     while done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
         n = min(size, a.train_episodes - done)
-        _, eps = run_sim(s, a.task, n, 1 + chunk, a)  # a fresh seed per chunk: new episodes
+        # a fresh seed per chunk: new episodes; the sim ends the chunk once
+        # the session's step budget is spent (after that episode)
+        budget = None if a.max_steps is None else a.max_steps - robot_steps
+        _, eps = run_sim(s, a.task, n, 1 + chunk, a, max_steps=budget)
         for ret, secs, steps, shadow in eps:
             robot_time += secs
             robot_steps += steps or 0
             train.append({"episode": len(train) + 1, "return": ret, "robot_time_s": round(robot_time, 3),
                           "steps": steps, "expert_return": shadow})
-        done += n
+        done += len(eps) or n  # fewer when the step budget ended the chunk
         chunk += 1
         if done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
             evals.append(evaluate(f"eval after {done} episodes", round(robot_time, 3), done))

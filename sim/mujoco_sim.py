@@ -23,7 +23,9 @@ as a ros2_control forward command controller would: it holds the last
 command and goes to zero when commands are older than cmd_timeout.
 
 Parameters: task (reacher | pendulum), rate_hz, seed, episodes (0 = run
-until stopped), cmd_timeout, expert (true: act with the scripted expert,
+until stopped), max_steps (0 = no limit; else it also stops after the
+episode in which its env steps reach this: a session's step budget),
+cmd_timeout, expert (true: act with the scripted expert,
 ignoring commands — for a baseline), truth_log (a path: at exit, write an
 .npz with one row per env step: episode, step, obs (policy layout, the state
 before the step), act (applied, physical), reward, stale, wall (time.time()
@@ -61,6 +63,7 @@ def main():
     task_name, rate, seed = p("task", "reacher"), float(p("rate_hz", 50.0)), int(p("seed", 0))
     episodes, cmd_timeout, use_expert = int(p("episodes", 10)), float(p("cmd_timeout", 0.1)), bool(p("expert", False))
     truth_log = str(p("truth_log", ""))
+    max_steps = int(p("max_steps", 0))
     shadow = bool(p("shadow_expert", False))
     t_start = time.monotonic()
     t, env = tasks.make(task_name)
@@ -143,7 +146,8 @@ def main():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
     try:
-        while episodes == 0 or ep < episodes:
+        total_steps = 0
+        while (episodes == 0 or ep < episodes) and (max_steps <= 0 or total_steps < max_steps):
             expert = t.expert(rng)
             if ep > 0:
                 # A reset takes a robot a step's time at least: the last
@@ -197,6 +201,7 @@ def main():
                   f"  [t {now - t_start:.2f} s, ep {now - ep_t0:.2f} s, {k} steps]"
                   + (f"  expert {shadow_ret:.2f}" if shadow_ret is not None else ""), flush=True)
             ep += 1
+            total_steps += k
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
