@@ -30,7 +30,7 @@ expert run of the sim on topics remapped away from the node; --expert-return
 skips it); pendulum (InvertedPendulum-v5, episodes of up to 1000 steps that
 end when the pole falls) evaluates 5 episodes every 20 training episodes,
 and --max-steps ends training after the episode in which the robot steps
-reach it (the sim's max_steps).
+reach it (the sim's step_budget).
 """
 import argparse
 import glob
@@ -121,7 +121,7 @@ class Session:
             return p.returncode, out.read(), err.read()
 
 
-def sim_cmd(task, episodes, seed, a, expert=False, max_steps=None):
+def sim_cmd(task, episodes, seed, a, expert=False, step_budget=None):
     if task == "reach":
         return [sys.executable, os.path.join(ROOT, "sim", "reach_sim.py"), "--episodes", str(episodes),
                 "--seed", str(seed), "--rate", str(a.rate)]
@@ -129,8 +129,8 @@ def sim_cmd(task, episodes, seed, a, expert=False, max_steps=None):
     rate = 1000.0 if expert else float(a.sim_rate)
     cmd = [sys.executable, os.path.join(ROOT, "sim", "mujoco_sim.py"), "--ros-args", "-p", f"task:={task}",
            "-p", f"episodes:={episodes}", "-p", f"seed:={seed}", "-p", f"rate_hz:={rate}"]
-    if max_steps:
-        cmd += ["-p", f"max_steps:={max_steps}"]
+    if step_budget:
+        cmd += ["-p", f"step_budget:={step_budget}"]
     if not expert:
         # the scripted expert on each same episode, in the sim's reset gap: a paired baseline
         cmd += ["-p", "shadow_expert:=true"]
@@ -142,14 +142,14 @@ def sim_cmd(task, episodes, seed, a, expert=False, max_steps=None):
     return cmd
 
 
-def run_sim(session, task, episodes, seed, a, expert=False, max_steps=None):
+def run_sim(session, task, episodes, seed, a, expert=False, step_budget=None):
     """Mean return and per-episode (return, seconds, steps, the scripted expert's
     return on the same episode or None) of one sim run."""
     rate = a.rate if task == "reach" else (1000.0 if expert else a.sim_rate)
     steps_per_s = rate
     timeout = 120 + 3 * episodes * (REACH_STEPS if task == "reach" else MUJOCO[task]["max_steps"]) / steps_per_s
     t0 = time.monotonic()
-    rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert, max_steps), timeout)
+    rc, out, err = session.run(sim_cmd(task, episodes, seed, a, expert, step_budget), timeout)
     wall = time.monotonic() - t0
     m = re.search(r"mean return (-?[\d.]+)", out)
     if rc != 0 or not m:
@@ -300,12 +300,16 @@ def main():
     train, robot_time, robot_steps, done, chunk = [], 0.0, 0, 0, 0
     t0 = time.monotonic()
     size = every if every > 0 else a.train_episodes
-    while done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
+
+    def budget_spent():
+        return a.max_steps is not None and robot_steps >= a.max_steps
+
+    while done < a.train_episodes and not budget_spent():
         n = min(size, a.train_episodes - done)
         # a fresh seed per chunk: new episodes; the sim ends the chunk once
         # the session's step budget is spent (after that episode)
-        budget = None if a.max_steps is None else a.max_steps - robot_steps
-        _, eps = run_sim(s, a.task, n, 1 + chunk, a, max_steps=budget)
+        left = None if a.max_steps is None else a.max_steps - robot_steps
+        _, eps = run_sim(s, a.task, n, 1 + chunk, a, step_budget=left)
         for ret, secs, steps, shadow in eps:
             robot_time += secs
             robot_steps += steps or 0
@@ -313,7 +317,7 @@ def main():
                           "steps": steps, "expert_return": shadow})
         done += len(eps) or n  # fewer when the step budget ended the chunk
         chunk += 1
-        if done < a.train_episodes and (a.max_steps is None or robot_steps < a.max_steps):
+        if done < a.train_episodes and not budget_spent():
             evals.append(evaluate(f"eval after {done} episodes", round(robot_time, 3), done))
     session_s = time.monotonic() - t0
     print(s.call(False), f"after {robot_time:.0f} s of robot time in {done} training episodes "

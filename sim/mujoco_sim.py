@@ -23,7 +23,7 @@ as a ros2_control forward command controller would: it holds the last
 command and goes to zero when commands are older than cmd_timeout.
 
 Parameters: task (reacher | pendulum), rate_hz, seed, episodes (0 = run
-until stopped), max_steps (0 = no limit; else it also stops after the
+until stopped), step_budget (0 = no limit; else it also stops after the
 episode in which its env steps reach this: a session's step budget),
 cmd_timeout, expert (true: act with the scripted expert,
 ignoring commands — for a baseline), truth_log (a path: at exit, write an
@@ -63,7 +63,7 @@ def main():
     task_name, rate, seed = p("task", "reacher"), float(p("rate_hz", 50.0)), int(p("seed", 0))
     episodes, cmd_timeout, use_expert = int(p("episodes", 10)), float(p("cmd_timeout", 0.1)), bool(p("expert", False))
     truth_log = str(p("truth_log", ""))
-    max_steps = int(p("max_steps", 0))
+    step_budget = int(p("step_budget", 0))
     shadow = bool(p("shadow_expert", False))
     t_start = time.monotonic()
     t, env = tasks.make(task_name)
@@ -147,7 +147,7 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     try:
         total_steps = 0
-        while (episodes == 0 or ep < episodes) and (max_steps <= 0 or total_steps < max_steps):
+        while (episodes == 0 or ep < episodes) and (step_budget <= 0 or total_steps < step_budget):
             expert = t.expert(rng)
             if ep > 0:
                 # A reset takes a robot a step's time at least: the last

@@ -97,10 +97,10 @@ def test_expert_reference_on_the_same_seeds(domain):
 
 def test_a_step_budget_ends_the_run_after_the_episode_that_spends_it(domain):
     """A fine-tuning session's --max-steps: the sim stops after the episode
-    in which its env steps reach max_steps (the expert balances every
+    in which its env steps reach step_budget (the expert balances every
     episode to the 1000-step limit, so 1500 ends after the second)."""
     _, out = run_sim(domain, "task:=pendulum", "episodes:=5", "expert:=true", "rate_hz:=2000.0",
-                     "max_steps:=1500")
+                     "step_budget:=1500")
     assert "over 2 episodes" in out and out.count(" 1000 steps]") == 2, out
 
 
