@@ -41,7 +41,8 @@ def params(d, robot, rate):
     sources:
       arm: {{type: float64_multi_array, topic: /reacher/arm, size: 4, max_age: 0.25}}
       task: {{type: float64_multi_array, topic: /reacher/task, size: 4, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: /reacher/cmd}}
+    safe_behaviour: zero
+    action: {{type: float64_multi_array, topic: /reacher/cmd, interface: effort}}
     log: {{dir: {d}/{robot}/log, flush_period: 0.05}}
     fleet: {{robot_id: {robot}, policy: none}}
 """)

@@ -45,7 +45,7 @@ def params(d, robot):
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: /{robot}/reach/state, size: 2, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: /{robot}/reach/cmd}}
+    action: {{type: float64_multi_array, topic: /{robot}/reach/cmd, interface: velocity}}
     log: {{dir: {d}/{robot}/log, flush_period: 0.05, reward_topic: /{robot}/reward, episode_topic: /{robot}/episode}}
     hot_swap: {{dir: {d}/{robot}/ckpt, poll_period: 0.2}}
     fleet: {{robot_id: {robot}, policy: shared}}

@@ -98,7 +98,7 @@ def main():
     observations: [joints]
     sources:
       joints: {{type: joint_state, topic: /bench/joint_states, joints: [{joints}], max_age: 0.5}}
-    action: {{type: float64_multi_array, topic: /bench/cmd}}
+    action: {{type: float64_multi_array, topic: /bench/cmd, interface: velocity}}
     hot_swap: {{dir: {swap_dir}, poll_period: 0.05}}
 """ + ("    rt: {fifo_priority: 80, cpu: 1, mlockall: true}\n" if a.rt else ""))
     domain = 130 + os.getpid() % 40

@@ -60,6 +60,7 @@ def params(path, model, rate):
     action:
       type: float64_multi_array
       topic: /bench/cmd
+      interface: velocity
 """)
 
 

@@ -16,7 +16,7 @@ POLICY = 0
 
 
 def params(tmp_path, model, obs_width, chunk="{boundary: replace}",
-           action="{type: float64_multi_array, topic: /pointmass/cmd}", log_dir=None):
+           action="{type: float64_multi_array, topic: /pointmass/cmd, interface: velocity}", log_dir=None):
     y = tmp_path / "p.yaml"
     y.write_text(f"""
 flowpilot:
@@ -25,7 +25,7 @@ flowpilot:
     rate_hz: 50.0
     startup_hold: 0.0
     warmup_ticks: 2
-    safe_behaviour: zero
+    safe_behaviour: {'hold' if 'joint_trajectory' in action else 'zero'}
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: /pointmass/state, size: {obs_width}, max_age: 0.5}}

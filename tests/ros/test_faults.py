@@ -212,7 +212,7 @@ flowpilot:
     observations: [arm]
     sources:
       arm: {{type: joint_state, topic: /joint_states, joints: [a, b], max_age: 0.2, qos: reliable}}
-    action: {{type: float64_multi_array, topic: /cmd}}
+    action: {{type: float64_multi_array, topic: /cmd, interface: velocity}}
 """)
     js = peer.node.create_publisher(JointState, "/joint_states", RELIABLE)
     names = [f"j{i}" for i in range(100_000)] + ["b", "a"]

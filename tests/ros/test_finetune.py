@@ -39,7 +39,7 @@ flowpilot:
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: /reach/state, size: 2, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: /reach/cmd}}
+    action: {{type: float64_multi_array, topic: /reach/cmd, interface: velocity}}
     log:
       dir: {tmp_path}/log
       flush_period: 0.05

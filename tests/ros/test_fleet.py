@@ -57,7 +57,7 @@ def robot_params(tmp_path, robot, ns=""):
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: {ns}/reach/state, size: 2, max_age: 0.25}}
-    action: {{type: float64_multi_array, topic: {ns}/reach/cmd}}
+    action: {{type: float64_multi_array, topic: {ns}/reach/cmd, interface: velocity}}
     log:
       dir: {tmp_path}/{robot}/log
       flush_period: 0.05

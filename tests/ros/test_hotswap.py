@@ -43,7 +43,7 @@ flowpilot:
     observations: [state]
     sources:
       state: {{type: float64_multi_array, topic: /pointmass/state, size: 2}}
-    action: {{type: float64_multi_array, topic: /pointmass/cmd}}
+    action: {{type: float64_multi_array, topic: /pointmass/cmd, interface: velocity}}
     hot_swap:
       dir: {swap_dir}
       poll_period: 0.1

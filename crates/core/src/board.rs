@@ -53,6 +53,17 @@ pub struct SourceState {
     pub busy: bool,
 }
 
+impl SourceState {
+    /// Written, readable, and neither its stamp nor its arrival older than
+    /// `max_age_ns` (the control tick's own staleness test).
+    pub fn fresh(&self, max_age_ns: i64) -> bool {
+        self.ever_written
+            && !self.busy
+            && self.age_ns <= max_age_ns
+            && self.recv_age_ns <= max_age_ns
+    }
+}
+
 /// Fixed-layout board: source i occupies `widths[i]` consecutive values.
 pub struct Board {
     slots: Vec<Slot>,
@@ -122,6 +133,30 @@ impl Board {
     /// Copy source `i` into `out` (its width) and report its age.
     /// `now_mono`/`now_wall` are the tick's clocks.
     pub fn read(&self, i: usize, out: &mut [f32], now_mono: i64, now_wall: i64) -> SourceState {
+        self.read_with(i, now_mono, now_wall, |j, v| {
+            if let Some(o) = out.get_mut(j) {
+                *o = v as f32;
+            }
+        })
+    }
+
+    /// [`Self::read`] at full precision (a position to hold is sent back as
+    /// it was measured).
+    pub fn read_f64(&self, i: usize, out: &mut [f64], now_mono: i64, now_wall: i64) -> SourceState {
+        self.read_with(i, now_mono, now_wall, |j, v| {
+            if let Some(o) = out.get_mut(j) {
+                *o = v;
+            }
+        })
+    }
+
+    fn read_with(
+        &self,
+        i: usize,
+        now_mono: i64,
+        now_wall: i64,
+        mut put: impl FnMut(usize, f64),
+    ) -> SourceState {
         let s = &self.slots[i];
         for _ in 0..8 {
             let q1 = s.seq.load(Ordering::Acquire);
@@ -129,8 +164,8 @@ impl Board {
                 std::hint::spin_loop();
                 continue;
             }
-            for (o, a) in out.iter_mut().zip(s.vals.iter()) {
-                *o = f64::from_bits(a.load(Ordering::Relaxed)) as f32;
+            for (j, a) in s.vals.iter().enumerate() {
+                put(j, f64::from_bits(a.load(Ordering::Relaxed)));
             }
             let stamp = s.stamp_ns.load(Ordering::Relaxed);
             let recv = s.recv_ns.load(Ordering::Relaxed);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use crate::control::SafeBehaviour;
 use crate::log::writer::DistanceReward;
+use crate::stop::{Interface, StateSource, StopRule};
 
 /// One parameter's value, mirroring the ROS 2 parameter types (the variant
 /// names match r2r's, so error messages read the same as before).
@@ -90,6 +91,8 @@ const KEYS: &[&str] = &[
     "action.qos",
     "action.joints",
     "action.frame_id",
+    "action.interface",
+    "action.state_source",
     "rt.fifo_priority",
     "rt.cpu",
     "rt.mlockall",
@@ -325,6 +328,23 @@ impl ActionKind {
     }
 }
 
+/// What the action values command (`action.interface`), which joints they
+/// are (`action.joints`) and where those joints' positions are measured
+/// (`action.state_source`): what the stop needs ([`crate::stop`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandConfig {
+    /// One interface for every value, or one per value.
+    pub interfaces: Vec<Interface>,
+    pub joints: Vec<String>,
+    pub state_source: Option<String>,
+}
+
+impl CommandConfig {
+    fn has(&self, i: Interface) -> bool {
+        self.interfaces.contains(&i)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub model: String,
@@ -343,6 +363,8 @@ pub struct NodeConfig {
     pub goals: Vec<SourceConfig>,
     pub action_topic: String,
     pub action: ActionKind,
+    /// What the output commands, and where its positions are measured.
+    pub command: CommandConfig,
     pub action_best_effort: bool,
     pub fifo_priority: Option<i32>,
     pub cpu: Option<usize>,
@@ -915,6 +937,13 @@ impl NodeConfig {
                 format!("'action.type': unknown '{o}' (float64_multi_array, joint_trajectory, twist, twist_stamped)"),
             )),
         };
+        let safe: SafeBehaviour =
+            p.string("safe_behaviour", Some("hold"))?
+                .parse()
+                .map_err(|e: String| {
+                    ConfigError::param("safe_behaviour", format!("'safe_behaviour': {e}"))
+                })?;
+        let command = command_config(&p, &action, safe, &observations, &goals)?;
         let max_delta = p.f64s("max_delta")?;
         if let Some(m) = max_delta.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
             return Err(ConfigError::param(
@@ -948,12 +977,7 @@ impl NodeConfig {
             rate_hz,
             seed: p.i64_in("seed", 0, 0, i64::MAX)? as u64,
             temperature,
-            safe: p
-                .string("safe_behaviour", Some("hold"))?
-                .parse()
-                .map_err(|e: String| {
-                    ConfigError::param("safe_behaviour", format!("'safe_behaviour': {e}"))
-                })?,
+            safe,
             warmup_ticks: p.i64_in("warmup_ticks", 10, 0, 1_000_000)? as u64,
             startup_hold_s: p.f64_in("startup_hold", 1.0, 0.0, 3600.0, "within 0..3600 s")?,
             max_future_stamp_s: p.f64_in("max_future_stamp", 0.05, 0.0, 60.0, "within 0..60 s")?,
@@ -962,6 +986,7 @@ impl NodeConfig {
             goals,
             action_topic: p.string("action.topic", Some("~/action"))?,
             action,
+            command,
             action_best_effort: parse_qos(
                 "action.qos",
                 &p.string("action.qos", Some("reliable"))?,
@@ -1031,6 +1056,159 @@ impl NodeConfig {
     pub fn sources(&self) -> impl Iterator<Item = &SourceConfig> {
         self.observations.iter().chain(&self.goals)
     }
+
+    /// The stop for a model whose action step has `act_dim` values: one
+    /// interface per value, and each position's place on the board.
+    pub fn stop_rule(&self, act_dim: usize) -> Result<StopRule> {
+        let c = &self.command;
+        let interfaces = match c.interfaces.len() {
+            1 => vec![c.interfaces[0]; act_dim],
+            n if n == act_dim => c.interfaces.clone(),
+            n => return Err(ConfigError::param(
+                "action.interface",
+                format!(
+                    "'action.interface' lists {n} interfaces, the model outputs {act_dim} actions"
+                ),
+            )),
+        };
+        if !c.joints.is_empty() && c.joints.len() != act_dim {
+            return Err(ConfigError::param(
+                "action.joints",
+                format!(
+                    "'action.joints' names {} joints, the model outputs {act_dim} actions",
+                    c.joints.len()
+                ),
+            ));
+        }
+        let state = match &c.state_source {
+            None => None,
+            Some(name) => {
+                // Checked by `command_config`: a joint_state source with
+                // positions, naming every action joint.
+                let (source, src) = self
+                    .sources()
+                    .enumerate()
+                    .find(|(_, s)| &s.name == name)
+                    .expect("state source checked at parse");
+                let SourceKind::JointState { joints, fields } = &src.kind else {
+                    unreachable!("state source kind checked at parse")
+                };
+                let pos = fields.iter().position(|f| *f == JointField::Position);
+                let index = c
+                    .joints
+                    .iter()
+                    .zip(&interfaces)
+                    .map(|(j, itf)| {
+                        let at = joints.iter().position(|x| x == j)?;
+                        (*itf == Interface::Position).then_some(at * fields.len() + pos?)
+                    })
+                    .collect();
+                Some(StateSource { source, index })
+            }
+        };
+        Ok(StopRule::new(interfaces, state))
+    }
+}
+
+/// `action.interface`, `action.joints` and `action.state_source`, checked
+/// against the message type and the safe behaviour: a safe behaviour whose
+/// name would lie about what the robot does is refused (`zero` on a
+/// position is a jump to 0; `hold` on an effort is not a hold).
+fn command_config(
+    p: &Params<'_>,
+    action: &ActionKind,
+    safe: SafeBehaviour,
+    observations: &[SourceConfig],
+    goals: &[SourceConfig],
+) -> Result<CommandConfig> {
+    let names = p.strings("action.interface")?;
+    let mut interfaces = Vec::with_capacity(names.len());
+    for n in &names {
+        interfaces.push(n.parse::<Interface>().map_err(|e| {
+            ConfigError::param("action.interface", format!("'action.interface': {e}"))
+        })?);
+    }
+    let (implied, joints) = match action {
+        ActionKind::JointTrajectory { joints } => (Some(Interface::Position), joints.clone()),
+        ActionKind::Twist | ActionKind::TwistStamped { .. } => {
+            (Some(Interface::Velocity), Vec::new())
+        }
+        ActionKind::Float64MultiArray => (None, p.strings("action.joints")?),
+    };
+    match implied {
+        Some(i) if interfaces.iter().any(|x| *x != i) => {
+            return Err(ConfigError::param(
+                "action.interface",
+                format!(
+                    "'action.interface': this action.type commands {}, not {}",
+                    i.name(),
+                    interfaces.iter().find(|x| **x != i).expect("found").name()
+                ),
+            ))
+        }
+        Some(i) => interfaces = vec![i],
+        None if interfaces.is_empty() => return Err(ConfigError::param(
+            "action.interface",
+            "'action.interface' is required for float64_multi_array: say what the values command \
+                 (position, velocity or effort, or one per value), so that a stop holds a position \
+                 instead of commanding 0",
+        )),
+        None => {}
+    }
+    let c = CommandConfig {
+        interfaces,
+        joints,
+        state_source: nonempty(p.string("action.state_source", Some(""))?),
+    };
+    if safe == SafeBehaviour::Hold && c.has(Interface::Effort) {
+        return Err(ConfigError::param(
+            "safe_behaviour",
+            "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a \
+             place; the stop sends zero effort): use zero or stop",
+        ));
+    }
+    if safe == SafeBehaviour::Zero && c.has(Interface::Position) {
+        return Err(ConfigError::param(
+            "safe_behaviour",
+            "'safe_behaviour': zero is refused on a position interface (0 is a place, and the \
+             arm would jump there): use hold or stop",
+        ));
+    }
+    if let Some(name) = &c.state_source {
+        let err = |m: String| Err(ConfigError::param("action.state_source", m));
+        if !c.has(Interface::Position) {
+            return err(format!(
+                "'action.state_source': '{name}' measures positions, and no action value commands one"
+            ));
+        }
+        let Some(src) = observations.iter().chain(goals).find(|s| &s.name == name) else {
+            return err(format!(
+                "'action.state_source': '{name}' is not one of the observations or goals"
+            ));
+        };
+        let SourceKind::JointState { joints, fields } = &src.kind else {
+            return err(format!(
+                "'action.state_source': '{name}' must be a joint_state source"
+            ));
+        };
+        if !fields.contains(&JointField::Position) {
+            return err(format!(
+                "'action.state_source': '{name}' must read the position field"
+            ));
+        }
+        if c.joints.is_empty() {
+            return Err(ConfigError::param(
+                "action.joints",
+                "'action.joints' must name the commanded joints to read them from action.state_source",
+            ));
+        }
+        if let Some(j) = c.joints.iter().find(|j| !joints.contains(j)) {
+            return err(format!(
+                "'action.state_source': '{name}' does not read joint '{j}' of action.joints"
+            ));
+        }
+    }
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -1053,6 +1231,7 @@ mod tests {
             ("sources.arm.type", s("joint_state")),
             ("sources.arm.topic", s("/joint_states")),
             ("sources.arm.joints", ss(&["j1", "j2"])),
+            ("action.interface", s("velocity")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -1103,6 +1282,8 @@ mod tests {
         assert!(c.goals.is_empty());
         assert_eq!(c.action_topic, "~/action");
         assert_eq!(c.action, ActionKind::Float64MultiArray);
+        assert_eq!(c.command.interfaces, vec![Interface::Velocity]);
+        assert!(c.command.state_source.is_none());
         assert!(!c.action_best_effort);
         assert_eq!((c.fifo_priority, c.cpu, c.mlockall), (None, None, false));
         assert_eq!(c.diagnostics_period_s, 1.0);
@@ -1136,7 +1317,7 @@ mod tests {
             &[
                 ("rate_hz", V::Integer(250)),
                 ("seed", V::Integer(7)),
-                ("safe_behaviour", s("zero")),
+                ("safe_behaviour", s("stop")),
                 ("warmup_ticks", V::Integer(0)),
                 ("startup_hold", V::Double(0.25)),
                 ("max_delta", V::IntegerArray(vec![1, 2])),
@@ -1147,6 +1328,7 @@ mod tests {
                 ("sources.target.type", s("pose_stamped")),
                 ("sources.target.topic", s("/goal")),
                 ("sources.target.components", ss(&["x", "qw"])),
+                ("action.interface", s("position")),
                 ("action.type", s("joint_trajectory")),
                 ("action.joints", ss(&["j1", "j2"])),
                 ("action.topic", s("/cmd")),
@@ -1178,7 +1360,7 @@ mod tests {
         let c = NodeConfig::from_params(&m).unwrap();
         assert_eq!(c.rate_hz, 250.0);
         assert_eq!(c.seed, 7);
-        assert_eq!(c.safe, SafeBehaviour::Zero);
+        assert_eq!(c.safe, SafeBehaviour::Stop);
         assert_eq!(c.warmup_ticks, 0);
         assert_eq!(c.startup_hold_s, 0.25);
         assert_eq!(c.max_delta, Some(vec![1.0, 2.0]));
@@ -1746,5 +1928,127 @@ mod tests {
             "twist actions need 2 (vx, wz), 3 (vx, vy, wz) or 6 values; the model outputs 4"
         );
         assert!(ActionKind::Float64MultiArray.check_act_dim(17).is_ok());
+    }
+
+    #[test]
+    fn the_output_says_what_it_commands_and_where_positions_are_measured() {
+        let f64a = |kv: &[(&str, ParamValue)]| {
+            let mut m = minimal();
+            m.remove("action.interface");
+            with(m, kv)
+        };
+        assert_rejected(vec![
+            (
+                f64a(&[]),
+                "action.interface",
+                "'action.interface' is required for float64_multi_array: say what the values command (position, velocity or effort, or one per value), so that a stop holds a position instead of commanding 0",
+            ),
+            (
+                f64a(&[("action.interface", s("torque"))]),
+                "action.interface",
+                "'action.interface': unknown interface 'torque' (position, velocity or effort)",
+            ),
+            (
+                f64a(&[("action.type", s("twist")), ("action.interface", s("position"))]),
+                "action.interface",
+                "'action.interface': this action.type commands velocity, not position",
+            ),
+            (
+                f64a(&[
+                    ("action.type", s("joint_trajectory")),
+                    ("action.joints", ss(&["j1", "j2"])),
+                    ("action.interface", s("velocity")),
+                ]),
+                "action.interface",
+                "'action.interface': this action.type commands position, not velocity",
+            ),
+            (
+                f64a(&[("action.interface", ss(&["position", "effort"]))]),
+                "safe_behaviour",
+                "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a place; the stop sends zero effort): use zero or stop",
+            ),
+            (
+                f64a(&[("action.interface", s("position")), ("safe_behaviour", s("zero"))]),
+                "safe_behaviour",
+                "'safe_behaviour': zero is refused on a position interface (0 is a place, and the arm would jump there): use hold or stop",
+            ),
+            (
+                f64a(&[
+                    ("action.type", s("joint_trajectory")),
+                    ("action.joints", ss(&["j1", "j2"])),
+                    ("safe_behaviour", s("zero")),
+                ]),
+                "safe_behaviour",
+                "'safe_behaviour': zero is refused on a position interface (0 is a place, and the arm would jump there): use hold or stop",
+            ),
+            (
+                f64a(&[("action.interface", s("position")), ("action.state_source", s("nope"))]),
+                "action.state_source",
+                "'action.state_source': 'nope' is not one of the observations or goals",
+            ),
+            (
+                f64a(&[("action.interface", s("position")), ("action.state_source", s("arm"))]),
+                "action.joints",
+                "'action.joints' must name the commanded joints to read them from action.state_source",
+            ),
+            (
+                f64a(&[
+                    ("action.interface", s("position")),
+                    ("action.joints", ss(&["j1", "j9"])),
+                    ("action.state_source", s("arm")),
+                ]),
+                "action.state_source",
+                "'action.state_source': 'arm' does not read joint 'j9' of action.joints",
+            ),
+            (
+                f64a(&[
+                    ("action.interface", s("velocity")),
+                    ("action.joints", ss(&["j1", "j2"])),
+                    ("action.state_source", s("arm")),
+                ]),
+                "action.state_source",
+                "'action.state_source': 'arm' measures positions, and no action value commands one",
+            ),
+        ]);
+        // A measured arm: joint-major position, velocity; joints in any order.
+        let m = f64a(&[
+            ("sources.arm.fields", ss(&["position", "velocity"])),
+            ("action.interface", ss(&["position", "velocity"])),
+            ("action.joints", ss(&["j2", "j1"])),
+            ("action.state_source", s("arm")),
+        ]);
+        let c = NodeConfig::from_params(&m).unwrap();
+        let rule = c.stop_rule(2).unwrap();
+        assert_eq!(
+            rule.interfaces(),
+            &[Interface::Position, Interface::Velocity]
+        );
+        assert_eq!(rule.state_source(), Some(0));
+        let mut out = [9.0; 2];
+        // board values: q1, v1, q2, v2 -> joint j2's position is value 2
+        let kind = rule.fill(Some(&[0.1, 1.0, 0.2, 2.0]), None, &mut out);
+        assert_eq!(
+            (kind, out),
+            (crate::stop::StopKind::HoldMeasured, [0.2, 0.0])
+        );
+        assert_eq!(
+            c.stop_rule(3).unwrap_err().to_string(),
+            "'action.interface' lists 2 interfaces, the model outputs 3 actions"
+        );
+        // One interface stands for every value; twist and trajectories imply theirs.
+        let c = NodeConfig::from_params(&f64a(&[
+            ("action.interface", s("effort")),
+            ("safe_behaviour", s("zero")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.stop_rule(3).unwrap().interfaces(),
+            &[Interface::Effort; 3]
+        );
+        let c = NodeConfig::from_params(&f64a(&[("action.type", s("twist"))])).unwrap();
+        assert_eq!(
+            c.stop_rule(2).unwrap().interfaces(),
+            &[Interface::Velocity; 2]
+        );
     }
 }

@@ -11,25 +11,21 @@ use std::sync::Arc;
 use crate::board::{mono_ns, wall_ns, Board, SourceState};
 use crate::log::{PolicyId, Transition};
 use crate::sampler::Sampler;
+use crate::stop::{StopKind, StopRule};
 
-/// What to do when inputs are stale or invalid.
+/// What to do when inputs are stale or invalid. `Hold` and `Zero` both
+/// send the interface's stop ([`crate::stop`]: a position holds where the
+/// robot is, a velocity or effort goes to zero); each name is refused by
+/// the config where it would lie (`zero` on a position, `hold` on an
+/// effort). `Stop` sends nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SafeBehaviour {
-    /// Keep publishing the last applied action.
+    /// Hold still: the interface's stop.
     Hold,
-    /// Publish zeros.
+    /// Zero velocity or effort: the interface's stop.
     Zero,
     /// Publish nothing (downstream controllers time out to their own safe state).
     Stop,
-}
-
-impl SafeBehaviour {
-    /// What the node publishes once when its loop ends or fails (shutdown,
-    /// a dead or stalled control thread): zeros, or nothing under `Stop`.
-    /// Off the control thread (allocates).
-    pub fn final_action(self, act_dim: usize) -> Option<Vec<f64>> {
-        (self != Self::Stop).then(|| vec![0.0; act_dim])
-    }
 }
 
 impl std::str::FromStr for SafeBehaviour {
@@ -70,6 +66,8 @@ pub struct ControlConfig {
     pub temperature: f32,
     /// How a chunked policy's chunks are played (ignored for chunk_len 1).
     pub chunk: ChunkConfig,
+    /// What every stop sends, per action value.
+    pub stop: StopRule,
 }
 
 /// Chunk playing for a chunked policy (`chunk.*` parameters).
@@ -115,6 +113,8 @@ pub enum ControlError {
     ReplanEvery { every: usize, chunk_len: usize },
     #[error("the override source must carry {0} values")]
     OverrideWidth(usize),
+    #[error("the stop rule has {rule} values; the model outputs {act}")]
+    StopWidth { rule: usize, act: usize },
 }
 
 /// A human override: a one-slot board holding the operator's action
@@ -167,6 +167,8 @@ pub struct TickOut<'a> {
     /// Header stamps (wall ns, 0 if none) of each source used.
     pub stamps: &'a [i64],
     pub log_prob: f32,
+    /// Which stop this tick applied ([`StopKind::None`] when it is not one).
+    pub stop: StopKind,
     /// With `chunk.as_trajectory`, on a policy tick that began a new chunk:
     /// its steps, step-major, as the ticks would apply them (clipped, rate
     /// limited from the last action and then step to step); this tick's
@@ -208,6 +210,13 @@ pub struct Controller {
     traj_len: usize,
     last: Vec<f64>,
     have_last: bool,
+    /// The stop being applied, taken once when it began (a held position
+    /// stays where the robot was then), and the state source's values.
+    hold: Vec<f64>,
+    holding: Option<StopKind>,
+    state_buf: Vec<f64>,
+    /// Where each sent action is recorded for the spin thread's final stop.
+    sent: Option<Arc<Board>>,
     stamps: Vec<i64>,
     states: Vec<SourceState>,
     tick: u64,
@@ -226,6 +235,7 @@ struct LastTick {
     decision: Decision,
     publish: bool,
     log_prob: f32,
+    stop: StopKind,
 }
 
 impl Controller {
@@ -246,6 +256,15 @@ impl Controller {
     pub fn inactive(mut self) -> Self {
         self.active.store(false, Ordering::SeqCst);
         self.was_active = false;
+        self
+    }
+
+    /// Record every sent action in `sent` (one source, `act_dim` wide): the
+    /// last command, for a stop the spin thread sends when this loop has
+    /// ended or failed ([`StopRule::final_action`]).
+    pub fn with_sent(mut self, sent: Arc<Board>) -> Self {
+        assert_eq!(sent.width(0), self.action.len(), "sent board width");
+        self.sent = Some(sent);
         self
     }
 
@@ -282,6 +301,12 @@ impl Controller {
             return Err(ControlError::MaxAges);
         }
         let d = spec.step_act_dim();
+        if cfg.stop.interfaces().len() != d {
+            return Err(ControlError::StopWidth {
+                rule: cfg.stop.interfaces().len(),
+                act: d,
+            });
+        }
         if let Some(m) = &cfg.max_delta {
             if m.len() != d {
                 return Err(ControlError::MaxDelta(d));
@@ -321,6 +346,10 @@ impl Controller {
             traj_len: 0,
             last: vec![0.0; d],
             have_last: false,
+            hold: vec![0.0; d],
+            holding: None,
+            state_buf: vec![0.0; cfg.stop.state_source().map_or(0, |i| board.width(i))],
+            sent: None,
             stamps: vec![0; board.sources()],
             states: vec![SourceState::default(); board.sources()],
             tick: 0,
@@ -334,6 +363,7 @@ impl Controller {
                 decision: Decision::WarmingUp,
                 publish: false,
                 log_prob: f32::NAN,
+                stop: StopKind::None,
             },
             estop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(AtomicBool::new(true)),
@@ -429,6 +459,7 @@ impl Controller {
             t.sampled[..d].fill(f32::NAN);
         }
         t.applied_valid = out.publish;
+        t.stop = out.stop.code();
         t.applied[..d].copy_from_slice(&self.action[..d]);
     }
 
@@ -512,25 +543,38 @@ impl Controller {
         self.traj_len = n;
     }
 
-    /// Put the safe action in `action` (zero under an e-stop, else the
-    /// configured behaviour's); whether there is one to publish.
-    fn set_safe_action(&mut self, estop: bool) -> bool {
-        let safe = if estop {
-            SafeBehaviour::Zero
-        } else {
-            self.cfg.safe
-        };
-        match safe {
-            SafeBehaviour::Hold if self.have_last => {
-                self.action.copy_from_slice(&self.last);
-                true
-            }
-            SafeBehaviour::Hold | SafeBehaviour::Zero => {
-                self.action.fill(0.0);
-                true
-            }
-            SafeBehaviour::Stop => false,
+    /// Put this tick's stop in `action` ([`crate::stop`]): the interface's
+    /// stop when `forced` (e-stop, deactivation), else what the safe
+    /// behaviour says. The stop is taken once when it begins and repeated
+    /// while it lasts. Returns what was applied; it is sent when
+    /// [`StopKind::sends`]. No allocation.
+    fn set_safe_action(&mut self, forced: bool, now_mono: i64, now_wall: i64) -> StopKind {
+        if !forced && self.cfg.safe == SafeBehaviour::Stop {
+            return StopKind::Silent;
         }
+        let kind = match self.holding {
+            Some(k) => k,
+            None => {
+                let measured = match self.cfg.stop.state_source() {
+                    Some(i) => {
+                        let st = self
+                            .board
+                            .read_f64(i, &mut self.state_buf, now_mono, now_wall);
+                        st.fresh(self.max_age_ns[i]).then_some(&self.state_buf[..])
+                    }
+                    None => None,
+                };
+                let last = self.have_last.then_some(&self.last[..]);
+                let k = self.cfg.stop.fill(measured, last, &mut self.hold);
+                // Nothing to hold yet: a later tick may have a measurement.
+                self.holding = k.sends().then_some(k);
+                k
+            }
+        };
+        if kind.sends() {
+            self.action.copy_from_slice(&self.hold);
+        }
+        kind
     }
 
     /// Run one tick. No allocation, no blocking.
@@ -607,6 +651,7 @@ impl Controller {
             self.history.reset();
             self.played = None;
         }
+        let mut stop = StopKind::None;
         let publish = match decision {
             Decision::Override => {
                 // The operator's action, kept within the model's bounds.
@@ -624,41 +669,56 @@ impl Controller {
                 true
             }
             Decision::WarmingUp => false,
-            // Deactivated: the safe action once (zero under an e-stop),
-            // then silence for whatever controls the robot next.
+            // Deactivated: the stop once, then silence for whatever
+            // controls the robot next.
             Decision::Inactive if !deactivating => false,
-            Decision::Inactive => self.set_safe_action(self.estop.load(Ordering::Relaxed)),
-            Decision::EStop | Decision::Stale { .. } | Decision::Invalid => {
+            Decision::Inactive | Decision::EStop | Decision::Stale { .. } | Decision::Invalid => {
                 match decision {
                     Decision::EStop => self.stats.estop_ticks.fetch_add(1, Ordering::Relaxed),
                     Decision::Stale { .. } => {
                         self.stats.stale_ticks.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => self.stats.invalid_ticks.fetch_add(1, Ordering::Relaxed),
+                    Decision::Invalid => self.stats.invalid_ticks.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
                 };
-                // E-stop always commands zero; other faults follow the config.
-                self.set_safe_action(decision == Decision::EStop)
+                // The e-stop and a deactivation always stop; other faults
+                // follow the safe behaviour.
+                let forced = matches!(decision, Decision::EStop | Decision::Inactive);
+                stop = self.set_safe_action(forced, now_mono, now_wall);
+                stop.sends()
             }
         };
+        if stop == StopKind::None {
+            // The policy (or the operator) acts again: a later stop holds
+            // where the robot will be then.
+            self.holding = None;
+        }
         self.traj_len = 0;
         if publish {
-            // Rate limit (not for e-stop: stopping must not be slowed; nor for
-            // the one safe action of a deactivation, which the robot then
-            // holds, as the shutdown's). Policy actions are already clipped
-            // to the model's bounds by the sampler, and a rate-limited
-            // action lies between two bounded ones.
+            // Rate limit: policy and override actions, and the velocity and
+            // effort parts of a stop on stale or invalid input (a ramp down).
+            // Never the e-stop or a deactivation (stopping must not be
+            // slowed), nor a held position (no motion to limit). Policy
+            // actions are already clipped to the model's bounds by the
+            // sampler, and a rate-limited action lies between two bounded ones.
             if let (Some(md), true, false) = (
                 &self.cfg.max_delta,
                 self.have_last,
                 matches!(decision, Decision::EStop | Decision::Inactive),
             ) {
-                for ((a, l), m) in self.action.iter_mut().zip(&self.last).zip(md) {
-                    *a = a.clamp(l - m, l + m);
+                let stopping = stop != StopKind::None;
+                for (i, ((a, l), m)) in self.action.iter_mut().zip(&self.last).zip(md).enumerate() {
+                    if !stopping || self.cfg.stop.ramps(i) {
+                        *a = a.clamp(l - m, l + m);
+                    }
                 }
             }
             self.fill_trajectory(decision);
             self.last.copy_from_slice(&self.action);
             self.have_last = true;
+            if let Some(b) = &self.sent {
+                b.write(0, &self.action, None);
+            }
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
         self.last_out = LastTick {
@@ -668,6 +728,7 @@ impl Controller {
             decision,
             publish,
             log_prob,
+            stop,
         };
         TickOut {
             tick,
@@ -676,6 +737,7 @@ impl Controller {
             action: &self.action,
             stamps: &self.stamps,
             log_prob,
+            stop,
             trajectory: &self.traj[..self.traj_len],
         }
     }

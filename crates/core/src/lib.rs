@@ -12,6 +12,7 @@
 //! - [`decision`]: why a tick's action is what it is (the codes the log carries).
 //! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
 //! - [`fleet`]: the fleet link's wire format, flow control, log cursor and shard store.
+//! - [`stop`]: what a safe action commands, per interface (the stop's one owner).
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
 //! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
@@ -67,6 +68,7 @@ pub mod model;
 pub mod runner;
 pub mod sampler;
 pub mod shutdown;
+pub mod stop;
 #[doc(hidden)]
 pub mod testkit;
 pub mod watchdog;

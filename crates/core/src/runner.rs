@@ -10,7 +10,7 @@
 //! atomics. Only a retired policy that finds its return queue full is freed
 //! here (a deallocation, and the spin thread drains that queue every few ms).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -52,6 +52,7 @@ pub struct Outgoing {
     decision: u8,
     publish: bool,
     log_prob: f32,
+    stop: u8,
     n_act: usize,
     action: [f64; MAX_ACT],
     n_src: usize,
@@ -75,6 +76,10 @@ impl Outgoing {
     pub fn log_prob(&self) -> f32 {
         self.log_prob
     }
+    /// Which stop the tick applied (`StopKind::code`; 0: not a stop).
+    pub fn stop(&self) -> u8 {
+        self.stop
+    }
     /// The action, physical units.
     pub fn action(&self) -> &[f64] {
         &self.action[..self.n_act]
@@ -90,11 +95,17 @@ impl Outgoing {
     }
 }
 
-/// The bounded, lock-free queue from the control thread to the publisher:
-/// a full queue drops the newest output and counts it, never blocks.
+/// The bounded, lock-free queue from the control thread to the publisher.
+/// A full queue drops the newest policy output and counts it, never blocks.
+/// A stop preempts: the outputs still queued before it are discarded (and
+/// counted), so nothing the policy decided earlier reaches the robot after
+/// the stop, and the stop itself is never the entry dropped.
 pub struct OutputQueue {
     queue: ArrayQueue<Outgoing>,
     dropped: AtomicU64,
+    preempted: AtomicU64,
+    /// CLOCK_MONOTONIC ns of the publisher's last pop (its heartbeat).
+    last_pop_ns: AtomicI64,
 }
 
 impl OutputQueue {
@@ -102,14 +113,29 @@ impl OutputQueue {
         Arc::new(Self {
             queue: ArrayQueue::new(capacity.max(1)),
             dropped: AtomicU64::new(0),
+            preempted: AtomicU64::new(0),
+            last_pop_ns: AtomicI64::new(crate::board::mono_ns()),
         })
     }
+    /// Control thread: lock-free, no allocation.
     fn push(&self, o: Outgoing) {
-        if self.queue.push(o).is_err() {
+        if o.stop != 0 {
+            // Only the publisher pops concurrently: what it already took
+            // goes out before this stop, and after the drain there is room.
+            while self.queue.pop().is_some() {
+                self.preempted.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(o) = self.queue.push(o) {
+                self.queue.force_push(o);
+            }
+        } else if self.queue.push(o).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+    /// Publisher thread.
     pub fn pop(&self) -> Option<Outgoing> {
+        self.last_pop_ns
+            .store(crate::board::mono_ns(), Ordering::Relaxed);
         self.queue.pop()
     }
     pub fn is_empty(&self) -> bool {
@@ -118,6 +144,18 @@ impl OutputQueue {
     /// Outputs dropped because the publisher fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+    /// Queued outputs a stop discarded before they were published.
+    pub fn preempted(&self) -> u64 {
+        self.preempted.load(Ordering::Relaxed)
+    }
+    /// How long outputs have waited for a publisher that has not popped
+    /// (ns; 0 when nothing waits): the publisher thread's stall measure.
+    pub fn waiting_ns(&self, now_mono: i64) -> i64 {
+        if self.queue.is_empty() {
+            return 0;
+        }
+        (now_mono - self.last_pop_ns.load(Ordering::Relaxed)).max(0)
     }
 }
 
@@ -385,6 +423,7 @@ impl<C: Clock> Runner<C> {
             decision: out.decision.code(),
             publish: out.publish,
             log_prob: out.log_prob,
+            stop: out.stop.code(),
             n_act: out.action.len().min(MAX_ACT),
             action: [0.0; MAX_ACT],
             n_src: out.stamps.len().min(MAX_SOURCES),
@@ -516,6 +555,7 @@ mod tests {
             seed: 3,
             temperature: 1.0,
             chunk: Default::default(),
+            stop: crate::stop::StopRule::new(vec![crate::stop::Interface::Velocity; 3], None),
         };
         let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
         (c, board)

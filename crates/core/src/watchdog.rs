@@ -1,5 +1,6 @@
-//! The control thread's watchdog rule: the loop is stalled when its tick
-//! counter has not moved for `stall_periods` periods (never less than
+//! The watchdog rule for the control and publisher threads: the loop is
+//! stalled when its tick counter has not moved for `stall_periods` periods,
+//! the publisher when outputs have waited that long for it (never less than
 //! [`MIN_STALL_NS`], so that a VM's scheduling hiccup at 1 kHz is not
 //! taken for a dead loop: a false trip stops the robot).
 //!
@@ -17,6 +18,8 @@ pub enum Fault {
     Dead(String),
     #[error("control thread stalled: no tick for {ms} ms (limit {limit_ms} ms)")]
     Stalled { ms: i64, limit_ms: i64 },
+    #[error("publisher thread stalled: outputs waited {ms} ms (limit {limit_ms} ms)")]
+    PublisherStalled { ms: i64, limit_ms: i64 },
 }
 
 /// Tracks the tick counter's progress over time.
@@ -60,6 +63,18 @@ impl Watchdog {
         }
         Ok(())
     }
+
+    /// The publisher thread, from how long queued outputs have waited for
+    /// it (`OutputQueue::waiting_ns`).
+    pub fn check_publisher(&self, waiting_ns: i64) -> Result<(), Fault> {
+        if waiting_ns > self.limit_ns {
+            return Err(Fault::PublisherStalled {
+                ms: waiting_ns / 1_000_000,
+                limit_ms: self.limit_ns / 1_000_000,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +112,19 @@ mod tests {
         // 20 periods at 1 kHz would be 20 ms: within a VM's scheduling noise.
         let w = Watchdog::new(1000.0, 20, 0);
         assert_eq!(w.limit_ns(), MIN_STALL_NS);
+    }
+
+    #[test]
+    fn a_publisher_whose_outputs_wait_past_the_limit_trips() {
+        let w = Watchdog::new(100.0, 50, 0);
+        assert_eq!(w.check_publisher(0), Ok(()));
+        assert_eq!(w.check_publisher(500 * MS), Ok(()));
+        assert_eq!(
+            w.check_publisher(501 * MS),
+            Err(Fault::PublisherStalled {
+                ms: 501,
+                limit_ms: 500
+            })
+        );
     }
 }

@@ -12,15 +12,42 @@ use flowpilot_core::board::Board;
 use flowpilot_core::control::{ControlConfig, Controller, Decision, Periodic, SafeBehaviour};
 use flowpilot_core::model::{Direction, PolicyKind};
 use flowpilot_core::sampler::Sampler;
+use flowpilot_core::stop::{Interface, StateSource, StopKind, StopRule};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
-/// obs 5 = source0 (3) + source1 (2); goal 2 = source2.
+/// obs 5 = source0 (3) + source1 (2); goal 2 = source2. The 3 action
+/// values command velocities.
 fn setup(
     safe: SafeBehaviour,
     warmup: u64,
     max_delta: Option<Vec<f64>>,
+) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+    setup_with(
+        safe,
+        warmup,
+        max_delta,
+        StopRule::new(vec![Interface::Velocity; 3], None),
+    )
+}
+
+/// Three position joints, measured as source 0's values 0, 1, 2.
+fn arm() -> StopRule {
+    StopRule::new(
+        vec![Interface::Position; 3],
+        Some(StateSource {
+            source: 0,
+            index: vec![Some(0), Some(1), Some(2)],
+        }),
+    )
+}
+
+fn setup_with(
+    safe: SafeBehaviour,
+    warmup: u64,
+    max_delta: Option<Vec<f64>>,
+    stop: StopRule,
 ) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
     let m = common::random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 21);
     let board = Arc::new(Board::new(&[3, 2, 2]));
@@ -36,6 +63,7 @@ fn setup(
         seed: 9,
         temperature: 1.0,
         chunk: Default::default(),
+        stop,
     };
     let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     (c, board, m)
@@ -99,9 +127,12 @@ fn never_written_and_stale_sources_trigger_safe_behaviour_then_recover() {
         let out = c.tick();
         assert_eq!(out.decision, Decision::Stale { source: 0 });
         match safe {
-            SafeBehaviour::Hold => assert_eq!(out.action, &policy[..]),
-            SafeBehaviour::Zero => assert!(out.publish && out.action.iter().all(|&a| a == 0.0)),
-            SafeBehaviour::Stop => assert!(!out.publish),
+            // On velocities, hold still is zero: never the last velocity.
+            SafeBehaviour::Hold | SafeBehaviour::Zero => {
+                assert!(out.publish && out.action.iter().all(|&a| a == 0.0));
+                assert_eq!(out.stop, StopKind::Zero);
+            }
+            SafeBehaviour::Stop => assert!(!out.publish && out.stop == StopKind::Silent),
         }
         feed(&b);
         assert_eq!(
@@ -277,18 +308,153 @@ fn deactivating_publishes_the_safe_action_once_then_nothing_until_reactivated() 
         0,
         "lifecycle ticks allocated"
     );
-    // Hold keeps the last action on deactivation; an e-stop makes it zero.
-    let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, None);
+    // Positions without a measurement hold the last command on
+    // deactivation, under an e-stop too.
+    let rule = StopRule::new(vec![Interface::Position; 3], None);
+    let (mut c, b, _) = setup_with(SafeBehaviour::Hold, 0, None, rule);
     feed(&b);
     let last = c.tick().action.to_vec();
     c.active().store(false, Ordering::Relaxed);
-    assert_eq!(c.tick().action, &last[..]);
+    let out = c.tick();
+    assert_eq!((out.action, out.stop), (&last[..], StopKind::HoldCommand));
     c.active().store(true, Ordering::Relaxed);
-    c.tick();
+    let last = c.tick().action.to_vec();
     c.estop().store(true, Ordering::Relaxed);
     c.active().store(false, Ordering::Relaxed);
     let out = c.tick();
-    assert!(out.publish && out.action == [0.0; 3]);
+    assert!(out.publish && out.action == &last[..]);
+}
+
+/// The e-stop on a position interface: every stop tick commands the
+/// position measured when the stop began, exactly (never 0, never rate
+/// limited, never following a measurement that moves afterwards).
+#[test]
+fn a_position_estop_holds_where_the_arm_was_measured() {
+    let (mut c, b, _) = setup_with(SafeBehaviour::Hold, 0, Some(vec![1e-3; 3]), arm());
+    feed(&b);
+    for _ in 0..3 {
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Policy);
+        assert_eq!(out.stop, StopKind::None);
+    }
+    c.estop().store(true, Ordering::Relaxed);
+    for i in 0..5 {
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::EStop);
+        assert_eq!(
+            (out.action, out.stop),
+            (&[0.1, 0.2, 0.3][..], StopKind::HoldMeasured)
+        );
+        // the arm sags under the stop: the target stays where it was
+        b.write(0, &[0.1 - 0.01 * i as f64, 0.2, 0.3], None);
+        b.write(1, &[-0.5, 0.5], None);
+    }
+    c.estop().store(false, Ordering::Relaxed);
+    feed(&b);
+    assert_eq!(c.tick().decision, Decision::Policy);
+    // a new stop takes the position measured then
+    b.write(0, &[0.4, 0.5, 0.6], None);
+    c.estop().store(true, Ordering::Relaxed);
+    assert_eq!(c.tick().action, &[0.4, 0.5, 0.6]);
+}
+
+/// Stale input on a position interface: the measured position while its
+/// source is fresh; when the state itself is stale, the last command sent.
+/// Neither is rate limited, nor is a deactivation's stop.
+#[test]
+fn a_position_stop_on_stale_input_holds_measured_else_last_command() {
+    let (mut c, b, _) = setup_with(SafeBehaviour::Hold, 0, Some(vec![1e-3; 3]), arm());
+    feed(&b);
+    c.tick();
+    // source 1 goes stale, the joint states (source 0) stay fresh
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    b.write(0, &[0.7, -0.7, 0.25], None);
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Stale { source: 1 });
+    assert_eq!(
+        (out.action, out.stop),
+        (&[0.7, -0.7, 0.25][..], StopKind::HoldMeasured)
+    );
+    // recover, then everything stale: the last command sent is held
+    feed(&b);
+    let sent = c.tick().action.to_vec();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Stale { source: 0 });
+    assert_eq!((out.action, out.stop), (&sent[..], StopKind::HoldCommand));
+    // zero is refused on positions by the config; stop sends nothing
+    let (mut c, b, _) = setup_with(SafeBehaviour::Stop, 0, None, arm());
+    feed(&b);
+    c.tick();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let out = c.tick();
+    assert!(!out.publish && out.stop == StopKind::Silent);
+    // the e-stop always sends the interface's stop, whatever safe_behaviour says
+    feed(&b);
+    c.estop().store(true, Ordering::Relaxed);
+    let out = c.tick();
+    assert!(out.publish && out.stop == StopKind::HoldMeasured);
+}
+
+/// Velocity stops on stale input ramp down within the rate limit (a
+/// deceleration bound); the e-stop goes to zero at once.
+#[test]
+fn a_velocity_stop_ramps_on_stale_input_and_the_estop_does_not() {
+    let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, Some(vec![0.05; 3]));
+    feed(&b);
+    let mut prev = Vec::new();
+    for _ in 0..3 {
+        prev = c.tick().action.to_vec();
+    }
+    assert!(
+        prev.iter().any(|a| a.abs() > 0.1),
+        "a policy action to ramp from: {prev:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    for _ in 0..100 {
+        let out = c.tick();
+        assert_eq!(out.stop, StopKind::Zero);
+        for (a, p) in out.action.iter().zip(&prev) {
+            assert!(a.abs() <= p.abs() && (a - p).abs() <= 0.05 + 1e-12);
+        }
+        prev = out.action.to_vec();
+    }
+    assert_eq!(prev, [0.0; 3], "reaches zero within |v| / max_delta ticks");
+    feed(&b);
+    c.tick();
+    c.estop().store(true, Ordering::Relaxed);
+    assert_eq!(c.tick().action, &[0.0; 3]);
+}
+
+/// Every stop path on a measured position interface allocates nothing.
+#[test]
+fn position_stops_allocate_nothing() {
+    let (mut c, b, _) = setup_with(SafeBehaviour::Hold, 0, Some(vec![0.1; 3]), arm());
+    feed(&b);
+    c.tick();
+    let before = thread_allocations();
+    for i in 0..2000 {
+        if i % 50 == 25 {
+            c.estop().store(i % 100 == 25, Ordering::Relaxed);
+        }
+        if i % 300 == 150 {
+            c.active().store(false, Ordering::Relaxed);
+        }
+        if i % 300 == 160 {
+            c.active().store(true, Ordering::Relaxed);
+        }
+        if i % 3 == 0 {
+            feed(&b);
+        }
+        std::hint::black_box(c.tick().action[0]);
+    }
+    c.estop().store(false, Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    for _ in 0..100 {
+        assert!(matches!(c.tick().decision, Decision::Stale { .. }));
+    }
+    assert_eq!(thread_allocations() - before, 0, "stop ticks allocated");
 }
 
 #[test]
@@ -444,6 +610,7 @@ fn chunked_setup(
         seed: 9,
         temperature: 1.0,
         chunk,
+        stop: StopRule::new(vec![Interface::Velocity; 2], None),
     };
     let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
     (c, board, m)

@@ -72,8 +72,19 @@ fn check(with_step: bool) {
         seed: 1,
         temperature: 1.0,
         chunk: Default::default(),
+        // positions measured in source 0: stops read the board
+        stop: flowpilot_core::stop::StopRule::new(
+            vec![flowpilot_core::stop::Interface::Position; 3],
+            Some(flowpilot_core::stop::StateSource {
+                source: 0,
+                index: vec![Some(0), Some(2), Some(4)],
+            }),
+        ),
     };
-    let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
+    let controller = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone())
+        .unwrap()
+        .with_sent(Arc::new(Board::new(&[3])));
+    let estop = controller.estop().clone();
     let dir = tempfile::tempdir().unwrap();
     let handle = LogHandle::start(LogConfig {
         dir: dir.path().into(),
@@ -124,6 +135,14 @@ fn check(with_step: bool) {
         if i % 100 == 0 {
             inputs.boundary(i % 200 == 0);
         }
+        // e-stops in the window: stop ticks read the measured position and
+        // preempt the full output queue
+        if i % 200 == 100 {
+            estop.store(true, Ordering::Relaxed);
+        }
+        if i % 200 == 120 {
+            estop.store(false, Ordering::Relaxed);
+        }
         if i % 250 == 10 {
             // a live parameter change, offered and applied in the window
             live.offer(flowpilot_core::live::LiveSettings {
@@ -152,9 +171,16 @@ fn check(with_step: bool) {
     );
     assert!(live.take().is_none(), "the live changes were applied");
     assert_eq!(r.controller().sampler().spec().digest, other.spec.digest);
+    // 100 stop ticks each emptied the queue, which then refilled in 16
     assert!(
-        out.dropped() > 900,
-        "the full output queue dropped and counted"
+        out.dropped() > 700,
+        "the full output queue dropped and counted: {}",
+        out.dropped()
+    );
+    assert!(
+        out.preempted() >= 5 * 16,
+        "stops preempted the queue: {}",
+        out.preempted()
     );
     let stats = r.controller().stats().clone();
     assert_eq!(stats.ticks.load(Ordering::Relaxed), 1021);

@@ -1,7 +1,9 @@
 //! Test-only fault injection for the control thread, so that the fault
 //! matrix can prove the supervisor (a panic, a stall) on the real node:
 //! `FLOWPILOT_FAULT_INJECT=panic@N` panics the control thread at tick N,
-//! `stall@N` stops it ticking at tick N (it still honours shutdown).
+//! `stall@N` stops it ticking at tick N (it still honours shutdown),
+//! `hang@N` stops it for good (a thread that never returns, shutdown or
+//! not), `pubstall@N` stops the publisher thread at its N-th output.
 //! Unset on a robot; the node warns loudly when it is set. Read once at
 //! start-up; when unset the control thread runs `Runner::run` untouched.
 
@@ -19,6 +21,8 @@ const VAR: &str = "FLOWPILOT_FAULT_INJECT";
 enum Kind {
     Panic,
     Stall,
+    Hang,
+    PubStall,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -33,12 +37,14 @@ pub(crate) fn from_env() -> Result<Option<Injection>> {
         return Ok(None);
     };
     let Some((kind, at)) = v.split_once('@') else {
-        bail!("{VAR}='{v}': expected panic@TICK or stall@TICK");
+        bail!("{VAR}='{v}': expected panic@N, stall@N, hang@N or pubstall@N");
     };
     let kind = match kind {
         "panic" => Kind::Panic,
         "stall" => Kind::Stall,
-        o => bail!("{VAR}: unknown fault '{o}' (panic, stall)"),
+        "hang" => Kind::Hang,
+        "pubstall" => Kind::PubStall,
+        o => bail!("{VAR}: unknown fault '{o}' (panic, stall, hang, pubstall)"),
     };
     let Ok(at_tick) = at.parse() else {
         bail!("{VAR}: '{at}' is not a tick number");
@@ -47,7 +53,19 @@ pub(crate) fn from_env() -> Result<Option<Injection>> {
     Ok(Some(Injection { kind, at_tick }))
 }
 
+/// Stop working until shutdown (an injected stall).
+pub(crate) fn stall_until(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl Injection {
+    /// The output at which the publisher thread stalls (`pubstall@N`).
+    pub(crate) fn publisher_stall_at(&self) -> Option<u64> {
+        matches!(self.kind, Kind::PubStall).then_some(self.at_tick)
+    }
+
     /// `Runner::run`, with the fault at the chosen tick.
     pub(crate) fn run<C: Clock>(self, mut runner: Runner<C>, stop: &AtomicBool) -> Controller {
         let stats = runner.controller().stats().clone();
@@ -56,11 +74,13 @@ impl Injection {
                 match self.kind {
                     Kind::Panic => panic!("injected fault at tick {}", self.at_tick),
                     Kind::Stall => {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(std::time::Duration::from_millis(10));
-                        }
+                        stall_until(stop);
                         break;
                     }
+                    Kind::Hang => loop {
+                        std::thread::park();
+                    },
+                    Kind::PubStall => {}
                 }
             }
             runner.step();

@@ -56,14 +56,18 @@ use flowpilot_core::lifecycle::Transition;
 use flowpilot_core::log::MAX_ACT;
 use flowpilot_core::runner::{OutputQueue, Runner, MAX_SOURCES};
 use flowpilot_core::sampler::Sampler;
+use flowpilot_core::stop::StopRule;
 use flowpilot_core::watchdog::{Fault, Watchdog};
 
 /// Outputs buffered between the control and publisher threads.
 const OUTPUT_QUEUE: usize = 256;
 
 /// The control tick's settings from the node's.
-fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> ControlConfig {
-    ControlConfig {
+fn control_config(
+    cfg: &NodeConfig,
+    spec: &flowpilot_core::model::ModelSpec,
+) -> Result<ControlConfig> {
+    Ok(ControlConfig {
         rate_hz: cfg.rate_hz,
         max_age_s: cfg.sources().map(|s| s.max_age_s).collect(),
         max_future_stamp_s: cfg.max_future_stamp_s,
@@ -75,7 +79,8 @@ fn control_config(cfg: &NodeConfig, spec: &flowpilot_core::model::ModelSpec) -> 
         seed: cfg.seed,
         temperature: cfg.temperature.unwrap_or(spec.temperature),
         chunk: cfg.chunk,
-    }
+        stop: cfg.stop_rule(spec.step_act_dim())?,
+    })
 }
 
 /// Run the node until SIGINT/SIGTERM. Returns after a clean shutdown.
@@ -245,7 +250,13 @@ struct Session {
     requests: services::Requests,
     diag: diagnostics::DiagPublisher,
     safety: outputs::ActionPublisher,
-    final_action: Option<Vec<f64>>,
+    /// The final stop's inputs: the rule, the board (measured positions,
+    /// fresh within `state_max_age_ns`) and the last command sent.
+    stop_rule: StopRule,
+    board: Arc<Board>,
+    state_max_age_ns: i64,
+    sent: Arc<Board>,
+    line: Arc<outputs::Line>,
     stop: Arc<AtomicBool>,
     /// Taken when joined.
     pub_thread: Option<std::thread::JoinHandle<outputs::ActionPublisher>>,
@@ -282,13 +293,16 @@ impl Session {
         // 2. The board and the controller (not actuating yet).
         let widths: Vec<usize> = cfg.sources().map(|s| s.kind.width()).collect();
         let board = Arc::new(Board::new(&widths));
-        let mut controller = Controller::new(
-            control_config(cfg, &model.spec),
-            Sampler::new(&model)?,
-            board.clone(),
-        )?
-        .with_estop(estop.clone())
-        .inactive();
+        let sent = Arc::new(Board::new(&[act_dim]));
+        let ccfg = control_config(cfg, &model.spec)?;
+        let stop_rule = ccfg.stop.clone();
+        let state_max_age_ns = stop_rule
+            .state_source()
+            .map_or(0, |i| (ccfg.max_age_s[i] * 1e9) as i64);
+        let mut controller = Controller::new(ccfg, Sampler::new(&model)?, board.clone())?
+            .with_estop(estop.clone())
+            .with_sent(sent.clone())
+            .inactive();
         let active = controller.active().clone();
         let stats = controller.stats().clone();
 
@@ -334,7 +348,15 @@ impl Session {
         // 4. The publisher and control threads.
         let out = OutputQueue::new(OUTPUT_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
-        let pub_thread = outputs::spawn_publisher(publisher, out.clone(), stop.clone())?;
+        let line = outputs::Line::new();
+        let inject = fault_inject::from_env()?;
+        let pub_thread = outputs::spawn_publisher(
+            publisher,
+            out.clone(),
+            stop.clone(),
+            line.clone(),
+            inject.and_then(|i| i.publisher_stall_at()),
+        )?;
         let mut runner = Runner::new(
             controller,
             Periodic::new(cfg.rate_hz),
@@ -347,7 +369,6 @@ impl Session {
             runner = runner.with_log(tap);
         }
         let rt = (cfg.fifo_priority, cfg.cpu, cfg.mlockall);
-        let inject = fault_inject::from_env()?;
         let control_thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -364,7 +385,11 @@ impl Session {
         };
         Ok(Self {
             pool,
-            final_action: cfg.safe.final_action(act_dim),
+            stop_rule,
+            board,
+            state_max_age_ns,
+            sent,
+            line,
             model,
             active,
             estop: estop.clone(),
@@ -405,7 +430,9 @@ impl Session {
         {
             return Err(Fault::Dead("it exited while the node was running".into()));
         }
-        self.watchdog.check(self.ticks(), mono_ns())
+        let now = mono_ns();
+        self.watchdog.check(self.ticks(), now)?;
+        self.watchdog.check_publisher(self.out.waiting_ns(now))
     }
 
     /// One spin's work: the session's subscriptions and services, the
@@ -452,30 +479,67 @@ impl Session {
         });
     }
 
-    /// Publish the safe action from the spin thread, if the node actuates.
+    /// Publish the stop from the spin thread, if the node actuates: the
+    /// publisher thread is halted first, so nothing it still holds follows
+    /// the stop.
     fn publish_safe(&self, why: &str) {
-        let Some(a) = &self.final_action else { return };
         if !self.active.load(Ordering::SeqCst) {
             return; // inactive: another controller may own the robot now
         }
-        tracing::info!("publishing the safe action ({why})");
-        if let Err(e) = self.safety.publish_action(a) {
-            tracing::error!("publishing the safe action: {e}");
+        let stop = self
+            .stop_rule
+            .final_action(&self.board, self.state_max_age_ns, &self.sent);
+        let ordered = self.line.halt_then(|| {
+            let Some((a, kind)) = &stop else { return };
+            tracing::info!(?kind, action = ?a, "publishing the stop ({why})");
+            if let Err(e) = self.safety.publish_stop(a) {
+                tracing::error!("publishing the stop: {e}");
+            }
+        });
+        if stop.is_none() {
+            tracing::warn!(
+                "no stop to publish ({why}): nothing was commanded and no position is measured"
+            );
+        }
+        if !ordered {
+            tracing::error!("the publisher thread held the action topic past the wait; the stop went out regardless");
         }
     }
 
-    /// Stop the loop, publish the safe action first (if active), then stop
-    /// the learner and flush the log.
+    /// Wait up to `limit` for a thread to end.
+    fn ended<T>(h: &Option<std::thread::JoinHandle<T>>, limit: Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while h.as_ref().is_some_and(|h| !h.is_finished()) {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Stop the loop and publish the stop at once (if active), before
+    /// waiting for any thread: a stalled loop cannot delay it. Then stop
+    /// the learner and flush the log. A thread that does not end within a
+    /// bound is an error (the node exits without it).
     fn stop(mut self, node: &mut r2r::Node) -> Result<()> {
         self.stop.store(true, Ordering::SeqCst);
+        self.publish_safe("shutdown");
         if let Some(t) = &self.pub_thread {
             t.thread().unpark();
         }
+        // A loop at 10 Hz ends within one period; 2 s is a stall.
+        let bound = Duration::from_secs(2);
+        if !Self::ended(&self.control_thread, bound) || !Self::ended(&self.pub_thread, bound) {
+            stop_learner(self.learner.take());
+            drop(self.log_handle.take());
+            for _ in 0..20 {
+                node.spin_once(Duration::from_millis(5));
+            }
+            bail!("a thread did not stop within {bound:?} (stalled); the stop was published");
+        }
         let joined = self.control_thread.take().expect("joined once").join();
-        // The publisher thread drains what the loop queued before the safe
-        // action goes out, so nothing from the policy follows it.
         let drained = self.pub_thread.take().expect("joined once").join();
-        self.publish_safe("shutdown");
         stop_learner(self.learner.take());
         // Flush, write the summary, close (the live-parameter services may
         // still hold a handle: they only add notes).
@@ -501,11 +565,13 @@ impl Session {
         Ok(())
     }
 
-    /// A faulted loop: the safe action from the spin thread's own writer,
-    /// an ERROR on /diagnostics, the learner stopped. The loop is not
-    /// waited for if it is stuck. Returns the error the node exits with.
+    /// A faulted loop or publisher: the stop from the spin thread's own
+    /// writer (the publisher thread halted first), an ERROR on
+    /// /diagnostics, the learner stopped. The loop is not waited for if it
+    /// is stuck. Returns the error the node exits with.
     fn fail(mut self, node: &mut r2r::Node, f: Fault) -> anyhow::Error {
         self.stop.store(true, Ordering::SeqCst);
+        self.publish_safe("watchdog");
         if let Some(t) = &self.pub_thread {
             t.thread().unpark();
         }
@@ -517,8 +583,7 @@ impl Session {
             stalled => stalled,
         };
         tracing::error!("{f}");
-        self.publish_safe("watchdog");
-        self.diag.publish_fault(&f.to_string());
+        self.diag.publish_fault(&f);
         stop_learner(self.learner.take());
         drop(self.fleet.take());
         drop(self.log_handle.take());

@@ -3,10 +3,12 @@
 //! publisher thread drains the control thread's output queue into it.
 //! r2r's publish allocates and locks, so it never runs on the control
 //! thread (the realtime_tools pattern): the control thread only pushes to a
-//! lock-free queue and unparks this thread.
+//! lock-free queue and unparks this thread. [`Line`] orders the publisher
+//! thread against the spin thread's final stop: once that stop is sent,
+//! nothing from the queue follows it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -98,7 +100,7 @@ impl ActionPublisher {
         t
     }
 
-    /// What one tick's output sends: with `chunk.as_trajectory`, a new
+    /// What one tick's output sends: a stop as [`Self::publish_stop`]; with `chunk.as_trajectory`, a new
     /// chunk whole, nothing on the other policy ticks of a chunk (the
     /// controller is executing it), and a one-point trajectory for any
     /// other action (a safe action preempts the running trajectory).
@@ -106,9 +108,12 @@ impl ActionPublisher {
         if !o.publish() {
             return Ok(());
         }
+        if o.stop() != 0 {
+            return self.publish_stop(o.action());
+        }
         if self.chunk_points {
             if !o.trajectory().is_empty() {
-                return self.publish_points(o.trajectory(), o.action().len());
+                return self.publish_points(o.trajectory(), o.action().len(), false);
             }
             if o.decision() == flowpilot_core::decision::Decision::Policy.code() {
                 return Ok(());
@@ -118,8 +123,8 @@ impl ActionPublisher {
     }
 
     /// A trajectory of `values.len() / step` points, point j reached at
-    /// (j + 1) periods.
-    fn publish_points(&self, values: &[f64], step: usize) -> Result<()> {
+    /// (j + 1) periods; with `still`, each at zero velocity.
+    fn publish_points(&self, values: &[f64], step: usize, still: bool) -> Result<()> {
         let Sink::Traj(p, joints) = &self.sink else {
             unreachable!("checked in new()");
         };
@@ -133,6 +138,7 @@ impl ActionPublisher {
             m.points
                 .push(r2r::trajectory_msgs::msg::JointTrajectoryPoint {
                     positions: pt.to_vec(),
+                    velocities: if still { vec![0.0; step] } else { Vec::new() },
                     time_from_start: r2r::builtin_interfaces::msg::Duration {
                         sec: (t / 1_000_000_000) as i32,
                         nanosec: (t % 1_000_000_000) as u32,
@@ -150,7 +156,7 @@ impl ActionPublisher {
                 data: a.to_vec(),
                 ..Default::default()
             })?,
-            Sink::Traj(..) => self.publish_points(a, a.len())?,
+            Sink::Traj(..) => self.publish_points(a, a.len(), false)?,
             Sink::Twist(p) => p.publish(&Self::twist(a))?,
             Sink::TwistStamped(p, frame_id) => {
                 let mut m = r2r::geometry_msgs::msg::TwistStamped {
@@ -165,7 +171,19 @@ impl ActionPublisher {
         Ok(())
     }
 
-    /// Trace: [tick, decision, published, log_prob, stamp_s per source..., action...].
+    /// A stop ([`flowpilot_core::stop`]): a JointTrajectory holds its one
+    /// point at zero velocity (an empty trajectory is a hold only to some
+    /// controller versions, ros2_controllers #683); other types as any
+    /// action.
+    pub(crate) fn publish_stop(&self, a: &[f64]) -> Result<()> {
+        match &self.sink {
+            Sink::Traj(..) => self.publish_points(a, a.len(), true),
+            _ => self.publish_action(a),
+        }
+    }
+
+    /// Trace: [tick, decision, published, log_prob, stamp_s per source...,
+    /// action..., stop] (stop: `StopKind::code`).
     fn publish_trace(&self, o: &Outgoing) -> Result<()> {
         let mut data = vec![
             o.tick() as f64,
@@ -175,6 +193,7 @@ impl ActionPublisher {
         ];
         data.extend(o.stamps().iter().map(|&s| s as f64 * 1e-9));
         data.extend_from_slice(o.action());
+        data.push(o.stop() as f64);
         self.trace.publish(&r2r::std_msgs::msg::Float64MultiArray {
             data,
             ..Default::default()
@@ -183,23 +202,96 @@ impl ActionPublisher {
     }
 }
 
+/// The one way onto the action topic for the publisher thread and the spin
+/// thread's final stop. Once [`Line::halt_then`] has sent the stop, the
+/// publisher thread sends nothing more: a publish in flight finishes first
+/// (a mutex held only around one publish; neither side is the control
+/// thread), and the stop is never kept waiting longer than
+/// [`Line::MAX_WAIT`] by a publisher stuck inside DDS.
+pub(crate) struct Line {
+    turn: Mutex<()>,
+    halted: AtomicBool,
+}
+
+impl Line {
+    /// Longest the final stop waits for a publish in flight.
+    const MAX_WAIT: Duration = Duration::from_millis(50);
+
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            turn: Mutex::new(()),
+            halted: AtomicBool::new(false),
+        })
+    }
+
+    /// The publisher thread's turn: `send` runs unless the line is halted.
+    fn send(&self, send: impl FnOnce()) {
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.halted.load(Ordering::SeqCst) {
+            send();
+        }
+    }
+
+    /// Halt the publisher thread, wait (bounded) for a publish in flight,
+    /// then `send` the stop. Returns false when the wait ran out (the stop
+    /// went out anyway; one queued action may still follow it).
+    pub(crate) fn halt_then(&self, send: impl FnOnce()) -> bool {
+        self.halted.store(true, Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.turn.try_lock() {
+                Ok(_turn) => {
+                    send();
+                    return true;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let _turn = p.into_inner();
+                    send();
+                    return true;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if t0.elapsed() < Self::MAX_WAIT => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    send();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Start the publisher thread: it publishes every output the control
 /// thread queues until `stop` is set and the queue is empty, then hands
-/// the publisher back (for the shutdown action).
+/// the publisher back. Nothing goes out once `line` is halted.
+/// `stall_at` (fault injection only) makes it stop popping at that output.
 pub(crate) fn spawn_publisher(
     publisher: ActionPublisher,
     queue: Arc<OutputQueue>,
     stop: Arc<AtomicBool>,
+    line: Arc<Line>,
+    stall_at: Option<u64>,
 ) -> std::io::Result<std::thread::JoinHandle<ActionPublisher>> {
     std::thread::Builder::new()
         .name("flowpilot-pub".into())
         .spawn(move || {
+            let mut popped = 0u64;
             loop {
+                if stall_at.is_some_and(|n| popped >= n) {
+                    crate::fault_inject::stall_until(&stop);
+                    break;
+                }
                 while let Some(o) = queue.pop() {
-                    if let Err(e) = publisher.publish_output(&o) {
-                        tracing::error!("publishing action: {e}");
+                    popped += 1;
+                    line.send(|| {
+                        if let Err(e) = publisher.publish_output(&o) {
+                            tracing::error!("publishing action: {e}");
+                        }
+                        let _ = publisher.publish_trace(&o);
+                    });
+                    if stall_at.is_some_and(|n| popped >= n) {
+                        break;
                     }
-                    let _ = publisher.publish_trace(&o);
                 }
                 if stop.load(Ordering::SeqCst) && queue.is_empty() {
                     break;

@@ -47,7 +47,9 @@ pub const SEQ_BASE_KEY: &str = "seq_base";
 pub fn schema_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
-        SCHEMA_TEMPLATE.replace("{decisions}", &crate::decision::Decision::legend())
+        SCHEMA_TEMPLATE
+            .replace("{decisions}", &crate::decision::Decision::legend())
+            .replace("{stops}", crate::stop::StopKind::legend())
     })
 }
 
@@ -76,6 +78,7 @@ uint64 robot_step        # robot steps reported so far (log.step_source samples;
 float32 temperature      # latent temperature the action was sampled with
 uint64 chunk             # chunked policies: chunks sampled before the one this action step came from (0 otherwise)
 uint32 chunk_index       # chunked policies: the step within that chunk (log_prob is the whole chunk's)
+uint8 stop               # which stop this tick applied: {stops}
 ";
 
 /// Who produced a policy and with which input normalisation: fixed per
@@ -150,6 +153,8 @@ pub struct Transition {
     /// steps produced the action (0, 0 otherwise).
     pub chunk: u64,
     pub chunk_index: u32,
+    /// Which stop the tick applied (`StopKind::code`; 0: none).
+    pub stop: u8,
 }
 
 impl Default for Transition {
@@ -181,6 +186,7 @@ impl Default for Transition {
             temperature: f32::NAN,
             chunk: 0,
             chunk_index: 0,
+            stop: 0,
         }
     }
 }
@@ -246,6 +252,7 @@ impl Transition {
         c.f32(self.temperature);
         c.u64(self.chunk);
         c.u32(self.chunk_index);
+        c.u8(self.stop);
     }
 
     /// Decode a CDR message written by [`Self::encode`].
@@ -307,6 +314,11 @@ impl Transition {
         }
         t.chunk = c.u64()?;
         t.chunk_index = c.u32()?;
+        // Added with the per-interface stop.
+        if c.at_end() {
+            return Ok(t);
+        }
+        t.stop = c.u8()?;
         Ok(t)
     }
 }
