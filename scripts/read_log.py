@@ -12,8 +12,8 @@ Records are decoded against the ros2msg schema text each file embeds, so
 fields appended to the schema later decode without a change here; a record
 that ends before them (written by an older node) gets their defaults. The
 fields after action_applied (action_executed, robot_steps, temperature,
-chunk, chunk_index) are always in the output: NaN rows / 0 / NaN / 0 / 0
-when a log lacks them.
+chunk, chunk_index, stop) are always in the output: NaN rows / 0 / NaN / 0
+/ 0 / 0 when a log lacks them.
 """
 import argparse
 import glob
@@ -138,6 +138,8 @@ def decode(buf, fields=None):
     if c.p < len(c.b):  # added with action chunks
         r["chunk"] = c.u64()
         r["chunk_index"] = c.u32()
+    if c.p < len(c.b):  # added with the per-interface stop
+        r["stop"] = c.u8()
     return r
 
 
@@ -226,6 +228,7 @@ def read_log(path):
         r.setdefault("temperature", np.nan)
         r.setdefault("chunk", 0)
         r.setdefault("chunk_index", 0)
+        r.setdefault("stop", 0)
     keys = list(rows[0])
     for r in rows[1:]:
         keys += [k for k in r if k not in keys]

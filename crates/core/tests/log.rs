@@ -408,12 +408,27 @@ fn chunk_fields_round_trip_and_records_written_before_them_still_decode() {
     let back = Transition::decode(&buf).unwrap();
     same(&t, &back);
     assert_eq!((back.chunk, back.chunk_index), (7, 3));
-    // A record from before chunks ends after `temperature` (u64 + u32 and
-    // up to 4 bytes of alignment later): it reads as chunk 0, step 0.
-    let old = [12, 16]
+    // A record from before chunks ends after `temperature` (u64 + u32 + the
+    // u8 stop, and up to 4 bytes of alignment later): it reads as chunk 0,
+    // step 0.
+    let old = [13, 17]
         .iter()
         .find_map(|k| Transition::decode(&buf[..buf.len() - k]).ok())
         .expect("the pre-chunk layout decodes");
     assert_eq!((old.chunk, old.chunk_index), (0, 0));
     assert_eq!((old.temperature, old.robot_step), (0.5, 11));
+}
+
+#[test]
+fn the_stop_field_round_trips_and_records_written_before_it_read_as_none() {
+    let mut t = record(5, 1);
+    (t.chunk, t.chunk_index, t.stop) = (7, 3, 1);
+    let mut buf = Vec::new();
+    t.encode(&mut buf);
+    let back = Transition::decode(&buf).unwrap();
+    same(&t, &back);
+    assert_eq!(back.stop, 1);
+    // A record from before the stop field ends after `chunk_index`.
+    let old = Transition::decode(&buf[..buf.len() - 1]).unwrap();
+    assert_eq!((old.stop, old.chunk, old.chunk_index), (0, 7, 3));
 }
