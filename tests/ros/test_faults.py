@@ -304,3 +304,91 @@ def test_enospc_for_the_accepted_record_keeps_the_swap_and_says_so(domain, peer,
             assert node.alive()
         finally:
             assert node.stop() == 0
+
+
+def _status(diags, since=0.0):
+    """(receive time, level, message, key/values) of each /diagnostics status since `since`."""
+    return [(t, m.status[0].level, m.status[0].message, {v.key: v.value for v in m.status[0].values})
+            for t, m in list(diags) if t >= since]
+
+
+def test_future_stamped_input_warns_with_the_reason_and_recovers_to_ok(domain, peer):
+    """/diagnostics is WARN while input is bad *now* (future-stamped ticks
+    since the previous message), naming why, and OK again a period or two
+    after the input is good; the cumulative count stays in the values."""
+    diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    pose = peer.node.create_publisher(PoseStamped, "/pointmass/pose", BEST_EFFORT)
+    skew = {"s": 0.0}
+
+    def tick():
+        m = PoseStamped()
+        now = time.time() + skew["s"]
+        m.header.stamp.sec, m.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
+        m.pose.position.x, m.pose.position.y = 0.05, -1.1
+        pose.publish(m)
+    peer.node.create_timer(0.01, tick)
+    node, trace, cmd = start(domain, peer, "-p", "diagnostics_period:=0.2", "-p", "max_delta:=[10.0, 10.0]",
+                             "-p", "sources.state.type:=pose_stamped", "-p", "sources.state.topic:=/pointmass/pose",
+                             "-p", "sources.state.components:=['x', 'y']")
+    ok = lambda since: [s for s in _status(diags, since) if s[1] == DiagnosticStatus.OK]
+    try:
+        wait_decision(trace, POLICY)
+        # Input good: OK, "running" (the start-up's stale ticks are history).
+        wait_for(lambda: ok(time.monotonic() - 0.1), 3, "OK while the input is good")
+        assert ok(0)[-1][2] == "running"
+        skew["s"] = 5.0  # a sender whose clock runs 5 s ahead
+        t_bad = time.monotonic()
+        warned = lambda: [s for s in _status(diags, t_bad) if s[1] == DiagnosticStatus.WARN]
+        wait_for(warned, 3, "WARN on future-stamped input")
+        st = warned()[0]
+        assert "future-stamped input" in st[2], st[2]
+        assert int(st[3]["future_stamp_ticks"]) > 0
+        time.sleep(0.5)
+        assert not ok(t_bad + 0.25), "WARN while the input stays bad"
+        skew["s"] = 0.0
+        t_good = time.monotonic()
+        wait_for(lambda: ok(t_good), 3, "OK again once the input is good")
+        st = ok(t_good)[0]
+        assert st[0] - t_good < 1.0, f"OK {st[0] - t_good:.2f} s after good input (period 0.2 s)"
+        assert st[2] == "running" and int(st[3]["future_stamp_ticks"]) > 0, st
+        assert node.alive()
+    finally:
+        assert node.stop() == 0
+
+
+def test_stalled_publisher_thread_warns_then_trips_the_supervisor(domain, peer):
+    """FLOWPILOT_FAULT_INJECT=pubstall@50: the publisher thread stops popping
+    at its 50th output (in the start-up hold: it never published a command).
+    /diagnostics says WARN "publisher thread stalled" (outputs waiting past
+    100 ms) before the supervisor trips at the watchdog limit (50 periods,
+    500 ms), then ERROR naming the publisher fault; the spin thread's stop
+    (velocity: zero) is the only command; exit code != 0."""
+    ObsPublisher(peer)
+    diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    cmd = peer.collect(Float64MultiArray, "/pointmass/cmd", RELIABLE)
+    trace = peer.collect(Float64MultiArray, "/flowpilot/action_trace", RELIABLE)
+    node = NodeProc(domain, ("-p", "diagnostics_period:=0.1", "-p", "max_delta:=[10.0, 10.0]"),
+                    env={"FLOWPILOT_FAULT_INJECT": "pubstall@50"})
+    try:
+        wait_for(lambda: not node.alive(), 15, "the node exits after the fault")
+        rc = node.p.returncode
+        out = node.output()
+        assert rc != 0, "a stalled publisher thread ends the node non-zero"
+        assert "publisher thread stalled" in out, out[-2000:]
+        wait_for(lambda: cmd and list(cmd[-1][1].data) == [0.0, 0.0], 2, "the stop last")
+        # Before the stall only start-up stale ticks' zeros; during it the
+        # publisher thread is silent: the stop comes from the spin thread.
+        assert all(list(m.data) == [0.0, 0.0] for _, m in list(cmd)), "no policy command"
+        assert trace and cmd[-1][0] - trace[-1][0] > 0.3, "the stop came while the publisher was stalled"
+        errors = lambda: [s for s in _status(diags) if s[1] == DiagnosticStatus.ERROR]
+        wait_for(errors, 2, "an ERROR diagnostic naming the fault")
+        t_err, _, msg, kv = errors()[-1]
+        assert msg.startswith("action publisher failed: publisher thread stalled"), msg
+        assert kv["thread"] == "publisher" and "publisher thread stalled" in kv["fault"], kv
+        stalled = [s for s in _status(diags) if s[1] == DiagnosticStatus.WARN and "publisher thread stalled" in s[2]]
+        assert stalled, [s[1:3] for s in _status(diags)]
+        assert stalled[0][0] <= t_err
+        assert all(int(s[3]["dropped_outputs"]) == 0 for s in stalled), "256 queued: none dropped yet"
+        assert float(stalled[-1][3]["publisher_wait_ms"]) > 100.0
+    finally:
+        node.stop()

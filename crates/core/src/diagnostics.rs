@@ -1,8 +1,16 @@
 //! What the node reports on /diagnostics, without ROS: a plain
 //! [`StatsSnapshot`] of every counter (taken from [`Stats`] plus the input,
 //! output, log, hot-swap and learner state), and [`report`], the pure
-//! function that turns a snapshot into the level, message and key/values.
-//! The ROS node only copies the [`Report`] into a DiagnosticArray.
+//! function that turns a snapshot, and the one the previous message was
+//! made from, into the level, message and key/values. The ROS node only
+//! gathers the snapshots and copies the [`Report`] into a DiagnosticArray.
+//!
+//! The level is WARN while something is wrong *now* (see [`warnings`]):
+//! counters that grew since the previous message (stale, invalid or
+//! future-stamped input, dropped outputs), and states that hold (the
+//! e-stop, a stalled publisher thread, failed logging, an accepted version
+//! the hot swap could not record). A fault that has passed leaves the
+//! cumulative counters in the key/values and the level back at OK.
 //!
 //! Real-time: not on the control thread. Snapshots read relaxed atomics
 //! (and drain the per-period jitter histogram); reports allocate strings.
@@ -10,6 +18,19 @@
 use std::sync::atomic::Ordering;
 
 use crate::control::Stats;
+
+/// Queued outputs that have waited longer than this for the publisher
+/// thread make the status WARN ("publisher thread stalled"). The wait is
+/// measured from the publisher's last pop, and it pops on every wake-up
+/// from the control thread and at least every 50 ms when idle (its park
+/// timeout), so a healthy node sees about one period, never more than
+/// ~50 ms. Measured on the running node (2-core VM, the spin loop sampling
+/// `waiting_ns` ~6 000 times in 32 s, idle / with both cores busy): max
+/// 11.5 / 10.5 ms at 100 Hz, 4.9 / 8.8 ms at 1 kHz, 0 / 50.1 ms at 10 Hz.
+/// 100 ms is twice the worst of those (ten periods at 100 Hz) and 40 % of
+/// the shortest watchdog limit ([`crate::watchdog::MIN_STALL_NS`], 250 ms),
+/// so the WARN comes before the supervisor stops the node for the stall.
+pub const PUBLISHER_WAIT_WARN_NS: i64 = 100_000_000;
 
 /// Diagnostic levels, as diagnostic_msgs/DiagnosticStatus numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +92,11 @@ pub struct StatsSnapshot {
     pub received_messages: u64,
     pub rejected_messages: u64,
     pub dropped_outputs: u64,
+    /// Queued outputs a stop discarded (by design: not a warning).
+    pub preempted_outputs: u64,
+    /// How long queued outputs have waited for the publisher thread, ns
+    /// (0 when nothing waits).
+    pub publisher_wait_ns: i64,
     pub policy_digest: String,
     pub policy_version: u64,
     pub policy_swaps: u64,
@@ -120,7 +146,8 @@ impl Stats {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub level: Level,
-    pub message: &'static str,
+    /// "running" when OK; else the reasons, most important first.
+    pub message: String,
     pub values: Vec<(&'static str, String)>,
 }
 
@@ -159,14 +186,60 @@ impl RateMeter {
     }
 }
 
-/// The diagnostics status for a snapshot: WARN while the e-stop is engaged,
-/// once any tick has seen stale input, or while the hot swap cannot record
-/// its accepted version; OK otherwise.
-pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Report {
-    let level = if s.estop || s.stale_ticks > 0 || !s.policy_record_error.is_empty() {
-        Level::Warn
+/// Why the status is WARN, most important first (empty: OK). `prev` is the
+/// snapshot the previous message was made from (all zero before the first):
+/// counters warn when they grew since then, so a fault that has passed
+/// clears at the next message; the e-stop, a stalled publisher, failed
+/// logging and an unrecorded version warn while they last.
+pub fn warnings(s: &StatsSnapshot, prev: &StatsSnapshot) -> Vec<&'static str> {
+    let grew = |now: u64, before: u64| now > before;
+    let future = s.future_stamp_ticks.saturating_sub(prev.future_stamp_ticks);
+    // A future-stamped tick is also an invalid one: "invalid input" names
+    // the others (non-finite observations).
+    let invalid = s.invalid_ticks.saturating_sub(prev.invalid_ticks);
+    let mut w = Vec::new();
+    if s.estop {
+        w.push("e-stop engaged");
+    }
+    if s.publisher_wait_ns > PUBLISHER_WAIT_WARN_NS {
+        w.push("publisher thread stalled");
+    }
+    if grew(s.dropped_outputs, prev.dropped_outputs) {
+        w.push("outputs dropped");
+    }
+    if grew(s.stale_ticks, prev.stale_ticks) {
+        w.push("stale input");
+    }
+    if future > 0 {
+        w.push("future-stamped input");
+    }
+    if invalid > future {
+        w.push("invalid input");
+    }
+    if matches!(s.log, LogState::Failed { .. }) {
+        w.push("logging failed");
+    }
+    if !s.policy_record_error.is_empty() {
+        w.push("accepted policy not recorded");
+    }
+    w
+}
+
+/// The diagnostics status for snapshot `s`, given the snapshot `prev` the
+/// previous message was made from: WARN with the [`warnings`] joined by
+/// ", " as the message, or OK and "running". The key/values report the
+/// cumulative counters.
+pub fn report(
+    s: &StatsSnapshot,
+    prev: &StatsSnapshot,
+    rate_hz: f64,
+    configured_rate_hz: f64,
+) -> Report {
+    let warn = warnings(s, prev);
+    let (level, message) = if warn.is_empty() {
+        (Level::Ok, "running".to_string())
     } else {
-        Level::Ok
+        (Level::Warn, warn.join(", "))
     };
     let us = |ns: u64| format!("{:.1}", ns as f64 / 1e3);
     let log_state = match &s.log {
@@ -182,7 +255,7 @@ pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Repor
     };
     Report {
         level,
-        message: if s.estop { "e-stop engaged" } else { "running" },
+        message,
         values: vec![
             ("rate_hz", format!("{rate_hz:.2}")),
             ("configured_rate_hz", format!("{configured_rate_hz}")),
@@ -203,6 +276,11 @@ pub fn report(s: &StatsSnapshot, rate_hz: f64, configured_rate_hz: f64) -> Repor
             ("chunk_exhausted_ticks", s.chunk_exhausted_ticks.to_string()),
             ("published", s.published.to_string()),
             ("dropped_outputs", s.dropped_outputs.to_string()),
+            ("preempted_outputs", s.preempted_outputs.to_string()),
+            (
+                "publisher_wait_ms",
+                format!("{:.1}", s.publisher_wait_ns as f64 / 1e6),
+            ),
             ("policy_digest", s.policy_digest.clone()),
             ("policy_version", s.policy_version.to_string()),
             ("policy_swaps", s.policy_swaps.to_string()),
@@ -262,7 +340,7 @@ mod tests {
             learner: LearnerState::Running { pid: 42 },
             ..Default::default()
         };
-        let r = report(&s, 99.987, 100.0);
+        let r = report(&s, &StatsSnapshot::default(), 99.987, 100.0);
         assert_eq!(r.level, Level::Ok);
         assert_eq!(r.message, "running");
         let keys: Vec<&str> = r.values.iter().map(|(k, _)| *k).collect();
@@ -288,6 +366,8 @@ mod tests {
                 "chunk_exhausted_ticks",
                 "published",
                 "dropped_outputs",
+                "preempted_outputs",
+                "publisher_wait_ms",
                 "policy_digest",
                 "policy_version",
                 "policy_swaps",
@@ -314,22 +394,187 @@ mod tests {
         assert_eq!(r.get("nope"), None);
     }
 
+    /// The level and message of `s` after `prev`.
+    fn status(s: &StatsSnapshot, prev: &StatsSnapshot) -> (Level, String) {
+        let r = report(s, prev, 100.0, 100.0);
+        (r.level, r.message)
+    }
+
+    fn warn(m: &str) -> (Level, String) {
+        (Level::Warn, m.to_string())
+    }
+
+    fn ok() -> (Level, String) {
+        (Level::Ok, "running".to_string())
+    }
+
     #[test]
     fn e_stop_and_stale_input_warn() {
+        let zero = StatsSnapshot::default();
         let estop = StatsSnapshot {
             estop: true,
             ..Default::default()
         };
-        let r = report(&estop, 100.0, 100.0);
-        assert_eq!((r.level, r.message), (Level::Warn, "e-stop engaged"));
-        assert_eq!(r.get("estop"), Some("true"));
+        assert_eq!(status(&estop, &zero), warn("e-stop engaged"));
+        assert_eq!(
+            report(&estop, &zero, 100.0, 100.0).get("estop"),
+            Some("true")
+        );
+        // Held while engaged, whatever the counters do.
+        assert_eq!(status(&estop, &estop), warn("e-stop engaged"));
         let stale = StatsSnapshot {
             stale_ticks: 1,
             ..Default::default()
         };
-        let r = report(&stale, 100.0, 100.0);
-        assert_eq!((r.level, r.message), (Level::Warn, "running"));
+        assert_eq!(status(&stale, &zero), warn("stale input"));
         assert_eq!(Level::Warn as u8, 1);
+    }
+
+    #[test]
+    fn counters_warn_only_while_they_grow() {
+        let zero = StatsSnapshot::default();
+        for (name, key, s) in [
+            (
+                "stale input",
+                "stale_ticks",
+                StatsSnapshot {
+                    stale_ticks: 7,
+                    ..Default::default()
+                },
+            ),
+            (
+                "outputs dropped",
+                "dropped_outputs",
+                StatsSnapshot {
+                    dropped_outputs: 3,
+                    ..Default::default()
+                },
+            ),
+            (
+                // NaN observations: invalid, not future-stamped.
+                "invalid input",
+                "invalid_ticks",
+                StatsSnapshot {
+                    invalid_ticks: 4,
+                    ..Default::default()
+                },
+            ),
+            (
+                // A future-stamped tick counts in both.
+                "future-stamped input",
+                "future_stamp_ticks",
+                StatsSnapshot {
+                    invalid_ticks: 5,
+                    future_stamp_ticks: 5,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            assert_eq!(status(&s, &zero), warn(name));
+            // The next message, with nothing new: OK again; the count stays.
+            let later = StatsSnapshot {
+                ticks: 500,
+                ..s.clone()
+            };
+            assert_eq!(status(&later, &s), ok(), "{name} recovers");
+            let r = report(&later, &s, 100.0, 100.0);
+            assert_ne!(r.get(key), Some("0"), "{key} stays cumulative");
+        }
+        let both = StatsSnapshot {
+            invalid_ticks: 9,
+            future_stamp_ticks: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&both, &zero),
+            warn("future-stamped input, invalid input")
+        );
+        let before = StatsSnapshot {
+            invalid_ticks: 4,
+            future_stamp_ticks: 0,
+            ..Default::default()
+        };
+        assert_eq!(status(&both, &before), warn("future-stamped input"));
+    }
+
+    #[test]
+    fn preempted_outputs_are_reported_not_warned() {
+        let s = StatsSnapshot {
+            preempted_outputs: 12,
+            ..Default::default()
+        };
+        let r = report(&s, &StatsSnapshot::default(), 100.0, 100.0);
+        assert_eq!((r.level, r.message.as_str()), (Level::Ok, "running"));
+        assert_eq!(r.get("preempted_outputs"), Some("12"));
+    }
+
+    #[test]
+    fn a_publisher_waited_on_past_the_threshold_warns_before_the_watchdog() {
+        let zero = StatsSnapshot::default();
+        let at = |ns: i64| StatsSnapshot {
+            publisher_wait_ns: ns,
+            ..Default::default()
+        };
+        assert_eq!(status(&at(0), &zero), ok());
+        assert_eq!(status(&at(PUBLISHER_WAIT_WARN_NS), &zero), ok());
+        assert_eq!(
+            status(&at(PUBLISHER_WAIT_WARN_NS + 1), &zero),
+            warn("publisher thread stalled")
+        );
+        // It lasts while the outputs wait, whatever the previous message saw.
+        let stalled = at(180_000_000);
+        assert_eq!(status(&stalled, &stalled), warn("publisher thread stalled"));
+        assert_eq!(
+            report(&stalled, &zero, 100.0, 100.0).get("publisher_wait_ms"),
+            Some("180.0")
+        );
+        const { assert!(PUBLISHER_WAIT_WARN_NS < crate::watchdog::MIN_STALL_NS) };
+    }
+
+    #[test]
+    fn log_failure_and_an_unrecorded_version_warn_while_they_last() {
+        let failed = StatsSnapshot {
+            log: LogState::Failed {
+                error: "No space left on device".into(),
+            },
+            ..Default::default()
+        };
+        assert_eq!(status(&failed, &failed), warn("logging failed"));
+        let unrecorded = StatsSnapshot {
+            policy_record_error: "No space left on device".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&unrecorded, &unrecorded),
+            warn("accepted policy not recorded")
+        );
+        let ok_log = StatsSnapshot {
+            log: LogState::Ok { path: "/l".into() },
+            ..Default::default()
+        };
+        assert_eq!(status(&ok_log, &failed), ok());
+    }
+
+    #[test]
+    fn several_reasons_are_joined_most_important_first() {
+        let s = StatsSnapshot {
+            estop: true,
+            publisher_wait_ns: 2 * PUBLISHER_WAIT_WARN_NS,
+            dropped_outputs: 1,
+            stale_ticks: 1,
+            invalid_ticks: 2,
+            future_stamp_ticks: 1,
+            log: LogState::Failed { error: "x".into() },
+            policy_record_error: "y".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&s, &StatsSnapshot::default()),
+            warn(
+                "e-stop engaged, publisher thread stalled, outputs dropped, stale input, \
+                 future-stamped input, invalid input, logging failed, accepted policy not recorded"
+            )
+        );
     }
 
     #[test]
@@ -343,16 +588,19 @@ mod tests {
             },
             ..Default::default()
         };
-        let r = report(&s, 0.0, 100.0);
+        let r = report(&s, &StatsSnapshot::default(), 0.0, 100.0);
         assert_eq!(r.get("log_state"), Some("failed: disk full"));
         assert_eq!(r.get("learner"), Some("exited: exit status: 1"));
         s.log = LogState::Off;
         s.learner = LearnerState::Stopped;
-        let r = report(&s, 0.0, 100.0);
+        let r = report(&s, &StatsSnapshot::default(), 0.0, 100.0);
         assert_eq!(r.get("log_state"), Some("off"));
         assert_eq!(r.get("learner"), Some("stopped"));
         s.learner = LearnerState::Off;
-        assert_eq!(report(&s, 0.0, 100.0).get("learner"), Some("off"));
+        assert_eq!(
+            report(&s, &StatsSnapshot::default(), 0.0, 100.0).get("learner"),
+            Some("off")
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Publishing /diagnostics: once per `diagnostics_period`, gather a
 //! [`StatsSnapshot`] of the node's counters and publish core's
-//! [`report`] of it as a DiagnosticArray. Spin thread only.
+//! [`report`] of it (against the previous message's snapshot, so that
+//! counters warn while they grow) as a DiagnosticArray; and the ERROR
+//! status when the supervisor stops the node. Spin thread only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,6 +16,7 @@ use flowpilot_core::diagnostics::{report, LogState, RateMeter, StatsSnapshot};
 use flowpilot_core::log::writer::LogStats;
 use flowpilot_core::model::ModelFile;
 use flowpilot_core::runner::OutputQueue;
+use flowpilot_core::watchdog::Fault;
 
 use crate::inputs::InputStats;
 use crate::learner::Learner;
@@ -41,6 +44,8 @@ impl Sources<'_> {
         s.received_messages = self.inputs.received();
         s.rejected_messages = self.inputs.rejected();
         s.dropped_outputs = self.outputs.dropped();
+        s.preempted_outputs = self.outputs.preempted();
+        s.publisher_wait_ns = self.outputs.waiting_ns(mono_ns());
         match self.swap {
             Some(h) => {
                 s.policy_digest = h.digest.clone();
@@ -87,6 +92,8 @@ pub(crate) struct DiagPublisher {
     next_ns: i64,
     configured_rate_hz: f64,
     rate: RateMeter,
+    /// The snapshot the previous message was made from (zero before it).
+    prev: StatsSnapshot,
 }
 
 impl DiagPublisher {
@@ -103,20 +110,35 @@ impl DiagPublisher {
             next_ns: now + period_ns,
             configured_rate_hz,
             rate: RateMeter::new(now),
+            prev: StatsSnapshot::default(),
         })
     }
 
-    /// Publish an ERROR status at once: the control loop has failed.
-    pub(crate) fn publish_fault(&mut self, fault: &str) {
+    /// Publish an ERROR status at once: the supervisor stops the node for
+    /// `fault` of the control thread ("control loop failed: ...") or of the
+    /// publisher thread ("action publisher failed: ..."), under the same
+    /// status name as the periodic reports, which it ends.
+    pub(crate) fn publish_fault(&mut self, fault: &Fault) {
+        let (what, thread) = match fault {
+            Fault::Dead(_) | Fault::Stalled { .. } => ("control loop", "control"),
+            Fault::PublisherStalled { .. } => ("action publisher", "publisher"),
+        };
+        let fault = fault.to_string();
         let status = DiagnosticStatus {
             level: flowpilot_core::diagnostics::Level::Error as u8,
             name: "flowpilot: control loop".into(),
-            message: format!("control loop failed: {fault}"),
+            message: format!("{what} failed: {fault}"),
             hardware_id: "flowpilot".into(),
-            values: vec![KeyValue {
-                key: "fault".into(),
-                value: fault.into(),
-            }],
+            values: vec![
+                KeyValue {
+                    key: "fault".into(),
+                    value: fault,
+                },
+                KeyValue {
+                    key: "thread".into(),
+                    value: thread.into(),
+                },
+            ],
         };
         let mut arr = DiagnosticArray::default();
         arr.header.stamp = to_time(wall_ns());
@@ -132,11 +154,12 @@ impl DiagPublisher {
         self.next_ns += self.period_ns;
         let snap = sources().snapshot();
         let rate = self.rate.update(snap.ticks, mono_ns());
-        let r = report(&snap, rate, self.configured_rate_hz);
+        let r = report(&snap, &self.prev, rate, self.configured_rate_hz);
+        self.prev = snap;
         let status = DiagnosticStatus {
             level: r.level as u8,
             name: "flowpilot: control loop".into(),
-            message: r.message.into(),
+            message: r.message,
             hardware_id: "flowpilot".into(),
             values: r
                 .values
