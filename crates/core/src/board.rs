@@ -54,13 +54,15 @@ pub struct SourceState {
 }
 
 impl SourceState {
-    /// Written, readable, and neither its stamp nor its arrival older than
-    /// `max_age_ns` (the control tick's own staleness test).
-    pub fn fresh(&self, max_age_ns: i64) -> bool {
+    /// Written, readable, neither its stamp nor its arrival older than
+    /// `max_age_ns`, and its stamp not more than `max_future_ns` ahead
+    /// (the control tick's own staleness and validity tests).
+    pub fn fresh(&self, max_age_ns: i64, max_future_ns: i64) -> bool {
         self.ever_written
             && !self.busy
             && self.age_ns <= max_age_ns
             && self.recv_age_ns <= max_age_ns
+            && (self.stamp_ns == 0 || -self.age_ns <= max_future_ns)
     }
 }
 

@@ -560,7 +560,8 @@ impl Controller {
                         let st = self
                             .board
                             .read_f64(i, &mut self.state_buf, now_mono, now_wall);
-                        st.fresh(self.max_age_ns[i]).then_some(&self.state_buf[..])
+                        st.fresh(self.max_age_ns[i], self.max_future_ns)
+                            .then_some(&self.state_buf[..])
                     }
                     None => None,
                 };

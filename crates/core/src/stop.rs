@@ -180,19 +180,20 @@ impl StopRule {
 
     /// The stop the spin thread sends when the loop has ended or failed
     /// (shutdown, watchdog): the measured positions if fresh within
-    /// `max_age_ns`, else the last command the loop recorded in `sent`.
-    /// Off the control thread (allocates). `None`: nothing to send.
+    /// `max_age_ns` (and stamped no more than `max_future_ns` ahead), else
+    /// the last command the loop recorded in `sent`. Off the control thread
+    /// (allocates). `None`: nothing to send.
     pub fn final_action(
         &self,
         board: &Board,
-        max_age_ns: i64,
+        (max_age_ns, max_future_ns): (i64, i64),
         sent: &Board,
     ) -> Option<(Vec<f64>, StopKind)> {
         let (now_mono, now_wall) = (mono_ns(), wall_ns());
         let measured = self.state.as_ref().and_then(|s| {
             let mut m = vec![0.0; board.width(s.source)];
             let st = board.read_f64(s.source, &mut m, now_mono, now_wall);
-            st.fresh(max_age_ns).then_some(m)
+            st.fresh(max_age_ns, max_future_ns).then_some(m)
         });
         let mut last = vec![0.0; sent.width(0)];
         let st = sent.read_f64(0, &mut last, now_mono, now_wall);
@@ -263,21 +264,29 @@ mod tests {
         let sent = Board::new(&[2]);
         let r = arm();
         // nothing measured, nothing sent: nothing to hold
-        assert_eq!(r.final_action(&board, 1_000_000_000, &sent), None);
+        assert_eq!(r.final_action(&board, (1_000_000_000, 0), &sent), None);
         sent.write(0, &[0.1, 0.2], None);
         assert_eq!(
-            r.final_action(&board, 1_000_000_000, &sent),
+            r.final_action(&board, (1_000_000_000, 0), &sent),
             Some((vec![0.1, 0.2], StopKind::HoldCommand))
         );
         board.write(0, &[-0.5, 0.0, 0.3], None);
         assert_eq!(
-            r.final_action(&board, 1_000_000_000, &sent),
+            r.final_action(&board, (1_000_000_000, 0), &sent),
             Some((vec![0.3, -0.5], StopKind::HoldMeasured))
         );
+        // a measurement stamped ahead of the clock is not trusted
+        let ahead = crate::board::wall_ns() + 500_000_000;
+        board.write(0, &[-0.5, 0.0, 0.3], Some(ahead));
+        assert_eq!(
+            r.final_action(&board, (1_000_000_000, 50_000_000), &sent),
+            Some((vec![0.1, 0.2], StopKind::HoldCommand))
+        );
         // a stale measurement gives way to the last command
+        board.write(0, &[-0.5, 0.0, 0.3], None);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(
-            r.final_action(&board, 1_000_000, &sent),
+            r.final_action(&board, (1_000_000, 0), &sent),
             Some((vec![0.1, 0.2], StopKind::HoldCommand))
         );
     }

@@ -383,6 +383,18 @@ fn a_position_stop_on_stale_input_holds_measured_else_last_command() {
     let out = c.tick();
     assert_eq!(out.decision, Decision::Stale { source: 0 });
     assert_eq!((out.action, out.stop), (&sent[..], StopKind::HoldCommand));
+    // a measurement stamped ahead of the clock (invalid input) is not
+    // trusted: the last command sent is held
+    feed(&b);
+    let sent = c.tick().action.to_vec();
+    b.write(
+        0,
+        &[0.9, 0.9, 0.9],
+        Some(flowpilot_core::board::wall_ns() + 1_000_000_000),
+    );
+    let out = c.tick();
+    assert_eq!(out.decision, Decision::Invalid);
+    assert_eq!((out.action, out.stop), (&sent[..], StopKind::HoldCommand));
     // zero is refused on positions by the config; stop sends nothing
     let (mut c, b, _) = setup_with(SafeBehaviour::Stop, 0, None, arm());
     feed(&b);

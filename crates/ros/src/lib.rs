@@ -251,10 +251,11 @@ struct Session {
     diag: diagnostics::DiagPublisher,
     safety: outputs::ActionPublisher,
     /// The final stop's inputs: the rule, the board (measured positions,
-    /// fresh within `state_max_age_ns`) and the last command sent.
+    /// fresh within `state_limits_ns`) and the last command sent.
     stop_rule: StopRule,
     board: Arc<Board>,
-    state_max_age_ns: i64,
+    /// The state source's freshness limits (max age, max future stamp), ns.
+    state_limits_ns: (i64, i64),
     sent: Arc<Board>,
     line: Arc<outputs::Line>,
     stop: Arc<AtomicBool>,
@@ -296,9 +297,12 @@ impl Session {
         let sent = Arc::new(Board::new(&[act_dim]));
         let ccfg = control_config(cfg, &model.spec)?;
         let stop_rule = ccfg.stop.clone();
-        let state_max_age_ns = stop_rule
-            .state_source()
-            .map_or(0, |i| (ccfg.max_age_s[i] * 1e9) as i64);
+        let state_limits_ns = (
+            stop_rule
+                .state_source()
+                .map_or(0, |i| (ccfg.max_age_s[i] * 1e9) as i64),
+            (ccfg.max_future_stamp_s * 1e9) as i64,
+        );
         let mut controller = Controller::new(ccfg, Sampler::new(&model)?, board.clone())?
             .with_estop(estop.clone())
             .with_sent(sent.clone())
@@ -387,7 +391,7 @@ impl Session {
             pool,
             stop_rule,
             board,
-            state_max_age_ns,
+            state_limits_ns,
             sent,
             line,
             model,
@@ -488,7 +492,7 @@ impl Session {
         }
         let stop = self
             .stop_rule
-            .final_action(&self.board, self.state_max_age_ns, &self.sent);
+            .final_action(&self.board, self.state_limits_ns, &self.sent);
         let ordered = self.line.halt_then(|| {
             let Some((a, kind)) = &stop else { return };
             tracing::info!(?kind, action = ?a, "publishing the stop ({why})");
