@@ -1,7 +1,8 @@
 //! The control loop's tick, independent of ROS: snapshot the board, check
 //! freshness and validity, sample (a chunked policy: play its chunk, see
 //! [`crate::chunk`]), apply safety (e-stop, safe behaviour, warm-up gate,
-//! clipping, rate limit) and hand back the action to publish.
+//! clipping, rate limit) and hand back the action to publish. Every stop
+//! it sends is [`crate::stop`]'s, for the interface the output drives.
 //! Everything here is preallocated; a tick allocates nothing and never
 //! blocks. The periodic timer and real-time settings live here too.
 
@@ -270,7 +271,7 @@ impl Controller {
 
     /// The actuation gate (lifecycle activate / deactivate). Set: the ticks
     /// actuate after the warm-up and start-up hold, counted anew from
-    /// activation. Cleared: the next tick publishes the safe action once,
+    /// activation. Cleared: the next tick publishes the stop once,
     /// then every tick publishes nothing (the loop keeps running).
     pub fn active(&self) -> &Arc<AtomicBool> {
         &self.active

@@ -23,10 +23,12 @@
 //! - [`diagnostics`]: publishing /diagnostics.
 //! - [`fault_inject`]: test-only control-thread faults for the fault matrix.
 //!
-//! The spin loop is also the control thread's supervisor: a dead thread,
-//! or one with no tick for `watchdog.stall_periods` periods (core's
-//! `watchdog`), gets the safe action published from the spin thread's own
-//! writer, an ERROR on /diagnostics and a non-zero exit.
+//! The spin loop is also the supervisor of the control and publisher
+//! threads: a dead loop, one with no tick for `watchdog.stall_periods`
+//! periods, or a publisher that leaves outputs waiting as long (core's
+//! `watchdog`), gets the interface's stop (core's `stop`) published from the
+//! spin thread's own writer once the publisher thread is halted
+//! ([`outputs::Line`]), an ERROR on /diagnostics and a non-zero exit.
 
 mod diagnostics;
 mod fault_inject;
@@ -88,7 +90,7 @@ fn control_config(
 /// The node is a managed (lifecycle) node: it starts `unconfigured`;
 /// configure builds a [`Session`] (model loaded and checked, everything
 /// preallocated, the control loop running but silent), activate opens its
-/// actuation gate, deactivate closes it (the safe action once, then
+/// actuation gate, deactivate closes it (the stop once, then
 /// silence), cleanup stops the session, shutdown stops it and finalizes.
 /// With `autostart` (the default) it configures and activates at once.
 pub fn run_node() -> Result<()> {
@@ -139,7 +141,7 @@ pub fn run_node() -> Result<()> {
     }
 
     let mut fault = None;
-    // A deactivate is answered once the loop has published its safe action.
+    // A deactivate is answered once the loop has published its stop.
     let mut pending: Option<(
         r2r::ServiceRequest<r2r::lifecycle_msgs::srv::ChangeState::Service>,
         u64,
@@ -344,8 +346,8 @@ impl Session {
         let requests = services::Requests::new(node, &spawner)?;
         let diag = diagnostics::DiagPublisher::new(node, cfg.diagnostics_period_s, cfg.rate_hz)?;
         let publisher = outputs::ActionPublisher::new(node, cfg, act_dim)?;
-        // The spin thread's own writer on the action topic: the safe action
-        // at shutdown or on a watchdog trip goes out here, never behind the
+        // The spin thread's own writer on the action topic: the stop at
+        // shutdown or on a watchdog trip goes out here, never behind the
         // publisher thread's queue (nor through a dead control thread).
         let safety = outputs::ActionPublisher::new(node, cfg, act_dim)?;
 
