@@ -86,3 +86,78 @@ class Host:
                 pass
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+# --- Random packet loss (nf_tables), for tests/ros/test_estop_loss.py and
+# bench/estop_loss.py. While loss is switched on, a host drops at random
+# `percent` % of the UDP packets that arrive for it (everything DDS sends:
+# discovery, data, heartbeats, acknowledgements), on the input hook: the
+# sender's sendto() succeeds as it would on a lossy link. (Dropped on the
+# output hook, a packet fails the sender's sendto() with EPERM instead, a
+# signal no real lossy link gives.) Loss on two hosts is loss both ways.
+
+LOSS_TABLE = "fploss"
+
+
+def nft_available():
+    """Why random loss cannot be made here (None: it can)."""
+    why = available()
+    if why:
+        return why
+    if shutil.which("nft") is None:
+        return "nftables ('nft') is not installed"
+    return None
+
+
+def nft(ns, script):
+    """Run an nft script inside namespace `ns`."""
+    r = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"nft in {ns}: {r.stderr.strip()}\n{script}")
+
+
+def add_loss(host, percent):
+    """Install (switched off) random loss of `percent` % of the UDP packets
+    arriving at `host`: `meta l4proto udp numgen random mod 100 < P drop`
+    on the input hook, gated by a set that `set_loss` fills or empties (so
+    the counters survive switching it on and off), after a counter of the
+    UDP packets that arrived while loss was on."""
+    nft(host.ns, f"""
+table inet {LOSS_TABLE} {{
+  set lossy {{ type inet_proto; }}
+  chain i {{
+    type filter hook input priority 0; policy accept;
+    meta l4proto @lossy counter comment "seen"
+    meta l4proto @lossy numgen random mod 100 < {int(percent)} counter drop comment "dropped"
+  }}
+}}
+""")
+
+
+def set_loss(host, on):
+    """Switch `host`'s random loss on or off (idempotent)."""
+    cmd = f"add element inet {LOSS_TABLE} lossy {{ udp }}" if on else f"flush set inet {LOSS_TABLE} lossy"
+    nft(host.ns, cmd + "\n")
+
+
+def loss_counters(host):
+    """(UDP packets that arrived at `host` while loss was on, of which dropped)."""
+    out = subprocess.run(["ip", "netns", "exec", host.ns, "nft", "list", "table", "inet", LOSS_TABLE],
+                         check=True, capture_output=True, text=True).stdout
+    seen = dropped = 0
+    for line in out.splitlines():
+        if "counter packets" not in line:
+            continue
+        n = int(line.split("counter packets", 1)[1].split()[0])
+        if 'comment "seen"' in line:
+            seen = n
+        elif 'comment "dropped"' in line:
+            dropped = n
+    return seen, dropped
+
+
+def ruleset(host):
+    """`nft list ruleset` inside the host's namespace."""
+    return subprocess.run(["ip", "netns", "exec", host.ns, "nft", "list", "ruleset"],
+                          capture_output=True, text=True).stdout

@@ -1,5 +1,6 @@
-//! The node's services and e-stop: the `~/estop` topic (two subscriptions,
-//! so that every common publisher QoS reaches it), the `~/estop` SetBool
+//! The node's services and e-stop: the `~/estop` topic (three
+//! subscriptions, so that every common publisher QoS reaches it and every
+//! reliable publisher's lost packets are retransmitted), the `~/estop` SetBool
 //! and `~/reset_estop` Trigger services, all applying core's
 //! [`EStopLatch`] rule (engage at once, release only by a deliberate reset)
 //! to the atomic the control thread reads; and the queued `~/rollback`,
@@ -37,12 +38,27 @@ fn note(outcome: Outcome, by: &str) {
 
 /// E-stop inputs, all on the spin thread, all through one latch.
 ///
-/// The topic is subscribed twice. A BEST_EFFORT + VOLATILE reader matches
-/// every writer (reliable or best-effort, volatile or transient-local), so
-/// a joystick or a default-QoS `ros2 topic pub` reaches it; a RELIABLE +
-/// TRANSIENT_LOCAL reader also receives a latched `true` published before
-/// this node started. A message seen by both is applied twice, which the
-/// latch makes harmless (engaging is idempotent; each stream keeps order).
+/// The topic is subscribed three times, because a DDS writer and reader
+/// match only when the reader asks for no more than the writer offers
+/// (reliability, durability), and a writer retransmits lost samples only
+/// to a reliable reader:
+///
+/// - BEST_EFFORT + VOLATILE matches every writer, so a best-effort joystick
+///   reaches the node. Alone, it would take even a reliable writer's
+///   samples best-effort: a one-shot `true` lost on the wire would be gone.
+/// - RELIABLE + VOLATILE matches every reliable writer, volatile or
+///   transient-local: the default QoS of `ros2 topic pub --once` and of most
+///   teleop nodes. A lost `true` is retransmitted (docs/safety.md, "E-stop
+///   delivery under packet loss").
+/// - RELIABLE + TRANSIENT_LOCAL matches only transient-local writers, and
+///   also receives a latched `true` published before this node started.
+///
+/// A sample seen by several readers is applied once per reader, which the
+/// latch makes harmless: engaging is idempotent, and no topic message can
+/// release. A `false`, however late it arrives on whichever reader, only
+/// withdraws the topic's demand; release is only `~/reset_estop`. (Each
+/// reader keeps a writer's order, and a reliable reader delivers all of
+/// it, so once the streams settle the demand is the writer's latest word.)
 pub(crate) fn serve_estop(
     node: &mut r2r::Node,
     spawner: &futures::executor::LocalSpawner,
@@ -51,6 +67,7 @@ pub(crate) fn serve_estop(
     let latch = Rc::new(RefCell::new(latch));
     let readers = [
         QosProfile::default().best_effort().volatile().keep_last(10),
+        QosProfile::default().reliable().volatile().keep_last(10),
         QosProfile::default()
             .reliable()
             .transient_local()
@@ -72,7 +89,7 @@ pub(crate) fn serve_estop(
             note(l.borrow_mut().engage(), "service");
             SetBool::Response {
                 success: true,
-                message: "e-stop engaged: publishing zero until ~/reset_estop".into(),
+                message: "e-stop engaged: publishing the stop until ~/reset_estop".into(),
             }
         } else {
             SetBool::Response {
