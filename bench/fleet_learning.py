@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ def params(d, robot):
       state: {{type: float64_multi_array, topic: /{robot}/reach/state, size: 2, max_age: 0.25}}
     action: {{type: float64_multi_array, topic: /{robot}/reach/cmd, interface: velocity}}
     log: {{dir: {d}/{robot}/log, flush_period: 0.05, reward_topic: /{robot}/reward, episode_topic: /{robot}/episode}}
-    hot_swap: {{dir: {d}/{robot}/ckpt, poll_period: 0.2}}
+    hot_swap: {{dir: {d}/{robot}/ckpt, poll_period: 0.2, trusted_keys: [{d}/learner.key.pub]}}
     fleet: {{robot_id: {robot}, policy: shared}}
 """)
     return y
@@ -59,8 +60,11 @@ def run(n, seconds, window, domain, learner_args):
     procs = []
     try:
         lh = net.host("l")
+        # the robots take only versions signed by the learner's key (docs/security.md)
+        subprocess.run([CLI, "keygen", "--out", f"{d}/learner.key"], check=True, capture_output=True)
         lp = lh.popen([CLI, "finetune", "--from-graph", f"{d}/shards", "--out", f"{d}/lckpt", "--init", MODEL,
-                       *learner_args], domain, open(f"{d}/learner.log", "w"), cwd=ROOT)
+                       "--signing-key", f"{d}/learner.key", *learner_args], domain, open(f"{d}/learner.log", "w"),
+                      cwd=ROOT)
         procs.append(lp)
         nodes = []
         for i in range(n):

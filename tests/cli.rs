@@ -130,3 +130,53 @@ fn demos_train_eval_pipeline() {
     assert!(ok, "{err}");
     assert!(out.contains("over 5 episodes"), "{out}");
 }
+
+#[test]
+fn keygen_writes_a_key_pair_and_the_learner_refuses_a_key_others_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("learner.key");
+    let ks = key.to_str().unwrap();
+    let (ok, out, err) = fp(&["keygen", "--out", ks]);
+    assert!(ok, "{err}");
+    assert!(out.contains("public key: ed25519:"), "{out}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+    let public = dir.path().join("learner.key.pub");
+    assert_eq!(mode(&public), 0o644);
+    let text = std::fs::read_to_string(&public).unwrap();
+    assert!(
+        out.contains(text.split_whitespace().next().unwrap()),
+        "{out}"
+    );
+    // never overwritten
+    let (ok, _, err) = fp(&["keygen", "--out", ks]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    // a key group or others may read is refused before the learner starts
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = fp(&[
+        "finetune",
+        "--offline",
+        "none.npz",
+        "--init",
+        "none.safetensors",
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+        "--signing-key",
+        ks,
+    ]);
+    assert!(
+        !ok && err.contains("--signing-key")
+            && err.contains("readable by group or others (mode 0644)"),
+        "{err}"
+    );
+    // an unsigned model says so
+    let m = dir.path().join("m.safetensors");
+    let ms = m.to_str().unwrap();
+    let (ok, _, err) = fp(&[
+        "new", ms, "--obs", "2", "--act", "2", "--blocks", "1", "--hidden", "8",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = fp(&["inspect", ms]);
+    assert!(ok && out.contains("signed by      : - (unsigned)"), "{out}");
+}

@@ -28,8 +28,10 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     events = peer.collect(ParameterEvent, "/parameter_events", RELIABLE)
     log_dir = tmp_path / "log"
+    # live.allow_loosen: the rate limit is lifted again below (test_attack_params.py
+    # has the default, tighten-only, node)
     node = NodeProc(domain, ("-p", "rate_hz:=500.0", "-p", "startup_hold:=0.0", "-p", "diagnostics_period:=0.2",
-                             "-p", f"log.dir:={log_dir}", "-p", "log.every:=5"))
+                             "-p", f"log.dir:={log_dir}", "-p", "log.every:=5", "-p", "live.allow_loosen:=true"))
     client = AsyncParameterClient(peer.node, "flowpilot")
     try:
         assert client.wait_for_services(timeout_sec=10)

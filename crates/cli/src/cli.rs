@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bare_loop, bench, convert, demos, eval, finetune, import, inspect, log_prob, new, replay,
-    report, sample, train,
+    bare_loop, bench, convert, demos, eval, finetune, import, inspect, keygen, log_prob, new,
+    replay, report, sample, train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -59,6 +59,9 @@ enum Cmd {
     /// Fine-tune a flow policy with SAC (exact log π) from transition logs
     /// (replayed, and followed live with --follow) or a fixed dataset.
     Finetune(finetune::FinetuneArgs),
+    /// A new ed25519 key pair for signing policy versions: KEY (private,
+    /// mode 0600) and KEY.pub (for a robot's hot_swap.trusted_keys).
+    Keygen(keygen::KeygenArgs),
     /// Re-run a policy on a transition log's observations and report where
     /// its samples differ from the logged ones (bit-identical for the
     /// policy and seeds that wrote the log).
@@ -89,6 +92,7 @@ impl Cli {
             Cmd::Demos(c) => demos::run(c),
             Cmd::Eval(c) => eval::run(c),
             Cmd::Finetune(a) => finetune::run(a),
+            Cmd::Keygen(a) => keygen::run(a),
             Cmd::Replay(a) => replay::run(a),
             Cmd::Report(a) => report::run(a),
         }

@@ -89,6 +89,7 @@ fn opts(
         prior: None,
         prior_share: 0.5,
         critic_pretrain: 0,
+        signer: None,
     }
 }
 
@@ -337,4 +338,56 @@ fn a_full_disk_costs_checkpoints_not_the_session_and_leaves_no_partial_files() {
     let (_, m) = CheckpointDir::new(&o.out).latest().unwrap();
     assert_eq!(m.spec.version, 4, "checkpoints at 20, 40 and 60 updates");
     assert!(CheckpointDir::new(&o.out).learner_state_path().exists());
+}
+
+/// With a signing key the learner signs every version it writes, continues
+/// only from versions it signed (or its init), and never numbers a version
+/// past u64::MAX (docs/security.md, "Signed policies and keys").
+#[test]
+fn a_signing_learner_signs_every_version_and_numbers_without_wrapping() {
+    use flowpilot_core::signing::{signed_by, PolicySigner};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut o, _) = offline_setup(dir.path(), 1, 40);
+    let signer = std::sync::Arc::new(PolicySigner::generate().unwrap());
+    let key = signer.public_key();
+    o.signer = Some(signer);
+    let stop = AtomicBool::new(false);
+    assert_eq!(learner::run(&o, &stop).unwrap(), 40);
+    let store = CheckpointDir::new(&o.out);
+    let load = |v: u64| ModelFile::load(store.policy_path(v)).unwrap();
+    for v in [2, 3] {
+        assert!(signed_by(&load(v), &key), "version {v} signed");
+    }
+    // a foreign, unsigned version numbered above them: not continued from
+    // (the learner resumes from its own version 3), but numbered above
+    let v3 = load(3);
+    let mut spec = v3.spec.clone();
+    spec.version = 10;
+    spec.parent_digest = Some(v3.spec.digest.clone());
+    spec.parent_version = Some(3);
+    ModelFile::new(spec, v3.tensors().clone())
+        .unwrap()
+        .save(store.policy_path(10))
+        .unwrap();
+    o.max_updates = 20;
+    assert_eq!(learner::run(&o, &stop).unwrap(), 20);
+    let v11 = load(11);
+    assert!(signed_by(&v11, &key));
+    assert_eq!(
+        v11.spec.parent_digest.as_deref(),
+        Some(v3.spec.digest.as_str())
+    );
+    // a file claiming the last number: an error naming it, no wrap to 0
+    let mut spec = v3.spec.clone();
+    spec.version = u64::MAX;
+    ModelFile::new(spec, v3.tensors().clone())
+        .unwrap()
+        .save(dir.path().join("ckpt").join("policy_vmax.safetensors"))
+        .unwrap();
+    let e = learner::run(&o, &stop).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("no version number is left above 18446744073709551615"),
+        "{e:#}"
+    );
+    assert!(!store.policy_path(0).exists() && !store.policy_path(12).exists());
 }

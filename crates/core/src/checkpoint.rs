@@ -17,7 +17,8 @@
 //! its whole line: no version descending from it is accepted, and a learner
 //! whose line holds one restarts from the accepted version. A learner
 //! numbers a new version above every version in the directory, so a new
-//! line never overwrites a file of an old one.
+//! line never overwrites a file of an old one ([`next_version`]: it never
+//! wraps, and stays within what a node accepts, [`check_successor`]).
 //!
 //! ```
 //! use flowpilot_core::checkpoint::CheckpointDir;
@@ -37,6 +38,76 @@ pub const ACCEPTED_FILE: &str = ".flowpilot_accepted";
 const LEARNER_DIR: &str = ".learner";
 const LEARNER_STATE: &str = "state.safetensors";
 const POLICY_EXT: &str = "safetensors";
+
+/// The most a new version's number may exceed the running version's. A
+/// learner counts up by one per checkpoint and numbers above every file in
+/// its directory, so real jumps are small; a number far ahead (u64::MAX
+/// above all) would make every later genuine version look old and be
+/// ignored. Documented in docs/security.md.
+pub const MAX_VERSION_JUMP: u64 = 1_000_000;
+
+/// Why a version number cannot follow the running one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error(
+        "version {version} is not newer than the running version {running} \
+         (an old version replayed, or out of order)"
+    )]
+    NotNewer { version: u64, running: u64 },
+    #[error(
+        "version {version} is implausible after the running version {running}: more than \
+         {MAX_VERSION_JUMP} above it, or the largest number (no version could follow it)"
+    )]
+    Implausible { version: u64, running: u64 },
+}
+
+/// Whether `version` may follow `running`: newer, at most
+/// [`MAX_VERSION_JUMP`] above it, and not u64::MAX. The hot swap's rule.
+pub fn check_successor(running: u64, version: u64) -> Result<(), VersionError> {
+    if version <= running {
+        return Err(VersionError::NotNewer { version, running });
+    }
+    if version == u64::MAX || version - running > MAX_VERSION_JUMP {
+        return Err(VersionError::Implausible { version, running });
+    }
+    Ok(())
+}
+
+/// Why a learner cannot number its next version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberingError {
+    #[error(
+        "no version number is left above {newest}: a policy file in the checkpoint directory \
+         claims it (remove that file; a node refuses such a version anyway)"
+    )]
+    Exhausted { newest: u64 },
+    #[error(
+        "the next version would be {next}, more than {MAX_VERSION_JUMP} above its parent, \
+         version {parent}, which a node refuses: a policy file in the checkpoint directory \
+         claims version {newest} (remove it)"
+    )]
+    TooFar { next: u64, parent: u64, newest: u64 },
+}
+
+/// The number of the next version of `parent`, given the newest version
+/// known in the directory: one above both, so that it never replaces a
+/// file of an abandoned line. Checked: it never wraps to 0, and it is a
+/// number a node accepts after `parent` ([`check_successor`]).
+pub fn next_version(parent: u64, newest: Option<u64>) -> Result<u64, NumberingError> {
+    let newest = newest.unwrap_or(parent).max(parent);
+    let next = newest
+        .checked_add(1)
+        .ok_or(NumberingError::Exhausted { newest })?;
+    match check_successor(parent, next) {
+        Ok(()) => Ok(next),
+        Err(_) if next == u64::MAX => Err(NumberingError::Exhausted { newest }),
+        Err(_) => Err(NumberingError::TooFar {
+            next,
+            parent,
+            newest,
+        }),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -234,6 +305,17 @@ impl CheckpointDir {
         lineage: &Lineage,
         revoked: &BTreeSet<String>,
     ) -> Option<(PathBuf, ModelFile)> {
+        self.latest_unrevoked_where(lineage, revoked, |_| true)
+    }
+
+    /// [`Self::latest_unrevoked`] among the versions `accept` takes (a
+    /// learner with a signing key: the versions it signed itself).
+    pub fn latest_unrevoked_where(
+        &self,
+        lineage: &Lineage,
+        revoked: &BTreeSet<String>,
+        accept: impl Fn(&ModelFile) -> bool,
+    ) -> Option<(PathBuf, ModelFile)> {
         let mut files: Vec<_> = lineage
             .known
             .iter()
@@ -250,7 +332,10 @@ impl CheckpointDir {
             // The file may have changed since the scan: take it only if it
             // still holds the version scanned.
             match ModelFile::load(path) {
-                Ok(m) if m.spec.digest == *digest => return Some((path.clone(), m)),
+                Ok(m) if m.spec.digest == *digest && accept(&m) => return Some((path.clone(), m)),
+                Ok(m) if m.spec.digest == *digest => {
+                    tracing::warn!(path = %path.display(), version = m.spec.version, "not resuming from a checkpoint this learner did not sign");
+                }
                 Ok(_) => {
                     tracing::warn!(path = %path.display(), "checkpoint changed while resuming; skipping it")
                 }
@@ -501,6 +586,73 @@ mod tests {
         assert_eq!(
             d.latest_unrevoked(&l, &BTreeSet::new()).unwrap().0,
             d.policy_path(6)
+        );
+    }
+
+    #[test]
+    fn version_numbers_go_up_within_bounds_and_never_wrap() {
+        use VersionError::*;
+        assert_eq!(check_successor(3, 4), Ok(()));
+        assert_eq!(check_successor(3, 3 + MAX_VERSION_JUMP), Ok(()));
+        assert_eq!(
+            check_successor(3, 3),
+            Err(NotNewer {
+                version: 3,
+                running: 3
+            })
+        );
+        assert_eq!(
+            check_successor(3, 2),
+            Err(NotNewer {
+                version: 2,
+                running: 3
+            })
+        );
+        assert_eq!(
+            check_successor(3, 4 + MAX_VERSION_JUMP),
+            Err(Implausible {
+                version: 4 + MAX_VERSION_JUMP,
+                running: 3
+            })
+        );
+        let e = check_successor(1, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("18446744073709551615"), "{e}");
+        assert_eq!(
+            check_successor(u64::MAX - 1, u64::MAX),
+            Err(Implausible {
+                version: u64::MAX,
+                running: u64::MAX - 1
+            })
+        );
+        // the learner's numbering
+        assert_eq!(next_version(1, None), Ok(2));
+        assert_eq!(next_version(4, Some(2)), Ok(5));
+        assert_eq!(next_version(2, Some(9)), Ok(10));
+        assert_eq!(
+            next_version(2, Some(u64::MAX)),
+            Err(NumberingError::Exhausted { newest: u64::MAX })
+        );
+        assert_eq!(
+            next_version(u64::MAX, None),
+            Err(NumberingError::Exhausted { newest: u64::MAX })
+        );
+        assert_eq!(
+            next_version(2, Some(u64::MAX - 1)),
+            Err(NumberingError::Exhausted {
+                newest: u64::MAX - 1
+            })
+        );
+        let e = next_version(2, Some(5_000_000)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NumberingError::TooFar {
+                    next: 5_000_001,
+                    parent: 2,
+                    newest: 5_000_000
+                }
+            ),
+            "{e}"
         );
     }
 

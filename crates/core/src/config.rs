@@ -106,6 +106,7 @@ const KEYS: &[&str] = &[
     "hot_swap.guard.margin",
     "hot_swap.guard.z",
     "hot_swap.guard.hold",
+    "hot_swap.trusted_keys",
     "log.dir",
     "log.every",
     "log.flush_period",
@@ -126,11 +127,13 @@ const KEYS: &[&str] = &[
     "fleet.policy",
     "fleet.window",
     "fleet.batch_period",
+    "fleet.learner",
     "chunk.replan_every",
     "chunk.boundary",
     "chunk.ensemble_m",
     "chunk.blend_steps",
     "chunk.as_trajectory",
+    "live.allow_loosen",
 ];
 
 /// Every parameter name the node reads (source fields apart: see
@@ -387,6 +390,10 @@ pub struct NodeConfig {
     pub hot_swap_allow_spec_change: bool,
     /// The return guard's automatic rollback rule (`hot_swap.guard.*`).
     pub hot_swap_guard: crate::guard::GuardConfig,
+    /// `hot_swap.trusted_keys`: accept only versions signed by one of
+    /// these (empty: versions are not authenticated; required when the
+    /// fleet link takes policies). docs/security.md.
+    pub hot_swap_trusted_keys: crate::signing::TrustedKeys,
     /// Transition log (None: off).
     pub log: Option<LogSettings>,
     /// Human override: (topic, max age s).
@@ -398,6 +405,9 @@ pub struct NodeConfig {
     pub chunk: crate::control::ChunkConfig,
     /// The link to a fleet learner over the graph (`fleet.*`; None: off).
     pub fleet: Option<FleetSettings>,
+    /// `live.allow_loosen` (start-up only): live changes may loosen the
+    /// safety limits too (default: only tighten them; `crate::live`).
+    pub live_allow_loosen: bool,
 }
 
 /// Which policy versions a fleet robot takes from the learner.
@@ -422,6 +432,10 @@ pub struct FleetSettings {
     pub window: u64,
     /// How often new records are sent.
     pub batch_period_s: f64,
+    /// `fleet.learner`: the id of the one learner to follow (its
+    /// acknowledgements name it); None: the first learner heard
+    /// (docs/fleet.md). Others on the domain are ignored and reported.
+    pub learner: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -729,7 +743,34 @@ fn fleet_settings(p: &Params<'_>, has_log: bool, has_swap: bool) -> Result<Optio
         policy,
         window: p.i64_in("fleet.window", 2000, 1, 1_000_000)? as u64,
         batch_period_s: p.f64_in("fleet.batch_period", 0.1, 0.005, 10.0, "within 0.005..10 s")?,
+        learner: match nonempty(p.string("fleet.learner", Some(""))?) {
+            Some(id) if !crate::fleet::valid_learner_id(&id) => {
+                return Err(ConfigError::param(
+                    "fleet.learner",
+                    format!("'fleet.learner': '{id}' is not a learner id (1..64 letters, digits, '_' or '-'; flowpilot_fleet prints its id at start)"),
+                ))
+            }
+            id => id,
+        },
     }))
+}
+
+/// `hot_swap.trusted_keys`: each entry a public key inline
+/// (`ed25519:<base64>`) or the path of a public key file (expanded as
+/// paths are), read and checked now ([`crate::signing::PublicKey::from_entry`]).
+fn trusted_keys(p: &Params<'_>) -> Result<crate::signing::TrustedKeys> {
+    const K: &str = "hot_swap.trusted_keys";
+    let bad = |e: String| ConfigError::param(K, format!("'{K}': {e}"));
+    let mut keys = Vec::new();
+    for entry in p.strings(K)? {
+        let entry = if entry.trim().starts_with(crate::signing::KEY_PREFIX) {
+            entry
+        } else {
+            expand_path(&entry).map_err(bad)?
+        };
+        keys.push(crate::signing::PublicKey::from_entry(&entry).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(crate::signing::TrustedKeys::new(keys))
 }
 
 /// `log`: holding new versions back needs episode returns to reach the
@@ -1020,6 +1061,7 @@ impl NodeConfig {
             )?,
             hot_swap_allow_spec_change: p.bool("hot_swap.allow_spec_change", false)?,
             hot_swap_guard: guard_config(&p, log.as_ref())?,
+            hot_swap_trusted_keys: trusted_keys(&p)?,
             log,
             override_input: nonempty(p.string("override.topic", Some(""))?)
                 .map(|t| {
@@ -1043,13 +1085,44 @@ impl NodeConfig {
             finetune_exe: nonempty(p.path("finetune.exe", Some(""))?),
             chunk: chunk_config(&p)?,
             fleet: None,
+            live_allow_loosen: p.bool("live.allow_loosen", false)?,
         }
         .with_fleet(&p)
     }
 
     fn with_fleet(mut self, p: &Params<'_>) -> Result<Self> {
         self.fleet = fleet_settings(p, self.log.is_some(), self.hot_swap_dir.is_some())?;
+        self.check_trusted_keys()?;
         Ok(self)
+    }
+
+    /// `hot_swap.trusted_keys` needs `hot_swap.dir`, and a fleet link that
+    /// takes policies needs it: versions from the graph are authenticated
+    /// or not taken.
+    fn check_trusted_keys(&self) -> Result<()> {
+        const K: &str = "hot_swap.trusted_keys";
+        let keys = !self.hot_swap_trusted_keys.is_empty();
+        if keys && self.hot_swap_dir.is_none() {
+            return Err(ConfigError::param(
+                K,
+                format!("'{K}' authenticates hot-swapped versions: set 'hot_swap.dir' (or remove the keys)"),
+            ));
+        }
+        let takes = self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.policy != FleetPolicy::None);
+        if takes && !keys {
+            return Err(ConfigError::param(
+                K,
+                format!(
+                    "'{K}' is required when the fleet link takes policies (fleet.policy shared or own): \
+                     name the public key of the learner that signs them (`flowpilot keygen`, \
+                     docs/security.md), or set fleet.policy: none"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// All sources in board order: observations, then goals.
@@ -1064,12 +1137,14 @@ impl NodeConfig {
         let interfaces = match c.interfaces.len() {
             1 => vec![c.interfaces[0]; act_dim],
             n if n == act_dim => c.interfaces.clone(),
-            n => return Err(ConfigError::param(
-                "action.interface",
-                format!(
+            n => {
+                return Err(ConfigError::param(
+                    "action.interface",
+                    format!(
                     "'action.interface' lists {n} interfaces, the model outputs {act_dim} actions"
                 ),
-            )),
+                ))
+            }
         };
         if !c.joints.is_empty() && c.joints.len() != act_dim {
             return Err(ConfigError::param(
@@ -2049,6 +2124,86 @@ mod tests {
         assert_eq!(
             c.stop_rule(2).unwrap().interfaces(),
             &[Interface::Velocity; 2]
+        );
+    }
+
+    #[test]
+    fn live_allow_loosen_is_off_unless_set_and_must_be_a_bool() {
+        assert!(
+            !NodeConfig::from_params(&minimal())
+                .unwrap()
+                .live_allow_loosen
+        );
+        let on = with(minimal(), &[("live.allow_loosen", ParamValue::Bool(true))]);
+        assert!(NodeConfig::from_params(&on).unwrap().live_allow_loosen);
+        assert_rejected(vec![(
+            with(minimal(), &[("live.allow_loosen", s("yes"))]),
+            "live.allow_loosen",
+            "parameter 'live.allow_loosen' must be true or false, got String(\"yes\")",
+        )]);
+    }
+
+    #[test]
+    fn trusted_keys_are_read_and_required_when_the_fleet_takes_policies() {
+        use crate::signing::PolicySigner;
+        const K: &str = "hot_swap.trusted_keys";
+        let t = tempfile::tempdir().unwrap();
+        let signer = PolicySigner::generate().unwrap();
+        let pub_path = signer.save(&t.path().join("learner.key")).unwrap();
+        let inline = signer.public_key().to_string();
+        let swap = [("hot_swap.dir", s("/ckpt"))];
+        // off by default
+        let c = NodeConfig::from_params(&minimal()).unwrap();
+        assert!(c.hot_swap_trusted_keys.is_empty());
+        // a file and an inline key (two keys: a change-over)
+        let two = with(
+            with(minimal(), &swap),
+            &[(K, ss(&[pub_path.to_str().unwrap(), &inline]))],
+        );
+        let c = NodeConfig::from_params(&two).unwrap();
+        assert_eq!(
+            c.hot_swap_trusted_keys.keys(),
+            &[signer.public_key(), signer.public_key()]
+        );
+        // a fleet that takes policies needs them; one that only streams not
+        let fleet = with(
+            with(minimal(), &swap),
+            &[
+                ("fleet.robot_id", s("r1")),
+                ("fleet.stream", ParamValue::Bool(false)),
+            ],
+        );
+        let keyed = with(fleet.clone(), &[(K, ss(&[&inline]))]);
+        assert!(NodeConfig::from_params(&keyed).unwrap().fleet.is_some());
+        let stream_only = with(fleet.clone(), &[("fleet.policy", s("none"))]);
+        assert!(NodeConfig::from_params(&stream_only).is_ok());
+        let missing = "'hot_swap.trusted_keys' is required when the fleet link takes policies \
+             (fleet.policy shared or own): name the public key of the learner that signs them \
+             (`flowpilot keygen`, docs/security.md), or set fleet.policy: none";
+        assert_rejected(vec![
+            (fleet.clone(), K, missing),
+            (with(fleet, &[("fleet.policy", s("own"))]), K, missing),
+            (
+                with(minimal(), &[(K, ss(&[&inline]))]),
+                K,
+                "'hot_swap.trusted_keys' authenticates hot-swapped versions: set 'hot_swap.dir' (or remove the keys)",
+            ),
+            (
+                with(with(minimal(), &swap), &[(K, ss(&["ed25519:AAAA"]))]),
+                K,
+                "'hot_swap.trusted_keys': 'ed25519:AAAA' is not a public key: 3 bytes, not 32 \
+                 (want ed25519:<base64 of 32 bytes>)",
+            ),
+        ]);
+        // an unreadable file is named
+        let e = err(&with(
+            with(minimal(), &swap),
+            &[(K, ss(&["/nonexistent/learner.key.pub"]))],
+        ));
+        assert_eq!(e.parameter(), K);
+        assert!(
+            e.to_string().contains("/nonexistent/learner.key.pub"),
+            "{e}"
         );
     }
 }

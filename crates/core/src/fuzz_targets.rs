@@ -22,15 +22,23 @@ pub fn model_loader(data: &[u8]) {
 }
 
 /// A fleet records batch from the graph, and each record in it; and a
-/// fleet acknowledgement as JSON.
+/// fleet acknowledgement as JSON, and as the serialized std_msgs/String
+/// the robot's link decodes.
 pub fn fleet_batch(data: &[u8]) {
-    if let Ok(b) = crate::fleet::wire::Batch::decode(data) {
+    use crate::fleet::wire::{cdr_string, from_json, Ack, Batch};
+    if let Ok(b) = Batch::decode(data) {
         for r in &b.records {
             let _ = Transition::decode(r);
         }
+        let _ = b.body();
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::fleet::wire::from_json::<crate::fleet::wire::Ack>(s);
+        if let Ok(a) = from_json::<Ack>(s) {
+            let _ = a.entries();
+        }
+    }
+    if let Ok(a) = cdr_string(data).and_then(Ack::from_capped) {
+        let _ = a.next_for("r1", 0x0123_4567_89ab_cdef);
     }
 }
 
@@ -51,6 +59,12 @@ pub fn log_reader(data: &[u8]) {
     let mut tail = Tail::new(&f.0);
     let _ = tail.poll();
     let _ = tail.poll();
+    // a seek (no index: a bounded scan) and a bounded poll from there
+    if let Ok(mut t) = Tail::open_at(&f.0, data.len() as u64 % 7) {
+        let _ = t.poll_indexed(3);
+        let _ = t.poll_max(2);
+    }
+    let _ = crate::log::reader::count(&f.0);
     let _ = std::fs::remove_file(&f.0);
 }
 

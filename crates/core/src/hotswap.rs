@@ -4,6 +4,15 @@
 //! temp file, fsync, rename — `ModelFile::save`). The spin thread polls the
 //! directory and checks each new file before offering it:
 //! - format, finite weights and digest (`ModelFile::load`);
+//! - its number: newer than the running version, by at most
+//!   [`crate::checkpoint::MAX_VERSION_JUMP`] and not u64::MAX
+//!   ([`crate::checkpoint::check_successor`]); an older file that appears
+//!   while the node runs is refused (a replay), the older files found at
+//!   the first scan are the directory's history and are passed over;
+//! - with trusted keys ([`HotSwap::with_trusted_keys`],
+//!   `hot_swap.trusted_keys`): a valid signature by one of them over its
+//!   digest, version and lineage ([`crate::signing`]), whether the file
+//!   came from a local learner or the fleet link;
 //! - its line of descent: a version that was rolled back, or descends from
 //!   one ([`crate::checkpoint::Lineage`]), is refused;
 //! - dims and policy kind against the running model
@@ -30,9 +39,10 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
+use crate::checkpoint::{check_successor, AcceptedRecord, CheckpointDir, Lineage, VersionError};
 use crate::model::{Incompatible, ModelError, ModelFile, ModelSpec};
 use crate::sampler::{SampleError, Sampler, UnsupportedModel};
+use crate::signing::{SignatureError, TrustedKeys};
 
 /// Why a new version was not swapped in (or a rollback not made).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +51,10 @@ pub enum SwapError {
     Invalid(#[from] ModelError),
     #[error(transparent)]
     Incompatible(#[from] Incompatible),
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    #[error("not authenticated: {0}")]
+    Signature(#[from] SignatureError),
     #[error("version {version} ({digest}) was rolled back; not accepting it again")]
     Revoked { version: u64, digest: String },
     #[error(
@@ -147,6 +161,11 @@ pub struct HotSwap {
     lineage: Lineage,
     /// Accept changed action bounds and normalisers.
     allow_spec_changes: bool,
+    /// Accept only versions signed by one of these (empty: any).
+    trusted: TrustedKeys,
+    /// Whether the directory was scanned once: older files found then are
+    /// its history; an older file that appears later is refused.
+    scanned: bool,
     rejected: u64,
     last_rejection: String,
     record_error: String,
@@ -177,6 +196,8 @@ impl HotSwap {
             revoked,
             lineage,
             allow_spec_changes: false,
+            trusted: TrustedKeys::default(),
+            scanned: false,
             rejected: 0,
             last_rejection: String::new(),
             record_error: String::new(),
@@ -198,6 +219,21 @@ impl HotSwap {
     pub fn allow_spec_changes(mut self, allow: bool) -> Self {
         self.allow_spec_changes = allow;
         self
+    }
+
+    /// Accept only versions signed by one of `keys` ([`crate::signing`]);
+    /// unsigned, forged and foreign-signed versions are refused
+    /// ([`SwapError::Signature`]). Empty (the default): versions are not
+    /// authenticated. The starting model needs no signature: the operator
+    /// chose it.
+    pub fn with_trusted_keys(mut self, keys: TrustedKeys) -> Self {
+        self.trusted = keys;
+        self
+    }
+
+    /// The keys versions must be signed by (empty: not authenticated).
+    pub fn trusted_keys(&self) -> &TrustedKeys {
+        &self.trusted
     }
 
     /// Judge new versions by their online return ([`crate::guard`]) and
@@ -358,6 +394,9 @@ impl HotSwap {
             .into_iter()
             .filter(|k| !self.seen.contains(k))
             .collect();
+        // A file older than what runs now but newer than what ran when
+        // this scan began was superseded within the scan: passed over.
+        let base = self.current().spec.version;
         for (path, mtime) in candidates {
             self.seen.insert((path.clone(), mtime));
             let m = match ModelFile::load(&path) {
@@ -368,7 +407,7 @@ impl HotSwap {
                 }
             };
             self.lineage.insert(&m.spec, Some(&path));
-            match self.check(m, recent) {
+            match self.check(m, recent, base) {
                 Ok(None) => {}
                 Ok(Some((m, sampler))) => {
                     let version = m.spec.version;
@@ -394,6 +433,7 @@ impl HotSwap {
                 }
             }
         }
+        self.scanned = true;
     }
 
     fn reject(&mut self, path: &Path, why: &str) {
@@ -402,16 +442,33 @@ impl HotSwap {
         tracing::error!(path = %path.display(), "policy rejected, keeping the running one: {why}");
     }
 
-    /// Ok(None): not newer than the running version (ignored). Ok(Some):
-    /// the model with the sampler that passed the smoke sample, to offer.
+    /// Ok(None): passed over (a version accepted before, the directory's
+    /// history at the first scan, or superseded within this scan, whose
+    /// version was `base` when it began). Ok(Some): the model with the
+    /// sampler that passed the smoke sample, to offer.
     fn check(
         &self,
         m: ModelFile,
         recent: &[(Vec<f32>, Vec<f32>)],
+        base: u64,
     ) -> Result<Option<(ModelFile, Sampler)>, SwapError> {
         let cur = self.current();
-        if m.spec.version <= cur.spec.version || m.spec.digest == cur.spec.digest {
+        if self
+            .accepted
+            .iter()
+            .any(|(_, a)| a.spec.digest == m.spec.digest)
+        {
             return Ok(None);
+        }
+        match check_successor(cur.spec.version, m.spec.version) {
+            Ok(()) => {}
+            Err(VersionError::NotNewer { version, .. }) if !self.scanned || version > base => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if !self.trusted.is_empty() {
+            self.trusted.verify(&m)?;
         }
         if let Some(r) = self
             .lineage
@@ -712,12 +769,186 @@ mod tests {
         );
         assert!(s.chan.take().is_none(), "nothing offered");
         assert_eq!(s.hot.current().spec.version, 1);
-        // an older version is ignored, not rejected
+        // an older version appearing while the node runs is refused (a
+        // replay, or out of order)
         version(0, 2, 5)
             .save(s.dir.path().join("old.safetensors"))
             .unwrap();
         s.hot.poll(&s.chan, &recent);
-        assert_eq!(s.hot.rejected(), 3);
+        assert_eq!(s.hot.rejected(), 4);
+        assert!(
+            s.hot
+                .last_rejection()
+                .ends_with("version 0 is not newer than the running version 1 (an old version replayed, or out of order)"),
+            "{}",
+            s.hot.last_rejection()
+        );
+    }
+
+    #[test]
+    fn older_files_found_at_the_first_scan_are_history_not_rejections() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::new(tmp.path());
+        for v in 1..=3 {
+            version(v, 2, v).save(dir.policy_path(v)).unwrap();
+        }
+        let v3 = ModelFile::load(dir.policy_path(3)).unwrap();
+        let mut hot = HotSwap::new(tmp.path().into(), 0.0, dir.policy_path(3), v3);
+        let chan = SwapChannel::new();
+        hot.poll(&chan, &[]);
+        assert_eq!((hot.swaps(), hot.rejected()), (0, 0));
+        // two new versions in one scan, the newer one first by name: the
+        // older is superseded within the scan, not refused
+        version(5, 2, 5)
+            .save(tmp.path().join("a_v5.safetensors"))
+            .unwrap();
+        version(4, 2, 4)
+            .save(tmp.path().join("b_v4.safetensors"))
+            .unwrap();
+        hot.poll(&chan, &[]);
+        assert_eq!(
+            (hot.swaps(), hot.rejected()),
+            (1, 0),
+            "{}",
+            hot.last_rejection()
+        );
+        assert_eq!(hot.current().spec.version, 5);
+    }
+
+    #[test]
+    fn an_implausible_version_number_is_refused_and_later_versions_still_run() {
+        use crate::checkpoint::MAX_VERSION_JUMP;
+        let mut s = setup(0.0);
+        version(u64::MAX, 2, 2)
+            .save(s.dir.policy_path(u64::MAX))
+            .unwrap();
+        assert_only_rejection(
+            &mut s,
+            "version 18446744073709551615 is implausible after the running version 1: more than \
+             1000000 above it, or the largest number (no version could follow it)",
+        );
+        let far = 2 + MAX_VERSION_JUMP;
+        version(far, 2, 3).save(s.dir.policy_path(far)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 2));
+        assert!(
+            s.hot.last_rejection().contains("is implausible"),
+            "{}",
+            s.hot.last_rejection()
+        );
+        // nothing is stuck: the next genuine version runs
+        version(2, 2, 4).save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 2));
+        assert_eq!(s.chan.take().unwrap().spec().version, 2);
+    }
+
+    /// `s` restarted trusting `keys`.
+    fn keyed(s: &mut Setup, keys: &[&crate::signing::PolicySigner]) {
+        let (p1, m1) = (s.dir.policy_path(1), s.hot.current().clone());
+        let keys = TrustedKeys::new(keys.iter().map(|k| k.public_key()).collect());
+        s.hot = HotSwap::new(s.dir.path().into(), 0.0, p1, m1).with_trusted_keys(keys);
+    }
+
+    #[test]
+    fn with_trusted_keys_only_versions_signed_by_one_of_them_run() {
+        use crate::signing::PolicySigner;
+        let (ours, theirs) = (
+            PolicySigner::generate().unwrap(),
+            PolicySigner::generate().unwrap(),
+        );
+        let mut s = setup(0.0);
+        keyed(&mut s, &[&ours]);
+        let v1 = s.hot.current().clone();
+        // unsigned
+        child(&v1, 2, 2).save(s.dir.policy_path(2)).unwrap();
+        assert_only_rejection(
+            &mut s,
+            "not authenticated: unsigned: this node accepts only versions signed by a key in hot_swap.trusted_keys",
+        );
+        // signed by a key the node does not trust
+        theirs
+            .sign(child(&v1, 3, 3))
+            .save(s.dir.policy_path(3))
+            .unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (0, 2));
+        let why = s.hot.last_rejection();
+        assert!(
+            why.ends_with(&format!(
+                "not authenticated: signed by {}, which is not in hot_swap.trusted_keys",
+                theirs.public_key()
+            )),
+            "{why}"
+        );
+        // a genuine version
+        let v4 = ours.sign(child(&v1, 4, 4));
+        v4.save(s.dir.policy_path(4)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(
+            (s.hot.swaps(), s.hot.rejected()),
+            (1, 2),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert_eq!(s.chan.take().unwrap().spec().digest, v4.spec.digest);
+        // the genuine version replayed as a newer one: renumbered, its
+        // digest restamped, the signature kept
+        let mut spec = v4.spec.clone();
+        spec.version = 9;
+        let replay = ModelFile::new(spec, v4.tensors().clone())
+            .unwrap()
+            .with_signature(v4.signature().unwrap().to_string());
+        replay.save(s.dir.policy_path(9)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 3));
+        let why = s.hot.last_rejection();
+        assert!(
+            why.contains("not authenticated: the signature by")
+                && why.contains("renumbered or altered after it was signed"),
+            "{why}"
+        );
+        // an old genuine version offered again (same number): not newer
+        let old = ours.sign(child(&v1, 3, 30));
+        old.save(s.dir.path().join("again.safetensors")).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 4));
+        assert!(
+            s.hot
+                .last_rejection()
+                .contains("is not newer than the running version 4"),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert_eq!(s.hot.current().spec.digest, v4.spec.digest);
+        assert!(s.chan.take().is_none());
+        // refused versions are not revoked (nothing recorded for them)
+        assert!(s.dir.accepted().revoked.is_empty());
+    }
+
+    #[test]
+    fn two_trusted_keys_during_a_change_over() {
+        use crate::signing::PolicySigner;
+        let (old, new) = (
+            PolicySigner::generate().unwrap(),
+            PolicySigner::generate().unwrap(),
+        );
+        let mut s = setup(0.0);
+        keyed(&mut s, &[&old, &new]);
+        let v1 = s.hot.current().clone();
+        let v2 = old.sign(child(&v1, 2, 2));
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        let v3 = new.sign(child(&v2, 3, 3));
+        v3.save(s.dir.policy_path(3)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(
+            (s.hot.swaps(), s.hot.rejected()),
+            (2, 0),
+            "{}",
+            s.hot.last_rejection()
+        );
+        assert_eq!(s.hot.current().spec.digest, v3.spec.digest);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: the checkpoint directory's file contract (one owner).
 //! - [`histogram`]: the lock-free wake-up latency histogram.
 //! - [`hotswap`]: checked swap of new policy versions between ticks.
+//! - [`signing`]: ed25519-signed policy versions, keys, the signed message (one owner).
 //! - [`init`]: fresh models with the paper's initialisation.
 //! - [`model`]: the model file (safetensors + validated spec).
 //! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
@@ -68,6 +69,7 @@ pub mod model;
 pub mod runner;
 pub mod sampler;
 pub mod shutdown;
+pub mod signing;
 pub mod stop;
 #[doc(hidden)]
 pub mod testkit;

@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 pub const FORMAT_VERSION: u32 = 1;
 /// Metadata key holding the JSON spec.
 pub const META_KEY: &str = "flowpilot";
+/// Metadata key holding a version's signature (JSON, [`crate::signing`]),
+/// beside the spec and outside the digest: an unsigned file loads as
+/// before, and only the hot swap with `hot_swap.trusted_keys` requires one.
+pub const SIGNATURE_META_KEY: &str = "flowpilot_signature";
 /// Refuse headers larger than this before parsing them (a corrupt length
 /// field must not make us allocate gigabytes).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
@@ -529,11 +533,14 @@ impl Tensor {
     }
 }
 
-/// A validated model: spec plus every tensor the spec requires.
+/// A validated model: spec plus every tensor the spec requires, and the
+/// signature its writer put in the metadata, if any (unchecked here:
+/// [`crate::signing`] verifies it).
 #[derive(Debug, Clone)]
 pub struct ModelFile {
     pub spec: ModelSpec,
     tensors: BTreeMap<String, Tensor>,
+    signature: Option<String>,
 }
 
 impl ModelFile {
@@ -541,7 +548,11 @@ impl ModelFile {
     pub fn new(mut spec: ModelSpec, tensors: BTreeMap<String, Tensor>) -> Result<Self, ModelError> {
         spec.format_version = FORMAT_VERSION;
         spec.digest.clear();
-        let mut m = Self { spec, tensors };
+        let mut m = Self {
+            spec,
+            tensors,
+            signature: None,
+        };
         m.validate()?;
         m.spec.digest = m.compute_digest();
         Ok(m)
@@ -563,6 +574,21 @@ impl ModelFile {
 
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors
+    }
+
+    /// The signature metadata as stored (`__metadata__.flowpilot_signature`),
+    /// if the file carries one. Its meaning and checks: [`crate::signing`].
+    pub fn signature(&self) -> Option<&str> {
+        self.signature.as_deref()
+    }
+
+    /// The same model carrying `signature` in its metadata (what
+    /// [`crate::signing::PolicySigner::sign`] attaches). The digest does
+    /// not cover it. A model rebuilt with [`ModelFile::new`] (another
+    /// version, other weights) carries none.
+    pub fn with_signature(mut self, signature: String) -> Self {
+        self.signature = Some(signature);
+        self
     }
 
     /// Number of scalar parameters (permutations excluded: they are fixed).
@@ -625,6 +651,11 @@ impl ModelFile {
             .as_ref()
             .and_then(|m| m.get(META_KEY))
             .ok_or(ModelError::MissingSpec)?;
+        let signature = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(SIGNATURE_META_KEY))
+            .cloned();
         // Check the version before the full parse so an old build reading a
         // newer file says "unknown version", not "missing field".
         let version: serde_json::Value =
@@ -654,7 +685,11 @@ impl ModelFile {
         if let Some(extra) = st.names().into_iter().find(|n| !tensors.contains_key(*n)) {
             return Err(ModelError::UnexpectedTensor(extra.to_string()));
         }
-        let m = Self { spec, tensors };
+        let m = Self {
+            spec,
+            tensors,
+            signature,
+        };
         m.validate()?;
         let computed = m.compute_digest();
         if m.spec.digest != computed {
@@ -693,6 +728,9 @@ impl ModelFile {
             META_KEY.to_string(),
             serde_json::to_string(&self.spec).expect("spec serialises"),
         );
+        if let Some(sig) = &self.signature {
+            meta.insert(SIGNATURE_META_KEY.to_string(), sig.clone());
+        }
         safetensors::serialize(views, Some(meta)).expect("in-memory serialisation")
     }
 

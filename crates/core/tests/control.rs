@@ -737,3 +737,34 @@ fn a_chunk_goes_out_whole_as_the_ticks_would_apply_it() {
         }
     }
 }
+
+/// A node started without a rate limit can have one switched on live: the
+/// loop always keeps a slot per action value (off is an infinite limit).
+#[test]
+fn a_rate_limit_switched_on_live_takes_effect_on_a_loop_started_without_one() {
+    let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
+    feed(&b);
+    let mut prev = c.tick().action.to_vec();
+    let mut live = flowpilot_core::live::LiveSettings {
+        safe: SafeBehaviour::Zero,
+        temperature: None,
+        rate_limit: true,
+        max_delta: [1e-3; 32],
+        n_act: 3,
+        max_age_s: [0.05; 16],
+        n_sources: 3,
+        max_future_stamp_s: 0.05,
+        log_every: 1,
+    };
+    live.max_age_s[2] = 10.0;
+    c.apply_live(&live);
+    for _ in 0..10 {
+        feed(&b);
+        let out = c.tick();
+        assert_eq!(out.decision, Decision::Policy);
+        for (a, p) in out.action.iter().zip(&prev) {
+            assert!((a - p).abs() <= 1e-3 + 1e-12, "{a} after {p}");
+        }
+        prev = out.action.to_vec();
+    }
+}

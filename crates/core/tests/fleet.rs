@@ -1,8 +1,9 @@
 //! The fleet link's data path on real files, without the graph: robot log
 //! files (the node's own writer) → cursor batches → wire bytes → the
 //! learner's shard store, through lost batches, a learner killed without
-//! closing its files, and deleted robot files. Every record must arrive
-//! exactly once, in order.
+//! closing its files (and one killed as it created a part), deleted robot
+//! files and a reinstalled robot whose log starts at 0 again. Every
+//! record must arrive exactly once, in order.
 
 use std::path::Path;
 use std::time::Duration;
@@ -152,4 +153,106 @@ fn records_the_robot_deleted_become_a_reported_gap() {
         ticks_in(&learner.path().join("r1")),
         (40..60).collect::<Vec<_>>()
     );
+}
+
+/// Each shard part's ticks, parts in the order of their first tick (parts
+/// of two streams written in one second share a stem: name order is not
+/// stream order).
+fn parts_in(dir: &Path) -> Vec<Vec<u64>> {
+    let mut parts: Vec<Vec<u64>> = log_files(dir)
+        .unwrap()
+        .iter()
+        .map(|p| {
+            read_file(p)
+                .unwrap()
+                .iter()
+                .map(|t| t.tick)
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.sort_by_key(|p| p[0]);
+    parts
+}
+
+#[test]
+fn a_reinstalled_robot_whose_log_starts_at_0_again_loses_nothing() {
+    let robot = tempfile::tempdir().unwrap();
+    let learner = tempfile::tempdir().unwrap();
+    write_log(robot.path(), 0..100);
+    let mut store = ShardStore::open(learner.path()).unwrap();
+    pump(&mut LogCursor::new("r1", robot.path()), &mut store, |_| {
+        false
+    });
+    assert_eq!(store.acks()["r1"].next, 100);
+
+    // Reinstalled: the log directory emptied, the node logs from 0 again.
+    for f in std::fs::read_dir(robot.path()).unwrap().flatten() {
+        std::fs::remove_file(f.path()).unwrap();
+    }
+    write_log(robot.path(), 5000..5060);
+    assert_eq!(
+        stream_base(robot.path()).unwrap(),
+        60,
+        "positions restart at 0"
+    );
+    // A new node: its link sends from where the learner holds its stream,
+    // which is nothing yet (position 0).
+    let stored = pump(&mut LogCursor::new("r1", robot.path()), &mut store, |_| {
+        false
+    });
+    assert!(stored > 0, "the new records were judged duplicates");
+    store.close().unwrap();
+    let got: Vec<u64> = parts_in(&learner.path().join("r1")).concat();
+    let want: Vec<u64> = (0..100).chain(5000..5060).collect();
+    assert_eq!(got, want, "both streams, each once and in order");
+}
+
+#[test]
+fn a_part_file_a_killed_learner_left_empty_is_recovered() {
+    let robot = tempfile::tempdir().unwrap();
+    let learner = tempfile::tempdir().unwrap();
+    write_log(robot.path(), 0..40);
+    write_log(robot.path(), 100..120);
+    let mut store = ShardStore::open(learner.path()).unwrap();
+    pump(&mut LogCursor::new("r1", robot.path()), &mut store, |_| {
+        false
+    });
+    assert_eq!(store.acks()["r1"].next, 60);
+    std::mem::forget(store); // kill -9
+                             // ...as it had created the second part and before a record of it was
+                             // flushed: that part holds its header and no record.
+    let part = log_files(&learner.path().join("r1"))
+        .unwrap()
+        .into_iter()
+        .find(|p| {
+            let mut t = Tail::new(p);
+            t.poll().unwrap();
+            file_base(&t.metadata) == Some(40)
+        })
+        .unwrap();
+    let bytes = std::fs::read(&part).unwrap();
+    let mut at = mcap::MAGIC.len();
+    while bytes[at] != 0x05 {
+        at += 9 + u64::from_le_bytes(bytes[at + 1..at + 9].try_into().unwrap()) as usize;
+    }
+    std::fs::write(&part, &bytes[..at]).unwrap();
+    assert!(read_file(&part).unwrap().is_empty());
+
+    // The restarted learner holds 0..40; the robot resends from there and
+    // the learner must store it (before: `create_new` of the same part
+    // name failed, for good).
+    let mut store = ShardStore::open(learner.path()).unwrap();
+    assert_eq!(store.acks()["r1"].next, 40);
+    let mut cur = LogCursor::new("r1", robot.path());
+    cur.seek(40);
+    while let Some(b) = cur.next_batch(7).unwrap() {
+        store
+            .receive(&b)
+            .unwrap_or_else(|e| panic!("batch at {} not stored: {e}", b.seq));
+    }
+    assert_eq!(store.acks()["r1"].next, 60);
+    store.close().unwrap();
+    let got: Vec<u64> = parts_in(&learner.path().join("r1")).concat();
+    assert_eq!(got, (0..40).chain(100..120).collect::<Vec<_>>());
 }

@@ -235,16 +235,28 @@ fn fleet_batch_decoder_never_panics() {
             record(i).encode(&mut rec);
             flowpilot_core::fleet::wire::Batch {
                 robot: "r1".into(),
+                epoch: 0x0123_4567_89ab_cdef * i,
                 file: "flowpilot_1_2.mcap".into(),
                 seq: i,
                 prev_end: i,
                 metadata: [("every".to_string(), "1".to_string())].into(),
                 records: vec![rec; i as usize + 1],
+                auth: vec![7; i as usize],
             }
             .encode()
         })
         .chain([
             br#"{"learner":"a","only":null,"robots":{"r1":{"next":3,"gap_records":0}}}"#.to_vec(),
+            br#"{"learner":"a","id":"0011","only":null,"robots":{},"streams":{"r1":{"0123456789abcdef":{"next":3,"gap_records":0,"conflict":true}}}}"#.to_vec(),
+            // the same as a serialized std_msgs/String (what the robot queues)
+            {
+                let j = br#"{"learner":"a","id":"0011","robots":{}}"#;
+                let mut m = vec![0, 1, 0, 0];
+                m.extend_from_slice(&(j.len() as u32 + 1).to_le_bytes());
+                m.extend_from_slice(j);
+                m.push(0);
+                m
+            },
         ])
         .collect();
     assert!(fuzz("fleet_batch", &seeds, t::fleet_batch) > 0);

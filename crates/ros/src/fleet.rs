@@ -3,9 +3,13 @@
 //! taken into the hot-swap directory (so they pass exactly the checks a
 //! local learner's do), and this robot's rollbacks told to the learner.
 //!
-//! The subscriptions run on the spin thread and only queue what arrives;
-//! reading the log, publishing batches, validating and writing versions
-//! and reading the accepted record run on the link's own thread. Nothing
+//! The subscriptions run on the spin thread (which also serves the e-stop)
+//! and only queue what arrives: acknowledgements as their raw serialized
+//! bytes, checked against a size cap and never parsed there. Decoding
+//! them, reading the log, publishing batches, validating and writing
+//! versions and reading the accepted record run on the link's own thread.
+//! The link follows one learner (`fleet.learner`, or the first heard) and
+//! ignores, counts and reports the others ([`Follow`]). Nothing
 //! here touches the control thread: when the link is down the robot keeps
 //! controlling and logging, and the log is resent from where the learner's
 //! acknowledgement says.
@@ -13,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -26,9 +30,10 @@ use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::{write_atomic, CheckpointDir};
 use flowpilot_core::config::{FleetPolicy, FleetSettings, NodeConfig};
 use flowpilot_core::fleet::cursor::LogCursor;
-use flowpilot_core::fleet::outbox::{Outbox, OutboxConfig};
+use flowpilot_core::fleet::outbox::{Admit, Follow, Outbox, OutboxConfig};
 use flowpilot_core::fleet::topics;
-use flowpilot_core::fleet::wire::{from_json, to_json, Ack, Revocation};
+use flowpilot_core::fleet::wire::{cdr_string, to_json, Ack, Revocation, MAX_ACK_BYTES};
+use flowpilot_core::log::reader::epoch_hex;
 use flowpilot_core::model::ModelFile;
 
 /// Most records in one published batch.
@@ -39,6 +44,13 @@ const PERIOD_RECORDS: u64 = 1024;
 /// How long a stopping node keeps sending what the learner lacks.
 const DRAIN: Duration = Duration::from_secs(3);
 
+/// Acknowledgement messages waiting for the link thread (one arrives
+/// every 0.2 s per learner; the newest are what matter).
+const ACK_QUEUE: usize = 16;
+/// Largest serialized acknowledgement queued: the JSON cap plus the CDR
+/// string framing (encapsulation, length, NUL).
+const ACK_MESSAGE_CAP: usize = MAX_ACK_BYTES + 16;
+
 /// The link's counters, for /diagnostics and the shutdown summary.
 #[derive(Default)]
 pub(crate) struct FleetStats {
@@ -47,6 +59,19 @@ pub(crate) struct FleetStats {
     pub(crate) rewinds: AtomicU64,
     pub(crate) versions_taken: AtomicU64,
     pub(crate) versions_refused: AtomicU64,
+    /// Acknowledgements refused: over the size cap (on the spin thread,
+    /// unread) or malformed (on the link thread).
+    pub(crate) acks_refused: AtomicU64,
+    /// Acknowledgements of learners other than the one followed.
+    pub(crate) acks_foreign: AtomicU64,
+    /// The learner followed should say another stream claims this robot
+    /// id (two robots with one id).
+    pub(crate) id_conflict: AtomicBool,
+    /// The log stream sent (its epoch; 0 before one is known or from
+    /// before epochs).
+    pub(crate) epoch: AtomicU64,
+    /// The learner id followed, and the other learner ids heard.
+    pub(crate) learners: Mutex<(String, Vec<String>)>,
 }
 
 pub(crate) struct FleetLink {
@@ -90,16 +115,18 @@ impl FleetLink {
         let Some(f) = cfg.fleet.clone() else {
             return Ok(None);
         };
-        let acks = Arc::new(ArrayQueue::<Ack>::new(16));
+        let stats = Arc::new(FleetStats::default());
+        let acks = Arc::new(ArrayQueue::<Vec<u8>>::new(ACK_QUEUE));
         let versions = Arc::new(ArrayQueue::<Vec<u8>>::new(2));
-        let q = acks.clone();
-        let sub = node.subscribe::<StringMsg>(topics::ACKS, qos::acks())?;
-        spawner.spawn_local(sub.for_each(move |m| {
-            match from_json::<Ack>(&m.data) {
-                Ok(a) => {
-                    q.force_push(a);
-                }
-                Err(e) => tracing::warn!("fleet: ignoring a malformed acknowledgement: {e}"),
+        // Raw serialized messages: the spin thread checks a length and
+        // queues; the link thread decodes.
+        let (q, st) = (acks.clone(), stats.clone());
+        let sub = node.subscribe_raw(topics::ACKS, "std_msgs/msg/String", qos::acks())?;
+        spawner.spawn_local(sub.for_each(move |raw| {
+            if raw.len() > ACK_MESSAGE_CAP {
+                st.acks_refused.fetch_add(1, Ordering::Relaxed);
+            } else {
+                q.force_push(raw);
             }
             futures::future::ready(())
         }))?;
@@ -118,7 +145,6 @@ impl FleetLink {
         }
         let records = node.create_publisher::<UInt8MultiArray>(topics::RECORDS, qos::records())?;
         let revoked = node.create_publisher::<StringMsg>(topics::REVOKED, qos::revoked())?;
-        let stats = Arc::new(FleetStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
         let link = Link {
@@ -128,6 +154,7 @@ impl FleetLink {
                 .filter(|_| f.stream)
                 .map(|l| PathBuf::from(&l.dir)),
             swap_dir: cfg.hot_swap_dir.as_ref().map(CheckpointDir::new),
+            trusted: cfg.hot_swap_trusted_keys.clone(),
             f: f.clone(),
             acks,
             versions,
@@ -141,7 +168,7 @@ impl FleetLink {
                 .name("flowpilot-fleet".into())
                 .spawn(move || link.run(&stop, &abort))?
         };
-        tracing::info!(robot = %f.robot_id, stream = f.stream, policy = ?policy_topic, "fleet link started");
+        tracing::info!(robot = %f.robot_id, stream = f.stream, policy = ?policy_topic, learner = f.learner.as_deref().unwrap_or("(the first heard)"), "fleet link started");
         Ok(Some(Self {
             stop,
             abort,
@@ -159,15 +186,40 @@ impl FleetLink {
     pub(crate) fn describe(&self) -> String {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "{}: records sent {}, acknowledged up to {}, resends {}, versions taken {}, refused {}",
+        let mut out = format!(
+            "{}: records sent {}, acknowledged up to {}, resends {}, versions taken {}, refused {}, stream {}",
             self.robot,
             l(&s.sent),
             l(&s.acked),
             l(&s.rewinds),
             l(&s.versions_taken),
-            l(&s.versions_refused)
-        )
+            l(&s.versions_refused),
+            epoch_hex(l(&s.epoch)),
+        );
+        let (followed, others) = s.learners.lock().expect("fleet learners").clone();
+        if !followed.is_empty() {
+            out += &format!(", learner {followed}");
+        }
+        if l(&s.acks_foreign) > 0 {
+            out += &format!(
+                ", ignored {} acknowledgements of other learners ({})",
+                l(&s.acks_foreign),
+                others.join(", ")
+            );
+        }
+        if l(&s.acks_refused) > 0 {
+            out += &format!(
+                ", refused {} malformed or oversize acknowledgements",
+                l(&s.acks_refused)
+            );
+        }
+        if s.id_conflict.load(Ordering::Relaxed) {
+            out += &format!(
+                "; WARNING: another robot streams as '{}' (two robots with one id: the learner keeps both streams apart)",
+                self.robot
+            );
+        }
+        out
     }
 
     /// Ask the link to finish: it sends what the learner still lacks for
@@ -196,8 +248,12 @@ impl Drop for FleetLink {
 struct Link {
     log_dir: Option<PathBuf>,
     swap_dir: Option<CheckpointDir>,
+    /// `hot_swap.trusted_keys`: a version no trusted key signed is refused
+    /// here, before it could take a version number's file name from the
+    /// genuine one (the hot swap checks again).
+    trusted: flowpilot_core::signing::TrustedKeys,
     f: FleetSettings,
-    acks: Arc<ArrayQueue<Ack>>,
+    acks: Arc<ArrayQueue<Vec<u8>>>,
     versions: Arc<ArrayQueue<Vec<u8>>>,
     records: r2r::Publisher<UInt8MultiArray>,
     revoked: r2r::Publisher<StringMsg>,
@@ -214,6 +270,8 @@ impl Link {
             .log_dir
             .as_ref()
             .map(|d| LogCursor::new(&self.f.robot_id, d));
+        let mut follow = Follow::new(self.f.learner.clone());
+        let mut epoch: Option<u64> = None;
         let mut told: BTreeSet<String> = BTreeSet::new();
         let mut next_record_check = Instant::now();
         let mut drain_until: Option<Instant> = None;
@@ -226,12 +284,27 @@ impl Link {
                 drain_until = Some(Instant::now() + DRAIN);
             }
             let now = mono_ns();
-            while let Some(a) = self.acks.pop() {
-                if let (Some(next), Some(c)) = (a.next_for(&self.f.robot_id), cursor.as_mut()) {
-                    if let Some(pos) = out.on_ack(&a.learner, next, now) {
-                        c.seek(pos);
+            if let Some(c) = cursor.as_mut() {
+                if epoch.is_none() {
+                    // The stream's epoch (the log's newest file), before
+                    // any acknowledgement is read for it.
+                    if let Err(e) = c.refresh() {
+                        tracing::warn!("fleet: reading the log directory: {e}");
                     }
                 }
+                if c.epoch() != epoch {
+                    epoch = c.epoch();
+                    out.forget_learner();
+                    self.stats
+                        .epoch
+                        .store(epoch.unwrap_or(0), Ordering::Relaxed);
+                    if let Some(e) = epoch {
+                        tracing::info!(epoch = %epoch_hex(e), "fleet: streaming this log stream");
+                    }
+                }
+            }
+            while let Some(raw) = self.acks.pop() {
+                self.on_ack(&raw, &mut follow, &mut out, cursor.as_mut(), epoch, now);
             }
             if let Some(c) = cursor.as_mut() {
                 if let Some(pos) = out.poll(now) {
@@ -293,6 +366,79 @@ impl Link {
             }
             std::thread::sleep(period);
         }
+        if follow.ignored() > 0 {
+            tracing::warn!(
+                followed = follow.followed().unwrap_or(""),
+                ignored = follow.ignored(),
+                others = %follow.foreign().collect::<Vec<_>>().join(","),
+                "fleet: acknowledgements of other learners were ignored during this run"
+            );
+        }
+    }
+
+    /// One acknowledgement message (raw, from the spin thread): decoded
+    /// here, then acted on if it comes from the learner followed and
+    /// serves this robot.
+    fn on_ack(
+        &self,
+        raw: &[u8],
+        follow: &mut Follow,
+        out: &mut Outbox,
+        cursor: Option<&mut LogCursor>,
+        epoch: Option<u64>,
+        now: i64,
+    ) {
+        let ack = match cdr_string(raw).and_then(Ack::from_capped) {
+            Ok(a) => a,
+            Err(e) => {
+                if self.stats.acks_refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("fleet: ignoring a malformed acknowledgement: {e}");
+                }
+                return;
+            }
+        };
+        let (Some(c), Some(epoch)) = (cursor, epoch) else {
+            return;
+        };
+        let Some(held) = ack.stream(&self.f.robot_id, epoch) else {
+            return; // a learner serving another robot alone
+        };
+        match follow.admit(&ack) {
+            Admit::Followed => {}
+            Admit::Foreign { id, first } => {
+                self.stats.acks_foreign.fetch_add(1, Ordering::Relaxed);
+                if first {
+                    tracing::warn!(
+                        ignored = %id,
+                        followed = follow.followed().unwrap_or(""),
+                        "fleet: another learner on the domain; its acknowledgements are ignored (this robot follows one learner: fleet.learner)"
+                    );
+                    let mut l = self.stats.learners.lock().expect("fleet learners");
+                    l.1 = follow.foreign().map(String::from).collect();
+                }
+                return;
+            }
+        }
+        {
+            let mut l = self.stats.learners.lock().expect("fleet learners");
+            if l.0.is_empty() {
+                l.0 = follow.followed().unwrap_or("").to_string();
+                tracing::info!(learner = %l.0, pinned = follow.pinned(), "fleet: following this learner");
+            }
+        }
+        let was = self
+            .stats
+            .id_conflict
+            .swap(held.conflict, Ordering::Relaxed);
+        if held.conflict && !was {
+            tracing::warn!(
+                robot = %self.f.robot_id,
+                "fleet: the learner reports another robot streaming under this robot's id (two robots with one id)"
+            );
+        }
+        if let Some(pos) = out.on_ack(&ack.learner, held.next, now) {
+            c.seek(pos);
+        }
     }
 
     /// A version from the learner: validated, then written atomically into
@@ -308,6 +454,16 @@ impl Link {
                 return;
             }
         };
+        if !self.trusted.is_empty() {
+            if let Err(e) = self.trusted.verify(&m) {
+                self.stats.versions_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    version = m.spec.version,
+                    "fleet: refused a version: not authenticated: {e}"
+                );
+                return;
+            }
+        }
         let path = dir.policy_path(m.spec.version);
         if path.exists() {
             // A version's file is never replaced: the hot swap and the

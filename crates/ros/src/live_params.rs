@@ -3,10 +3,19 @@
 //! `~/describe_parameters`, `~/get_parameter_types`) and
 //! `/parameter_events`, so that `ros2 param` and rclpy's parameter client
 //! work. Live parameters (`flowpilot_core::live::is_live`) are checked by
-//! the start-up rules on the whole parameter set with the change, then
-//! handed to the control thread, which applies them between two ticks;
-//! every other parameter is read-only with a reason. Runs on the spin
-//! thread; nothing here touches the control thread but the one-slot queue.
+//! core's live rules (no unset, empty or wrong-type value; the safety
+//! limits only tightened relative to the values in force, unless
+//! `live.allow_loosen` was set at start) and by the start-up rules on the
+//! whole parameter set with the change, then handed to the control thread,
+//! which applies them between two ticks; every other parameter is
+//! read-only with a reason. Runs on the spin thread; nothing here touches
+//! the control thread but the one-slot queue.
+//!
+//! Who asked: r2r (0.9.7) keeps the request's `rmw_request_id_t` (the
+//! client's writer GUID) private in `ServiceRequest` and takes requests
+//! with `rcl_take_request`, not `_with_info`, and SetParameters carries no
+//! caller field, so the node cannot tell which peer changed a parameter:
+//! accepted and refused changes are logged without a caller.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -25,7 +34,9 @@ use r2r::rcl_interfaces::srv::{
 use r2r::QosProfile;
 
 use flowpilot_core::config::{NodeConfig, ParamMap, ParamValue};
-use flowpilot_core::live::{is_live, LiveChannel, LiveSettings};
+use flowpilot_core::live::{
+    check_live_value, check_tightening, is_live, is_safety_limit, LiveChannel, LiveSettings,
+};
 use flowpilot_core::log::writer::LogHandle;
 
 /// The node's parameters as they stand, and where live changes go.
@@ -41,42 +52,46 @@ struct State {
     node_name: String,
     /// The transition log, which records every accepted change.
     log: Option<Arc<LogHandle>>,
+    /// The live settings in force (the last accepted), which a change to
+    /// a safety limit may only tighten.
+    current: LiveSettings,
+    /// The sources' names in board order (for the reasons).
+    sources: Vec<String>,
+    /// `live.allow_loosen` at start: the limits may be loosened too.
+    allow_loosen: bool,
 }
 
 impl State {
-    /// Check `changes` together against the start-up rules and apply them
-    /// all, or none.
-    fn set(&mut self, changes: &[(String, ParamValue)]) -> Result<(), String> {
-        let mut candidate = self.map.clone();
-        for (name, v) in changes {
-            if !is_live(name) && (self.map.contains_key(name) || known(name)) {
-                return Err(format!(
-                    "'{name}' is read-only while the node runs (it shapes the node; restart to change it). Live: safe_behaviour, max_delta, temperature, max_future_stamp, log.every, sources.<name>.max_age"
-                ));
-            }
-            candidate.insert(name.clone(), v.clone());
+    /// Check `changes` (from `service`) together against the live and the
+    /// start-up rules and apply them all, or none. A refusal is logged
+    /// (WARN) with its reason.
+    fn set(&mut self, changes: &[(String, ParamValue)], service: &str) -> Result<(), String> {
+        let r = self.check(changes);
+        if let Err(reason) = &r {
+            let names: Vec<&str> = changes.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::warn!(parameters = ?names, service, %reason, "live parameter change refused");
         }
-        let cfg = NodeConfig::from_params(&candidate).map_err(|e| e.to_string())?;
-        if let Some(md) = &cfg.max_delta {
-            if md.len() != self.n_act {
-                return Err(format!(
-                    "'max_delta' needs {} values (one per action value)",
-                    self.n_act
-                ));
-            }
-        }
-        self.chan.offer(LiveSettings::of(&cfg, self.n_act));
+        let (candidate, next) = r?;
+        let previous: Vec<String> = changes
+            .iter()
+            .map(|(n, _)| format!("{:?}", self.map.get(n).unwrap_or(&ParamValue::NotSet)))
+            .collect();
+        self.chan.offer(next);
+        self.current = next;
         self.map = candidate;
         self.saved.borrow_mut().clone_from(&self.map);
         let wall_ns = flowpilot_core::board::wall_ns().to_string();
-        for (name, v) in changes {
-            tracing::info!(parameter = %name, value = ?v, "live parameter changed");
+        for ((name, v), previous) in changes.iter().zip(previous) {
+            tracing::info!(parameter = %name, value = ?v, %previous, service,
+                           safety_limit = is_safety_limit(name), allow_loosen = self.allow_loosen,
+                           "live parameter changed (caller not known: r2r does not expose it)");
             if let Some(log) = &self.log {
                 log.note(
                     "parameter_change",
                     [
                         ("name".to_string(), name.clone()),
                         ("value".into(), format!("{v:?}")),
+                        ("previous".into(), previous),
                         ("wall_ns".into(), wall_ns.clone()),
                     ]
                     .into(),
@@ -95,6 +110,35 @@ impl State {
             ..Default::default()
         });
         Ok(())
+    }
+
+    /// The parameter set with `changes` and the live settings it gives, or
+    /// the first rule a change breaks.
+    fn check(&self, changes: &[(String, ParamValue)]) -> Result<(ParamMap, LiveSettings), String> {
+        let mut candidate = self.map.clone();
+        for (name, v) in changes {
+            if !is_live(name) && (self.map.contains_key(name) || known(name)) {
+                return Err(format!(
+                    "'{name}' is read-only while the node runs (it shapes the node; restart to change it). Live: safe_behaviour, max_delta, temperature, max_future_stamp, log.every, sources.<name>.max_age"
+                ));
+            }
+            check_live_value(name, v)?;
+            candidate.insert(name.clone(), v.clone());
+        }
+        let cfg = NodeConfig::from_params(&candidate).map_err(|e| e.to_string())?;
+        if let Some(md) = &cfg.max_delta {
+            if md.len() != self.n_act {
+                return Err(format!(
+                    "'max_delta' needs {} values (one per action value)",
+                    self.n_act
+                ));
+            }
+        }
+        let next = LiveSettings::of(&cfg, self.n_act);
+        if !self.allow_loosen {
+            check_tightening(&self.current, &next, &self.sources)?;
+        }
+        Ok((candidate, next))
     }
 }
 
@@ -178,6 +222,9 @@ pub(crate) fn serve(
         events,
         node_name: node.fully_qualified_name()?,
         log,
+        current: LiveSettings::of(cfg, n_act),
+        sources: cfg.sources().map(|s| s.name.clone()).collect(),
+        allow_loosen: cfg.live_allow_loosen,
     }));
     let qos = QosProfile::services_default;
 
@@ -189,7 +236,10 @@ pub(crate) fn serve(
             .message
             .parameters
             .iter()
-            .map(|p| result(st.borrow_mut().set(&[(p.name.clone(), from_msg(&p.value))])))
+            .map(|p| {
+                let change = [(p.name.clone(), from_msg(&p.value))];
+                result(st.borrow_mut().set(&change, "set_parameters"))
+            })
             .collect();
         let _ = req.respond(SetParameters::Response { results });
         futures::future::ready(())
@@ -205,7 +255,7 @@ pub(crate) fn serve(
             .iter()
             .map(|p| (p.name.clone(), from_msg(&p.value)))
             .collect();
-        let r = result(st.borrow_mut().set(&changes));
+        let r = result(st.borrow_mut().set(&changes, "set_parameters_atomically"));
         let _ = req.respond(SetParametersAtomically::Response { result: r });
         futures::future::ready(())
     }))?;
@@ -281,7 +331,9 @@ pub(crate) fn serve(
                 name: n.clone(),
                 type_: to_msg(s.map.get(n).unwrap_or(&ParamValue::NotSet)).type_,
                 read_only: !is_live(n),
-                description: if is_live(n) {
+                description: if is_safety_limit(n) && !s.allow_loosen {
+                    "live, a safety limit: may only be tightened while the node runs (docs/configuration.md)".into()
+                } else if is_live(n) {
                     "live: applied between two control ticks (docs/configuration.md)".into()
                 } else {
                     "read-only while the node runs (docs/configuration.md)".into()

@@ -31,7 +31,21 @@ pub(crate) fn load_policy(cfg: &NodeConfig) -> Result<(ModelFile, PathBuf)> {
     if let Some(dir) = &cfg.hot_swap_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating hot_swap.dir {dir}"))?;
         if let Some((p, m)) = HotSwap::resume(Path::new(dir)) {
-            match model.spec.check_compatible(&m.spec) {
+            let keys = &cfg.hot_swap_trusted_keys;
+            // With trusted keys only `model` itself or a version signed by
+            // one of them runs, after a restart too (a version accepted
+            // before the keys were set is not resumed).
+            let authentic = if keys.is_empty() || m.spec.digest == model.spec.digest {
+                Ok(())
+            } else {
+                keys.verify(&m).map(|_| ())
+            };
+            match authentic.map_err(|e| e.to_string()).and_then(|()| {
+                model
+                    .spec
+                    .check_compatible(&m.spec)
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(()) => {
                     // Say loudly that `model` is not what runs: the hot
                     // swap's accepted record overrides it after a restart.
@@ -46,7 +60,7 @@ pub(crate) fn load_policy(cfg: &NodeConfig) -> Result<(ModelFile, PathBuf)> {
                     model_path = p;
                 }
                 Err(e) => {
-                    tracing::warn!(path = %p.display(), "last accepted version does not fit `model` ({e}); ignoring it");
+                    tracing::warn!(path = %p.display(), "last accepted version is not resumed ({e}); starting from `model`");
                 }
             }
         }
@@ -118,7 +132,18 @@ impl SwapWorker {
             model.clone(),
         )
         .with_guard(cfg.hot_swap_guard)
-        .allow_spec_changes(cfg.hot_swap_allow_spec_change);
+        .allow_spec_changes(cfg.hot_swap_allow_spec_change)
+        .with_trusted_keys(cfg.hot_swap_trusted_keys.clone());
+        let keys = hot.trusted_keys();
+        if keys.is_empty() {
+            tracing::warn!(
+                dir = %dir,
+                "hot-swapped versions are not authenticated: any well-formed version written into hot_swap.dir runs; set hot_swap.trusted_keys (docs/security.md)"
+            );
+        } else {
+            let keys: Vec<String> = keys.keys().iter().map(ToString::to_string).collect();
+            tracing::info!(dir = %dir, trusted_keys = ?keys, "hot swap accepts only versions signed by a trusted key");
+        }
         let status = SwapStatus::of(&hot);
         let hot = Arc::new(Mutex::new(hot));
         let stop = Arc::new(AtomicBool::new(false));

@@ -70,10 +70,25 @@ pub(crate) struct FinetuneArgs {
     /// CPU niceness of the learner (19: lowest; the control loop wins).
     #[arg(long, default_value_t = 19)]
     nice: i32,
+    /// Sign every version written with this private key (`flowpilot
+    /// keygen`; refused if group or others may read it). A robot with
+    /// hot_swap.trusted_keys takes only signed versions (docs/security.md).
+    #[arg(long, value_name = "KEY")]
+    signing_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
     let stop = flowpilot_core::shutdown::Shutdown::install();
+    // Before anything starts: a bad key is the session's error.
+    let signer = a
+        .signing_key
+        .as_deref()
+        .map(|p| {
+            flowpilot_core::signing::PolicySigner::load(p)
+                .map(std::sync::Arc::new)
+                .context("--signing-key")
+        })
+        .transpose()?;
     if let Err(e) = flowpilot_core::control::set_niceness(a.nice) {
         tracing::warn!("could not set niceness {}: {e}", a.nice);
     }
@@ -109,6 +124,7 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
         prior: a.prior,
         prior_share: a.prior_share.clamp(0.0, 1.0),
         critic_pretrain: a.critic_pretrain,
+        signer,
     };
     let n = learner::run(&opts, stop.flag())?;
     println!("finetune: {n} updates");

@@ -84,5 +84,13 @@ pub(crate) fn print(m: &ModelFile) -> Result<()> {
     if !s.created_by.is_empty() {
         println!("created by     : {}", s.created_by);
     }
+    // Which key signed it (docs/security.md); whether a robot trusts that
+    // key is its hot_swap.trusted_keys' say.
+    use flowpilot_core::signing::{signer, SignatureError};
+    match signer(m) {
+        Ok(key) => println!("signed by      : {key}"),
+        Err(SignatureError::Unsigned) => println!("signed by      : - (unsigned)"),
+        Err(e) => println!("signed by      : - ({e})"),
+    }
     Ok(())
 }

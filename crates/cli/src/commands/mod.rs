@@ -10,6 +10,7 @@ pub(crate) mod eval;
 pub(crate) mod finetune;
 pub(crate) mod import;
 pub(crate) mod inspect;
+pub(crate) mod keygen;
 pub(crate) mod log_prob;
 pub(crate) mod new;
 pub(crate) mod replay;

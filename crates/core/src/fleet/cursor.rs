@@ -4,13 +4,16 @@
 //! A file's records sit at `seq_base + index` (`log::reader::stream_base`);
 //! positions with no record (older files deleted) are reported as holes
 //! in the batch (`prev_end`), so the learner records a gap instead of
-//! waiting for them. Off the control thread: file I/O, allocates.
+//! waiting for them. It sends the stream (epoch) of the directory's newest
+//! file. A seek reads the file's index, not the file, and the cursor holds
+//! at most one batch of records: memory stays bounded however long the
+//! log. Off the control thread: file I/O, allocates.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use super::wire::Batch;
-use crate::log::reader::{file_base, log_files, Tail};
+use crate::log::reader::{count, file_base, file_epoch, log_files, Tail};
 use crate::log::{LogError, Transition};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,25 +31,30 @@ pub enum CursorError {
 
 struct Known {
     base: u64,
-    /// Complete records when last read (final once a newer file exists).
+    /// Complete records when last counted (final once a newer file exists).
     count: u64,
+    /// The file's stream (None: no metadata yet, a file killed as it was
+    /// created; it holds no record).
+    epoch: Option<u64>,
 }
 
 struct Open {
     path: PathBuf,
     name: String,
     base: u64,
+    epoch: u64,
     tail: Tail,
-    /// Records read from the file so far.
-    read: u64,
-    /// Records not yet returned; the front sits at `read - buf.len()`.
-    buf: VecDeque<Transition>,
+    /// Records read and not yet sent, with their index in the file (at
+    /// most one batch's worth: what the cursor holds is bounded).
+    buf: VecDeque<(u64, Transition)>,
 }
 
 pub struct LogCursor {
     robot: String,
     dir: PathBuf,
     files: BTreeMap<PathBuf, Known>,
+    /// The stream sent: the newest file's epoch (None: no file yet).
+    epoch: Option<u64>,
     open: Option<Open>,
     pos: u64,
     hole_from: u64,
@@ -60,6 +68,7 @@ impl LogCursor {
             robot: robot.into(),
             dir: dir.into(),
             files: BTreeMap::new(),
+            epoch: None,
             open: None,
             pos: 0,
             hole_from: 0,
@@ -79,55 +88,92 @@ impl LogCursor {
         self.pos
     }
 
-    /// Learn the bases of files not seen before (each read once).
-    fn refresh(&mut self) -> Result<(), CursorError> {
+    /// The stream (epoch) the cursor sends: its newest file's (None: no
+    /// log file yet). Positions belong to it; when it changes (the log
+    /// directory was emptied and a new stream began) the cursor starts
+    /// over at position 0 of the new stream.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Learn the bases of files not seen before (each counted once,
+    /// through its index), forget deleted ones, and follow the newest
+    /// file's stream.
+    pub fn refresh(&mut self) -> Result<(), CursorError> {
+        let listed = log_files(&self.dir)?;
+        self.files.retain(|p, _| listed.binary_search(p).is_ok());
         let mut prev_end = 0u64;
-        for p in log_files(&self.dir)? {
+        for p in listed {
             if let Some(k) = self.files.get(&p) {
-                prev_end = k.base + k.count;
-                continue;
+                if k.epoch.is_some() {
+                    prev_end = k.base + k.count;
+                    continue;
+                }
             }
-            let mut t = Tail::new(&p);
-            let count = t.poll()?.len() as u64;
-            let base = file_base(&t.metadata).unwrap_or(prev_end);
-            self.files.insert(p, Known { base, count });
-            prev_end = base + count;
+            let (n, metadata) = count(&p)?;
+            let base = file_base(&metadata).unwrap_or(prev_end);
+            let epoch = (!metadata.is_empty()).then(|| file_epoch(&metadata).unwrap_or(0));
+            self.files.insert(
+                p,
+                Known {
+                    base,
+                    count: n,
+                    epoch,
+                },
+            );
+            prev_end = base + n;
+        }
+        let newest = self.files.values().rev().find_map(|k| k.epoch);
+        if newest.is_some() && newest != self.epoch {
+            if self.epoch.is_some() {
+                // Positions of the old stream mean nothing in the new one.
+                tracing::info!(
+                    from = ?self.epoch.map(crate::log::reader::epoch_hex),
+                    to = ?newest.map(crate::log::reader::epoch_hex),
+                    "fleet: the log began a new stream (epoch); sending it from its start"
+                );
+                self.seek(0);
+            }
+            self.epoch = newest;
         }
         Ok(())
     }
 
-    /// Open the file holding `pos` (or the first one after a hole).
+    /// Files of the stream sent, oldest first.
+    fn stream(&self) -> impl DoubleEndedIterator<Item = (&PathBuf, &Known)> {
+        let e = self.epoch;
+        self.files
+            .iter()
+            .filter(move |(_, k)| k.epoch.is_some() && k.epoch == e)
+    }
+
+    /// Open the file holding `pos` (or the first one after a hole): its
+    /// index takes the reader there without reading what is before.
     fn open_at_pos(&mut self) -> Result<bool, CursorError> {
         self.refresh()?;
-        let Some((path, base)) = self
-            .files
-            .iter()
+        let pos = self.pos;
+        let Some((path, base, epoch)) = self
+            .stream()
             .rev()
-            .find(|(_, k)| k.base <= self.pos)
-            .or_else(|| self.files.iter().next())
-            .map(|(p, k)| (p.clone(), k.base))
+            .find(|(_, k)| k.base <= pos)
+            .or_else(|| self.stream().next())
+            .map(|(p, k)| (p.clone(), k.base, k.epoch.unwrap_or(0)))
         else {
             return Ok(false);
         };
-        let mut tail = Tail::new(&path);
-        let mut buf: VecDeque<Transition> = tail.poll()?.into();
-        let read = buf.len() as u64;
         if self.pos < base {
             self.pos = base; // nothing before this file: a hole
         }
-        let skip = ((self.pos - base) as usize).min(buf.len());
-        buf.drain(..skip);
-        if (self.pos - base) > read {
-            // Past this file's end: nothing there until the next file.
-            self.pos = base + read;
-        }
+        let tail = Tail::open_at(&path, self.pos - base)?;
+        // Past this file's end: nothing there until the next file.
+        self.pos = base + tail.position();
         self.open = Some(Open {
             name: file_name(&path),
             path,
             base,
+            epoch,
             tail,
-            read,
-            buf,
+            buf: VecDeque::new(),
         });
         Ok(true)
     }
@@ -135,54 +181,61 @@ impl LogCursor {
     /// Up to `max` records from the current position, all from one file,
     /// as a batch (None: nothing new yet). Moves the position past them.
     pub fn next_batch(&mut self, max: usize) -> Result<Option<Batch>, CursorError> {
+        let max = max.max(1);
         for _ in 0..4 {
             if self.open.is_none() && !self.open_at_pos()? {
                 return Ok(None);
             }
             let o = self.open.as_mut().expect("open");
             if o.buf.is_empty() {
-                let fresh = o.tail.poll()?;
-                o.read += fresh.len() as u64;
-                o.buf.extend(fresh);
+                o.buf.extend(o.tail.poll_indexed(max)?);
             }
-            if !o.buf.is_empty() {
-                let n = o.buf.len().min(max.max(1));
+            if let Some(&(first, _)) = o.buf.front() {
+                let seq = o.base + first;
                 let mut b = Batch {
                     robot: self.robot.clone(),
+                    epoch: o.epoch,
                     file: o.name.clone(),
-                    seq: self.pos,
-                    prev_end: self.hole_from.min(self.pos),
+                    seq,
+                    // A record the file lost (corrupt) is a hole too.
+                    prev_end: self.hole_from.min(self.pos).min(seq),
                     metadata: o.tail.metadata.clone(),
-                    records: Vec::with_capacity(n),
+                    records: Vec::new(),
+                    auth: Vec::new(),
                 };
-                for t in o.buf.drain(..n) {
+                let mut next = first;
+                while b.records.len() < max && o.buf.front().is_some_and(|(i, _)| *i == next) {
+                    let (_, t) = o.buf.pop_front().expect("front");
                     t.encode(&mut self.buf);
                     b.records.push(self.buf.clone());
+                    next += 1;
                 }
-                self.pos += n as u64;
+                self.pos = o.base + next;
                 self.hole_from = self.pos;
                 return Ok(Some(b));
             }
             // The end of this file: go on to the next one, if there is one.
-            let (path, end) = (o.path.clone(), o.base + o.read);
+            let (path, end) = (o.path.clone(), o.base + o.tail.position());
             self.refresh()?;
+            if self.open.is_none() {
+                continue; // a new stream began: start over in it
+            }
             let Some((next, next_base)) = self
-                .files
-                .range(path.clone()..)
-                .nth(1)
+                .stream()
+                .find(|(p, _)| **p > path)
                 .map(|(p, k)| (p.clone(), k.base))
             else {
                 return Ok(None); // the newest file: wait for it to grow
             };
+            let o = self.open.as_mut().expect("open");
             // The newer file exists, so this one's writer is gone; what it
             // wrote after the last poll is read before moving on.
-            let o = self.open.as_mut().expect("open");
-            let last = o.tail.poll()?;
+            let last = o.tail.poll_indexed(max)?;
             if !last.is_empty() {
-                o.read += last.len() as u64;
                 o.buf.extend(last);
                 continue;
             }
+            let end = end.max(o.base + o.tail.position());
             if next_base < end {
                 return Err(CursorError::Overlap {
                     prev: file_name(&path),

@@ -6,7 +6,8 @@
 //!   the acknowledgement and the revocation (JSON in std_msgs/String).
 //! - [`outbox`]: the robot's flow control: a window of unacknowledged
 //!   records, go-back-N from the acknowledged position when the learner
-//!   stops answering (with back-off), or answers as a new instance.
+//!   stops answering (with back-off), or answers as a new run; and the one
+//!   learner a robot follows ([`outbox::Follow`]).
 //! - [`cursor`]: the robot's reader of its own log at any stream position
 //!   (the log stays the source of truth: resends come from it).
 //! - [`inbox`]: the learner's per-robot contiguity (exactly once, in
@@ -14,8 +15,10 @@
 //! - [`shards`]: the learner's per-robot shard files and their recovery
 //!   after a kill -9.
 //!
-//! A record's identity is its robot id and its stream position (the log
-//! file's `seq_base` plus its index in the file: `log::reader::stream_base`).
+//! A record's identity is its robot id, its log stream's epoch
+//! (`log::reader::EPOCH_KEY`: a reinstalled robot is a new stream) and its
+//! stream position (the log file's `seq_base` plus its index in the file:
+//! `log::reader::stream_base`).
 //!
 //! Real-time: none of this runs on the control thread.
 
@@ -52,6 +55,15 @@ pub fn valid_robot_id(id: &str) -> bool {
     id.len() <= 64
         && c.next().is_some_and(|f| f.is_ascii_alphabetic())
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Whether `id` can name a learner (`fleet.learner`, the id a fleet
+/// learner keeps in its shard directory): 1..=64 letters, digits, `_`, `-`.
+pub fn valid_learner_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

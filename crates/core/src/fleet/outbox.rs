@@ -4,8 +4,17 @@
 //! learner makes no progress for the resend time, the robot goes back to
 //! the acknowledged position (go-back-N, from its log) and the resend time
 //! doubles up to a ceiling, so a robot whose learner is gone does not flood
-//! the link. A new learner instance (restarted) resets the stream to its
+//! the link. A new run of the learner (restarted) resets the stream to its
 //! acknowledgement at once.
+//!
+//! [`Follow`] decides which learner that is: one id, the configured one or
+//! else the first heard; acknowledgements of any other learner on the
+//! domain are ignored and counted, so a second learner cannot reset the
+//! stream (before ids, two learners reset every robot ~10 times a second).
+
+use std::collections::BTreeMap;
+
+use super::wire::Ack;
 
 /// When to resend.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +145,102 @@ impl Outbox {
     pub fn learner(&self) -> Option<&str> {
         self.learner.as_deref()
     }
+
+    /// The stream changed under the outbox (a new log epoch): nothing is
+    /// sent until a learner says where it holds the new stream.
+    pub fn forget_learner(&mut self) {
+        self.learner = None;
+        self.acked = 0;
+        self.next = 0;
+        self.resend_ns = self.cfg.resend_ns;
+    }
+}
+
+/// What to do with an acknowledgement ([`Follow::admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// From the learner followed: act on it.
+    Followed,
+    /// From another learner: ignore it. `first`: the first heard from that
+    /// learner (report it once).
+    Foreign { id: String, first: bool },
+}
+
+/// The one learner a robot follows, by its lasting id ([`Ack::id`]): the
+/// configured `fleet.learner`, or else the first learner heard, for the
+/// node's run (a restart of that learner keeps its id; a node restart
+/// chooses again: configure `fleet.learner` where two learners share a
+/// domain). Learners from before ids all read as one id, "".
+#[derive(Debug, Default)]
+pub struct Follow {
+    pinned: Option<String>,
+    followed: Option<String>,
+    /// Acknowledgements ignored, per foreign id (at most [`FOREIGN`] ids).
+    ignored: BTreeMap<String, u64>,
+    ignored_total: u64,
+}
+
+/// Foreign learner ids remembered (more are counted, not named).
+const FOREIGN: usize = 16;
+
+impl Follow {
+    pub fn new(pinned: Option<String>) -> Self {
+        Self {
+            followed: pinned.clone(),
+            pinned,
+            ..Default::default()
+        }
+    }
+
+    /// Whether to act on `ack` (one that serves this robot).
+    pub fn admit(&mut self, ack: &Ack) -> Admit {
+        let id = ack.id.as_deref().unwrap_or("");
+        match &self.followed {
+            None => {
+                self.followed = Some(id.to_string());
+                Admit::Followed
+            }
+            Some(f) if f == id => Admit::Followed,
+            Some(_) => {
+                self.ignored_total += 1;
+                let first = match self.ignored.get_mut(id) {
+                    Some(n) => {
+                        *n += 1;
+                        false
+                    }
+                    None => {
+                        if self.ignored.len() < FOREIGN {
+                            self.ignored.insert(id.to_string(), 1);
+                        }
+                        true
+                    }
+                };
+                Admit::Foreign {
+                    id: id.to_string(),
+                    first,
+                }
+            }
+        }
+    }
+
+    /// The id followed (None: none heard yet and none configured).
+    pub fn followed(&self) -> Option<&str> {
+        self.followed.as_deref()
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+
+    /// Acknowledgements of other learners ignored so far.
+    pub fn ignored(&self) -> u64 {
+        self.ignored_total
+    }
+
+    /// The other learners heard (up to 16 ids).
+    pub fn foreign(&self) -> impl Iterator<Item = &str> {
+        self.ignored.keys().map(|s| s.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +300,68 @@ mod tests {
         o.on_ack("a", 3, 33 * S);
         assert_eq!(o.poll(34 * S), None);
         assert_eq!(o.poll(35 * S), Some(3));
+    }
+
+    fn ack(id: &str, run: &str) -> Ack {
+        Ack {
+            learner: run.into(),
+            id: Some(id.into()),
+            only: None,
+            robots: Default::default(),
+            streams: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_second_learner_cannot_reset_the_stream() {
+        let mut f = Follow::new(None);
+        let mut o = outbox();
+        // the first learner heard is followed; its acknowledgements move
+        // the stream
+        let a = ack("aaaa", "run-1");
+        assert_eq!(f.admit(&a), Admit::Followed);
+        assert_eq!(o.on_ack(&a.learner, 0, 0), Some(0));
+        o.sent(8, 0);
+        o.on_ack(&a.learner, 5, S);
+        // a second learner on the domain, 5 times a second for 10 s: every
+        // one of its acknowledgements is ignored, reported once
+        let b = ack("bbbb", "run-9");
+        for i in 0..50 {
+            let adm = f.admit(&b);
+            assert_eq!(
+                adm,
+                Admit::Foreign {
+                    id: "bbbb".into(),
+                    first: i == 0
+                }
+            );
+            // (the link acts only on Followed; interleaved, the first
+            // learner's acknowledgements still move the stream)
+            assert_eq!(f.admit(&a), Admit::Followed);
+            assert_eq!(o.on_ack(&a.learner, 5, S + i), None, "no reset");
+        }
+        assert_eq!((o.acked(), o.next()), (5, 8));
+        assert_eq!(f.ignored(), 50);
+        assert_eq!(f.foreign().collect::<Vec<_>>(), ["bbbb"]);
+        // the followed learner restarts (same id, new run): reset to it
+        let a2 = ack("aaaa", "run-2");
+        assert_eq!(f.admit(&a2), Admit::Followed);
+        assert_eq!(o.on_ack(&a2.learner, 6, 2 * S), Some(6));
+    }
+
+    #[test]
+    fn a_configured_learner_is_the_only_one_followed() {
+        let mut f = Follow::new(Some("bbbb".into()));
+        assert!(matches!(f.admit(&ack("aaaa", "x")), Admit::Foreign { .. }));
+        assert_eq!(f.admit(&ack("bbbb", "y")), Admit::Followed);
+        assert_eq!(f.followed(), Some("bbbb"));
+        // learners from before ids are one id, ""
+        let mut f = Follow::new(None);
+        let mut old = ack("", "1-2");
+        old.id = None;
+        assert_eq!(f.admit(&old), Admit::Followed);
+        old.learner = "3-4".into();
+        assert_eq!(f.admit(&old), Admit::Followed, "a restart of it");
     }
 
     #[test]

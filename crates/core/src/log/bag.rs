@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::reader::{log_files, read_file};
+use super::reader::{log_files, Tail};
 use super::{Result, SCHEMA_NAME, TOPIC};
 
 /// The rosbag2 metadata file name (its own, not ours to choose).
@@ -30,17 +30,26 @@ pub fn write_metadata(dir: &Path) -> Result<()> {
             files.push(f.clone());
             continue;
         }
-        let recs = read_file(&path)?;
-        let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
+        // Read in bounded slices: closing an hour-long log must not hold
+        // the whole file (the node's writer thread calls this).
+        let mut tail = Tail::new(&path);
+        let (mut start, mut end, mut n) = (i64::MAX, i64::MIN, 0usize);
+        loop {
+            let before = tail.position();
+            let recs = tail.poll_max(4096)?;
+            if tail.position() == before {
+                break;
+            }
+            n += recs.len();
+            for r in &recs {
+                start = start.min(r.wall_ns);
+                end = end.max(r.wall_ns);
+            }
+        }
+        if n == 0 {
             continue;
-        };
-        let start = recs
-            .iter()
-            .map(|r| r.wall_ns)
-            .min()
-            .unwrap_or(first.wall_ns);
-        let end = recs.iter().map(|r| r.wall_ns).max().unwrap_or(last.wall_ns);
-        files.push((name, start, end - start, recs.len()));
+        }
+        files.push((name, start, end - start, n));
     }
     let total: usize = files.iter().map(|f| f.3).sum();
     let start = files.iter().map(|f| f.1).min().unwrap_or(0);

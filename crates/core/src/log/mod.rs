@@ -5,11 +5,14 @@
 //!   allocation) and pushes into a bounded queue.
 //! - [`writer`]: the writer thread (MCAP, ros2msg schema, CDR messages,
 //!   periodic flush; a write error stops logging, never the loop).
+//! - [`index`]: each file's sparse sidecar index (seeking in bounded time
+//!   and memory).
 //! - [`reader`]: a tail-tolerant reader that recovers every complete record
 //!   of a file that was killed mid-write, and follows files still growing.
 
 pub mod bag;
 mod error;
+pub mod index;
 pub mod reader;
 pub mod writer;
 

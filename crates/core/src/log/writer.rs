@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use super::index::IndexWriter;
 use super::{schema_text, IoStep, LogError, Result, Transition, WriteStep, SCHEMA_NAME, TOPIC};
 
 /// A reward computed from the logged observation, for robots without a
@@ -100,17 +101,24 @@ impl LogHandle {
     }
 
     /// Create the log file in `cfg.dir` and start the writer thread. The
-    /// file's metadata gets its stream base (numbering on from the newest
-    /// file already there).
+    /// file's metadata gets its stream base and epoch (numbering on from
+    /// the newest file already there, in its epoch; a directory with no
+    /// file starts a new epoch: [`super::reader::EPOCH_KEY`]).
     pub fn start(mut cfg: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
             step: IoStep::CreatingDir,
             path: cfg.dir.clone(),
             source,
         })?;
-        let base = super::reader::stream_base(&cfg.dir)?;
+        remove_orphan_indexes(&cfg.dir);
+        let head = super::reader::stream_head(&cfg.dir)?;
+        let epoch = head.epoch.unwrap_or_else(new_epoch);
         cfg.metadata
-            .insert(super::SEQ_BASE_KEY.into(), base.to_string());
+            .insert(super::SEQ_BASE_KEY.into(), head.base.to_string());
+        cfg.metadata.insert(
+            super::reader::EPOCH_KEY.into(),
+            super::reader::epoch_hex(epoch),
+        );
         let secs = crate::board::wall_ns() / 1_000_000_000;
         let stem = format!("flowpilot_{secs}_{}", std::process::id());
         // A session re-configured within the second must not truncate the
@@ -132,6 +140,7 @@ impl LogHandle {
             path: path.to_path_buf(),
             source,
         })?;
+        let index = index_for(path, &file);
         let stats = Arc::new(LogStats::default());
         *stats.path.lock().expect("fresh") = path.display().to_string();
         let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
@@ -141,7 +150,7 @@ impl LogHandle {
             let (q, n, stats, stop) = (queue.clone(), notes.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("flowpilot-log".into())
-                .spawn(move || writer_thread(file, cfg, q, n, stats, stop))?
+                .spawn(move || writer_thread(file, index, cfg, q, n, stats, stop))?
         };
         Ok(Self {
             queue,
@@ -207,8 +216,6 @@ type Note = (String, BTreeMap<String, String>);
 /// logged): they are rare, human-paced events.
 const NOTES: usize = 64;
 
-type McapWriter = mcap::Writer<BufWriter<File>>;
-
 /// A log file written synchronously by its caller (not the control
 /// thread's writer): the fleet learner's per-robot shards, which must know
 /// a record is in the kernel before acknowledging it. Same format as the
@@ -230,8 +237,9 @@ impl FileWriter {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let index = index_for(path, &file);
         Ok(Self {
-            open: Open::new(file, metadata)?,
+            open: Open::new(file, index, metadata)?,
             path: path.to_path_buf(),
         })
     }
@@ -251,37 +259,130 @@ impl FileWriter {
     /// Hand everything appended to the kernel (survives a kill -9 of this
     /// process, not a power cut).
     pub fn flush(&mut self) -> Result<()> {
-        self.open.w.flush().map_err(|source| LogError::Write {
+        self.open.flush().map_err(|source| LogError::Write {
             step: WriteStep::Flushing,
             source,
         })
     }
 
     /// Write the summary and close.
-    pub fn finish(mut self) -> Result<()> {
-        self.open.w.finish().map_err(|source| LogError::Write {
+    pub fn finish(self) -> Result<()> {
+        self.open.finish().map_err(|source| LogError::Write {
             step: WriteStep::Closing,
             source,
-        })?;
-        Ok(())
+        })
+    }
+}
+
+/// A new stream's epoch: 64 random bits from the kernel (never 0, which
+/// names the streams from before epochs).
+pub fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let mut e = u64::from_le_bytes(b);
+    if n != b.len() as isize {
+        // No getrandom (very old kernel): the clock and the pid, mixed.
+        let t = crate::board::wall_ns() as u64 ^ crate::board::mono_ns() as u64;
+        e = (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    e.max(1)
+}
+
+/// The index of a log file being created, if it is a regular file (not
+/// /dev/full, say) and its sidecar can be made: the index only speeds
+/// seeking up, so a failure to make one is logged, never an error.
+fn index_for(path: &Path, file: &File) -> Option<IndexWriter> {
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    match IndexWriter::create(path) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "no index for this log file (seeking in it scans it): {e}");
+            None
+        }
+    }
+}
+
+/// Sidecar indexes whose log file was deleted.
+fn remove_orphan_indexes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.to_string_lossy();
+        if let Some(log) = name.strip_suffix(".idx").filter(|l| l.ends_with(".mcap")) {
+            if !Path::new(log).exists() {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+/// The file under the MCAP writer, counting the bytes written so that the
+/// index knows each record's offset without asking the file (a
+/// `stream_position` on the buffered file would flush it).
+struct Counted {
+    inner: BufWriter<File>,
+    pos: Arc<AtomicU64>,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.pos.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Seek for Counted {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        if to == SeekFrom::Current(0) {
+            return Ok(self.pos.load(Ordering::Relaxed));
+        }
+        let p = self.inner.seek(to)?;
+        self.pos.store(p, Ordering::Relaxed);
+        Ok(p)
+    }
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.pos.load(Ordering::Relaxed))
     }
 }
 
 struct Open {
-    w: McapWriter,
+    w: mcap::Writer<Counted>,
     channel: u16,
     seq: u32,
     buf: Vec<u8>,
+    /// Bytes written so far (the next record's offset).
+    pos: Arc<AtomicU64>,
+    /// Transition messages written so far.
+    count: u64,
+    index: Option<IndexWriter>,
 }
 
 impl Open {
-    fn new(file: File, metadata: &BTreeMap<String, String>) -> Result<Self> {
+    fn new(
+        file: File,
+        index: Option<IndexWriter>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let pos = Arc::new(AtomicU64::new(0));
+        let out = Counted {
+            inner: BufWriter::with_capacity(1 << 16, file),
+            pos: pos.clone(),
+        };
         let mut w = mcap::WriteOptions::new()
             .use_chunks(false)
             .compression(None)
             .profile("ros2")
             .library(concat!("flowpilot ", env!("CARGO_PKG_VERSION")))
-            .create(BufWriter::with_capacity(1 << 16, file))?;
+            .create(out)?;
         let schema = w.add_schema(SCHEMA_NAME, "ros2msg", schema_text().as_bytes())?;
         let channel = w.add_channel(schema, TOPIC, "cdr", &BTreeMap::new())?;
         w.write_metadata(&mcap::records::Metadata {
@@ -294,10 +395,17 @@ impl Open {
             channel,
             seq: 0,
             buf: Vec::with_capacity(1024),
+            pos,
+            count: 0,
+            index,
         })
     }
 
     fn write(&mut self, t: &Transition) -> Result<(), mcap::McapError> {
+        if let Some(i) = self.index.as_mut() {
+            i.note(self.count, self.pos.load(Ordering::Relaxed));
+        }
+        self.count += 1;
         t.encode(&mut self.buf);
         self.seq = self.seq.wrapping_add(1);
         let header = mcap::records::MessageHeader {
@@ -308,10 +416,43 @@ impl Open {
         };
         self.w.write_to_known_channel(&header, &self.buf)
     }
+
+    /// Hand the records to the kernel, then the index entries naming them
+    /// (an entry never points past what a kill -9 leaves).
+    fn flush(&mut self) -> Result<(), mcap::McapError> {
+        self.w.flush()?;
+        self.flush_index();
+        Ok(())
+    }
+
+    fn flush_index(&mut self) {
+        if let Some(i) = self.index.as_mut() {
+            if let Err(e) = i.flush() {
+                // Only seeking is slower without it: readers check each
+                // entry and scan instead.
+                tracing::warn!("log index not written (seeking scans this file): {e}");
+                self.index = None;
+            }
+        }
+    }
+
+    /// Write the summary and close, then the last index entries.
+    fn finish(self) -> Result<(), mcap::McapError> {
+        let Self { mut w, index, .. } = self;
+        w.finish()?;
+        w.into_inner().flush()?;
+        if let Some(mut i) = index {
+            if let Err(e) = i.flush() {
+                tracing::warn!("log index not written (seeking scans this file): {e}");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn writer_thread(
     file: File,
+    index: Option<IndexWriter>,
     cfg: LogConfig,
     q: Arc<ArrayQueue<Transition>>,
     notes: Arc<ArrayQueue<Note>>,
@@ -324,7 +465,7 @@ fn writer_thread(
         *stats.error.lock().expect("log error lock") = msg;
         stats.failed.store(true, Ordering::SeqCst);
     };
-    let mut open = match Open::new(file, &cfg.metadata) {
+    let mut open = match Open::new(file, index, &cfg.metadata) {
         Ok(o) => Some(o),
         Err(e) => {
             fail(e);
@@ -387,7 +528,7 @@ fn writer_thread(
         if last_flush.elapsed() >= cfg.flush_period {
             last_flush = Instant::now();
             if let Some(o) = open.as_mut() {
-                if let Err(e) = o.w.flush() {
+                if let Err(e) = o.flush() {
                     fail(LogError::Write {
                         step: WriteStep::Flushing,
                         source: e,
@@ -401,8 +542,8 @@ fn writer_thread(
     if let Some(p) = pending.take() {
         emit(&mut open, &p);
     }
-    if let Some(mut o) = open {
-        if let Err(e) = o.w.finish() {
+    if let Some(o) = open {
+        if let Err(e) = o.finish() {
             fail(LogError::Write {
                 step: WriteStep::Closing,
                 source: e,

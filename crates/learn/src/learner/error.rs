@@ -68,6 +68,8 @@ pub enum LearnerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Numbering(#[from] flowpilot_core::checkpoint::NumberingError),
+    #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
     Other(#[from] anyhow::Error),

@@ -5,17 +5,22 @@
 //! node's hot swap. It honours the node's rollbacks: when the directory's
 //! record revokes a version on the line it trains, it restarts its actor
 //! from the accepted version (critics kept), and numbers new versions above
-//! every file in the directory. Off the control thread.
+//! every file in the directory (checked: never wrapping, never beyond what a
+//! node accepts). With a signing key it signs every version it writes
+//! (`flowpilot_core::signing`) and resumes only from versions it signed (or
+//! its `init`). Off the control thread.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::error::{LearnerError, Result};
 use super::replay::ReplayBuffer;
 use super::sac::{Draw, Sac, SacConfig};
 use super::shards::Shards;
 use crate::demos::Demos;
-use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir, Lineage};
+use flowpilot_core::checkpoint::{next_version, AcceptedRecord, CheckpointDir, Lineage};
 use flowpilot_core::model::ModelFile;
+use flowpilot_core::signing::{signed_by, PolicySigner};
 
 /// What `flowpilot finetune` runs on.
 #[derive(Debug, Clone)]
@@ -55,6 +60,27 @@ pub struct FinetuneOptions {
     /// Critic-only updates on the prior data before any online update
     /// (policy evaluation of the starting policy, offline to online).
     pub critic_pretrain: u64,
+    /// Sign every version written with this key (`--signing-key`); a node
+    /// with `hot_swap.trusted_keys` takes only signed versions. None:
+    /// versions are written unsigned.
+    pub signer: Option<Arc<PolicySigner>>,
+}
+
+/// Which versions a learner may continue from: with a signing key, only
+/// its own (signed by it) and `init` (the operator's, or the version the
+/// node runs); without one, any.
+struct Trust<'a> {
+    signer: Option<&'a PolicySigner>,
+    init_digest: String,
+}
+
+impl Trust<'_> {
+    fn accepts(&self, m: &ModelFile) -> bool {
+        match self.signer {
+            None => true,
+            Some(s) => m.spec.digest == self.init_digest || signed_by(m, &s.public_key()),
+        }
+    }
 }
 
 /// Run a fine-tuning session until `max_updates`, the end of the data
@@ -79,14 +105,25 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             obs_horizon: init.spec.obs_horizon,
         });
     }
+    match &opts.signer {
+        Some(s) => tracing::info!(key = %s.public_key(), "signing every version written"),
+        None => tracing::warn!(
+            "versions are written unsigned: a node with hot_swap.trusted_keys refuses them (--signing-key)"
+        ),
+    }
+    let trust = Trust {
+        signer: opts.signer.as_deref(),
+        init_digest: init.spec.digest.clone(),
+    };
     // The versions in `out` (and `init`) with their parents, to tell
     // whether the line being trained was rolled back by the node.
     let mut lineage = store.lineage();
     lineage.insert(&init.spec, Some(&opts.init));
-    // Resume: the newest checkpoint in `out` that could replace `init` and
-    // whose line holds no revoked version.
+    // Resume: the newest checkpoint in `out` that could replace `init`,
+    // whose line holds no revoked version and that this learner may
+    // continue (with a signing key: one it signed).
     let revoked = store.accepted().revoked;
-    let mut current = match store.latest_unrevoked(&lineage, &revoked) {
+    let mut current = match store.latest_unrevoked_where(&lineage, &revoked, |m| trust.accepts(m)) {
         Some((p, m))
             if m.spec.version > init.spec.version
                 && init.spec.check_compatible(&m.spec).is_ok() =>
@@ -105,9 +142,12 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         tracing::warn!(
             version = current.spec.version,
             newest = lineage.newest_version(),
-            "resuming from an older version: the newer checkpoints descend from one the node rolled back, or do not fit `init`"
+            "resuming from an older version: the newer checkpoints descend from one the node rolled back, do not fit `init`, or (with --signing-key) were not signed by this learner"
         );
     }
+    // Fail now, not at every checkpoint, if no version can be numbered
+    // (a file in `out` claims u64::MAX, or a number far ahead).
+    next_version(current.spec.version, lineage.newest_version())?;
     let mut sac = Sac::new(&current, opts.sac.clone())?;
     let sp = store.learner_state_path();
     if sp.exists() && (current.spec.version > 1 || abandoned) {
@@ -199,7 +239,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         if follow && std::time::Instant::now() >= next_poll {
             next_poll = std::time::Instant::now() + opts.poll_period;
             budget += online.poll(&spec)? as f64 * opts.utd;
-            if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
+            if follow_rollback(&store, &lineage, &trust, &mut sac, &mut current)? {
                 last_ckpt = sac.updates();
                 saved = sac.updates();
             }
@@ -265,13 +305,19 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
             last_ckpt = sac.updates();
             // Nothing learned since a restart from the accepted version is
             // worth a checkpoint yet.
-            if follow_rollback(&store, &lineage, &mut sac, &mut current)? {
+            if follow_rollback(&store, &lineage, &trust, &mut sac, &mut current)? {
                 saved = sac.updates();
             } else {
                 // A full disk (or any write failure) costs this checkpoint,
                 // not the session: its temp file is gone, training goes on
                 // and the next checkpoint tries again.
-                match checkpoint(&store, &mut lineage, &sac, &mut current) {
+                match checkpoint(
+                    &store,
+                    &mut lineage,
+                    opts.signer.as_deref(),
+                    &sac,
+                    &mut current,
+                ) {
                     Ok(()) => saved = sac.updates(),
                     Err(e) => tracing::warn!(
                         updates = sac.updates(),
@@ -284,15 +330,20 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     }
     if sac.updates() > saved
         && sac.updates() > sac.cfg().critic_warmup
-        && !follow_rollback(&store, &lineage, &mut sac, &mut current)?
+        && !follow_rollback(&store, &lineage, &trust, &mut sac, &mut current)?
     {
         // The last chance to keep what was learned: its failure is the
         // session's, so that the exit status says so.
-        checkpoint(&store, &mut lineage, &sac, &mut current).map_err(|e| {
-            LearnerError::FinalCheckpoint {
-                updates: sac.updates(),
-                source: Box::new(e),
-            }
+        checkpoint(
+            &store,
+            &mut lineage,
+            opts.signer.as_deref(),
+            &sac,
+            &mut current,
+        )
+        .map_err(|e| LearnerError::FinalCheckpoint {
+            updates: sac.updates(),
+            source: Box::new(e),
         })?;
     }
     Ok(sac.updates() - start_updates)
@@ -300,18 +351,25 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
 
 /// Write the actor as the next version of `current` (numbered above every
 /// version in the directory, so it never replaces a file of an abandoned
-/// line) and the learner state; it becomes `current`.
+/// line; [`next_version`]), signed with `signer` if given, and the learner
+/// state; it becomes `current`.
 fn checkpoint(
     store: &CheckpointDir,
     lineage: &mut Lineage,
+    signer: Option<&PolicySigner>,
     sac: &Sac,
     current: &mut ModelFile,
 ) -> Result<()> {
+    let version = next_version(current.spec.version, lineage.newest_version())?;
     let mut next = sac.export(&current.spec)?;
-    if let Some(newest) = lineage.newest_version().filter(|&n| n >= next.spec.version) {
+    if next.spec.version != version {
         let mut spec = next.spec.clone();
-        spec.version = newest + 1;
+        spec.version = version;
         next = ModelFile::new(spec, next.tensors().clone())?;
+    }
+    // Signed last: the signature covers the final digest, number and parent.
+    if let Some(s) = signer {
+        next = s.sign(next);
     }
     let path = store.policy_path(next.spec.version);
     next.save(&path)?;
@@ -331,6 +389,7 @@ fn checkpoint(
 fn follow_rollback(
     store: &CheckpointDir,
     lineage: &Lineage,
+    trust: &Trust<'_>,
     sac: &mut Sac,
     current: &mut ModelFile,
 ) -> Result<bool> {
@@ -338,7 +397,7 @@ fn follow_rollback(
     let Some(bad) = lineage.first_revoked(&current.spec, |d| record.revoked.contains(d)) else {
         return Ok(false);
     };
-    let Some((path, restored)) = restore_point(store, lineage, &record, current) else {
+    let Some((path, restored)) = restore_point(store, lineage, trust, &record, current) else {
         tracing::warn!(
             head = current.spec.version,
             revoked = %bad,
@@ -366,11 +425,12 @@ fn follow_rollback(
 }
 
 /// The version to restart from: the one the node runs (the last accepted),
-/// else the newest clean version known; either must fit `current` and have
-/// a clean line.
+/// else the newest clean version known; either must fit `current`, have
+/// a clean line and be one this learner may continue ([`Trust`]).
 fn restore_point(
     store: &CheckpointDir,
     lineage: &Lineage,
+    trust: &Trust<'_>,
     record: &AcceptedRecord,
     current: &ModelFile,
 ) -> Option<(PathBuf, ModelFile)> {
@@ -379,6 +439,7 @@ fn restore_point(
             && lineage
                 .first_revoked(&m.spec, |d| record.revoked.contains(d))
                 .is_none()
+            && trust.accepts(m)
     };
     if let Some(p) = record.accepted.last() {
         match ModelFile::load(p) {
@@ -392,6 +453,6 @@ fn restore_point(
         }
     }
     store
-        .latest_unrevoked(lineage, &record.revoked)
+        .latest_unrevoked_where(lineage, &record.revoked, |m| trust.accepts(m))
         .filter(|(_, m)| fits(m))
 }
