@@ -107,6 +107,7 @@ const KEYS: &[&str] = &[
     "hot_swap.guard.z",
     "hot_swap.guard.hold",
     "hot_swap.trusted_keys",
+    "hot_swap.resume",
     "log.dir",
     "log.every",
     "log.flush_period",
@@ -128,6 +129,7 @@ const KEYS: &[&str] = &[
     "fleet.window",
     "fleet.batch_period",
     "fleet.learner",
+    "fleet.signing_key",
     "chunk.replan_every",
     "chunk.boundary",
     "chunk.ensemble_m",
@@ -394,6 +396,10 @@ pub struct NodeConfig {
     /// these (empty: versions are not authenticated; required when the
     /// fleet link takes policies). docs/security.md.
     pub hot_swap_trusted_keys: crate::signing::TrustedKeys,
+    /// `hot_swap.resume`: after a restart, run the newest accepted version
+    /// that passes every hot-swap check (default); false: start from
+    /// `model` (revocations are kept either way).
+    pub hot_swap_resume: bool,
     /// Transition log (None: off).
     pub log: Option<LogSettings>,
     /// Human override: (topic, max age s).
@@ -436,6 +442,10 @@ pub struct FleetSettings {
     /// acknowledgements name it); None: the first learner heard
     /// (docs/fleet.md). Others on the domain are ignored and reported.
     pub learner: Option<String>,
+    /// `fleet.signing_key`: this robot's private key (`flowpilot keygen`),
+    /// signing every records batch it sends; a learner with robot keys
+    /// stores only signed batches ([`crate::fleet::auth`]). None: unsigned.
+    pub signer: Option<std::sync::Arc<crate::signing::PolicySigner>>,
 }
 
 #[derive(Debug, Clone)]
@@ -752,6 +762,14 @@ fn fleet_settings(p: &Params<'_>, has_log: bool, has_swap: bool) -> Result<Optio
             }
             id => id,
         },
+        signer: match nonempty(p.path("fleet.signing_key", Some(""))?) {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(
+                crate::signing::PolicySigner::load(std::path::Path::new(&path)).map_err(|e| {
+                    ConfigError::param("fleet.signing_key", format!("'fleet.signing_key': {e}"))
+                })?,
+            )),
+        },
     }))
 }
 
@@ -1062,6 +1080,7 @@ impl NodeConfig {
             hot_swap_allow_spec_change: p.bool("hot_swap.allow_spec_change", false)?,
             hot_swap_guard: guard_config(&p, log.as_ref())?,
             hot_swap_trusted_keys: trusted_keys(&p)?,
+            hot_swap_resume: p.bool("hot_swap.resume", true)?,
             log,
             override_input: nonempty(p.string("override.topic", Some(""))?)
                 .map(|t| {

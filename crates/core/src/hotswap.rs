@@ -33,16 +33,19 @@
 //! the previous one. Nothing here runs on the control thread but the two
 //! queue operations of [`SwapChannel`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::checkpoint::{check_successor, AcceptedRecord, CheckpointDir, Lineage, VersionError};
+use crate::checkpoint::{AcceptedRecord, CheckpointDir};
 use crate::model::{Incompatible, ModelError, ModelFile, ModelSpec};
 use crate::sampler::{SampleError, Sampler, UnsupportedModel};
 use crate::signing::{SignatureError, TrustedKeys};
+use crate::versions::{
+    check_successor, resume_order, Lineage, RevocationError, Revocations, VersionError,
+};
 
 /// Why a new version was not swapped in (or a rollback not made).
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,19 @@ pub enum SwapError {
     Sample(#[from] SampleError),
     #[error("no previous version to roll back to")]
     NoPrevious,
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
+    #[error("{0}")]
+    RevocationsUnreadable(String),
+    #[error(
+        "{done}, in memory only: the revocation could not be recorded ({source}); \
+         the undone versions' files were {aside} so that a restart cannot resume them"
+    )]
+    Unrecorded {
+        done: String,
+        source: RevocationError,
+        aside: String,
+    },
     #[error("no version has run the return guard's episodes yet (or the guard is off)")]
     NoJudged,
 }
@@ -155,8 +171,11 @@ pub struct HotSwap {
     seen: HashSet<(PathBuf, std::time::SystemTime)>,
     /// Digests rolled back (by an operator or the guard), and versions
     /// found descending from one: neither they nor their descendants are
-    /// offered again.
-    revoked: BTreeSet<String>,
+    /// offered again ([`crate::versions::Revocations`]: durable).
+    revoked: Revocations,
+    /// Why the revocation list could not be read at start: then no version
+    /// is admitted (fail closed) until the node restarts with it readable.
+    revocations_unreadable: Option<String>,
     /// Parent links of every version loaded (for the revoked-line check).
     lineage: Lineage,
     /// Accept changed action bounds and normalisers.
@@ -185,7 +204,13 @@ impl HotSwap {
         initial: ModelFile,
     ) -> Self {
         let dir = CheckpointDir::new(dir);
-        let revoked = dir.accepted().revoked;
+        let (revoked, revocations_unreadable) = match Revocations::load(&dir) {
+            Ok(r) => (r, None),
+            Err(e) => {
+                tracing::error!("{e}");
+                (Revocations::default(), Some(e.to_string()))
+            }
+        };
         let mut lineage = Lineage::default();
         lineage.insert(&initial.spec, Some(&initial_path));
         Self {
@@ -194,6 +219,7 @@ impl HotSwap {
             accepted: vec![(initial_path, initial)],
             seen: HashSet::new(),
             revoked,
+            revocations_unreadable,
             lineage,
             allow_spec_changes: false,
             trusted: TrustedKeys::default(),
@@ -326,16 +352,47 @@ impl HotSwap {
         &self.last_verdict
     }
 
-    /// The last accepted model recorded in `dir`, if any and loadable.
-    pub fn resume(dir: &Path) -> Option<(PathBuf, ModelFile)> {
-        let path = CheckpointDir::new(dir).accepted().accepted.pop()?;
-        match ModelFile::load(&path) {
-            Ok(m) => Some((path, m)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "last accepted model no longer loads ({e}); using `model`");
-                None
+    /// After a restart: the newest version in the accepted record that
+    /// passes every check a hot swap applies ([`Self::admit`]: signature,
+    /// revoked line, compatibility, unchanged bounds and normalisers, smoke
+    /// sample) and is newer than the starting model; older entries are
+    /// tried in turn when a newer one fails. None: start with the starting
+    /// model (the record is empty, every entry fails, the starting model is
+    /// as new, or the revocation list is unreadable). Call before the node
+    /// runs, then build the running hot swap from what it returns.
+    pub fn resume(&mut self) -> Option<(PathBuf, ModelFile)> {
+        if let Some(e) = &self.revocations_unreadable {
+            tracing::error!("not resuming an accepted version: {e}");
+            return None;
+        }
+        // Every ancestor on disk, for the revoked-line check.
+        self.lineage.extend(Lineage::scan(&self.dir));
+        let record = self.dir.accepted();
+        let start = self.current().clone();
+        for path in resume_order(&record) {
+            let m = match ModelFile::load(path) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "an accepted version no longer loads ({e}); trying the one before");
+                    continue;
+                }
+            };
+            if m.spec.digest == start.spec.digest {
+                return None;
+            }
+            if let Err(e) = check_successor(start.spec.version, m.spec.version) {
+                tracing::warn!(path = %path.display(), "not resuming the last accepted version: {e}; starting from `model`");
+                return None;
+            }
+            self.lineage.insert(&m.spec, Some(path));
+            match self.admit(&m, &[]) {
+                Ok(_) => return Some((path.to_path_buf(), m)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), version = m.spec.version, "not resuming an accepted version: {e}; trying the one before");
+                }
             }
         }
+        None
     }
 
     pub fn current(&self) -> &ModelFile {
@@ -364,7 +421,7 @@ impl HotSwap {
     fn record(&mut self) {
         let r = AcceptedRecord {
             accepted: self.accepted.iter().map(|(p, _)| p.clone()).collect(),
-            revoked: self.revoked.iter().cloned().collect(),
+            revoked: self.revoked.to_set(),
         };
         match self.dir.record_accepted(&r) {
             Ok(()) => self.record_error.clear(),
@@ -423,10 +480,20 @@ impl HotSwap {
                     tracing::info!(path = %path.display(), version, digest = %digest, "policy accepted; swapping in");
                 }
                 Err(e) => {
-                    if let SwapError::RevokedAncestor { digest, .. } = &e {
+                    if let SwapError::RevokedAncestor {
+                        version,
+                        digest,
+                        ancestor,
+                    } = &e
+                    {
                         // Condemn it too: its own descendants are then
                         // refused even if its ancestors' files are gone.
-                        self.revoked.insert(digest.clone());
+                        let (d, v) = (digest.clone(), *version);
+                        let why = format!("descends from the revoked {ancestor}");
+                        if let Err(w) = self.revoked.revoke(&self.dir, &[(&d, v)], &why) {
+                            tracing::warn!("{w}");
+                            self.revoked.insert_derived(&d);
+                        }
                         self.record();
                     }
                     self.reject(&path, &e.to_string());
@@ -467,8 +534,24 @@ impl HotSwap {
             }
             Err(e) => return Err(e.into()),
         }
+        let sampler = self.admit(&m, recent)?;
+        Ok(Some((m, sampler)))
+    }
+
+    /// Every check a version must pass to run in place of the running one,
+    /// whether it is new (a poll) or resumed after a restart: the
+    /// revocation list is readable; signed by a trusted key (when keys are
+    /// set); no revoked version on its line; compatible; unchanged bounds
+    /// and normalisers (unless allowed); a smoke sample on `recent` (or the
+    /// zero observation); the divergence cap. Returns the sampler that
+    /// passed the smoke sample.
+    fn admit(&self, m: &ModelFile, recent: &[(Vec<f32>, Vec<f32>)]) -> Result<Sampler, SwapError> {
+        let cur = self.current();
+        if let Some(e) = &self.revocations_unreadable {
+            return Err(SwapError::RevocationsUnreadable(e.clone()));
+        }
         if !self.trusted.is_empty() {
-            self.trusted.verify(&m)?;
+            self.trusted.verify(m)?;
         }
         if let Some(r) = self
             .lineage
@@ -489,7 +572,7 @@ impl HotSwap {
         if !self.allow_spec_changes {
             unchanged_spec(&cur.spec, &m.spec)?;
         }
-        let mut sampler = Sampler::new(&m)?;
+        let mut sampler = Sampler::new(m)?;
         smoke_sample(&mut sampler, recent)?;
         if self.max_divergence > 0.0 && !recent.is_empty() {
             let d = divergence(cur, &mut sampler, recent)?;
@@ -501,7 +584,7 @@ impl HotSwap {
                 });
             }
         }
-        Ok(Some((m, sampler)))
+        Ok(sampler)
     }
 
     /// Offer the previous accepted version again. Returns its description.
@@ -525,13 +608,8 @@ impl HotSwap {
         };
         let sampler = Sampler::new(&self.accepted[keep].1)?;
         let (path, _) = self.accepted.last().expect("len >= 2").clone();
-        for (_, undone) in self.accepted.drain(keep + 1..) {
-            self.revoked.insert(undone.spec.digest);
-        }
+        let undone: Vec<(PathBuf, ModelFile)> = self.accepted.drain(keep + 1..).collect();
         let (prev_path, prev) = self.accepted.last().expect("kept");
-        if let Some(stale) = chan.offer(sampler) {
-            drop(stale);
-        }
         let msg = format!(
             "rolled back from {} to {} (version {}, {})",
             path.display(),
@@ -539,6 +617,51 @@ impl HotSwap {
             prev.spec.version,
             prev.spec.digest
         );
+        // Durable before anything is acknowledged; the running version is
+        // replaced either way (the robot stops running the undone one).
+        let entries: Vec<(&str, u64)> = undone
+            .iter()
+            .map(|(_, m)| (m.spec.digest.as_str(), m.spec.version))
+            .collect();
+        let recorded = self
+            .revoked
+            .revoke(&self.dir, &entries, &format!("rollback: {msg}"));
+        if let Some(stale) = chan.offer(sampler) {
+            drop(stale);
+        }
+        if let Err(source) = recorded {
+            for (_, m) in &undone {
+                self.revoked.insert_derived(&m.spec.digest);
+            }
+            // Fail closed on disk without needing space: rename the undone
+            // files out of every scan (a rename allocates no data blocks).
+            let aside: Vec<String> = undone
+                .iter()
+                .filter_map(|(p, _)| {
+                    let to = crate::checkpoint::set_aside_path(p);
+                    match std::fs::rename(p, &to) {
+                        Ok(()) => Some(to.display().to_string()),
+                        Err(e) => {
+                            tracing::error!(path = %p.display(), "cannot set a revoked version aside: {e}");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            self.record();
+            let e = SwapError::Unrecorded {
+                done: msg,
+                source,
+                aside: if aside.is_empty() {
+                    "NOT renamed either".into()
+                } else {
+                    format!("renamed to {}", aside.join(", "))
+                },
+            };
+            self.record_error = e.to_string();
+            tracing::error!("{e}");
+            return Err(e);
+        }
         self.record();
         tracing::warn!("{msg}");
         Ok(msg)
@@ -741,7 +864,7 @@ mod tests {
         s.hot.poll(&s.chan, &[]);
         assert_eq!((s.hot.swaps(), s.hot.rejected()), (1, 0));
         // resume after a restart picks the last accepted version
-        let (p, m) = HotSwap::resume(s.dir.path()).unwrap();
+        let (p, m) = restarted(&s).resume().unwrap();
         assert_eq!((p, m.spec.digest), (s.dir.policy_path(2), v2.spec.digest));
     }
 
@@ -817,7 +940,7 @@ mod tests {
 
     #[test]
     fn an_implausible_version_number_is_refused_and_later_versions_still_run() {
-        use crate::checkpoint::MAX_VERSION_JUMP;
+        use crate::versions::MAX_VERSION_JUMP;
         let mut s = setup(0.0);
         version(u64::MAX, 2, 2)
             .save(s.dir.policy_path(u64::MAX))
@@ -982,6 +1105,177 @@ mod tests {
             "{}",
             again.last_rejection()
         );
+    }
+
+    /// A node restarted on `s`'s directory with `model` = version 1.
+    fn restarted(s: &Setup) -> HotSwap {
+        let m1 = ModelFile::load(s.dir.policy_path(1)).unwrap();
+        HotSwap::new(s.dir.path().into(), 0.0, s.dir.policy_path(1), m1)
+    }
+
+    /// `s` with version 2 accepted and then rolled back.
+    fn rolled_back_v2(s: &mut Setup) -> ModelFile {
+        let v2 = child(s.hot.current(), 2, 2);
+        v2.save(s.dir.policy_path(2)).unwrap();
+        s.hot.poll(&s.chan, &[]);
+        assert_eq!(s.hot.swaps(), 1);
+        s.chan.take().unwrap();
+        v2
+    }
+
+    #[test]
+    fn a_revocation_outlives_a_lost_accepted_record() {
+        let mut s = setup(0.0);
+        let v2 = rolled_back_v2(&mut s);
+        s.hot.rollback(&s.chan).unwrap();
+        s.chan.take().unwrap();
+        let log = std::fs::read_to_string(s.dir.revocation_log_path()).unwrap();
+        assert!(
+            log.starts_with(&format!("revoked {} version=2 ", v2.spec.digest)),
+            "{log}"
+        );
+        // what the old warning advised: delete the record
+        std::fs::remove_file(s.dir.path().join(".flowpilot_accepted")).unwrap();
+        let mut again = restarted(&s);
+        assert!(again.resume().is_none());
+        again.poll(&s.chan, &[]);
+        assert_eq!((again.swaps(), again.rejected()), (0, 1));
+        assert!(
+            again.last_rejection().contains("was rolled back"),
+            "{}",
+            again.last_rejection()
+        );
+        // and its descendants, written after the rollback
+        child(&v2, 3, 3).save(s.dir.policy_path(3)).unwrap();
+        again.poll(&s.chan, &[]);
+        assert_eq!((again.swaps(), again.rejected()), (0, 2));
+        assert!(
+            again.last_rejection().contains("descends from"),
+            "{}",
+            again.last_rejection()
+        );
+        assert!(s.chan.take().is_none());
+    }
+
+    #[test]
+    fn a_rollback_whose_revocation_cannot_be_written_is_not_acknowledged_and_fails_closed() {
+        let mut s = setup(0.0);
+        let v2 = rolled_back_v2(&mut s);
+        // every write to the revocation log fails with ENOSPC
+        std::os::unix::fs::symlink("/dev/full", s.dir.revocation_log_path()).unwrap();
+        let e = s.hot.rollback(&s.chan).unwrap_err();
+        assert!(matches!(e, SwapError::Unrecorded { .. }), "{e}");
+        let why = e.to_string();
+        assert!(
+            why.contains("in memory only") && why.contains("No space left"),
+            "{why}"
+        );
+        // the robot runs version 1 anyway
+        assert_eq!(
+            s.chan.take().unwrap().spec().digest,
+            s.hot.current().spec.digest
+        );
+        assert_eq!(s.hot.current().spec.version, 1);
+        assert!(!s.hot.record_error().is_empty());
+        // the undone file is out of every scan, and a stale record that
+        // still names it (its write failed too) resumes nothing
+        assert!(!s.dir.policy_path(2).exists());
+        assert!(crate::checkpoint::set_aside_path(&s.dir.policy_path(2)).exists());
+        std::fs::remove_file(s.dir.revocation_log_path()).unwrap();
+        s.dir
+            .record_accepted(&AcceptedRecord {
+                accepted: vec![s.dir.policy_path(1), s.dir.policy_path(2)],
+                revoked: Default::default(),
+            })
+            .unwrap();
+        let mut again = restarted(&s);
+        assert!(again.resume().is_none());
+        again.poll(&s.chan, &[]);
+        assert_eq!(again.swaps(), 0);
+        let _ = v2;
+    }
+
+    #[test]
+    fn an_unreadable_revocation_list_admits_nothing() {
+        let mut s = setup(0.0);
+        let v2 = rolled_back_v2(&mut s);
+        s.dir
+            .record_accepted(&AcceptedRecord {
+                accepted: vec![s.dir.policy_path(1), s.dir.policy_path(2)],
+                revoked: Default::default(),
+            })
+            .unwrap();
+        std::fs::write(
+            s.dir.revocation_log_path(),
+            "revoked sha256:00 version=2
+garbage
+",
+        )
+        .unwrap();
+        let mut again = restarted(&s);
+        assert!(
+            again.resume().is_none(),
+            "not resumed while the list is unreadable"
+        );
+        child(&v2, 3, 3).save(s.dir.policy_path(3)).unwrap();
+        again.poll(&s.chan, &[]);
+        assert_eq!(again.swaps(), 0);
+        assert!(
+            again.last_rejection().contains("malformed at line 2"),
+            "{}",
+            again.last_rejection()
+        );
+        // a torn last line (a crash mid-append) is not malformed
+        std::fs::write(
+            s.dir.revocation_log_path(),
+            "revoked sha256:00 version=2
+revoked sha2",
+        )
+        .unwrap();
+        assert!(restarted(&s).resume().is_some());
+    }
+
+    #[test]
+    fn resume_applies_every_check_a_hot_swap_applies() {
+        let mut s = setup(0.0);
+        let v1 = s.hot.current().clone();
+        // a changed action bound, an unsigned version, then a good one
+        let bounds = with_spec(2, 2, |spec| spec.action_high[1] = 4.0);
+        bounds.save(s.dir.policy_path(2)).unwrap();
+        let good = child(&v1, 3, 3);
+        good.save(s.dir.policy_path(3)).unwrap();
+        let record = |paths: &[u64]| AcceptedRecord {
+            accepted: paths.iter().map(|v| s.dir.policy_path(*v)).collect(),
+            revoked: Default::default(),
+        };
+        // a record naming the changed-bounds version last: refused, the
+        // one before it (3) runs
+        s.dir.record_accepted(&record(&[1, 3, 2])).unwrap();
+        let (p, _) = restarted(&s).resume().expect("falls back to version 3");
+        assert_eq!(p, s.dir.policy_path(3));
+        // a revoked version named last (its record write lost)
+        s.hot
+            .revoked
+            .revoke(&s.dir, &[(good.spec.digest.as_str(), 3)], "test")
+            .unwrap();
+        s.dir.record_accepted(&record(&[1, 3])).unwrap();
+        assert!(restarted(&s).resume().is_none());
+        // with trusted keys, an unsigned version is not resumed
+        let key = crate::signing::PolicySigner::generate().unwrap();
+        let signed = key.sign(child(&v1, 4, 4));
+        signed.save(s.dir.policy_path(4)).unwrap();
+        child(&v1, 5, 5).save(s.dir.policy_path(5)).unwrap();
+        s.dir.record_accepted(&record(&[1, 4, 5])).unwrap();
+        let mut keyed = restarted(&s)
+            .with_trusted_keys(crate::signing::TrustedKeys::new(vec![key.public_key()]));
+        let (p, _) = keyed.resume().expect("the signed one");
+        assert_eq!(p, s.dir.policy_path(4));
+        // a version numbered u64::MAX is not resumed
+        with_spec(u64::MAX, 6, |_| {})
+            .save(s.dir.policy_path(6))
+            .unwrap();
+        s.dir.record_accepted(&record(&[1, 6])).unwrap();
+        assert!(restarted(&s).resume().is_none());
     }
 
     /// `s` restarted with a return guard judging on 3 episodes.

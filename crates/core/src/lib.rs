@@ -73,4 +73,5 @@ pub mod signing;
 pub mod stop;
 #[doc(hidden)]
 pub mod testkit;
+pub mod versions;
 pub mod watchdog;

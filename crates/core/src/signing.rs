@@ -446,6 +446,59 @@ impl PolicySigner {
     }
 }
 
+/// Domain separation for a robot's records batches ([`crate::fleet::auth`]):
+/// a batch signature can never be taken for a policy signature, nor the
+/// other way round, even made with the same key.
+pub const RECORDS_DOMAIN: &[u8] = b"flowpilot/records-batch\0";
+/// A records batch's authenticator: the signer's public key (32 bytes),
+/// then the ed25519 signature (64 bytes) over [`RECORDS_DOMAIN`] + body.
+pub const RECORDS_AUTH_LEN: usize = 32 + 64;
+
+impl PolicySigner {
+    /// A records batch's authenticator over `body` (the batch's encoding
+    /// up to its `auth` field): [`RECORDS_AUTH_LEN`] bytes.
+    pub fn sign_records(&self, body: &[u8]) -> Vec<u8> {
+        let mut msg = Vec::with_capacity(RECORDS_DOMAIN.len() + body.len());
+        msg.extend_from_slice(RECORDS_DOMAIN);
+        msg.extend_from_slice(body);
+        let sig = self.key.sign(&msg);
+        let mut out = self.public_key().0.to_vec();
+        out.extend_from_slice(&sig.to_bytes());
+        out
+    }
+}
+
+impl PublicKey {
+    /// Whether `auth` is this key's signature over `body` as
+    /// [`PolicySigner::sign_records`] makes it. Err: who signed instead,
+    /// or why it does not verify.
+    pub fn verify_records(&self, body: &[u8], auth: &[u8]) -> Result<(), SignatureError> {
+        if auth.is_empty() {
+            return Err(SignatureError::Unsigned);
+        }
+        if auth.len() != RECORDS_AUTH_LEN {
+            return Err(SignatureError::Malformed(format!(
+                "a records authenticator is {RECORDS_AUTH_LEN} bytes, got {}",
+                auth.len()
+            )));
+        }
+        let (key, sig) = auth.split_at(32);
+        if key != self.0 {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(key);
+            return Err(SignatureError::UntrustedKey { key: PublicKey(k) });
+        }
+        let sig =
+            Signature::from_slice(sig).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        let mut msg = Vec::with_capacity(RECORDS_DOMAIN.len() + body.len());
+        msg.extend_from_slice(RECORDS_DOMAIN);
+        msg.extend_from_slice(body);
+        self.verifying_key()
+            .verify_strict(&msg, &sig)
+            .map_err(|_| SignatureError::BadSignature { key: *self })
+    }
+}
+
 /// Where [`PolicySigner::save`] puts the public half of `key`: `<key>.pub`.
 pub fn public_key_path(key: &Path) -> PathBuf {
     let mut s = key.as_os_str().to_owned();

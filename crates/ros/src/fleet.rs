@@ -168,7 +168,10 @@ impl FleetLink {
                 .name("flowpilot-fleet".into())
                 .spawn(move || link.run(&stop, &abort))?
         };
-        tracing::info!(robot = %f.robot_id, stream = f.stream, policy = ?policy_topic, learner = f.learner.as_deref().unwrap_or("(the first heard)"), "fleet link started");
+        tracing::info!(robot = %f.robot_id, stream = f.stream, policy = ?policy_topic, learner = f.learner.as_deref().unwrap_or("(the first heard)"), signed = f.signer.is_some(), "fleet link started");
+        if f.stream && f.signer.is_none() {
+            tracing::warn!("fleet: records are sent unsigned: a learner with robot keys refuses them (fleet.signing_key, docs/security.md)");
+        }
         Ok(Some(Self {
             stop,
             abort,
@@ -317,8 +320,11 @@ impl Link {
                 let mut left = out.budget().min(PERIOD_RECORDS);
                 while left > 0 {
                     match c.next_batch((left as usize).min(BATCH_RECORDS)) {
-                        Ok(Some(b)) => {
+                        Ok(Some(mut b)) => {
                             let n = b.records.len() as u64;
+                            if let Some(s) = &self.f.signer {
+                                b.auth = s.sign_records(&b.body());
+                            }
                             let msg = UInt8MultiArray {
                                 data: b.encode(),
                                 ..Default::default()
@@ -495,7 +501,14 @@ impl Link {
     /// Publish revocations in this robot's accepted record not yet told.
     fn tell_revocations(&self, told: &mut BTreeSet<String>) {
         let Some(dir) = &self.swap_dir else { return };
-        for d in dir.accepted().revoked {
+        let revoked = match flowpilot_core::versions::Revocations::load(dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("fleet: {e}");
+                return;
+            }
+        };
+        for d in revoked.iter().cloned() {
             if told.contains(&d) {
                 continue;
             }

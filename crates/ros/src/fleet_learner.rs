@@ -32,12 +32,14 @@ use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
 
 use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::CheckpointDir;
+use flowpilot_core::fleet::auth::RobotKeys;
 use flowpilot_core::fleet::shards::ShardStore;
 use flowpilot_core::fleet::topics;
 use flowpilot_core::fleet::wire::{
     to_json, Ack, Batch, Revocation, MAX_BATCH_BYTES, MAX_REVOCATION_BYTES,
 };
 use flowpilot_core::log::reader::epoch_hex;
+use flowpilot_core::versions::{Lineage, Revocations};
 
 /// Batches held between spins; past this the oldest is dropped (its robot
 /// resends it).
@@ -65,6 +67,11 @@ struct Args {
     /// Seconds between acknowledgements.
     #[arg(long, default_value_t = 0.2)]
     ack_period: f64,
+    /// Store records only from the robots listed here, each batch signed by
+    /// its robot's key (docs/security.md): `<robot id> <public key or key
+    /// file>` per line. Without it any peer can send records under any id.
+    #[arg(long)]
+    robot_keys: Option<PathBuf>,
     /// Seconds between the per-robot counter reports in the log.
     #[arg(long, default_value_t = 10.0)]
     report_period: f64,
@@ -85,6 +92,20 @@ fn run(a: Args) -> Result<()> {
             "--robot '{r}' is not a valid robot id"
         );
     }
+    let robot_keys = match &a.robot_keys {
+        Some(p) => {
+            let k = RobotKeys::load(p).context("--robot-keys")?;
+            tracing::info!(
+                robots = k.len(),
+                "storing records only from listed robots, signed by their keys"
+            );
+            Some(k)
+        }
+        None => {
+            tracing::warn!("records are not authenticated: any peer on the graph can store records under any robot id (--robot-keys, docs/security.md)");
+            None
+        }
+    };
     let shutdown = flowpilot_core::shutdown::Shutdown::install();
     let mut store = ShardStore::open(&a.shards).context("opening the shard directory")?;
     for (r, epoch, ack) in store.stream_acks(mono_ns()) {
@@ -178,6 +199,16 @@ fn run(a: Args) -> Result<()> {
             if a.robot.as_ref().is_some_and(|r| *r != b.robot) {
                 continue;
             }
+            // Before the store sees it: a refused batch moves no position.
+            if let Some(Err(e)) = robot_keys.as_ref().map(|k| k.check(&b)) {
+                let mut c = counts.borrow_mut();
+                if c.refused.is_multiple_of(100) {
+                    tracing::warn!(seen = c.refused + 1, "records batch refused: {e}");
+                }
+                c.refused += 1;
+                c.last_refused = e.to_string();
+                continue;
+            }
             *bytes_in.entry(b.robot.clone()).or_default() += bytes.len() as u64;
             if let Err(e) = store.receive_at(&b, mono_ns()) {
                 tracing::warn!("records batch not stored: {e}");
@@ -220,17 +251,23 @@ fn run(a: Args) -> Result<()> {
         let fresh: Vec<Revocation> = revocations.borrow_mut().drain(..).collect();
         let mut changed = false;
         if !fresh.is_empty() {
-            let mut rec = ckpt.accepted();
-            for r in fresh {
-                if rec.revoked.insert(r.digest.clone()) {
-                    tracing::warn!(robot = %r.robot, digest = %r.digest, "a robot revoked a version: revoked for the learner too");
-                    changed = true;
+            match Revocations::load(&ckpt) {
+                Ok(mut revs) => {
+                    for r in fresh {
+                        if revs.contains(&r.digest) {
+                            continue;
+                        }
+                        let why = format!("revoked by robot {}", r.robot);
+                        match revs.revoke(&ckpt, &[(&r.digest, 0)], &why) {
+                            Ok(()) => {
+                                tracing::warn!(robot = %r.robot, digest = %r.digest, "a robot revoked a version: revoked for the learner too")
+                            }
+                            Err(e) => tracing::error!("{e}"),
+                        }
+                        changed = true;
+                    }
                 }
-            }
-            if changed {
-                if let Err(e) = ckpt.record_accepted(&rec) {
-                    tracing::error!("recording a revocation: {e}");
-                }
+                Err(e) => tracing::error!("{e}"),
             }
         }
         if changed || Instant::now() >= next_scan {
@@ -238,8 +275,12 @@ fn run(a: Args) -> Result<()> {
             let now = ckpt.policies();
             if changed || scanned.as_ref() != Some(&now) {
                 scanned = Some(now);
-                let record = ckpt.accepted();
-                if let Some((path, m)) = ckpt.latest_unrevoked(&ckpt.lineage(), &record.revoked) {
+                // Unreadable revocations: publish nothing (fail closed).
+                let newest = Revocations::load(&ckpt)
+                    .map_err(|e| tracing::error!("not publishing a version: {e}"))
+                    .ok()
+                    .and_then(|revs| Lineage::scan(&ckpt).newest_clean(&revs, |_| true));
+                if let Some((path, m)) = newest {
                     if published.as_deref() != Some(m.spec.digest.as_str()) {
                         match std::fs::read(&path) {
                             Ok(data) => {
@@ -300,6 +341,9 @@ struct Counts {
     malformed: u64,
     /// Dropped from a full queue (their robots resend them).
     queue_dropped: u64,
+    /// Refused by the robot keys (unsigned, forged, unknown robot).
+    refused: u64,
+    last_refused: String,
 }
 
 /// Batches waiting between spins, bounded in count and bytes: the oldest
@@ -360,7 +404,15 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         .filter(|(_, _, a)| a.conflict)
         .map(|(r, e, _)| format!("{r}/{}", epoch_hex(*e)))
         .collect();
-    let (level, message) = if conflicted.is_empty() {
+    let (level, message) = if !c.last_refused.is_empty() {
+        (
+            flowpilot_core::diagnostics::Level::Warn,
+            format!(
+                "{} records batches refused; last: {}",
+                c.refused, c.last_refused
+            ),
+        )
+    } else if conflicted.is_empty() {
         (
             flowpilot_core::diagnostics::Level::Ok,
             "running".to_string(),
@@ -387,6 +439,10 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         KeyValue {
             key: "malformed_messages".into(),
             value: c.malformed.to_string(),
+        },
+        KeyValue {
+            key: "refused_batches".into(),
+            value: c.refused.to_string(),
         },
     ];
     for (r, e, a) in &streams {

@@ -22,50 +22,51 @@ use flowpilot_core::model::ModelFile;
 /// divergence check.
 const RECENT: usize = 20;
 
-/// Load `model`; after a restart, resume with the last version the hot
-/// swap accepted (if it still fits). Returns the model and its path.
+/// Load `model`; after a restart, resume with the newest version the hot
+/// swap accepted that still passes every hot-swap check
+/// ([`HotSwap::resume`]), unless `hot_swap.resume` is false. Returns the
+/// model and its path.
 pub(crate) fn load_policy(cfg: &NodeConfig) -> Result<(ModelFile, PathBuf)> {
-    let mut model =
+    let model =
         ModelFile::load(&cfg.model).with_context(|| format!("loading model {}", cfg.model))?;
-    let mut model_path = PathBuf::from(&cfg.model);
-    if let Some(dir) = &cfg.hot_swap_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating hot_swap.dir {dir}"))?;
-        if let Some((p, m)) = HotSwap::resume(Path::new(dir)) {
-            let keys = &cfg.hot_swap_trusted_keys;
-            // With trusted keys only `model` itself or a version signed by
-            // one of them runs, after a restart too (a version accepted
-            // before the keys were set is not resumed).
-            let authentic = if keys.is_empty() || m.spec.digest == model.spec.digest {
-                Ok(())
-            } else {
-                keys.verify(&m).map(|_| ())
-            };
-            match authentic.map_err(|e| e.to_string()).and_then(|()| {
-                model
-                    .spec
-                    .check_compatible(&m.spec)
-                    .map_err(|e| e.to_string())
-            }) {
-                Ok(()) => {
-                    // Say loudly that `model` is not what runs: the hot
-                    // swap's accepted record overrides it after a restart.
-                    tracing::warn!(
-                        model_param = %cfg.model,
-                        running = %p.display(),
-                        version = m.spec.version,
-                        "the `model` parameter is overridden: resuming with the last version the hot swap accepted in {dir} (remove {dir}/{} to start from `model`)",
-                        flowpilot_core::checkpoint::ACCEPTED_FILE,
-                    );
-                    model = m;
-                    model_path = p;
-                }
-                Err(e) => {
-                    tracing::warn!(path = %p.display(), "last accepted version is not resumed ({e}); starting from `model`");
-                }
-            }
-        }
+    let model_path = PathBuf::from(&cfg.model);
+    let Some(dir) = &cfg.hot_swap_dir else {
+        return Ok((model, model_path));
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating hot_swap.dir {dir}"))?;
+    if !cfg.hot_swap_resume {
+        tracing::info!(
+            "hot_swap.resume is false: starting from `model` (revoked versions stay revoked)"
+        );
+        return Ok((model, model_path));
     }
-    Ok((model, model_path))
+    match hot_swap(cfg, dir, &model_path, &model).resume() {
+        Some((p, m)) => {
+            // Say loudly that `model` is not what runs: the hot swap's
+            // accepted record overrides it after a restart.
+            tracing::warn!(
+                model_param = %cfg.model,
+                running = %p.display(),
+                version = m.spec.version,
+                "the `model` parameter is overridden: resuming with the last version the hot swap accepted in {dir} (hot_swap.resume: false starts from `model`)",
+            );
+            Ok((m, p))
+        }
+        None => Ok((model, model_path)),
+    }
+}
+
+/// The hot swap as `cfg` sets it up, running `model`.
+fn hot_swap(cfg: &NodeConfig, dir: &str, model_path: &Path, model: &ModelFile) -> HotSwap {
+    HotSwap::new(
+        dir.into(),
+        cfg.hot_swap_max_divergence,
+        model_path.to_path_buf(),
+        model.clone(),
+    )
+    .with_guard(cfg.hot_swap_guard)
+    .allow_spec_changes(cfg.hot_swap_allow_spec_change)
+    .with_trusted_keys(cfg.hot_swap_trusted_keys.clone())
 }
 
 /// The hot swap's state as the diagnostics report it (a copy, so that
@@ -125,15 +126,7 @@ impl SwapWorker {
         let Some(dir) = cfg.hot_swap_dir.as_ref() else {
             return Ok(None);
         };
-        let hot = HotSwap::new(
-            dir.into(),
-            cfg.hot_swap_max_divergence,
-            model_path.to_path_buf(),
-            model.clone(),
-        )
-        .with_guard(cfg.hot_swap_guard)
-        .allow_spec_changes(cfg.hot_swap_allow_spec_change)
-        .with_trusted_keys(cfg.hot_swap_trusted_keys.clone());
+        let hot = hot_swap(cfg, dir, model_path, model);
         let keys = hot.trusted_keys();
         if keys.is_empty() {
             tracing::warn!(

@@ -26,6 +26,11 @@ pub(crate) struct FinetuneArgs {
     /// (the robot's `fleet.policy: own`); default: one shared policy.
     #[arg(long, requires = "from_graph")]
     for_robot: Option<String>,
+    /// With --from-graph: store records only from the robots listed in this
+    /// file, each batch signed by its robot's key (`<robot id> <public key
+    /// or key file>` per line; docs/security.md).
+    #[arg(long, requires = "from_graph")]
+    robot_keys: Option<PathBuf>,
     /// The `flowpilot_fleet` executable (default: beside this one).
     #[arg(long, requires = "from_graph")]
     fleet_exe: Option<PathBuf>,
@@ -106,6 +111,7 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
                 &dir,
                 &a.out,
                 a.for_robot.as_deref(),
+                a.robot_keys.as_deref(),
             )?);
             DataSource::Fleet { dir }
         }
@@ -142,6 +148,7 @@ impl GraphLink {
         shards: &std::path::Path,
         out: &std::path::Path,
         robot: Option<&str>,
+        robot_keys: Option<&std::path::Path>,
     ) -> Result<Self> {
         let exe = match exe {
             Some(e) => e,
@@ -153,6 +160,9 @@ impl GraphLink {
         cmd.arg("--shards").arg(shards).arg("--out").arg(out);
         if let Some(r) = robot {
             cmd.arg("--robot").arg(r);
+        }
+        if let Some(k) = robot_keys {
+            cmd.arg("--robot-keys").arg(k);
         }
         let child = cmd.spawn().with_context(|| {
             format!(

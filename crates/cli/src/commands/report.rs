@@ -247,6 +247,8 @@ fn figure(
 fn lineage(dir: &Path) -> String {
     let store = CheckpointDir::new(dir);
     let record = store.accepted();
+    // Unreadable: every version's status is then unknown, not "accepted".
+    let revoked = flowpilot_core::versions::Revocations::load(&store).map_err(|e| e.to_string());
     let mut rows: Vec<(u64, String, String, String)> = Vec::new();
     for (p, _) in store.policies() {
         let Ok(m) = ModelFile::load(&p) else {
@@ -258,7 +260,9 @@ fn lineage(dir: &Path) -> String {
             ));
             continue;
         };
-        let status = if record.revoked.contains(&m.spec.digest) {
+        let status = if let Err(e) = &revoked {
+            e.as_str()
+        } else if revoked.as_ref().is_ok_and(|r| r.contains(&m.spec.digest)) {
             "rolled back"
         } else if record.accepted.iter().any(|a| a == &p) {
             "accepted"

@@ -2,6 +2,7 @@
 //! their transition records over the ROS 2 graph to one learner, which
 //! acknowledges what it has stored and publishes new versions back.
 //!
+//! - [`auth`]: records only from the robots they name (robot keys).
 //! - [`wire`]: the records batch (bytes inside a std_msgs/UInt8MultiArray),
 //!   the acknowledgement and the revocation (JSON in std_msgs/String).
 //! - [`outbox`]: the robot's flow control: a window of unacknowledged
@@ -22,6 +23,7 @@
 //!
 //! Real-time: none of this runs on the control thread.
 
+pub mod auth;
 pub mod cursor;
 pub mod inbox;
 pub mod outbox;

@@ -19,8 +19,9 @@
 //!                keys strictly increasing (one encoding per batch)
 //! u32 n, then n × (u32 len, CDR record)          the records, in order
 //! u16 n, auth (n bytes)   an authenticator of every byte before this
-//!                field ([`Batch::body`]); empty: none. Not checked yet:
-//!                the seam for robot keys (docs/fleet.md).
+//!                field ([`Batch::body`]); empty: none. The robot's
+//!                signature ([`super::auth`]), checked by a learner
+//!                given robot keys.
 //! ```
 //!
 //! `FPB1` (before epochs) is the same without `epoch` and `auth`; it is
@@ -118,8 +119,8 @@ pub struct Batch {
     pub prev_end: u64,
     pub metadata: BTreeMap<String, String>,
     pub records: Vec<Vec<u8>>,
-    /// An authenticator of [`Self::body`] (empty: none). The learner does
-    /// not check it yet; it is where a robot's signature goes.
+    /// An authenticator of [`Self::body`] (empty: none): the robot's
+    /// signature, checked by a learner with robot keys ([`super::auth`]).
     pub auth: Vec<u8>,
 }
 

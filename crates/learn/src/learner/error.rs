@@ -68,7 +68,9 @@ pub enum LearnerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Numbering(#[from] flowpilot_core::checkpoint::NumberingError),
+    Numbering(#[from] flowpilot_core::versions::NumberingError),
+    #[error(transparent)]
+    Revocations(#[from] flowpilot_core::versions::RevocationError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]

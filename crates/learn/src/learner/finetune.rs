@@ -18,9 +18,10 @@ use super::replay::ReplayBuffer;
 use super::sac::{Draw, Sac, SacConfig};
 use super::shards::Shards;
 use crate::demos::Demos;
-use flowpilot_core::checkpoint::{next_version, AcceptedRecord, CheckpointDir, Lineage};
+use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::model::ModelFile;
 use flowpilot_core::signing::{signed_by, PolicySigner};
+use flowpilot_core::versions::{next_version, restore_point, Lineage, Revocations};
 
 /// What `flowpilot finetune` runs on.
 #[derive(Debug, Clone)]
@@ -117,13 +118,13 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     };
     // The versions in `out` (and `init`) with their parents, to tell
     // whether the line being trained was rolled back by the node.
-    let mut lineage = store.lineage();
+    let mut lineage = Lineage::scan(&store);
     lineage.insert(&init.spec, Some(&opts.init));
     // Resume: the newest checkpoint in `out` that could replace `init`,
     // whose line holds no revoked version and that this learner may
     // continue (with a signing key: one it signed).
-    let revoked = store.accepted().revoked;
-    let mut current = match store.latest_unrevoked_where(&lineage, &revoked, |m| trust.accepts(m)) {
+    let revoked = Revocations::load(&store)?;
+    let mut current = match lineage.newest_clean(&revoked, |m| trust.accepts(m)) {
         Some((p, m))
             if m.spec.version > init.spec.version
                 && init.spec.check_compatible(&m.spec).is_ok() =>
@@ -393,11 +394,12 @@ fn follow_rollback(
     sac: &mut Sac,
     current: &mut ModelFile,
 ) -> Result<bool> {
-    let record = store.accepted();
-    let Some(bad) = lineage.first_revoked(&current.spec, |d| record.revoked.contains(d)) else {
+    let revoked = Revocations::load(store)?;
+    let Some(bad) = lineage.first_revoked(&current.spec, |d| revoked.contains(d)) else {
         return Ok(false);
     };
-    let Some((path, restored)) = restore_point(store, lineage, trust, &record, current) else {
+    let fits = |m: &ModelFile| current.spec.check_compatible(&m.spec).is_ok() && trust.accepts(m);
+    let Some((path, restored)) = restore_point(store, lineage, &revoked, fits) else {
         tracing::warn!(
             head = current.spec.version,
             revoked = %bad,
@@ -422,37 +424,4 @@ fn follow_rollback(
     );
     *current = restored;
     Ok(true)
-}
-
-/// The version to restart from: the one the node runs (the last accepted),
-/// else the newest clean version known; either must fit `current`, have
-/// a clean line and be one this learner may continue ([`Trust`]).
-fn restore_point(
-    store: &CheckpointDir,
-    lineage: &Lineage,
-    trust: &Trust<'_>,
-    record: &AcceptedRecord,
-    current: &ModelFile,
-) -> Option<(PathBuf, ModelFile)> {
-    let fits = |m: &ModelFile| {
-        current.spec.check_compatible(&m.spec).is_ok()
-            && lineage
-                .first_revoked(&m.spec, |d| record.revoked.contains(d))
-                .is_none()
-            && trust.accepts(m)
-    };
-    if let Some(p) = record.accepted.last() {
-        match ModelFile::load(p) {
-            Ok(m) if fits(&m) => return Some((p.clone(), m)),
-            Ok(_) => {
-                tracing::warn!(path = %p.display(), "the accepted version does not fit the learner's model")
-            }
-            Err(e) => {
-                tracing::warn!(path = %p.display(), "the accepted version does not load: {e}")
-            }
-        }
-    }
-    store
-        .latest_unrevoked_where(lineage, &record.revoked, |m| trust.accepts(m))
-        .filter(|(_, m)| fits(m))
 }
