@@ -359,12 +359,13 @@ def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domai
         fut = client.call_async(Trigger.Request())
         wait_for(fut.done, 10, "rollback reply")
         assert fut.result().success, fut.result().message
-        robot_record = (tmp_path / "r1" / "ckpt" / ".flowpilot_accepted").read_text()
+        # the append-only revocation logs (docs/security.md, "Lineage")
+        robot_record = (tmp_path / "r1" / "ckpt" / ".flowpilot_revoked").read_text()
         revoked = [l.split()[1] for l in robot_record.splitlines() if l.startswith("revoked ")]
         assert revoked, robot_record
-        learner_record = tmp_path / "lckpt" / ".flowpilot_accepted"
+        learner_record = tmp_path / "lckpt" / ".flowpilot_revoked"
         wait_for(lambda: learner_record.exists() and revoked[0] in learner_record.read_text(), 20,
-                 "the revocation in the learner's record")
+                 "the revocation in the learner's revocation log")
         wait_for(lambda: "restarting the actor from the accepted version" in llog_path.read_text(), 60,
                  "the learner leaving the revoked line")
     finally:
