@@ -202,11 +202,13 @@ fn run(a: Args) -> Result<()> {
             // Before the store sees it: a refused batch moves no position.
             if let Some(Err(e)) = robot_keys.as_ref().map(|k| k.check(&b)) {
                 let mut c = counts.borrow_mut();
-                if c.refused.is_multiple_of(100) {
-                    tracing::warn!(seen = c.refused + 1, "records batch refused: {e}");
+                let why = e.to_string();
+                // Each new reason, then every 100th: a flood cannot fill the log.
+                if why != c.last_refused || c.refused.is_multiple_of(100) {
+                    tracing::warn!(seen = c.refused + 1, "records batch refused: {why}");
                 }
                 c.refused += 1;
-                c.last_refused = e.to_string();
+                c.last_refused = why;
                 continue;
             }
             *bytes_in.entry(b.robot.clone()).or_default() += bytes.len() as u64;

@@ -61,11 +61,19 @@ pub enum RobotKeysError {
 pub enum BatchAuthError {
     #[error("robot '{robot}' is not in the robot keys: its records are not stored")]
     UnknownRobot { robot: String },
-    #[error("records from robot '{robot}' refused: {source}")]
-    Signature {
-        robot: String,
-        source: SignatureError,
-    },
+    #[error(
+        "records from robot '{robot}' refused: unsigned (the robot has no fleet.signing_key?)"
+    )]
+    Unsigned { robot: String },
+    #[error("records from robot '{robot}' refused: signed by {key}, not the key listed for it")]
+    WrongKey { robot: String, key: PublicKey },
+    #[error(
+        "records from robot '{robot}' refused: the signature does not verify (forged, or \
+         altered or moved to another position after it was signed)"
+    )]
+    BadSignature { robot: String },
+    #[error("records from robot '{robot}' refused: malformed authenticator: {why}")]
+    Malformed { robot: String, why: String },
 }
 
 /// The key each robot id signs its batches with.
@@ -142,11 +150,13 @@ impl RobotKeys {
             .ok_or_else(|| BatchAuthError::UnknownRobot {
                 robot: b.robot.clone(),
             })?;
-        key.verify_records(&b.body(), &b.auth)
-            .map_err(|source| BatchAuthError::Signature {
-                robot: b.robot.clone(),
-                source,
-            })
+        let robot = b.robot.clone();
+        key.verify_records(&b.body(), &b.auth).map_err(|e| match e {
+            SignatureError::Unsigned => BatchAuthError::Unsigned { robot },
+            SignatureError::UntrustedKey { key } => BatchAuthError::WrongKey { robot, key },
+            SignatureError::BadSignature { .. } => BatchAuthError::BadSignature { robot },
+            SignatureError::Malformed(why) => BatchAuthError::Malformed { robot, why },
+        })
     }
 }
 
@@ -190,20 +200,14 @@ mod tests {
         let plain = batch("r1", 10);
         assert!(matches!(
             keys.check(&plain),
-            Err(BatchAuthError::Signature {
-                source: SignatureError::Unsigned,
-                ..
-            })
+            Err(BatchAuthError::Unsigned { .. })
         ));
         // another robot's key naming r1
         let mut forged = batch("r1", 1_000_000);
         forged.auth = r2.sign_records(&forged.body());
         assert!(matches!(
             keys.check(&forged),
-            Err(BatchAuthError::Signature {
-                source: SignatureError::UntrustedKey { .. },
-                ..
-            })
+            Err(BatchAuthError::WrongKey { .. })
         ));
         // a genuine signature moved to another position
         let mut moved = b.clone();
@@ -211,10 +215,7 @@ mod tests {
         moved.prev_end = 1_000_000;
         assert!(matches!(
             keys.check(&moved),
-            Err(BatchAuthError::Signature {
-                source: SignatureError::BadSignature { .. },
-                ..
-            })
+            Err(BatchAuthError::BadSignature { .. })
         ));
         // a record altered
         let mut altered = b.clone();
@@ -232,10 +233,7 @@ mod tests {
         short.auth = vec![0; 5];
         assert!(matches!(
             keys.check(&short),
-            Err(BatchAuthError::Signature {
-                source: SignatureError::Malformed(_),
-                ..
-            })
+            Err(BatchAuthError::Malformed { .. })
         ));
     }
 
