@@ -22,9 +22,34 @@ PARAMS = os.path.join(ROOT, "config", "pointmass.yaml")
 # Distinct domain per test (and per pytest worker process).
 _domains = itertools.count(20 + (os.getpid() % 50) * 3)
 
+# The cross-process contract (crates/core/src/contract.rs): decision and
+# stop codes, log metadata keys, checkpoint file names, QoS by role. Tests
+# read codes and names from here, never spell them.
+CONTRACT = json.loads(subprocess.run([CLI, "contract", "--json"], check=True, capture_output=True,
+                                     text=True).stdout)
+DECISION = CONTRACT["decision"]
+STOP = CONTRACT["stop"]
+FILES = CONTRACT["files"]
+
+
+def qos(role):
+    """The QoS of a contract role (e.g. "fleet_policy") as an rclpy profile."""
+    q = CONTRACT["qos"][role]
+    return QoSProfile(depth=q["depth"], history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE if q["reliable"] else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if q["transient_local"] else DurabilityPolicy.VOLATILE)
+
+
+def policy_file(version):
+    """A checkpoint directory's file name for `version`."""
+    return f"{FILES['policy_prefix']}{version:0{FILES['policy_digits']}d}.{FILES['policy_ext']}"
+
+
+# A test peer's own choices (tests vary the peer's QoS on purpose; the
+# node's side is the contract's).
 BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED = qos("fleet_policy")
 
 
 def offline_action(obs, seed, tick):

@@ -31,7 +31,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import BEST_EFFORT, RELIABLE, diag, wait_for
+from conftest import BEST_EFFORT, FILES, RELIABLE, diag, wait_for
 from test_attack_policy import AttackedNode, keygen, learner_versions, new_model
 
 
@@ -114,7 +114,7 @@ def test_a_deleted_accepted_record_does_not_bring_a_revoked_version_back(tmp_pat
     finally:
         r.stop()
     # what the node's warning used to advise
-    (r.swap / ".flowpilot_accepted").unlink()
+    (r.swap / FILES["accepted"]).unlink()
     r.start()
     try:
         r.runs_only(1)

@@ -38,7 +38,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
 import conftest
-from conftest import BEST_EFFORT, CLI, LATCHED, RELIABLE, ROOT, NodeProc, diag, wait_for
+from conftest import BEST_EFFORT, CLI, LATCHED, RELIABLE, ROOT, NodeProc, diag, policy_file, wait_for
 
 NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or conftest.NODE
 LEGACY = os.environ.get("FLOWPILOT_ATTACK_LEGACY") == "1"
@@ -261,7 +261,7 @@ def test_an_unsigned_version_written_into_the_hot_swap_directory_is_refused(robo
     n = robot.rejections()
     staged = tmp_path / "swap" / ".staged"
     staged.write_bytes(foreign.read_bytes())
-    os.rename(staged, tmp_path / "swap" / "policy_v000002.safetensors")
+    os.rename(staged, tmp_path / "swap" / policy_file(2))
     wait_for(lambda: robot.rejections() > n or robot.version() != 1, 15, "the node to refuse or take it")
     time.sleep(0.5)
     assert robot.version() == 1, "the robot runs the unsigned version"

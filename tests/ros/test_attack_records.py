@@ -30,7 +30,7 @@ import subprocess
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
-from std_msgs.msg import String, UInt8MultiArray
+from std_msgs.msg import UInt8MultiArray
 
 from conftest import CLI, RELIABLE, ROOT, wait_for
 from test_attack_policy import AttackedNode

@@ -9,10 +9,10 @@ import sys
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
+from conftest import BEST_EFFORT, CLI, DECISION, RELIABLE, ROOT, NodeProc, diag, wait_for
 
 # Trace layout: [tick, decision, published, log_prob, stamp, action...]
-POLICY = 0
+POLICY = DECISION["policy"]
 
 
 def params(tmp_path, model, obs_width, chunk="{boundary: replace}",

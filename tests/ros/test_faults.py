@@ -15,7 +15,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, diag, wait_for
+from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, diag, policy_file, wait_for
 from test_node import ESTOP, INVALID, POLICY, STALE, ObsPublisher, decisions, start, wait_decision
 
 # A default rclpy publisher: reliable, volatile (`ros2 topic pub`'s default).
@@ -294,7 +294,7 @@ def test_enospc_for_the_accepted_record_keeps_the_swap_and_says_so(domain, peer,
             wait_for(lambda: any(m.data[1] == POLICY for _, m in list(trace)), 15, "policy")
             t = time.monotonic()
             os.rename(staged, swap / "policy_v000002.safetensors")  # a rename needs no free space
-            v2 = swap / "policy_v000002.safetensors"
+            v2 = swap / policy_file(2)
             wait_for(lambda: acts_match(trace, v2, t), 10, "v2 swapped in")
             wait_for(lambda: diags and diag(diags).get("policy_record_error"), 5, "policy_record_error")
             kv = diag(diags)

@@ -24,7 +24,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CLI, NODE, ROOT
+from conftest import CLI, CONTRACT, FILES, NODE, ROOT
+
+META = CONTRACT["log_meta"]
 
 import netns
 
@@ -209,7 +211,7 @@ def streams_of(shard_dir):
         recs = list(records(f))
         if recs:
             meta = recs[0][0]
-            parts[(meta.get("stream_epoch"), int(meta.get("seq_base", 0)), f)] = [r for _, r in recs]
+            parts[(meta.get(META["epoch"]), int(meta.get(META["seq_base"], 0)), f)] = [r for _, r in recs]
     out = {}
     for (epoch, _, _), rs in sorted(parts.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         t, m = out.setdefault(epoch, ([], []))
@@ -221,7 +223,7 @@ def streams_of(shard_dir):
 def log_stream(log_dir):
     """A robot's own log: (epoch, ticks, mono_ns)."""
     files = sorted(glob.glob(os.path.join(log_dir, "*.mcap")))
-    epoch = next(iter(records(files[-1])))[0].get("stream_epoch")
+    epoch = next(iter(records(files[-1])))[0].get(META["epoch"])
     got = read_log(log_dir)
     return epoch, [int(t) for t in got["tick"]], [int(m) for m in got["mono_ns"]]
 
@@ -360,10 +362,10 @@ def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domai
         wait_for(fut.done, 10, "rollback reply")
         assert fut.result().success, fut.result().message
         # the append-only revocation logs (docs/security.md, "Lineage")
-        robot_record = (tmp_path / "r1" / "ckpt" / ".flowpilot_revoked").read_text()
+        robot_record = (tmp_path / "r1" / "ckpt" / FILES["revoked"]).read_text()
         revoked = [l.split()[1] for l in robot_record.splitlines() if l.startswith("revoked ")]
         assert revoked, robot_record
-        learner_record = tmp_path / "lckpt" / ".flowpilot_revoked"
+        learner_record = tmp_path / "lckpt" / FILES["revoked"]
         wait_for(lambda: learner_record.exists() and revoked[0] in learner_record.read_text(), 20,
                  "the revocation in the learner's revocation log")
         wait_for(lambda: "restarting the actor from the accepted version" in llog_path.read_text(), 60,

@@ -11,10 +11,10 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from std_msgs.msg import Float64MultiArray
 
-from conftest import RELIABLE, NodeProc, wait_for
+from conftest import DECISION, RELIABLE, NodeProc, wait_for
 from test_node import ObsPublisher, POLICY
 
-INACTIVE = 6  # decision code of a tick while not active
+INACTIVE = DECISION["inactive"]  # a tick while not active
 
 
 def call(peer, srv_type, name, req, timeout=10.0):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, ROOT, NodeProc, wait_for
+from conftest import BEST_EFFORT, FILES, ROOT, NodeProc, policy_file, wait_for
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from read_log import read_log  # noqa: E402
@@ -115,12 +115,12 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
     ckpt.mkdir()
     digests = {}
     for v in (2, 3):
-        p = ckpt / f"policy_v00000{v}.safetensors"
+        p = ckpt / policy_file(v)
         subprocess.run([CLI, "new", str(p), "--obs", "2", "--act", "2", "--blocks", "2", "--hidden", "16",
                         "--random", "--seed", str(v), "--version", str(v)], check=True, capture_output=True)
         digests[v] = json.loads(subprocess.run([CLI, "sample", str(p), "--obs", "0,0", "--json"], check=True,
                                                capture_output=True, text=True).stdout)["digest"]
-    (ckpt / ".flowpilot_accepted").write_text(f"revoked {digests[3]}\naccepted {ckpt / 'policy_v000002.safetensors'}\n")
+    (ckpt / FILES["accepted"]).write_text(f"revoked {digests[3]}\naccepted {ckpt / policy_file(2)}\n")
     out = tmp_path / "report"
     subprocess.run([CLI, "report", str(log_dir), str(ckpt), "--out", str(out)], check=True, capture_output=True)
     page = (out / "index.html").read_text()

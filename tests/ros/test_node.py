@@ -8,11 +8,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import (BEST_EFFORT, LATCHED, MODEL, RELIABLE, ROOT, NodeProc, Peer, offline_action, wait_for)
+from conftest import (BEST_EFFORT, DECISION, LATCHED, MODEL, RELIABLE, ROOT, NodeProc, Peer, offline_action,
+                      wait_for)
 
 OBS = [0.05, -1.1]
 # Trace layout: [tick, decision, published, log_prob, stamp, action...]
-POLICY, WARMUP, ESTOP, STALE, INVALID = 0, 1, 2, 3, 4
+POLICY, WARMUP, ESTOP, STALE, INVALID = (DECISION[k] for k in ("policy", "warm_up", "e_stop", "stale", "invalid"))
 
 
 class ObsPublisher:

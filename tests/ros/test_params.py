@@ -11,9 +11,9 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, RELIABLE, NodeProc, diag, wait_for
+from conftest import BEST_EFFORT, DECISION, RELIABLE, NodeProc, diag, wait_for
 
-POLICY = 0
+POLICY = DECISION["policy"]
 
 
 def call(fut, what, timeout=5):

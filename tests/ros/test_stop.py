@@ -45,7 +45,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 import conftest
-from conftest import BEST_EFFORT, LATCHED, RELIABLE, ROOT, NodeProc, Peer, wait_for
+from conftest import BEST_EFFORT, DECISION, LATCHED, RELIABLE, ROOT, STOP, NodeProc, Peer, wait_for
 
 NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or conftest.NODE
 LEGACY = os.environ.get("FLOWPILOT_STOP_LEGACY") == "1"
@@ -65,8 +65,10 @@ HOLD_S = 0.5               # how long each stop is watched
 STALL_AT = 250             # FLOWPILOT_FAULT_INJECT=stall@STALL_AT
 
 # Trace decision codes and the trace's last element (the stop applied).
-POLICY, WARMUP, ESTOP, STALE, INVALID, OVERRIDE, INACTIVE = range(7)
-STOP_NONE, STOP_MEASURED, STOP_LAST, STOP_ZERO, STOP_SILENT = range(5)
+POLICY, WARMUP, ESTOP, STALE, INVALID, OVERRIDE, INACTIVE = (DECISION[k] for k in (
+    "policy", "warm_up", "e_stop", "stale", "invalid", "human_override", "inactive"))
+STOP_NONE, STOP_MEASURED, STOP_LAST, STOP_ZERO, STOP_SILENT = (STOP[k] for k in (
+    "none", "hold_measured", "hold_command", "zero", "silent"))
 CODE = {"measured": STOP_MEASURED, "last": STOP_LAST, "zero": STOP_ZERO, "silent": STOP_SILENT}
 
 ARM_SOURCES = {

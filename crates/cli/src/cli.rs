@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    bare_loop, bench, convert, demos, eval, finetune, import, inspect, keygen, log_prob, new,
-    replay, report, sample, train,
+    bare_loop, bench, contract, convert, demos, eval, finetune, import, inspect, keygen, log_prob,
+    new, replay, report, sample, train,
 };
 use flowpilot_core::model::ModelFile;
 
@@ -69,6 +69,9 @@ enum Cmd {
     /// A session report: plots and one self-contained HTML page from a
     /// transition log (and the checkpoint directory).
     Report(report::ReportArgs),
+    /// The cross-process contract (codes, log metadata keys, file names,
+    /// flags, QoS by role) as JSON, for scripts and tests.
+    Contract(contract::ContractArgs),
 }
 
 impl Cli {
@@ -95,6 +98,7 @@ impl Cli {
             Cmd::Keygen(a) => keygen::run(a),
             Cmd::Replay(a) => replay::run(a),
             Cmd::Report(a) => report::run(a),
+            Cmd::Contract(a) => contract::run(a),
         }
     }
 }

@@ -30,14 +30,10 @@ use std::time::SystemTime;
 
 use crate::model::ModelFile;
 
-/// Name of the node's record of accepted (and, a redundant copy, revoked)
-/// versions.
-const ACCEPTED_FILE: &str = ".flowpilot_accepted";
-/// Name of the append-only revocation log ([`crate::versions::Revocations`]).
-const REVOKED_FILE: &str = ".flowpilot_revoked";
-const LEARNER_DIR: &str = ".learner";
-const LEARNER_STATE: &str = "state.safetensors";
-const POLICY_EXT: &str = "safetensors";
+use crate::contract::files::{
+    ACCEPTED as ACCEPTED_FILE, LEARNER_DIR, LEARNER_STATE, POLICY_DIGITS, POLICY_EXT,
+    POLICY_PREFIX, REVOKED as REVOKED_FILE, SET_ASIDE_SUFFIX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,7 +89,7 @@ impl CheckpointDir {
 
     /// File name of a policy version.
     pub fn policy_file_name(version: u64) -> String {
-        format!("policy_v{version:06}.{POLICY_EXT}")
+        format!("{POLICY_PREFIX}{version:0POLICY_DIGITS$}.{POLICY_EXT}")
     }
 
     pub fn policy_path(&self, version: u64) -> PathBuf {
@@ -228,7 +224,7 @@ pub fn append_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// recorded: `<name>.revoked`, which no scan reads as a policy.
 pub fn set_aside_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".revoked");
+    name.push(SET_ASIDE_SUFFIX);
     path.with_file_name(name)
 }
 

@@ -50,6 +50,7 @@ pub mod board;
 pub mod checkpoint;
 pub mod chunk;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod decision;
 pub mod diagnostics;

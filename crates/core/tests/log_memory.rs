@@ -12,10 +12,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use flowpilot_core::contract::log_meta::SEQ_BASE;
 use flowpilot_core::fleet::cursor::LogCursor;
 use flowpilot_core::log::reader::{log_files, stream_base};
 use flowpilot_core::log::writer::FileWriter;
-use flowpilot_core::log::{Transition, SEQ_BASE_KEY};
+use flowpilot_core::log::Transition;
 
 struct Peak;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -72,7 +73,7 @@ fn seeking_in_a_long_log_holds_a_bounded_amount_of_memory() {
     let n = 40_000u64;
     let path = dir.path().join("flowpilot_1_1.mcap");
     let meta: BTreeMap<String, String> = [
-        (SEQ_BASE_KEY.to_string(), "0".to_string()),
+        (SEQ_BASE.to_string(), "0".to_string()),
         ("every".to_string(), "1".to_string()),
     ]
     .into();

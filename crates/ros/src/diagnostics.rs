@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
-use r2r::QosProfile;
 
 use flowpilot_core::board::{mono_ns, wall_ns};
 use flowpilot_core::control::Stats;
@@ -105,7 +104,10 @@ impl DiagPublisher {
         let period_ns = (period_s * 1e9) as i64;
         let now = mono_ns();
         Ok(Self {
-            publisher: node.create_publisher("/diagnostics", QosProfile::default())?,
+            publisher: node.create_publisher(
+                "/diagnostics",
+                crate::qos::profile(flowpilot_core::contract::qos::DIAGNOSTICS),
+            )?,
             period_ns,
             next_ns: now + period_ns,
             configured_rate_hz,

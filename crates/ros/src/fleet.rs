@@ -86,22 +86,21 @@ pub(crate) struct FleetLink {
 /// The fleet topics' QoS, for both ends of the link (the words in
 /// `flowpilot_core::fleet::topics`).
 pub(crate) mod qos {
+    use crate::qos::profile;
+    use flowpilot_core::contract::qos as role;
     use r2r::QosProfile;
 
-    fn reliable(depth: usize) -> QosProfile {
-        QosProfile::default().reliable().keep_last(depth)
-    }
     pub(crate) fn records() -> QosProfile {
-        reliable(64)
+        profile(role::FLEET_RECORDS)
     }
     pub(crate) fn acks() -> QosProfile {
-        reliable(8)
+        profile(role::FLEET_ACKS)
     }
     pub(crate) fn policy() -> QosProfile {
-        reliable(1).transient_local()
+        profile(role::FLEET_POLICY)
     }
     pub(crate) fn revoked() -> QosProfile {
-        reliable(64).transient_local()
+        profile(role::FLEET_REVOKED)
     }
 }
 

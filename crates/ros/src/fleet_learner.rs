@@ -32,6 +32,7 @@ use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
 
 use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::CheckpointDir;
+use flowpilot_core::contract::flags;
 use flowpilot_core::fleet::auth::RobotKeys;
 use flowpilot_core::fleet::shards::ShardStore;
 use flowpilot_core::fleet::topics;
@@ -47,7 +48,7 @@ const QUEUE: usize = 4096;
 /// Bytes of batches held between spins (the same rule past it).
 const QUEUE_BYTES: usize = 64 << 20;
 /// Where the learner keeps its lasting id, in the shard directory.
-const ID_FILE: &str = ".flowpilot_learner_id";
+const ID_FILE: &str = flowpilot_core::contract::files::LEARNER_ID;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,13 +57,13 @@ const ID_FILE: &str = ".flowpilot_learner_id";
 )]
 struct Args {
     /// Per-robot shard directory (the learner reads it).
-    #[arg(long)]
+    #[arg(long = flags::SHARDS)]
     shards: PathBuf,
     /// The learner's checkpoint directory (versions published from here).
-    #[arg(long)]
+    #[arg(long = flags::OUT)]
     out: PathBuf,
     /// Serve one robot only, on its own policy topic (fleet.policy: own).
-    #[arg(long)]
+    #[arg(long = flags::ROBOT)]
     robot: Option<String>,
     /// Seconds between acknowledgements.
     #[arg(long, default_value_t = 0.2)]
@@ -70,7 +71,7 @@ struct Args {
     /// Store records only from the robots listed here, each batch signed by
     /// its robot's key (docs/security.md): `<robot id> <public key or key
     /// file>` per line. Without it any peer can send records under any id.
-    #[arg(long)]
+    #[arg(long = flags::ROBOT_KEYS)]
     robot_keys: Option<PathBuf>,
     /// Seconds between the per-robot counter reports in the log.
     #[arg(long, default_value_t = 10.0)]
@@ -162,8 +163,10 @@ fn run(a: Args) -> Result<()> {
         None => topics::POLICY.to_string(),
     };
     let policy = node.create_publisher::<UInt8MultiArray>(&policy_topic, qos::policy())?;
-    let diagnostics =
-        node.create_publisher::<DiagnosticArray>("/diagnostics", r2r::QosProfile::default())?;
+    let diagnostics = node.create_publisher::<DiagnosticArray>(
+        "/diagnostics",
+        crate::qos::profile(flowpilot_core::contract::qos::DIAGNOSTICS),
+    )?;
     tracing::info!(id = %id, instance = %instance, shards = %a.shards.display(), out = %a.out.display(), policy = %policy_topic, "fleet learner link up (robots follow this id; pin it with fleet.learner)");
     let mut next_diag = Instant::now();
     let mut warned = false;

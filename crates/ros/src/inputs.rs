@@ -35,12 +35,12 @@ impl InputStats {
 
 /// Keep-last-1 QoS, best effort or reliable.
 pub(crate) fn qos(best_effort: bool) -> QosProfile {
-    let q = QosProfile::default().keep_last(1);
-    if best_effort {
-        q.best_effort()
+    use flowpilot_core::contract::qos::{SOURCE_BEST_EFFORT, SOURCE_RELIABLE};
+    crate::qos::profile(if best_effort {
+        SOURCE_BEST_EFFORT
     } else {
-        q.reliable()
-    }
+        SOURCE_RELIABLE
+    })
 }
 
 /// A header stamp in ns; None for the zero stamp (publisher set none).

@@ -31,14 +31,16 @@ impl Learner {
         let (Some(l), Some(out)) = (&cfg.log, &cfg.hot_swap_dir) else {
             return Ok(None);
         };
+        use flowpilot_core::contract::flags;
+        let flag = |f: &str| format!("--{f}");
         let mut args: Vec<String> = vec![
-            "--log-dir".into(),
+            flag(flags::LOG_DIR),
             l.dir.clone(),
-            "--out".into(),
+            flag(flags::OUT),
             out.clone(),
-            "--init".into(),
+            flag(flags::INIT),
             model_path.display().to_string(),
-            "--follow".into(),
+            flag(flags::FOLLOW),
         ];
         args.extend(cfg.finetune_args.iter().cloned());
         Self::new(cfg.finetune_exe.as_ref().map(Into::into), args).map(Some)
@@ -97,7 +99,8 @@ impl Learner {
             return Ok(format!("learner already running (pid {pid})"));
         }
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("finetune").args(&self.args);
+        cmd.arg(flowpilot_core::contract::flags::FINETUNE)
+            .args(&self.args);
         // One candle/rayon thread unless configured otherwise.
         for v in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
             if std::env::var_os(v).is_none() {

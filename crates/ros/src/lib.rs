@@ -41,6 +41,7 @@ mod live_params;
 mod log_inputs;
 mod outputs;
 mod params;
+mod qos;
 mod services;
 mod swap;
 

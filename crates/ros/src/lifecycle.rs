@@ -125,7 +125,7 @@ impl LifecycleServer {
         )?;
         let events = node.create_publisher::<TransitionEvent>(
             "~/transition_event",
-            QosProfile::default().reliable().keep_last(10),
+            crate::qos::profile(flowpilot_core::contract::qos::TRANSITION_EVENTS),
         )?;
         Ok(Self {
             machine: Machine::new(),

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
-use r2r::QosProfile;
 
 use flowpilot_core::board::Board;
 use flowpilot_core::config::{LogSettings, NodeConfig};
@@ -31,7 +30,7 @@ fn subscribe_log_inputs(
     step: Option<Arc<Board>>,
 ) -> Result<Arc<LogInputs>> {
     let inputs = Arc::new(LogInputs::default());
-    let q = QosProfile::default().reliable().keep_last(100);
+    let q = crate::qos::profile(flowpilot_core::contract::qos::EVENTS);
     if let Some(t) = &l.reward_topic {
         let s = node.subscribe::<r2r::std_msgs::msg::Float64>(t, q.clone())?;
         let i = inputs.clone();
@@ -66,7 +65,7 @@ pub(crate) fn subscribe_override(
     let board = Arc::new(Board::new(&[act_dim]));
     let s = node.subscribe::<r2r::std_msgs::msg::Float64MultiArray>(
         topic,
-        QosProfile::default().keep_last(1),
+        crate::qos::profile(flowpilot_core::contract::qos::OVERRIDE),
     )?;
     let b = board.clone();
     spawner.spawn_local(s.for_each(move |m| {
@@ -125,30 +124,31 @@ pub(crate) fn start(
     };
     let inputs = subscribe_log_inputs(node, spawner, l, step.clone())?;
     let spec = &model.spec;
+    use flowpilot_core::contract::log_meta as k;
     let meta = [
-        ("obs_dim", spec.step_obs_dim().to_string()),
-        ("goal_dim", spec.goal_dim.to_string()),
-        ("act_dim", act_dim.to_string()),
-        ("chunk_len", spec.chunk_len.to_string()),
-        ("obs_horizon", spec.obs_horizon.to_string()),
+        (k::OBS_DIM, spec.step_obs_dim().to_string()),
+        (k::GOAL_DIM, spec.goal_dim.to_string()),
+        (k::ACT_DIM, act_dim.to_string()),
+        (k::CHUNK_LEN, spec.chunk_len.to_string()),
+        (k::OBS_HORIZON, spec.obs_horizon.to_string()),
         (
-            "action_low",
+            k::ACTION_LOW,
             serde_json::to_string(&spec.action_low[..act_dim])?,
         ),
         (
-            "action_high",
+            k::ACTION_HIGH,
             serde_json::to_string(&spec.action_high[..act_dim])?,
         ),
-        ("rate_hz", cfg.rate_hz.to_string()),
-        ("every", l.every.to_string()),
+        (k::RATE_HZ, cfg.rate_hz.to_string()),
+        (k::EVERY, l.every.to_string()),
         (
-            "step_source",
+            k::STEP_SOURCE,
             l.step_source
                 .as_ref()
                 .map(|s| s.topic.clone())
                 .unwrap_or_default(),
         ),
-        ("model", model_path.display().to_string()),
+        (k::MODEL, model_path.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use r2r::QosProfile;
 
 use flowpilot_core::board::wall_ns;
 use flowpilot_core::config::{ActionKind, NodeConfig};
@@ -75,7 +74,10 @@ impl ActionPublisher {
             sink,
             chunk_points,
             period_ns: (1e9 / cfg.rate_hz) as i64,
-            trace: node.create_publisher("~/action_trace", QosProfile::default().keep_last(100))?,
+            trace: node.create_publisher(
+                "~/action_trace",
+                crate::qos::profile(flowpilot_core::contract::qos::TRACE),
+            )?,
         })
     }
 

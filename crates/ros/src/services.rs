@@ -65,14 +65,8 @@ pub(crate) fn serve_estop(
     latch: EStopLatch,
 ) -> Result<()> {
     let latch = Rc::new(RefCell::new(latch));
-    let readers = [
-        QosProfile::default().best_effort().volatile().keep_last(10),
-        QosProfile::default().reliable().volatile().keep_last(10),
-        QosProfile::default()
-            .reliable()
-            .transient_local()
-            .keep_last(1),
-    ];
+    use flowpilot_core::contract::qos::{ESTOP_BEST_EFFORT, ESTOP_LATCHED, ESTOP_RELIABLE};
+    let readers = [ESTOP_BEST_EFFORT, ESTOP_RELIABLE, ESTOP_LATCHED].map(crate::qos::profile);
     for qos in readers {
         let topic = node.subscribe::<r2r::std_msgs::msg::Bool>("~/estop", qos)?;
         let l = latch.clone();

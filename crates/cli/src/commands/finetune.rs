@@ -8,11 +8,14 @@ use anyhow::{bail, Context, Result};
 
 use flowpilot_learn::learner::{self, DataSource, FinetuneOptions, SacConfig};
 
+// The flags the node passes when it starts a learner are the contract's.
+use flowpilot_core::contract::flags;
+
 #[derive(clap::Args)]
 pub(crate) struct FinetuneArgs {
     /// Directory of transition logs (*.mcap) written by flowpilot_node.
     #[arg(
-        long,
+        long = flags::LOG_DIR,
         conflicts_with_all = ["offline", "from_graph"],
         required_unless_present_any = ["offline", "from_graph"]
     )]
@@ -35,16 +38,16 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, requires = "from_graph")]
     fleet_exe: Option<PathBuf>,
     /// Keep reading new records as the node writes them.
-    #[arg(long)]
+    #[arg(long = flags::FOLLOW)]
     follow: bool,
     /// Train on a fixed dataset alone (demos .npz with a 'reward' array).
     #[arg(long)]
     offline: Option<PathBuf>,
     /// The starting policy (a newer checkpoint in --out takes precedence).
-    #[arg(long)]
+    #[arg(long = flags::INIT)]
     init: PathBuf,
     /// Checkpoint directory (the node's hot_swap.dir).
-    #[arg(long)]
+    #[arg(long = flags::OUT)]
     out: PathBuf,
     /// Stop after this many updates (0: until SIGTERM / end of data).
     #[arg(long, default_value_t = 0)]
@@ -157,12 +160,17 @@ impl GraphLink {
                 .with_file_name("flowpilot_fleet"),
         };
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("--shards").arg(shards).arg("--out").arg(out);
+        use flowpilot_core::contract::flags;
+        let flag = |f: &str| format!("--{f}");
+        cmd.arg(flag(flags::SHARDS))
+            .arg(shards)
+            .arg(flag(flags::OUT))
+            .arg(out);
         if let Some(r) = robot {
-            cmd.arg("--robot").arg(r);
+            cmd.arg(flag(flags::ROBOT)).arg(r);
         }
         if let Some(k) = robot_keys {
-            cmd.arg("--robot-keys").arg(k);
+            cmd.arg(flag(flags::ROBOT_KEYS)).arg(k);
         }
         let child = cmd.spawn().with_context(|| {
             format!(

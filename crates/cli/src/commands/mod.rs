@@ -4,6 +4,7 @@
 
 pub(crate) mod bare_loop;
 pub(crate) mod bench;
+pub(crate) mod contract;
 pub(crate) mod convert;
 pub(crate) mod demos;
 pub(crate) mod eval;

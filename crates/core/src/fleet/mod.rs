@@ -17,7 +17,7 @@
 //!   after a kill -9.
 //!
 //! A record's identity is its robot id, its log stream's epoch
-//! (`log::reader::EPOCH_KEY`: a reinstalled robot is a new stream) and its
+//! (`contract::log_meta::EPOCH`: a reinstalled robot is a new stream) and its
 //! stream position (the log file's `seq_base` plus its index in the file:
 //! `log::reader::stream_base`).
 //!

@@ -8,7 +8,7 @@
 //! removed) and opens new parts.
 //!
 //! Records are keyed by (robot, epoch): each robot log stream
-//! (`log::reader::EPOCH_KEY`) has its own positions, so a reinstalled
+//! (`log::reader::EPOCH`) has its own positions, so a reinstalled
 //! robot whose log starts at 0 again is a new stream, stored from its
 //! first record, and two robots that claim one id are two streams that
 //! cannot overwrite or shadow each other; that case is detected
@@ -26,9 +26,10 @@ use std::path::{Path, PathBuf};
 
 use super::inbox::{Inbox, Verdict};
 use super::wire::{Batch, RobotAck};
-use crate::log::reader::{count, epoch_hex, file_base, file_epoch, log_files, EPOCH_KEY};
+use crate::contract::log_meta::{EPOCH, FLEET_ROBOT, FLEET_SOURCE, SEQ_BASE};
+use crate::log::reader::{count, epoch_hex, file_base, file_epoch, log_files};
 use crate::log::writer::FileWriter;
-use crate::log::{IoStep, LogError, Transition, SEQ_BASE_KEY};
+use crate::log::{IoStep, LogError, Transition};
 
 /// Two epochs of one robot id each sending within this long of the other,
 /// alternately: two live robots with one id.
@@ -188,10 +189,10 @@ impl ShardStore {
                 source,
             })?;
             let mut metadata = b.metadata.clone();
-            metadata.insert(SEQ_BASE_KEY.into(), first.to_string());
-            metadata.insert(EPOCH_KEY.into(), epoch_hex(b.epoch));
-            metadata.insert("fleet_robot".into(), b.robot.clone());
-            metadata.insert("fleet_source".into(), b.file.clone());
+            metadata.insert(SEQ_BASE.into(), first.to_string());
+            metadata.insert(EPOCH.into(), epoch_hex(b.epoch));
+            metadata.insert(FLEET_ROBOT.into(), b.robot.clone());
+            metadata.insert(FLEET_SOURCE.into(), b.file.clone());
             let name = format!("{stem}.{}.{first:012}", epoch_hex(b.epoch));
             stream.part = Some(Part {
                 source: b.file.clone(),
@@ -485,7 +486,7 @@ mod tests {
         // a part left with no record where this store's next part goes (a
         // crash between recovery and now; recovery removes earlier ones)
         let name = format!("flowpilot_1_{}.{}.{:012}", 0x10, epoch_hex(0x10), 0);
-        let meta = [(SEQ_BASE_KEY.to_string(), "0".to_string())].into();
+        let meta = [(SEQ_BASE.to_string(), "0".to_string())].into();
         FileWriter::create(&robot.join(format!("{name}.mcap")), &meta)
             .unwrap()
             .flush()

@@ -10,7 +10,7 @@
 //! ```text
 //! b"FPB2"
 //! u16 n, robot id (n bytes, a valid robot id)
-//! u64 epoch      the robot's log stream (log::reader::EPOCH_KEY; 0: a
+//! u64 epoch      the robot's log stream (log::reader::EPOCH; 0: a
 //!                stream from before epochs)
 //! u16 n, source log file name (n bytes)
 //! u64 seq        stream position of the first record (in that epoch)

@@ -38,13 +38,6 @@ pub const MAX_ACT: usize = 32;
 pub const SCHEMA_NAME: &str = "flowpilot_msgs/msg/Transition";
 pub const TOPIC: &str = "/flowpilot/transitions";
 
-/// Key of the file metadata that numbers the robot's record stream: the
-/// stream position of the file's first record. Files number on from the
-/// previous one ([`reader::stream_base`]), so a record's position (base +
-/// index in its file) survives deleting older files; the fleet link sends
-/// and acknowledges records by it (docs/fleet.md).
-pub const SEQ_BASE_KEY: &str = "seq_base";
-
 /// The ros2msg schema text, with the decision codes written from
 /// [`crate::decision::CODES`] (their one owner).
 pub fn schema_text() -> &'static str {

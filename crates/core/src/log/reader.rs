@@ -16,6 +16,7 @@
 //! offline tools read the files the writer thread produced); it does file
 //! I/O and allocates freely.
 
+use crate::contract::log_meta::{EPOCH, SEQ_BASE};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -462,15 +463,6 @@ pub fn count(path: &Path) -> Result<(u64, BTreeMap<String, String>)> {
     Ok((t.position(), t.metadata))
 }
 
-/// Key of the file metadata naming the log stream the file belongs to: a
-/// random 64-bit id (16 hex digits) made when a stream starts, i.e. when
-/// the writer finds no earlier file to number on from (a new or emptied
-/// log directory), and kept by every later file. Positions are only
-/// comparable within one epoch: a reinstalled robot whose log starts at 0
-/// again is a new stream, not a replay of the old one (docs/fleet.md).
-/// Files from before the key belong to epoch 0.
-pub const EPOCH_KEY: &str = "stream_epoch";
-
 /// Where a log directory's stream stands: the position the next file
 /// starts at, and the epoch it continues (None: no file to continue, a
 /// new stream starts).
@@ -480,8 +472,8 @@ pub struct StreamHead {
     pub epoch: Option<u64>,
 }
 
-/// [`StreamHead`] of `dir`: the newest file's [`super::SEQ_BASE_KEY`] plus
-/// its records, and its [`EPOCH_KEY`] (files written before the base
+/// [`StreamHead`] of `dir`: the newest file's [`SEQ_BASE`] plus
+/// its records, and its [`EPOCH`] (files written before the base
 /// count from 0 in name order; before the epoch, epoch 0). Reads files
 /// from the newest back to the first that carries a base, each through
 /// [`count`] (its index: bounded time and memory per file).
@@ -525,13 +517,13 @@ pub fn stream_base(dir: &Path) -> Result<u64> {
 
 /// A file's stream base from its metadata (None: written before bases).
 pub fn file_base(metadata: &BTreeMap<String, String>) -> Option<u64> {
-    metadata.get(super::SEQ_BASE_KEY)?.parse().ok()
+    metadata.get(SEQ_BASE)?.parse().ok()
 }
 
 /// A file's stream epoch from its metadata (None: written before epochs,
 /// which is epoch 0).
 pub fn file_epoch(metadata: &BTreeMap<String, String>) -> Option<u64> {
-    parse_epoch(metadata.get(EPOCH_KEY)?)
+    parse_epoch(metadata.get(EPOCH)?)
 }
 
 /// An epoch as it is written: 16 lower-case hex digits.
@@ -566,10 +558,9 @@ mod tests {
     /// A closed log file of `n` records.
     fn log(dir: &Path, name: &str, base: u64, epoch: Option<u64>, n: u64) -> PathBuf {
         let path = dir.join(name);
-        let mut meta: BTreeMap<String, String> =
-            [(crate::log::SEQ_BASE_KEY.to_string(), base.to_string())].into();
+        let mut meta: BTreeMap<String, String> = [(SEQ_BASE.to_string(), base.to_string())].into();
         if let Some(e) = epoch {
-            meta.insert(EPOCH_KEY.into(), epoch_hex(e));
+            meta.insert(EPOCH.into(), epoch_hex(e));
         }
         let mut w = FileWriter::create(&path, &meta).unwrap();
         for i in 0..n {
@@ -592,7 +583,7 @@ mod tests {
             let got = t.poll_indexed(3).unwrap();
             assert_eq!(got[0].0, target);
             assert_eq!(got[0].1.tick, target, "lands on the record");
-            assert_eq!(t.metadata.get(EPOCH_KEY).unwrap(), &epoch_hex(7));
+            assert_eq!(t.metadata.get(EPOCH).unwrap(), &epoch_hex(7));
         }
         // past the end: the end, and the file's records counted
         let t = Tail::open_at(&path, u64::MAX).unwrap();
@@ -713,7 +704,7 @@ mod tests {
     fn an_unclosed_file_is_counted_and_followed_past_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.mcap");
-        let meta = [(crate::log::SEQ_BASE_KEY.to_string(), "10".to_string())].into();
+        let meta = [(SEQ_BASE.to_string(), "10".to_string())].into();
         let mut w = FileWriter::create(&path, &meta).unwrap();
         for i in 0..2 * STRIDE + 3 {
             w.append(&rec(i)).unwrap();

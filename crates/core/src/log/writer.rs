@@ -103,7 +103,7 @@ impl LogHandle {
     /// Create the log file in `cfg.dir` and start the writer thread. The
     /// file's metadata gets its stream base and epoch (numbering on from
     /// the newest file already there, in its epoch; a directory with no
-    /// file starts a new epoch: [`super::reader::EPOCH_KEY`]).
+    /// file starts a new epoch: [`super::reader::EPOCH`]).
     pub fn start(mut cfg: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
             step: IoStep::CreatingDir,
@@ -113,10 +113,12 @@ impl LogHandle {
         remove_orphan_indexes(&cfg.dir);
         let head = super::reader::stream_head(&cfg.dir)?;
         let epoch = head.epoch.unwrap_or_else(new_epoch);
-        cfg.metadata
-            .insert(super::SEQ_BASE_KEY.into(), head.base.to_string());
         cfg.metadata.insert(
-            super::reader::EPOCH_KEY.into(),
+            crate::contract::log_meta::SEQ_BASE.into(),
+            head.base.to_string(),
+        );
+        cfg.metadata.insert(
+            crate::contract::log_meta::EPOCH.into(),
             super::reader::epoch_hex(epoch),
         );
         let secs = crate::board::wall_ns() / 1_000_000_000;

@@ -63,7 +63,7 @@ impl LogFollower {
             };
             let step: u64 = tail
                 .metadata
-                .get("every")
+                .get(flowpilot_core::contract::log_meta::EVERY)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             for r in recs {
