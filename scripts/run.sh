@@ -18,16 +18,37 @@
 # bundled policy and config/<task>.yaml. Prints each episode, the mean return
 # (and the scripted expert's on the same seeds, for reference), and the
 # control loop's statistics.
+#
+#   scripts/run.sh metaworld:<task> [EPISODES] [--model PATH]   (e.g. metaworld:push-v3 20)
+#
+# Any Meta-World MT1 task by name (docs/manipulation.md): sets up .manip/
+# (scripts/setup-manip.sh), records 10 scripted-expert demonstrations and
+# trains a BC flow into ~/.local/state/flowpilot/metaworld_<task>/ unless
+# they are there already (or serves --model), generates the node's
+# parameters (sim/manip_config.py), runs sim/manip_sim.py in real time
+# (80 Hz) against the node and prints the success rate, then the scripted
+# expert's on the same episodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 finetune=0
+given_model=
 args=()
-for a in "$@"; do
-  if [ "$a" = --finetune ]; then finetune=1; else args+=("$a"); fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --finetune) finetune=1 ;;
+    --model) given_model=$(realpath "$2"); shift ;;
+    --model=*) given_model=$(realpath "${1#--model=}") ;;
+    *) args+=("$1") ;;
+  esac
+  shift
 done
 task=${args[0]:-reacher}
 episodes=${args[1]:-10}
-case "$task" in reacher|pendulum|reach|pointmass) ;; *) echo "usage: $0 [reacher|pendulum|reach|pointmass] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
+case "$task" in
+  metaworld:*) exec scripts/run_manip.sh "$task" "$episodes" "$finetune" "$given_model" ;;
+esac
+[ -z "$given_model" ] || { echo "--model: metaworld:<task> only" >&2; exit 2; }
+case "$task" in reacher|pendulum|reach|pointmass) ;; *) echo "usage: $0 [reacher|pendulum|reach|pointmass|metaworld:<task>] [EPISODES] [--finetune]" >&2; exit 2 ;; esac
 case "$finetune$task" in 1pointmass) echo "--finetune: reach, reacher or pendulum" >&2; exit 2 ;; esac
 # A fresh session: the configs log to and hot-swap from a state directory
 # (docs/security.md: not /tmp); this job's own, emptied first.
