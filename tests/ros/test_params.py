@@ -81,8 +81,13 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
         r = call(client.set_parameters([Parameter("model", value="/tmp/other.safetensors")]), "set model").results
         assert not r[0].successful and "read-only while the node runs" in r[0].reason, r[0].reason
         assert call(client.get_parameters(["temperature"]), "get").values[0].double_value == 0.0
-        desc = call(client.describe_parameters(["model", "temperature"]), "describe").descriptors
+        desc = call(client.describe_parameters(["model", "temperature", "max_delta", "startup_hold"]),
+                    "describe").descriptors
         assert desc[0].read_only and not desc[1].read_only
+        # from the parameter table: type, default, live rule, range
+        assert desc[2].description.startswith("double[], default off; live"), desc[2].description
+        assert desc[3].read_only and (desc[3].floating_point_range[0].from_value,
+                                      desc[3].floating_point_range[0].to_value) == (0.0, 3600.0)
         # announced
         wait_for(lambda: any(p.name == "temperature" for _, e in list(events) for p in e.changed_parameters), 5,
                  "a parameter event")

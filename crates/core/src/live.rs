@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::config::table::Live;
 use crate::config::{NodeConfig, ParamValue};
 use crate::control::SafeBehaviour;
 use crate::log::MAX_ACT;
@@ -23,10 +24,7 @@ use crate::runner::MAX_SOURCES;
 /// source's `max_age`. Everything else shapes the node (model, sources,
 /// topics, rates, threads) and is read-only once it runs.
 pub fn is_live(name: &str) -> bool {
-    matches!(
-        name,
-        "safe_behaviour" | "max_delta" | "temperature" | "max_future_stamp" | "log.every"
-    ) || (name.starts_with("sources.") && name.ends_with(".max_age"))
+    crate::config::table::lookup(name).is_some_and(|p| p.live != Live::No)
 }
 
 /// Whether a live parameter is a safety limit, which a live change may only
@@ -34,10 +32,10 @@ pub fn is_live(name: &str) -> bool {
 /// `safe_behaviour` and every source's `max_age`. `temperature` and
 /// `log.every` are live but not limits: the temperature shapes the
 /// sampled action, which stays within the model's bounds and under the
-/// rate limit whatever it is, and `log.every` only thins the log.
+/// rate limit whatever it is, and `log.every` only thins the log. Both
+/// are read from the parameter table ([`crate::config::table`]).
 pub fn is_safety_limit(name: &str) -> bool {
-    matches!(name, "safe_behaviour" | "max_delta" | "max_future_stamp")
-        || (name.starts_with("sources.") && name.ends_with(".max_age"))
+    crate::config::table::lookup(name).is_some_and(|p| p.live == Live::TightenOnly)
 }
 
 /// Refuse a live value that is not a value of the parameter's type, before

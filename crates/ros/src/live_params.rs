@@ -145,10 +145,7 @@ impl State {
 /// A parameter name the node reads (not counting the sources' fields of a
 /// source that does not exist).
 fn known(name: &str) -> bool {
-    flowpilot_core::config::parameter_names().contains(&name)
-        || name.starts_with("sources.")
-        || name.starts_with("qos_overrides.")
-        || name == "use_sim_time"
+    flowpilot_core::config::table::is_known(name) || name.starts_with("sources.")
 }
 
 fn result(r: Result<(), String>) -> SetParametersResult {
@@ -327,19 +324,7 @@ pub(crate) fn serve(
             .message
             .names
             .iter()
-            .map(|n| ParameterDescriptor {
-                name: n.clone(),
-                type_: to_msg(s.map.get(n).unwrap_or(&ParamValue::NotSet)).type_,
-                read_only: !is_live(n),
-                description: if is_safety_limit(n) && !s.allow_loosen {
-                    "live, a safety limit: may only be tightened while the node runs (docs/configuration.md)".into()
-                } else if is_live(n) {
-                    "live: applied between two control ticks (docs/configuration.md)".into()
-                } else {
-                    "read-only while the node runs (docs/configuration.md)".into()
-                },
-                ..Default::default()
-            })
+            .map(|n| describe(n, s.map.get(n), s.allow_loosen))
             .collect();
         let _ = req.respond(DescribeParameters::Response { descriptors });
         futures::future::ready(())
@@ -420,4 +405,48 @@ fn to_msg(v: &ParamValue) -> ParameterValue {
         }
     };
     m
+}
+
+/// A parameter's descriptor, from the parameter table
+/// ([`flowpilot_core::config::table`]): type and default in words, whether
+/// it is live (and only tighter), and its range.
+fn describe(n: &str, v: Option<&ParamValue>, allow_loosen: bool) -> ParameterDescriptor {
+    use flowpilot_core::config::table::{lookup, Ty};
+    use r2r::rcl_interfaces::msg::{FloatingPointRange, IntegerRange};
+    let live = if is_safety_limit(n) && !allow_loosen {
+        "live, a safety limit: may only be tightened while the node runs"
+    } else if is_live(n) {
+        "live: applied between two control ticks"
+    } else {
+        "read-only while the node runs"
+    };
+    let mut d = ParameterDescriptor {
+        name: n.to_string(),
+        type_: to_msg(v.unwrap_or(&ParamValue::NotSet)).type_,
+        read_only: !is_live(n),
+        description: format!("{live} (docs/configuration.md)"),
+        ..Default::default()
+    };
+    if let Some(p) = lookup(n) {
+        let default = if p.doc_default.is_empty() { "none" } else { p.doc_default };
+        d.description = format!("{}, default {default}; {}", p.ty.doc(), d.description);
+        match p.ty {
+            Ty::Double { lo, hi, what } if !what.is_empty() && hi < f64::MAX => {
+                d.floating_point_range = vec![FloatingPointRange {
+                    from_value: lo,
+                    to_value: hi,
+                    step: 0.0,
+                }];
+            }
+            Ty::Int { lo, hi } if lo > i64::MIN && hi < i64::MAX => {
+                d.integer_range = vec![IntegerRange {
+                    from_value: lo,
+                    to_value: hi,
+                    step: 0,
+                }];
+            }
+            _ => {}
+        }
+    }
+    d
 }
