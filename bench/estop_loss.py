@@ -45,8 +45,7 @@ import time
 from datetime import datetime
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "tests", "ros"))
-import netns  # noqa: E402
+from flowpilot_py import netns  # noqa: E402
 
 NODE = os.path.join(ROOT, "target", "release", "flowpilot_node")
 MODEL = os.path.join(ROOT, "models", "pointmass_flow.safetensors")

@@ -21,10 +21,8 @@ import time
 import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "tests", "ros"))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import netns  # noqa: E402
-from read_log import read_log  # noqa: E402
+from flowpilot_py import netns  # noqa: E402
+from flowpilot_py.logs import read_log  # noqa: E402
 
 NODE = os.path.join(ROOT, "target", "release", "flowpilot_node")
 CLI = os.path.join(ROOT, "target", "release", "flowpilot")

@@ -22,8 +22,9 @@ mkdir -p "$dir"
 if [ -n "${ROS_DISTRO:-}" ] && [ "${AMENT_PREFIX_PATH:-}" != "$venv" ] && [ -z "${FLOWPILOT_EMBEDDED_ROS:-}" ]; then
   echo "using the sourced system ROS 2 ($ROS_DISTRO)"
   cat > "$dir/env.sh" <<ENV
-# system ROS 2 is sourced; nothing to add
+# system ROS 2 is sourced; only flowpilot's own Python package (python/)
 export IDL_PACKAGE_FILTER="std_msgs;sensor_msgs;geometry_msgs;trajectory_msgs;std_srvs;diagnostic_msgs;nav_msgs;lifecycle_msgs"
+export PYTHONPATH="$root/python\${PYTHONPATH:+:\$PYTHONPATH}"
 ENV
   exit 0
 fi
@@ -75,7 +76,7 @@ export AMENT_PREFIX_PATH="$venv"
 export CMAKE_PREFIX_PATH="$venv"
 export ROS_DISTRO=jazzy
 export LD_LIBRARY_PATH="$libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-export PYTHONPATH="$site\${PYTHONPATH:+:\$PYTHONPATH}"
+export PYTHONPATH="$root/python:$site\${PYTHONPATH:+:\$PYTHONPATH}"
 export PATH="$venv/bin:\$PATH"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}

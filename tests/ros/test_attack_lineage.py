@@ -20,9 +20,7 @@ FLOWPILOT_REQUIRE_NETNS=1 (CI), as the namespace tests do.
 
 Environment: FLOWPILOT_NODE_BIN picks the node binary.
 """
-import os
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -31,8 +29,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import BEST_EFFORT, FILES, RELIABLE, diag, wait_for
-from test_attack_policy import AttackedNode, keygen, learner_versions, new_model
+from flowpilot_py.testkit import BEST_EFFORT, FILES, RELIABLE, diag, fill, small_tmpfs, wait_for
+from flowpilot_py.testkit import new_model
+from test_attack_policy import AttackedNode, keygen, learner_versions
 
 
 def params(tmp_path, base, swap, trusted):
@@ -127,32 +126,9 @@ def test_a_deleted_accepted_record_does_not_bring_a_revoked_version_back(tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MiB tmpfs at tmp_path/swap (root only)."""
-    d = tmp_path / "swap"
-    d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)],
-                                           capture_output=True).returncode != 0:
-        if os.environ.get("FLOWPILOT_REQUIRE_NETNS") == "1":
-            pytest.fail("mounting a tmpfs needs root here")
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    """A 2 MiB tmpfs (root only)."""
+    with small_tmpfs(tmp_path, "2m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def fill(d):
-    """Fill the file system under `d`; returns the filler file."""
-    filler = d / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_rollback_on_a_full_disk_is_not_acknowledged_and_a_restart_does_not_resume_the_revoked_version(

@@ -32,10 +32,10 @@ from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-import conftest
-from conftest import BEST_EFFORT, MODEL, PARAMS, RELIABLE, ROOT, NodeProc, wait_for
+from flowpilot_py import testkit
+from flowpilot_py.testkit import BEST_EFFORT, MODEL, PARAMS, RELIABLE, ROOT, NodeProc, wait_for
 
-NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or conftest.NODE
+NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or testkit.NODE
 ROBOT_ONLY = os.environ.get("FLOWPILOT_ATTACK_ROBOT_ONLY") == "1"
 
 POLICY, WARMUP, ESTOP, STALE, INVALID = range(5)

@@ -37,10 +37,10 @@ import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
-import conftest
-from conftest import BEST_EFFORT, CLI, LATCHED, RELIABLE, ROOT, NodeProc, diag, policy_file, wait_for
+from flowpilot_py import testkit
+from flowpilot_py.testkit import cli, new_model, BEST_EFFORT, LATCHED, RELIABLE, ROOT, NodeProc, diag, policy_file, wait_for
 
-NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or conftest.NODE
+NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or testkit.NODE
 LEGACY = os.environ.get("FLOWPILOT_ATTACK_LEGACY") == "1"
 POLICY_TOPIC = "/flowpilot/fleet/policy"
 U64_MAX = 2**64 - 1
@@ -57,21 +57,11 @@ class AttackedNode(NodeProc):
                                   stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def cli(*args):
-    return subprocess.run([CLI, *map(str, args)], check=True, capture_output=True, text=True).stdout
-
-
 def keygen(path):
     """A key pair made by `flowpilot keygen`; returns the public key file."""
     cli("keygen", "--out", path)
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     return f"{path}.pub"
-
-
-def new_model(path, version, seed):
-    cli("new", path, "--obs", 2, "--act", 2, "--blocks", 2, "--hidden", 16, "--random", "--seed", seed,
-        "--version", version)
-    return path
 
 
 def learner_versions(tmp_path, name, base, n=1, key=None):

@@ -32,7 +32,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import UInt8MultiArray
 
-from conftest import CLI, RELIABLE, ROOT, wait_for
+from flowpilot_py.testkit import CLI, RELIABLE, ROOT, wait_for
 from test_attack_policy import AttackedNode
 from test_fleet import FLEET_BIN, REACH_MODEL, log_stream, streams_of
 

@@ -9,7 +9,7 @@ import sys
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, CLI, DECISION, RELIABLE, ROOT, NodeProc, diag, wait_for
+from flowpilot_py.testkit import BEST_EFFORT, CLI, DECISION, RELIABLE, ROOT, NodeProc, diag, wait_for
 
 # Trace layout: [tick, decision, published, log_prob, stamp, action...]
 POLICY = DECISION["policy"]
@@ -90,8 +90,7 @@ def test_a_chunked_history_policy_steps_through_the_samplers_chunks(domain, peer
     steps = check_chunk_steps(domain, peer, tmp_path, model, [0.3, -0.7], 2, 4, 2, 24, log_dir=tmp_path / "log")
     # The log holds one tick per record: one observation step, one action
     # step, and which chunk and step it came from, as the action trace says.
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from read_log import read_log
+    from flowpilot_py.logs import read_log
     rec = read_log(str(tmp_path / "log"))
     assert rec["obs"].shape[1] == 2 and rec["action_applied"].shape[1] == 2
     by_tick = dict(zip(rec["tick"].tolist(), zip(rec["chunk"].tolist(), rec["chunk_index"].tolist())))

@@ -21,9 +21,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from flowpilot_py.testkit import ROOT
 
-import netns
+from flowpilot_py import netns
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from estop_loss import NODE, Harness, summary  # noqa: E402

@@ -2,12 +2,9 @@
 a real ROS 2 graph into one fault and asserts that the output goes to the safe
 action promptly, that the node says what happened, and that it stays up (or,
 where it cannot go on, exits non-zero after publishing the safe action)."""
-import contextlib
 import os
-import subprocess
 import time
 
-import pytest
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -15,34 +12,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import BEST_EFFORT, LATCHED, RELIABLE, NodeProc, diag, policy_file, wait_for
+from flowpilot_py.testkit import small_tmpfs, call, BEST_EFFORT, LATCHED, RELIABLE, NodeProc, diag, policy_file, wait_for
 from test_node import ESTOP, INVALID, POLICY, STALE, ObsPublisher, decisions, start, wait_decision
 
 # A default rclpy publisher: reliable, volatile (`ros2 topic pub`'s default).
 VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-
-
-def call(peer, srv_type, name, request, timeout=5):
-    client = peer.node.create_client(srv_type, name)
-    assert client.wait_for_service(timeout_sec=10), name
-    fut = client.call_async(request)
-    wait_for(fut.done, timeout, f"{name} reply")
-    return fut.result()
-
-
-@contextlib.contextmanager
-def small_tmpfs(tmp_path, size):
-    """A real tmpfs of `size` (e.g. "256k") at tmp_path/small: a disk that
-    fills up with ENOSPC. Skips where mounting is not allowed."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def zero_cmds_since(cmd, t):

@@ -17,10 +17,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from read_log import read_log  # noqa: E402
+from flowpilot_py.testkit import call, BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
+from flowpilot_py.logs import read_log  # noqa: E402
 
 REACH_MODEL = os.path.join(ROOT, "models", "reach_flow.safetensors")
 SIM = os.path.join(ROOT, "sim", "reach_sim.py")
@@ -62,12 +60,8 @@ def sim(domain, episodes, rate=20.0, seed=0):
     return float(m.group(1)), int(m.group(3))
 
 
-def call(peer, name, value, timeout=20):
-    cli = peer.node.create_client(SetBool, name)
-    assert cli.wait_for_service(timeout_sec=10), f"{name} not available"
-    fut = cli.call_async(SetBool.Request(data=value))
-    wait_for(fut.done, timeout, f"{name} response")
-    return fut.result()
+def set_bool(peer, name, value, timeout=20):
+    return call(peer, SetBool, name, SetBool.Request(data=value), timeout)
 
 
 def test_log_is_complete_and_survives_kill9(tmp_path, domain, peer):
@@ -159,7 +153,7 @@ def test_learner_kill9_leaves_node_running_and_resumes(tmp_path, domain, peer):
     simp = subprocess.Popen([sys.executable, SIM, "--episodes", "60", "--rate", "20"],
                             env=dict(os.environ, ROS_DOMAIN_ID=str(domain)), stdout=subprocess.DEVNULL)
     try:
-        assert call(peer, "/flowpilot/finetune", True).success
+        assert set_bool(peer, "/flowpilot/finetune", True).success
         wait_for(lambda: len(list(ckpt.glob("policy_v*.safetensors"))) >= 2, 120, "two checkpoints")
         wait_for(lambda: diags and int(diag(diags)["policy_version"]) >= 2, 30, "a checkpoint swapped in")
         for _ in range(3):  # kill -9 at arbitrary moments, mid-update or mid-write
@@ -178,13 +172,13 @@ def test_learner_kill9_leaves_node_running_and_resumes(tmp_path, domain, peer):
                 subprocess.run([CLI, "inspect", str(f)], check=True, capture_output=True)
             assert int(diag(diags)["policy_rejections"]) == 0
             # a restarted learner resumes from its last checkpoint and the log
-            assert call(peer, "/flowpilot/finetune", True).success
+            assert set_bool(peer, "/flowpilot/finetune", True).success
             wait_for(lambda: any(int(re.search(r"v(\d+)", p.name).group(1)) > have
                                  for p in ckpt.glob("policy_v*.safetensors")), 120, "a newer checkpoint")
         newest = max(ckpt.glob("policy_v*.safetensors"))
         out = subprocess.run([CLI, "inspect", str(newest)], check=True, capture_output=True, text=True).stdout
         assert "parent" in out
-        assert call(peer, "/flowpilot/finetune", False).success
+        assert set_bool(peer, "/flowpilot/finetune", False).success
     finally:
         simp.kill()
         simp.wait()
@@ -204,9 +198,9 @@ def test_finetune_session_improves_return(tmp_path, domain, peer):
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
     try:
         before, stale0 = sim(domain, 10, rate=rate, seed=100)
-        assert call(peer, "/flowpilot/finetune", True).success
+        assert set_bool(peer, "/flowpilot/finetune", True).success
         sim(domain, 100, rate=rate, seed=1)
-        msg = call(peer, "/flowpilot/finetune", False).message
+        msg = set_bool(peer, "/flowpilot/finetune", False).message
         ckpt = tmp_path / "ckpt"
         newest = max(int(re.search(r"v(\d+)", p.name).group(1)) for p in ckpt.glob("policy_v*.safetensors"))
         wait_for(lambda: diags and int(diag(diags)["policy_version"]) == newest, 20, f"version {newest} running")

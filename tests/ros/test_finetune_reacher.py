@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, NodeProc
+from flowpilot_py.testkit import ROOT, NodeProc
 
 TRAIN = 200
 MIN_GAIN = 1.0

@@ -24,14 +24,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CLI, CONTRACT, FILES, NODE, ROOT
+from flowpilot_py.testkit import CLI, CONTRACT, FILES, NODE, ROOT
 
 META = CONTRACT["log_meta"]
 
-import netns
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from read_log import read_log, records  # noqa: E402
+from flowpilot_py import netns
+from flowpilot_py.logs import read_log, records  # noqa: E402
 
 NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or NODE
 FLEET_BIN = os.environ.get("FLOWPILOT_FLEET_BIN") or os.path.join(ROOT, "target", "release", "flowpilot_fleet")
@@ -337,7 +335,7 @@ def test_a_version_revoked_on_a_robot_is_revoked_for_the_learner(tmp_path, domai
     the learner's record revokes it and the learner leaves that line."""
     from diagnostic_msgs.msg import DiagnosticArray
     from std_srvs.srv import Trigger
-    from conftest import RELIABLE, NodeProc, diag, wait_for
+    from flowpilot_py.testkit import RELIABLE, NodeProc, diag, wait_for
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
     llog_path = tmp_path / "learner.log"

@@ -14,10 +14,8 @@ import signal
 import subprocess
 import sys
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import launch_run  # noqa: E402
+from flowpilot_py.testkit import ROOT
+from flowpilot_py import launch as launch_run
 
 EXPERT, ZERO = -4.3, -11.5
 
@@ -62,8 +60,7 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain, tmp_path):
     threshold = ZERO + 0.4 * (EXPERT - ZERO)
     print(out)
     # one record per robot step (log.step_source), with the sim's rewards
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from read_log import read_log
+    from flowpilot_py.logs import read_log
     rec = read_log(str(tmp_path / "log"))
     assert rec["truncated"].sum() >= 19, "episode ends marked"
     import numpy as np
@@ -77,7 +74,7 @@ def test_reacher_closed_loop_over_ros_reaches_expert_fraction(domain, tmp_path):
     # executed in that step, its reward and the next state, checked against
     # the sim's own record of every step. (Tick-logged at every 2nd tick, as
     # before, 10-60 % of transitions held the executed action: docs/finetuning.md.)
-    import log_alignment
+    from flowpilot_py import alignment as log_alignment
     _, contracts, has_new = log_alignment.analyse(str(tmp_path / "log"), str(truth), 1e-5, 1e-6, 1e-6)
     assert has_new
     c = contracts["new"]
@@ -132,8 +129,7 @@ def test_a_one_dimensional_pendulum_flow_balances_over_ros(domain, tmp_path):
     print(out)
     # Falling ends an episode early: a return is the steps it stayed up.
     assert ret >= 950, f"the pendulum fell: mean return {ret:.1f} of 1000"
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from read_log import read_log
+    from flowpilot_py.logs import read_log
     import numpy as np
     rec = read_log(str(tmp_path / "log"))
     act = rec["action_executed"]

@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, NodeProc, diag, wait_for
+from flowpilot_py.testkit import BEST_EFFORT, CLI, RELIABLE, NodeProc, diag, wait_for
 
 OBS = [0.3, -0.7]
 

@@ -10,15 +10,13 @@ runs exactly that command and checks the node controls the point-mass topic. scr
 import os
 import signal
 import subprocess
-import sys
 
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, RELIABLE, ROOT, wait_for
+from flowpilot_py.testkit import BEST_EFFORT, RELIABLE, ROOT, wait_for
 
 INSTALL = os.path.join(ROOT, "target", "colcon_ws", "install")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import launch_run  # noqa: E402
+from flowpilot_py import launch as launch_run
 
 
 def test_launch_file_runs_as_declared(domain, peer):

@@ -11,18 +11,10 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import GetParameters, SetParameters
 from std_msgs.msg import Float64MultiArray
 
-from conftest import DECISION, RELIABLE, NodeProc, wait_for
+from flowpilot_py.testkit import call, DECISION, RELIABLE, NodeProc, wait_for
 from test_node import ObsPublisher, POLICY
 
 INACTIVE = DECISION["inactive"]  # a tick while not active
-
-
-def call(peer, srv_type, name, req, timeout=10.0):
-    cli = peer.node.create_client(srv_type, name)
-    assert cli.wait_for_service(timeout_sec=timeout), f"{name} not offered"
-    fut = cli.call_async(req)
-    wait_for(fut.done, timeout, name)
-    return fut.result()
 
 
 def state(peer):

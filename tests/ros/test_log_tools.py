@@ -4,15 +4,12 @@ and the log directory is a rosbag2 bag (`metadata.yaml`) that `rosbags`
 reads and deserializes, record for record as scripts/read_log.py does."""
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, FILES, ROOT, NodeProc, policy_file, wait_for
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from read_log import read_log  # noqa: E402
+from flowpilot_py.testkit import BEST_EFFORT, FILES, NodeProc, policy_file, wait_for
+from flowpilot_py.logs import read_log  # noqa: E402
 
 
 def policy_records(log_dir):
@@ -82,7 +79,7 @@ def test_a_node_written_log_opens_in_mcap_ros2_and_rosbags(domain, peer, tmp_pat
 def test_replay_reproduces_the_logged_samples_bit_for_bit(domain, peer, tmp_path):
     import json
     import subprocess
-    from conftest import CLI, MODEL
+    from flowpilot_py.testkit import CLI, MODEL
     log_dir = tmp_path / "log"
     logged_run(domain, peer, log_dir, "-p", "temperature:=0.7")
 
@@ -107,7 +104,7 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
     import json
     import re
     import subprocess
-    from conftest import CLI
+    from flowpilot_py.testkit import CLI
     log_dir = tmp_path / "log"
     logged_run(domain, peer, log_dir)
     # a checkpoint directory: v2 accepted, v3 rolled back

@@ -8,7 +8,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import (BEST_EFFORT, DECISION, LATCHED, MODEL, RELIABLE, ROOT, NodeProc, Peer, offline_action,
+from flowpilot_py.testkit import (BEST_EFFORT, DECISION, LATCHED, MODEL, RELIABLE, ROOT, NodeProc, Peer, offline_action,
                       wait_for)
 
 OBS = [0.05, -1.1]

@@ -11,14 +11,9 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from std_msgs.msg import Float64MultiArray
 
-from conftest import BEST_EFFORT, DECISION, RELIABLE, NodeProc, diag, wait_for
+from flowpilot_py.testkit import result, BEST_EFFORT, DECISION, RELIABLE, NodeProc, diag, wait_for
 
 POLICY = DECISION["policy"]
-
-
-def call(fut, what, timeout=5):
-    wait_for(fut.done, timeout, what)
-    return fut.result()
 
 
 def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(domain, peer, tmp_path):
@@ -46,9 +41,9 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
 
         wait_for(lambda: len(steps(0)) > 100, 15, "policy ticks")
         assert max(steps(0)) > 0.05, "the configured max_delta (0.5) lets the samples jump"
-        names = call(client.list_parameters([], 0), "list").result.names
+        names = result(client.list_parameters([], 0), "list").result.names
         assert {"model", "rate_hz", "max_delta", "temperature", "sources.state.max_age"} <= set(names), names
-        got = call(client.get_parameters(["rate_hz", "model"]), "get").values
+        got = result(client.get_parameters(["rate_hz", "model"]), "get").values
         assert got[0].double_value == 500.0 and got[1].string_value.endswith("pointmass_flow.safetensors")
         wait_for(lambda: diags, 5, "diagnostics")
         # this machine's own misses over 2 s without changes, for comparison
@@ -59,29 +54,29 @@ def test_live_parameters_apply_between_ticks_and_structural_ones_are_refused(dom
         baseline_rate = baseline / (t_changes - t_base)
 
         # live: a tight rate limit applies between two ticks
-        r = call(client.set_parameters([Parameter("max_delta", value=[0.001, 0.001])]), "set max_delta").results
+        r = result(client.set_parameters([Parameter("max_delta", value=[0.001, 0.001])]), "set max_delta").results
         assert r[0].successful, r[0].reason
         t = time.monotonic() + 0.05
         wait_for(lambda: len(steps(t)) > 100, 5, "ticks after the change")
         assert max(steps(t)) <= 0.001 + 1e-9, max(steps(t))
         # live: temperature 0 is the deterministic action (constant input, so
         # the action stops moving once the rate limit is lifted)
-        r = call(client.set_parameters([Parameter("temperature", value=0.0),
+        r = result(client.set_parameters([Parameter("temperature", value=0.0),
                                         Parameter("max_delta", value=[10.0, 10.0])]), "set temperature").results
         assert all(x.successful for x in r), [x.reason for x in r]
         t = time.monotonic() + 0.05
         wait_for(lambda: len(steps(t)) > 100, 5, "ticks after the change")
         assert max(steps(t)) == 0.0, max(steps(t))
         # checked by the start-up rules, all or nothing
-        r = call(client.set_parameters([Parameter("temperature", value=2.0)]), "bad temperature").results
+        r = result(client.set_parameters([Parameter("temperature", value=2.0)]), "bad temperature").results
         assert not r[0].successful and "'temperature' must be" in r[0].reason, r[0].reason
-        r = call(client.set_parameters([Parameter("max_delta", value=[0.1])]), "short max_delta").results
+        r = result(client.set_parameters([Parameter("max_delta", value=[0.1])]), "short max_delta").results
         assert not r[0].successful and "2 values" in r[0].reason, r[0].reason
         # structural: read-only, with the reason
-        r = call(client.set_parameters([Parameter("model", value="/tmp/other.safetensors")]), "set model").results
+        r = result(client.set_parameters([Parameter("model", value="/tmp/other.safetensors")]), "set model").results
         assert not r[0].successful and "read-only while the node runs" in r[0].reason, r[0].reason
-        assert call(client.get_parameters(["temperature"]), "get").values[0].double_value == 0.0
-        desc = call(client.describe_parameters(["model", "temperature", "max_delta", "startup_hold"]),
+        assert result(client.get_parameters(["temperature"]), "get").values[0].double_value == 0.0
+        desc = result(client.describe_parameters(["model", "temperature", "max_delta", "startup_hold"]),
                     "describe").descriptors
         assert desc[0].read_only and not desc[1].read_only
         # from the parameter table: type, default, live rule, range

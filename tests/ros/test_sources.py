@@ -11,7 +11,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import BEST_EFFORT, CLI, RELIABLE, NodeProc, wait_for
+from flowpilot_py.testkit import BEST_EFFORT, CLI, RELIABLE, NodeProc, wait_for
 
 
 def make_model(tmp_path, obs, goal, act):

@@ -38,7 +38,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter as RclpyParameter
 from std_srvs.srv import SetBool, Trigger
 
-from conftest import RELIABLE, ROOT, NodeProc, Peer, wait_for
+from flowpilot_py.testkit import RELIABLE, ROOT, NodeProc, Peer, wait_for
 
 POLICY = os.path.join(ROOT, "security", "policy.xml")
 MAKE_KEYSTORE = os.path.join(ROOT, "security", "make_keystore.sh")

@@ -44,10 +44,10 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-import conftest
-from conftest import BEST_EFFORT, DECISION, LATCHED, RELIABLE, ROOT, STOP, NodeProc, Peer, wait_for
+from flowpilot_py import testkit
+from flowpilot_py.testkit import call, BEST_EFFORT, DECISION, LATCHED, RELIABLE, ROOT, STOP, NodeProc, Peer, wait_for
 
-NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or conftest.NODE
+NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or testkit.NODE
 LEGACY = os.environ.get("FLOWPILOT_STOP_LEGACY") == "1"
 
 POINTMASS = os.path.join(ROOT, "models", "pointmass_flow.safetensors")  # obs 2 -> act 2
@@ -476,14 +476,6 @@ def code_problems(stop_ticks, kind):
 
 # ----------------------------------------------------------------------------- ROS helpers
 
-def call(peer, srv_type, name, req, timeout=10.0):
-    cli = peer.node.create_client(srv_type, name)
-    assert cli.wait_for_service(timeout_sec=timeout), f"{name} not offered"
-    fut = cli.call_async(req)
-    wait_for(fut.done, timeout, name)
-    return fut.result()
-
-
 def wait_policy(ctx, since, timeout=10.0):
     """The policy drives the robot again: a policy tick and a policy command."""
     trace, cmd = ctx["trace"], ctx["cmd"]
@@ -676,7 +668,7 @@ def run_sequence(name, tmp):
     """One node through every cause; {cause: None | what went wrong}."""
     spec = IFACES[name]
     res = {}
-    domain = next(conftest._domains)
+    domain = next(testkit.domains)
     peer = Peer(domain)
     ctx = dict(spec=spec, peer=peer, robot=Robot(peer, spec["robot"]), cmd=collect_commands(peer, spec),
                trace=Trace(peer, 2 if spec["robot"] == "arm" else 1))
@@ -744,7 +736,7 @@ def test_watchdog_stop(name, tmp_path):
     interface's stop (whatever safe_behaviour says), at once, and the node
     exits non-zero."""
     spec = dict(IFACES[name])
-    domain = next(conftest._domains)
+    domain = next(testkit.domains)
     peer = Peer(domain)
     ctx = dict(spec=spec, peer=peer, robot=Robot(peer, spec["robot"]), cmd=collect_commands(peer, spec),
                trace=Trace(peer, 2 if spec["robot"] == "arm" else 1))
@@ -788,7 +780,7 @@ def test_sigterm_during_a_stall_holds_at_q_promptly_and_exits(fault, tmp_path):
     the same, and the node exits non-zero once its 2 s wait for the thread
     runs out."""
     spec = IFACES["pos_f64"]
-    domain = next(conftest._domains)
+    domain = next(testkit.domains)
     peer = Peer(domain)
     ctx = dict(spec=spec, peer=peer, robot=Robot(peer, "arm"), cmd=collect_commands(peer, spec),
                trace=Trace(peer, 2))
@@ -862,7 +854,7 @@ REFUSALS = {
 def test_refused_at_start(case, tmp_path):
     base, action, safe, param = REFUSALS[case]
     spec = dict(IFACES[base], action=action, safe=safe)
-    domain = next(conftest._domains)
+    domain = next(testkit.domains)
     node = StopNode(domain, write_params(tmp_path / "p.yaml", spec))
     try:
         rc = node.p.wait(timeout=8)
