@@ -16,7 +16,8 @@ Kinds:
   flax-rlbc  agent pickle {'agent': {..., 'network': {'params': {'modules_actor': ..., 'modules_actor_encoder': ...}}}}
              (offline-rl code); blocks map latent -> action; eps 1e-6; hidden [C+k, C].
   torch-bc   torch.save of a RealNVP state_dict (blocks.i.l.{P,P_inv,L,U,s}, blocks.i.{s,t}.{0,2,3,5,6}.*),
-             optionally with an encoder state_dict under 'encoder.' (fc1..fc4, fc_out, norm1..norm4);
+             optionally with an encoder state_dict under 'encoder.' (fc1..fc4, fc_out, norm1..norm4),
+             or as the paper's save_agent writes it: {'model': flow state_dict, 'encoder': encoder state_dict};
              blocks map action -> latent; eps 1e-5; hidden [C, C].
 """
 import argparse
@@ -317,6 +318,15 @@ def convert_torch(sd):
         raise CheckpointError("torch checkpoint is not a state_dict")
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
+    # The paper's `save_agent` (utils/torch_utils.py): {'model': the flow's
+    # state_dict, 'encoder': the observation encoder's}, nested.
+    if isinstance(sd.get("model"), dict):
+        flat = dict(sd["model"])
+        enc = sd.get("encoder")
+        if enc is not None and not isinstance(enc, dict):
+            raise CheckpointError("the checkpoint's 'encoder' is not a state_dict")
+        flat.update({f"encoder.{k}": v for k, v in (enc or {}).items()})
+        sd = flat
     keys = {k: v for k, v in sd.items()}
 
     def t(name):

@@ -114,15 +114,25 @@ class TorchPickler(pickle.Pickler):
 
 
 def write_torch(path, state):
+    """torch.save's zip layout of `state`: a state_dict, or a dict of them
+    (as the paper's save_agent writes)."""
     buf = io.BytesIO()
-    tensors = OrderedDict()
-    for i, (k, v) in enumerate(state.items()):
-        tensors[k] = TorchTensor(v, str(i), param=not k.endswith(".P") and not k.endswith(".P_inv"))
-    TorchPickler(buf, protocol=2).dump(tensors)
+    leaves = []
+
+    def tensors_of(d):
+        out = OrderedDict()
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out[k] = tensors_of(v)
+            else:
+                out[k] = TorchTensor(v, str(len(leaves)), param=not k.endswith(".P") and not k.endswith(".P_inv"))
+                leaves.append(v)
+        return out
+    TorchPickler(buf, protocol=2).dump(tensors_of(state))
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", buf.getvalue())
         z.writestr("archive/version", "3\n")
-        for i, v in enumerate(state.values()):
+        for i, v in enumerate(leaves):
             z.writestr(f"archive/data/{i}", np.ascontiguousarray(v, dtype="<f4").tobytes())
 
 
@@ -377,6 +387,42 @@ def test_torch_bc_state_dict_matches_reference(tmp_path):
         ref.W.append(P @ (np.tril(b["L"], -1) + np.eye(d)) @ (np.triu(b["U"], 1) + np.diag(b["s_diag"])))
         ref.logs.append(np.log(np.abs(b["s_diag"])).sum())
     check_parity(model, ref, "inverse", rng.standard_normal(k), np.zeros(0), rng, d)
+
+
+def test_save_agent_layout_with_encoder_matches_reference(tmp_path):
+    """What the paper's `save_agent` writes (utils/torch_utils.py):
+    {'model': flow.state_dict(), 'encoder': encoder.state_dict()}, the
+    encoder's fc1..fc4 / norm1..norm4 / fc_out (before: "no blocks.0.l.s in
+    the state_dict")."""
+    rng = np.random.default_rng(5)
+    d, obs_dim, rep, C, K, width = 4, 7, 6, 16, 2, 12
+    flow, blocks = torch_bc_state(rng, d, rep, C, K)
+    enc, ref_enc = OrderedDict(), []
+    inp = obs_dim
+    for j in range(1, 5):
+        w, b = rnd(rng, width, inp, s=0.2), rnd(rng, width, s=0.1)
+        g, bb = 1 + rnd(rng, width, s=0.1), rnd(rng, width, s=0.1)
+        enc[f"fc{j}.weight"], enc[f"fc{j}.bias"] = w, b
+        enc[f"norm{j}.weight"], enc[f"norm{j}.bias"] = g, bb
+        ref_enc.append(((w.T, b), (g, bb)))
+        inp = width
+    w, b = rnd(rng, rep, width, s=0.2), rnd(rng, rep, s=0.1)
+    enc["fc_out.weight"], enc["fc_out.bias"] = w, b
+    ref_enc.append((w.T, b))
+    ckpt = tmp_path / "params_100.pth"
+    write_torch(ckpt, {"model": flow, "encoder": enc})
+    model = str(tmp_path / "agent.safetensors")
+    info = run("import", "nf4rl", str(ckpt), "--kind", "torch-bc", "--out", model)
+    assert f"obs {obs_dim}, goal 0, act {d}" in info, info
+    ref = Ref.__new__(Ref)
+    ref.blocks, ref.eps, ref.flax, ref.encoder, ref.eps_enc = blocks, 1e-5, False, ref_enc, 1e-5
+    ref.W, ref.logs = [], []
+    for bl in blocks:
+        P = np.zeros((d, d))
+        P[np.arange(d), bl["perm"]] = 1
+        ref.W.append(P @ (np.tril(bl["L"], -1) + np.eye(d)) @ (np.triu(bl["U"], 1) + np.diag(bl["s_diag"])))
+        ref.logs.append(np.log(np.abs(bl["s_diag"])).sum())
+    check_parity(model, ref, "inverse", rng.standard_normal(obs_dim), np.zeros(0), rng, d)
 
 
 def pusht_checkpoint(path, seed=4):
