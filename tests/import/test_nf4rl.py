@@ -377,16 +377,21 @@ def test_torch_bc_state_dict_matches_reference(tmp_path):
     write_torch(ckpt, state)
     model = str(tmp_path / "torch.safetensors")
     run("import", "nf4rl", str(ckpt), "--kind", "torch-bc", "--out", model)
-    # torch stores each block's own P, so build the reference per block
+    check_parity(model, torch_ref(blocks, d), "inverse", rng.standard_normal(k), np.zeros(0), rng, d)
+
+
+def torch_ref(blocks, d, encoder=None):
+    """The reference for a torch checkpoint: torch stores each block's own
+    P, so W is built per block; LayerNorm eps 1e-5 (torch's)."""
     ref = Ref.__new__(Ref)
-    ref.blocks, ref.eps, ref.flax, ref.encoder = blocks, 1e-5, False, None
+    ref.blocks, ref.eps, ref.flax, ref.encoder, ref.eps_enc = blocks, 1e-5, False, encoder, 1e-5
     ref.W, ref.logs = [], []
     for b in blocks:
         P = np.zeros((d, d))
         P[np.arange(d), b["perm"]] = 1
         ref.W.append(P @ (np.tril(b["L"], -1) + np.eye(d)) @ (np.triu(b["U"], 1) + np.diag(b["s_diag"])))
         ref.logs.append(np.log(np.abs(b["s_diag"])).sum())
-    check_parity(model, ref, "inverse", rng.standard_normal(k), np.zeros(0), rng, d)
+    return ref
 
 
 def test_save_agent_layout_with_encoder_matches_reference(tmp_path):
@@ -414,15 +419,7 @@ def test_save_agent_layout_with_encoder_matches_reference(tmp_path):
     model = str(tmp_path / "agent.safetensors")
     info = run("import", "nf4rl", str(ckpt), "--kind", "torch-bc", "--out", model)
     assert f"obs {obs_dim}, goal 0, act {d}" in info, info
-    ref = Ref.__new__(Ref)
-    ref.blocks, ref.eps, ref.flax, ref.encoder, ref.eps_enc = blocks, 1e-5, False, ref_enc, 1e-5
-    ref.W, ref.logs = [], []
-    for bl in blocks:
-        P = np.zeros((d, d))
-        P[np.arange(d), bl["perm"]] = 1
-        ref.W.append(P @ (np.tril(bl["L"], -1) + np.eye(d)) @ (np.triu(bl["U"], 1) + np.diag(bl["s_diag"])))
-        ref.logs.append(np.log(np.abs(bl["s_diag"])).sum())
-    check_parity(model, ref, "inverse", rng.standard_normal(obs_dim), np.zeros(0), rng, d)
+    check_parity(model, torch_ref(blocks, d, ref_enc), "inverse", rng.standard_normal(obs_dim), np.zeros(0), rng, d)
 
 
 def pusht_checkpoint(path, seed=4):

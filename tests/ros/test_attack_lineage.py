@@ -24,32 +24,13 @@ import shutil
 import time
 
 import pytest
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from flowpilot_py.testkit import BEST_EFFORT, FILES, RELIABLE, diag, fill, small_tmpfs, wait_for
 from flowpilot_py.testkit import new_model
-from test_attack_policy import AttackedNode, keygen, learner_versions
-
-
-def params(tmp_path, base, swap, trusted):
-    p = {
-        "model": str(base),
-        "rate_hz": 50.0,
-        "startup_hold": 0.0,
-        "warmup_ticks": 2,
-        "diagnostics_period": 0.2,
-        "max_delta": [10.0, 10.0],
-        "observations": ["state"],
-        "sources": {"state": {"type": "float64_multi_array", "topic": "/pointmass/state", "size": 2}},
-        "action": {"type": "float64_multi_array", "topic": "/pointmass/cmd", "interface": "velocity"},
-        "hot_swap": {"dir": str(swap), "poll_period": 0.1, "trusted_keys": [trusted]},
-    }
-    path = tmp_path / "robot.yaml"
-    path.write_text(yaml.safe_dump({"flowpilot": {"ros__parameters": p}}, default_flow_style=None))
-    return path
+from test_attack_policy import AttackedNode, keygen, learner_versions, write_params
 
 
 class Robot:
@@ -62,7 +43,7 @@ class Robot:
         trusted = keygen(tmp_path / "learner.key")
         # version 2, signed by the trusted learner key
         self.v2 = learner_versions(tmp_path, "learner", self.base, n=1, key=tmp_path / "learner.key")[2]
-        self.params = params(tmp_path, self.base, swap, trusted)
+        self.params = write_params(tmp_path, self.base, [trusted], fleet_policy=None, swap=swap)
         pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
         peer.node.create_timer(0.01, lambda: pub.publish(Float64MultiArray(data=[0.3, -0.7])))
         self.diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)

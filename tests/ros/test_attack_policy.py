@@ -33,11 +33,11 @@ import time
 import numpy as np
 import pytest
 import re
-import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float64MultiArray, UInt8MultiArray
 
 from flowpilot_py import testkit
+from flowpilot_py.testkit import write_params as kit_write_params
 from flowpilot_py.testkit import cli, new_model, BEST_EFFORT, LATCHED, RELIABLE, ROOT, NodeProc, diag, policy_file, wait_for
 
 NODE_BIN = os.environ.get("FLOWPILOT_NODE_BIN") or testkit.NODE
@@ -117,8 +117,11 @@ def inspect_version(path):
     return int(next(l for l in out.splitlines() if l.startswith("version")).split(":")[1].split()[0])
 
 
-def write_params(tmp_path, base, trusted, fleet_policy="shared"):
-    hot_swap = {"dir": str(tmp_path / "swap"), "poll_period": 0.1}
+def write_params(tmp_path, base, trusted, fleet_policy="shared", swap=None):
+    """The attacked robot's parameters: a point mass with a hot swap on
+    `swap` (default tmp_path/swap) trusting `trusted`, and a fleet link
+    taking `fleet_policy` (None: no fleet link)."""
+    hot_swap = {"dir": str(swap or tmp_path / "swap"), "poll_period": 0.1}
     if trusted and not LEGACY:
         hot_swap["trusted_keys"] = list(trusted)
     p = {
@@ -132,11 +135,10 @@ def write_params(tmp_path, base, trusted, fleet_policy="shared"):
         "sources": {"state": {"type": "float64_multi_array", "topic": "/pointmass/state", "size": 2}},
         "action": {"type": "float64_multi_array", "topic": "/pointmass/cmd", "interface": "velocity"},
         "hot_swap": hot_swap,
-        "fleet": {"robot_id": "r1", "stream": False, "policy": fleet_policy},
     }
-    path = tmp_path / "robot.yaml"
-    path.write_text(yaml.safe_dump({"flowpilot": {"ros__parameters": p}}, default_flow_style=None))
-    return path
+    if fleet_policy:
+        p["fleet"] = {"robot_id": "r1", "stream": False, "policy": fleet_policy}
+    return kit_write_params(tmp_path / "robot.yaml", p)
 
 
 class Robot:
