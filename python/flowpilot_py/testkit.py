@@ -96,7 +96,8 @@ class NodeProc:
 
     def output(self):
         """What the node has printed so far."""
-        self.log.flush()
+        if not self.log.closed:  # still running, or stopped: the file stays
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 
