@@ -37,10 +37,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::checkpoint::{AcceptedRecord, CheckpointDir};
 use crate::model::{Incompatible, ModelError, ModelFile, ModelSpec};
+use crate::rt::handoff::Handoff;
 use crate::sampler::{SampleError, Sampler, UnsupportedModel};
 use crate::signing::{SignatureError, TrustedKeys};
 use crate::versions::{
@@ -122,26 +121,27 @@ pub enum SmokeFailure {
     LogProbNotFinite(f32),
 }
 
-/// Queues between the spin thread and the control thread.
+/// Queues between the spin thread and the control thread: two
+/// [`Handoff`]s.
 pub struct SwapChannel {
-    /// New samplers for the control thread (capacity 1).
-    incoming: ArrayQueue<Sampler>,
-    /// Retired samplers, dropped off the control thread.
-    retired: ArrayQueue<Sampler>,
+    /// New samplers for the control thread (capacity 1, replace the oldest).
+    incoming: Handoff<Sampler>,
+    /// Retired samplers, dropped off the control thread (refuse when full).
+    retired: Handoff<Sampler>,
 }
 
 impl SwapChannel {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            incoming: ArrayQueue::new(1),
-            retired: ArrayQueue::new(4),
+            incoming: Handoff::new(1),
+            retired: Handoff::new(4),
         })
     }
 
     /// Offer a checked sampler (spin thread). A pending offer not yet taken
     /// is replaced and returned, to be dropped by the caller.
     pub fn offer(&self, s: Sampler) -> Option<Sampler> {
-        self.incoming.force_push(s)
+        self.incoming.push_replacing(s)
     }
 
     /// Take the offered sampler, if any (control thread: lock-free, no

@@ -16,6 +16,7 @@
 //! - [`stop`]: what a safe action commands, per interface (the stop's one owner).
 //! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
+//! - [`rt`]: what the control thread runs; the one bounded lock-free hand-off ([`rt::Handoff`]).
 //! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
 //! - [`lifecycle`]: the managed-node state machine (lifecycle_msgs numbering).
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
@@ -67,6 +68,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod log;
 pub mod model;
+pub mod rt;
 pub mod runner;
 pub mod sampler;
 pub mod shutdown;

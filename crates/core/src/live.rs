@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crate::rt::handoff::Handoff;
 
 use crate::config::table::Live;
 use crate::config::{NodeConfig, ParamValue};
@@ -216,21 +216,21 @@ impl LiveSettings {
 }
 
 /// The one-slot hand-off from the parameter service to the control thread:
-/// a newer offer replaces one not yet taken.
+/// a newer offer replaces one not yet taken (a one-slot [`Handoff`]).
 pub struct LiveChannel {
-    slot: ArrayQueue<LiveSettings>,
+    slot: Handoff<LiveSettings>,
 }
 
 impl LiveChannel {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            slot: ArrayQueue::new(1),
+            slot: Handoff::new(1),
         })
     }
 
     /// Offer new settings (parameter service thread).
     pub fn offer(&self, s: LiveSettings) {
-        self.slot.force_push(s);
+        self.slot.push_replacing(s);
     }
 
     /// The newest settings not yet taken (control thread: lock-free, no

@@ -13,12 +13,11 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::control::{Controller, Periodic};
 use crate::hotswap::SwapChannel;
 use crate::log::writer::LogHandle;
 use crate::log::{Transition, MAX_ACT};
+use crate::rt::handoff::Handoff;
 
 /// Most sources (observations + goals) an [`Outgoing`] record carries.
 pub const MAX_SOURCES: usize = 16;
@@ -95,14 +94,14 @@ impl Outgoing {
     }
 }
 
-/// The bounded, lock-free queue from the control thread to the publisher.
-/// A full queue drops the newest policy output and counts it, never blocks.
-/// A stop preempts: the outputs still queued before it are discarded (and
-/// counted), so nothing the policy decided earlier reaches the robot after
-/// the stop, and the stop itself is never the entry dropped.
+/// The bounded, lock-free queue from the control thread to the publisher
+/// (a [`Handoff`]). A full queue refuses the newest policy output and
+/// counts it, never blocks. A stop preempts: the outputs still queued
+/// before it are discarded (and counted), so nothing the policy decided
+/// earlier reaches the robot after the stop, and the stop itself is never
+/// the entry dropped.
 pub struct OutputQueue {
-    queue: ArrayQueue<Outgoing>,
-    dropped: AtomicU64,
+    queue: Handoff<Outgoing>,
     preempted: AtomicU64,
     /// CLOCK_MONOTONIC ns of the publisher's last pop (its heartbeat).
     last_pop_ns: AtomicI64,
@@ -111,8 +110,7 @@ pub struct OutputQueue {
 impl OutputQueue {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            queue: ArrayQueue::new(capacity.max(1)),
-            dropped: AtomicU64::new(0),
+            queue: Handoff::new(capacity),
             preempted: AtomicU64::new(0),
             last_pop_ns: AtomicI64::new(crate::board::mono_ns()),
         })
@@ -121,15 +119,14 @@ impl OutputQueue {
     fn push(&self, o: Outgoing) {
         if o.stop != 0 {
             // Only the publisher pops concurrently: what it already took
-            // goes out before this stop, and after the drain there is room.
-            while self.queue.pop().is_some() {
-                self.preempted.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(o) = self.queue.push(o) {
-                self.queue.force_push(o);
-            }
-        } else if self.queue.push(o).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            // goes out before this stop, and after the drain there is room
+            // (replacing the oldest all the same, should there not be).
+            self.preempted
+                .fetch_add(self.queue.clear(), Ordering::Relaxed);
+            self.queue.push_replacing(o);
+        } else {
+            // refused when full: counted by the queue (`dropped`)
+            let _ = self.queue.push(o);
         }
     }
     /// Publisher thread.
@@ -143,7 +140,7 @@ impl OutputQueue {
     }
     /// Outputs dropped because the publisher fell behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.queue.refused()
     }
     /// Queued outputs a stop discarded before they were published.
     pub fn preempted(&self) -> u64 {
@@ -175,8 +172,8 @@ pub struct LogInputs {
     /// f64 bits of the running episode's reward sum.
     episode_return: AtomicU64,
     /// Returns of finished episodes, for the return guard (a full queue
-    /// drops the newest).
-    finished: ArrayQueue<f64>,
+    /// refuses the newest).
+    finished: Handoff<f64>,
 }
 
 impl Default for LogInputs {
@@ -188,7 +185,7 @@ impl Default for LogInputs {
             prev_terminal: AtomicBool::new(false),
             boundary_step: AtomicU64::new(u64::MAX),
             episode_return: AtomicU64::new(0f64.to_bits()),
-            finished: ArrayQueue::new(64),
+            finished: Handoff::new(64),
         }
     }
 }

@@ -428,7 +428,11 @@ fn describe(n: &str, v: Option<&ParamValue>, allow_loosen: bool) -> ParameterDes
         ..Default::default()
     };
     if let Some(p) = lookup(n) {
-        let default = if p.doc_default.is_empty() { "none" } else { p.doc_default };
+        let default = if p.doc_default.is_empty() {
+            "none"
+        } else {
+            p.doc_default
+        };
         d.description = format!("{}, default {default}; {}", p.ty.doc(), d.description);
         match p.ty {
             Ty::Double { lo, hi, what } if !what.is_empty() && hi < f64::MAX => {
