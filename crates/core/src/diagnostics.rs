@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::control::Stats;
+use crate::rt::control::Stats;
 
 /// Queued outputs that have waited longer than this for the publisher
 /// thread make the status WARN ("publisher thread stalled"). The wait is

@@ -1,23 +1,23 @@
 //! flowpilot-core: the real-time half of flowpilot. No candle, no ROS.
+//! What the control thread runs is under [`rt`]; the rest runs around it.
 //!
 //! - [`action_space`]: flow space [-1, 1] <-> physical units (one owner).
 //! - [`checkpoint`]: the checkpoint directory's file contract (one owner).
-//! - [`histogram`]: the lock-free wake-up latency histogram.
 //! - [`hotswap`]: checked swap of new policy versions between ticks.
 //! - [`signing`]: ed25519-signed policy versions, keys, the signed message (one owner).
 //! - [`init`]: fresh models with the paper's initialisation.
 //! - [`model`]: the model file (safetensors + validated spec).
 //! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
 //! - [`joint_map`]: bounded work per observation message (size caps, joint-name lookup).
-//! - [`board`]: the lock-free latest-value board between subscribers and the loop.
-//! - [`decision`]: why a tick's action is what it is (the codes the log carries).
 //! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
 //! - [`fleet`]: the fleet link's wire format, flow control, log cursor and shard store.
-//! - [`stop`]: what a safe action commands, per interface (the stop's one owner).
-//! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
-//! - [`rt`]: what the control thread runs; the one bounded lock-free hand-off ([`rt::Handoff`]).
-//! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
+//! - [`rt`]: everything the control thread runs, allocation-free and lock-free:
+//!   the hand-off ([`rt::handoff`]), the board, the tick ([`rt::control`]),
+//!   chunks and history, stops, decision codes, the clock, the output
+//!   queue, the runner (one period: wait, swap, tick, log, output) and the
+//!   latency histogram.
+//! - [`sched`]: process and thread scheduling (RT settings, niceness, SCHED_IDLE).
 //! - [`lifecycle`]: the managed-node state machine (lifecycle_msgs numbering).
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
 //! - [`watchdog`]: when the control thread counts as stalled.
@@ -47,20 +47,15 @@
 
 pub mod action_space;
 pub mod alloc_count;
-pub mod board;
 pub mod checkpoint;
-pub mod chunk;
 pub mod config;
 pub mod contract;
-pub mod control;
-pub mod decision;
 pub mod diagnostics;
 pub mod estop;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod guard;
-pub mod histogram;
 pub mod hotswap;
 pub mod init;
 pub mod joint_map;
@@ -69,11 +64,10 @@ pub mod live;
 pub mod log;
 pub mod model;
 pub mod rt;
-pub mod runner;
 pub mod sampler;
+pub mod sched;
 pub mod shutdown;
 pub mod signing;
-pub mod stop;
 #[doc(hidden)]
 pub mod testkit;
 pub mod versions;

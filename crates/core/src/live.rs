@@ -15,9 +15,9 @@ use crate::rt::handoff::Handoff;
 
 use crate::config::table::Live;
 use crate::config::{NodeConfig, ParamValue};
-use crate::control::SafeBehaviour;
 use crate::log::MAX_ACT;
-use crate::runner::MAX_SOURCES;
+use crate::rt::control::SafeBehaviour;
+use crate::rt::output::MAX_SOURCES;
 
 /// Whether a parameter may change at run time: `safe_behaviour`,
 /// `max_delta`, `temperature`, `max_future_stamp`, `log.every` and every

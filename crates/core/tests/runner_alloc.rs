@@ -6,12 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::board::Board;
-use flowpilot_core::control::{ControlConfig, Controller, SafeBehaviour};
 use flowpilot_core::hotswap::SwapChannel;
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
 use flowpilot_core::model::{Direction, PolicyKind};
-use flowpilot_core::runner::{Clock, LogInputs, LogTap, OutputQueue, Runner};
+use flowpilot_core::rt::board::Board;
+use flowpilot_core::rt::clock::Clock;
+use flowpilot_core::rt::control::{ControlConfig, Controller, SafeBehaviour};
+use flowpilot_core::rt::output::OutputQueue;
+use flowpilot_core::rt::runner::{LogInputs, LogTap, Runner};
 use flowpilot_core::sampler::Sampler;
 use flowpilot_core::testkit::random_model;
 
@@ -59,7 +61,7 @@ fn check(with_step: bool) {
     let other = random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 5);
     let board = Arc::new(Board::new(&[5, 2]));
     board.write(0, &[0.1, 0.2, 0.3, 0.4, 0.5], None);
-    board.write(1, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    board.write(1, &[1.0, -1.0], Some(flowpilot_core::rt::board::wall_ns()));
     let cfg = ControlConfig {
         rate_hz: 1000.0,
         max_age_s: vec![1e6, 1e6],
@@ -73,9 +75,9 @@ fn check(with_step: bool) {
         temperature: 1.0,
         chunk: Default::default(),
         // positions measured in source 0: stops read the board
-        stop: flowpilot_core::stop::StopRule::new(
-            vec![flowpilot_core::stop::Interface::Position; 3],
-            Some(flowpilot_core::stop::StateSource {
+        stop: flowpilot_core::rt::stop::StopRule::new(
+            vec![flowpilot_core::rt::stop::Interface::Position; 3],
+            Some(flowpilot_core::rt::stop::StateSource {
                 source: 0,
                 index: vec![Some(0), Some(2), Some(4)],
             }),

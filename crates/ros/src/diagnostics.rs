@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 
-use flowpilot_core::board::{mono_ns, wall_ns};
-use flowpilot_core::control::Stats;
 use flowpilot_core::diagnostics::{report, LogState, RateMeter, StatsSnapshot};
 use flowpilot_core::log::writer::LogStats;
 use flowpilot_core::model::ModelFile;
-use flowpilot_core::runner::OutputQueue;
+use flowpilot_core::rt::board::{mono_ns, wall_ns};
+use flowpilot_core::rt::control::Stats;
+use flowpilot_core::rt::output::OutputQueue;
 use flowpilot_core::watchdog::Fault;
 
 use crate::inputs::InputStats;

@@ -30,7 +30,6 @@ use futures::task::LocalSpawnExt;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
 
-use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::contract::flags;
 use flowpilot_core::fleet::auth::RobotKeys;
@@ -40,6 +39,7 @@ use flowpilot_core::fleet::wire::{
     to_json, Ack, Batch, Revocation, MAX_BATCH_BYTES, MAX_REVOCATION_BYTES,
 };
 use flowpilot_core::log::reader::epoch_hex;
+use flowpilot_core::rt::board::mono_ns;
 use flowpilot_core::versions::{Lineage, Revocations};
 
 /// Batches held between spins; past this the oldest is dropped (its robot
@@ -117,7 +117,7 @@ fn run(a: Args) -> Result<()> {
     let instance = format!(
         "{}-{}",
         std::process::id(),
-        flowpilot_core::board::wall_ns()
+        flowpilot_core::rt::board::wall_ns()
     );
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot_fleet", "").context("creating the node")?;
@@ -462,7 +462,7 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         });
     }
     let mut arr = DiagnosticArray::default();
-    arr.header.stamp = crate::outputs::to_time(flowpilot_core::board::wall_ns());
+    arr.header.stamp = crate::outputs::to_time(flowpilot_core::rt::board::wall_ns());
     arr.status.push(DiagnosticStatus {
         level: level as u8,
         name: "flowpilot_fleet".into(),

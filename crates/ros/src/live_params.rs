@@ -80,7 +80,7 @@ impl State {
         self.current = next;
         self.map = candidate;
         self.saved.borrow_mut().clone_from(&self.map);
-        let wall_ns = flowpilot_core::board::wall_ns().to_string();
+        let wall_ns = flowpilot_core::rt::board::wall_ns().to_string();
         for ((name, v), previous) in changes.iter().zip(previous) {
             tracing::info!(parameter = %name, value = ?v, %previous, service,
                            safety_limit = is_safety_limit(name), allow_loosen = self.allow_loosen,
@@ -171,9 +171,9 @@ pub(crate) fn serve(
     log: Option<Arc<LogHandle>>,
 ) -> Result<()> {
     let safe = match cfg.safe {
-        flowpilot_core::control::SafeBehaviour::Hold => "hold",
-        flowpilot_core::control::SafeBehaviour::Zero => "zero",
-        flowpilot_core::control::SafeBehaviour::Stop => "stop",
+        flowpilot_core::rt::control::SafeBehaviour::Hold => "hold",
+        flowpilot_core::rt::control::SafeBehaviour::Zero => "zero",
+        flowpilot_core::rt::control::SafeBehaviour::Stop => "stop",
     };
     let mut effective = vec![
         (

@@ -148,7 +148,7 @@ fn collect(
                 prev_r = r as f64;
             } else {
                 // no action: the episode's final state
-                t.decision = flowpilot_core::decision::Decision::WarmingUp.code();
+                t.decision = flowpilot_core::rt::decision::Decision::WarmingUp.code();
             }
             // The writer's queue is large enough for a round; if it were
             // full the record would be dropped and counted, like the node's.

@@ -120,7 +120,7 @@ impl LogHandle {
             crate::contract::log_meta::EPOCH.into(),
             super::reader::epoch_hex(epoch),
         );
-        let secs = crate::board::wall_ns() / 1_000_000_000;
+        let secs = crate::rt::board::wall_ns() / 1_000_000_000;
         let stem = format!("flowpilot_{secs}_{}", std::process::id());
         // A session re-configured within the second must not truncate the
         // file before it; the suffix keeps name order = stream order.
@@ -284,7 +284,7 @@ pub fn new_epoch() -> u64 {
     let mut e = u64::from_le_bytes(b);
     if n != b.len() as isize {
         // No getrandom (very old kernel): the clock and the pid, mixed.
-        let t = crate::board::wall_ns() as u64 ^ crate::board::mono_ns() as u64;
+        let t = crate::rt::board::wall_ns() as u64 ^ crate::rt::board::mono_ns() as u64;
         e = (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     e.max(1)
