@@ -35,7 +35,7 @@ pub fn apply_rt_settings(
             ));
         }
     }
-    if let Some(c) = cpu.filter(|&c| c > crate::config::MAX_CPU) {
+    if let Some(c) = cpu.filter(|&c| c > crate::node::config::MAX_CPU) {
         // The config rejects these; CPU_SET would panic on them.
         warnings.push(format!("CPU {c} is beyond the affinity set; not pinned"));
     } else if let Some(c) = cpu {

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::model::{Direction, PolicyKind};
+use flowpilot_core::policy::model::{Direction, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_core::rt::board::Board;
 use flowpilot_core::rt::clock::Periodic;
 use flowpilot_core::rt::control::{ControlConfig, Controller, Decision, SafeBehaviour};
 use flowpilot_core::rt::stop::{Interface, StateSource, StopKind, StopRule};
-use flowpilot_core::sampler::Sampler;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -24,7 +24,11 @@ fn setup(
     safe: SafeBehaviour,
     warmup: u64,
     max_delta: Option<Vec<f64>>,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
     setup_with(
         safe,
         warmup,
@@ -49,7 +53,11 @@ fn setup_with(
     warmup: u64,
     max_delta: Option<Vec<f64>>,
     stop: StopRule,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
     let m = common::random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 21);
     let board = Arc::new(Board::new(&[3, 2, 2]));
     let cfg = ControlConfig {
@@ -600,13 +608,17 @@ fn periodic_timer_uses_absolute_deadlines() {
 /// A chunked (H = 4 steps of 2), history-conditioned (2 steps of 3) policy.
 fn chunked_setup(
     chunk: flowpilot_core::rt::control::ChunkConfig,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
-    let mut spec = flowpilot_core::init::default_spec(6, 0, 8, 2, 16);
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
+    let mut spec = flowpilot_core::policy::init::default_spec(6, 0, 8, 2, 16);
     spec.chunk_len = 4;
     spec.obs_horizon = 2;
-    let m = flowpilot_core::init::init_model(
+    let m = flowpilot_core::policy::init::init_model(
         spec,
-        flowpilot_core::init::Init::Random { last_scale: 0.3 },
+        flowpilot_core::policy::init::Init::Random { last_scale: 0.3 },
         5,
     )
     .unwrap();
@@ -746,7 +758,7 @@ fn a_rate_limit_switched_on_live_takes_effect_on_a_loop_started_without_one() {
     let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
     feed(&b);
     let mut prev = c.tick().action.to_vec();
-    let mut live = flowpilot_core::live::LiveSettings {
+    let mut live = flowpilot_core::node::live::LiveSettings {
         safe: SafeBehaviour::Zero,
         temperature: None,
         rate_limit: true,

@@ -6,15 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::hotswap::SwapChannel;
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
-use flowpilot_core::model::{Direction, PolicyKind};
+use flowpilot_core::node::hotswap::SwapChannel;
+use flowpilot_core::policy::model::{Direction, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_core::rt::board::Board;
 use flowpilot_core::rt::clock::Clock;
 use flowpilot_core::rt::control::{ControlConfig, Controller, SafeBehaviour};
 use flowpilot_core::rt::output::OutputQueue;
 use flowpilot_core::rt::runner::{LogInputs, LogTap, Runner};
-use flowpilot_core::sampler::Sampler;
 use flowpilot_core::testkit::random_model;
 
 #[global_allocator]
@@ -100,7 +100,7 @@ fn check(with_step: bool) {
     let inputs = Arc::new(LogInputs::default());
     let step = with_step.then(|| Arc::new(Board::new(&[3])));
     let chan = SwapChannel::new();
-    let live = flowpilot_core::live::LiveChannel::new();
+    let live = flowpilot_core::node::live::LiveChannel::new();
     let out = OutputQueue::new(16); // fills: never drained here
     let mut r = Runner::new(controller, FakeClock(0), chan.clone(), out.clone())
         .with_live(live.clone())
@@ -147,7 +147,7 @@ fn check(with_step: bool) {
         }
         if i % 250 == 10 {
             // a live parameter change, offered and applied in the window
-            live.offer(flowpilot_core::live::LiveSettings {
+            live.offer(flowpilot_core::node::live::LiveSettings {
                 safe: SafeBehaviour::Zero,
                 temperature: Some(0.5),
                 rate_limit: i % 500 == 10,

@@ -247,7 +247,7 @@ fn run(a: Args) -> Result<()> {
             // ends): the robots' nodes own /diagnostics otherwise.
             next_diag = Instant::now() + Duration::from_secs(1);
             let d = diagnostics_of(&store, &id, &counts.borrow());
-            let warn = d.status[0].level != flowpilot_core::diagnostics::Level::Ok as u8;
+            let warn = d.status[0].level != flowpilot_core::node::diagnostics::Level::Ok as u8;
             if warn || warned {
                 let _ = diagnostics.publish(&d);
             }
@@ -411,7 +411,7 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         .collect();
     let (level, message) = if !c.last_refused.is_empty() {
         (
-            flowpilot_core::diagnostics::Level::Warn,
+            flowpilot_core::node::diagnostics::Level::Warn,
             format!(
                 "{} records batches refused; last: {}",
                 c.refused, c.last_refused
@@ -419,12 +419,12 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         )
     } else if conflicted.is_empty() {
         (
-            flowpilot_core::diagnostics::Level::Ok,
+            flowpilot_core::node::diagnostics::Level::Ok,
             "running".to_string(),
         )
     } else {
         (
-            flowpilot_core::diagnostics::Level::Warn,
+            flowpilot_core::node::diagnostics::Level::Warn,
             format!("two robots with one id: streams {}", conflicted.join(", ")),
         )
     };

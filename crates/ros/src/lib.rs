@@ -51,19 +51,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use flowpilot_core::config::NodeConfig;
-use flowpilot_core::hotswap::SwapChannel;
-use flowpilot_core::lifecycle::Transition;
 use flowpilot_core::log::MAX_ACT;
+use flowpilot_core::node::config::NodeConfig;
+use flowpilot_core::node::hotswap::SwapChannel;
+use flowpilot_core::node::lifecycle::Transition;
+use flowpilot_core::node::watchdog::{Fault, Watchdog};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_core::rt::board::{mono_ns, Board};
 use flowpilot_core::rt::clock::Periodic;
 use flowpilot_core::rt::control::{ControlConfig, Controller};
 use flowpilot_core::rt::output::{OutputQueue, MAX_SOURCES};
 use flowpilot_core::rt::runner::Runner;
 use flowpilot_core::rt::stop::StopRule;
-use flowpilot_core::sampler::Sampler;
 use flowpilot_core::sched::apply_rt_settings;
-use flowpilot_core::watchdog::{Fault, Watchdog};
 
 /// Outputs buffered between the control and publisher threads.
 const OUTPUT_QUEUE: usize = 256;
@@ -71,7 +71,7 @@ const OUTPUT_QUEUE: usize = 256;
 /// The control tick's settings from the node's.
 fn control_config(
     cfg: &NodeConfig,
-    spec: &flowpilot_core::model::ModelSpec,
+    spec: &flowpilot_core::policy::model::ModelSpec,
 ) -> Result<ControlConfig> {
     Ok(ControlConfig {
         rate_hz: cfg.rate_hz,
@@ -117,7 +117,7 @@ pub fn run_node() -> Result<()> {
     services::serve_estop(
         &mut node,
         &spawner,
-        flowpilot_core::estop::EStopLatch::new(estop.clone()),
+        flowpilot_core::node::estop::EStopLatch::new(estop.clone()),
     )?;
 
     let mut session: Option<Session> = None;
@@ -240,7 +240,7 @@ pub fn run_node() -> Result<()> {
 /// pool, so that dropping it ends them).
 struct Session {
     pool: futures::executor::LocalPool,
-    model: flowpilot_core::model::ModelFile,
+    model: flowpilot_core::policy::model::ModelFile,
     active: Arc<AtomicBool>,
     estop: Arc<AtomicBool>,
     stats: Arc<flowpilot_core::rt::control::Stats>,
@@ -277,7 +277,7 @@ impl Session {
     /// The control loop runs from here on, silent until [`Self::set_active`].
     fn configure(
         node: &mut r2r::Node,
-        params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::config::ParamMap>>,
+        params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::node::config::ParamMap>>,
         estop: &Arc<AtomicBool>,
     ) -> Result<Self> {
         let cfg = &NodeConfig::from_params(&params.borrow()).context("invalid node parameters")?;
@@ -333,7 +333,7 @@ impl Session {
         let episode_returns = log.as_ref().map(|t| t.inputs.clone());
         // Kept until the learner has stopped, so the log closes after it.
         let log_handle = log.as_ref().map(|t| t.handle.clone());
-        let live = flowpilot_core::live::LiveChannel::new();
+        let live = flowpilot_core::node::live::LiveChannel::new();
         live_params::serve(
             node,
             &spawner,

@@ -2,7 +2,7 @@
 //! `~/set_parameters`, `~/set_parameters_atomically`, `~/list_parameters`,
 //! `~/describe_parameters`, `~/get_parameter_types`) and
 //! `/parameter_events`, so that `ros2 param` and rclpy's parameter client
-//! work. Live parameters (`flowpilot_core::live::is_live`) are checked by
+//! work. Live parameters (`flowpilot_core::node::live::is_live`) are checked by
 //! core's live rules (no unset, empty or wrong-type value; the safety
 //! limits only tightened relative to the values in force, unless
 //! `live.allow_loosen` was set at start) and by the start-up rules on the
@@ -33,11 +33,11 @@ use r2r::rcl_interfaces::srv::{
 };
 use r2r::QosProfile;
 
-use flowpilot_core::config::{NodeConfig, ParamMap, ParamValue};
-use flowpilot_core::live::{
+use flowpilot_core::log::writer::LogHandle;
+use flowpilot_core::node::config::{NodeConfig, ParamMap, ParamValue};
+use flowpilot_core::node::live::{
     check_live_value, check_tightening, is_live, is_safety_limit, LiveChannel, LiveSettings,
 };
-use flowpilot_core::log::writer::LogHandle;
 
 /// The node's parameters as they stand, and where live changes go.
 struct State {
@@ -145,7 +145,7 @@ impl State {
 /// A parameter name the node reads (not counting the sources' fields of a
 /// source that does not exist).
 fn known(name: &str) -> bool {
-    flowpilot_core::config::table::is_known(name) || name.starts_with("sources.")
+    flowpilot_core::node::config::table::is_known(name) || name.starts_with("sources.")
 }
 
 fn result(r: Result<(), String>) -> SetParametersResult {
@@ -408,10 +408,10 @@ fn to_msg(v: &ParamValue) -> ParameterValue {
 }
 
 /// A parameter's descriptor, from the parameter table
-/// ([`flowpilot_core::config::table`]): type and default in words, whether
+/// ([`flowpilot_core::node::config::table`]): type and default in words, whether
 /// it is live (and only tighter), and its range.
 fn describe(n: &str, v: Option<&ParamValue>, allow_loosen: bool) -> ParameterDescriptor {
-    use flowpilot_core::config::table::{lookup, Ty};
+    use flowpilot_core::node::config::table::{lookup, Ty};
     use r2r::rcl_interfaces::msg::{FloatingPointRange, IntegerRange};
     let live = if is_safety_limit(n) && !allow_loosen {
         "live, a safety limit: may only be tightened while the node runs"

@@ -12,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 
-use flowpilot_core::config::{LogSettings, NodeConfig};
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::node::config::{LogSettings, NodeConfig};
+use flowpilot_core::policy::model::ModelFile;
 use flowpilot_core::rt::board::Board;
 use flowpilot_core::rt::runner::{LogInputs, LogTap};
 

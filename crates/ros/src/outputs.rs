@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use flowpilot_core::config::{ActionKind, NodeConfig};
+use flowpilot_core::node::config::{ActionKind, NodeConfig};
 use flowpilot_core::rt::board::wall_ns;
 use flowpilot_core::rt::output::{Outgoing, OutputQueue};
 

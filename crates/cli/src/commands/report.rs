@@ -16,7 +16,7 @@ use crate::plot::{line_plot, Series};
 use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::log::reader::{log_files, read_file};
 use flowpilot_core::log::Transition;
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::policy::model::ModelFile;
 use flowpilot_core::rt::decision::Decision;
 
 #[derive(clap::Args)]

@@ -19,8 +19,8 @@ use rand_chacha::ChaCha8Rng;
 
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
 use flowpilot_core::log::{PolicyId, Transition};
-use flowpilot_core::model::ModelFile;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_learn::demos::Demos;
 use flowpilot_learn::learner::{LogFollower, ReplayBuffer, Sac, SacConfig};
 

@@ -87,7 +87,7 @@ pub struct PolicyId {
 }
 
 impl PolicyId {
-    pub fn of(spec: &crate::model::ModelSpec) -> Self {
+    pub fn of(spec: &crate::policy::model::ModelSpec) -> Self {
         use sha2::{Digest, Sha256};
         let mut digest = [0u8; 32];
         let hexpart = spec.digest.strip_prefix("sha256:").unwrap_or("");

@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{PolicyId, Transition};
+use crate::policy::sampler::Sampler;
 use crate::rt::board::{mono_ns, wall_ns, Board, SourceState};
 use crate::rt::stop::{StopKind, StopRule};
-use crate::sampler::Sampler;
 
 /// What to do when inputs are stale or invalid. `Hold` and `Zero` both
 /// send the interface's stop ([`crate::rt::stop`]: a position holds where the
@@ -414,7 +414,7 @@ impl Controller {
     /// **Between ticks.** Apply live parameter changes (control thread: a
     /// copy, no allocation). Widths were checked by the caller against this
     /// model and these sources.
-    pub fn apply_live(&mut self, l: &crate::live::LiveSettings) {
+    pub fn apply_live(&mut self, l: &crate::node::live::LiveSettings) {
         self.cfg.safe = l.safe;
         self.cfg.temperature = l.temperature.unwrap_or(self.sampler.spec().temperature);
         if let Some(md) = self.cfg.max_delta.as_mut() {

@@ -20,9 +20,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::hotswap::SwapChannel;
 use crate::log::writer::LogHandle;
 use crate::log::{Transition, MAX_ACT};
+use crate::node::hotswap::SwapChannel;
 use crate::rt::clock::Clock;
 use crate::rt::control::Controller;
 use crate::rt::handoff::Handoff;
@@ -188,7 +188,7 @@ pub struct Runner<C: Clock> {
     waker: Option<std::thread::Thread>,
     log: Option<LogTap>,
     /// Live parameter changes from the parameter service.
-    live: Option<Arc<crate::live::LiveChannel>>,
+    live: Option<Arc<crate::node::live::LiveChannel>>,
     /// Preallocated log record (boxed: it is ~1.5 KB).
     rec: Box<Transition>,
     step_log: StepLog,
@@ -224,7 +224,7 @@ impl<C: Clock> Runner<C> {
     }
 
     /// Take live parameter changes from `chan` between two ticks.
-    pub fn with_live(mut self, chan: Arc<crate::live::LiveChannel>) -> Self {
+    pub fn with_live(mut self, chan: Arc<crate::node::live::LiveChannel>) -> Self {
         self.live = Some(chan);
         self
     }
@@ -355,10 +355,10 @@ impl<C: Clock> Runner<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, PolicyKind};
+    use crate::policy::model::{Direction, PolicyKind};
+    use crate::policy::sampler::Sampler;
     use crate::rt::board::Board;
     use crate::rt::control::{ControlConfig, SafeBehaviour};
-    use crate::sampler::Sampler;
     use crate::testkit::random_model;
 
     /// A clock that never sleeps; the next wake-up's (late, missed) is

@@ -286,7 +286,7 @@ pub struct NodeConfig {
     /// running one's (default: refuse them).
     pub hot_swap_allow_spec_change: bool,
     /// The return guard's automatic rollback rule (`hot_swap.guard.*`).
-    pub hot_swap_guard: crate::guard::GuardConfig,
+    pub hot_swap_guard: crate::node::guard::GuardConfig,
     /// `hot_swap.trusted_keys`: accept only versions signed by one of
     /// these (empty: versions are not authenticated; required when the
     /// fleet link takes policies). docs/security.md.
@@ -307,7 +307,7 @@ pub struct NodeConfig {
     /// The link to a fleet learner over the graph (`fleet.*`; None: off).
     pub fleet: Option<FleetSettings>,
     /// `live.allow_loosen` (start-up only): live changes may loosen the
-    /// safety limits too (default: only tighten them; `crate::live`).
+    /// safety limits too (default: only tighten them; `crate::node::live`).
     pub live_allow_loosen: bool,
 }
 
@@ -549,7 +549,10 @@ fn trusted_keys(p: &Params<'_>) -> Result<crate::signing::TrustedKeys> {
 /// `log`: holding new versions back needs episode returns to reach the
 /// guard (the log's reward and episode topics); without them it would
 /// hold forever, so it is off.
-fn guard_config(p: &Params<'_>, log: Option<&LogSettings>) -> Result<crate::guard::GuardConfig> {
+fn guard_config(
+    p: &Params<'_>,
+    log: Option<&LogSettings>,
+) -> Result<crate::node::guard::GuardConfig> {
     let episodes = p.i64("hot_swap.guard.episodes")?;
     let margin = p.f64("hot_swap.guard.margin")?;
     let z = p.f64("hot_swap.guard.z")?;
@@ -567,7 +570,7 @@ fn guard_config(p: &Params<'_>, log: Option<&LogSettings>) -> Result<crate::guar
             ));
         }
     }
-    Ok(crate::guard::GuardConfig {
+    Ok(crate::node::guard::GuardConfig {
         episodes: episodes as usize,
         margin,
         z,

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use crate::rt::handoff::Handoff;
 
-use crate::config::table::Live;
-use crate::config::{NodeConfig, ParamValue};
 use crate::log::MAX_ACT;
+use crate::node::config::table::Live;
+use crate::node::config::{NodeConfig, ParamValue};
 use crate::rt::control::SafeBehaviour;
 use crate::rt::output::MAX_SOURCES;
 
@@ -24,7 +24,7 @@ use crate::rt::output::MAX_SOURCES;
 /// source's `max_age`. Everything else shapes the node (model, sources,
 /// topics, rates, threads) and is read-only once it runs.
 pub fn is_live(name: &str) -> bool {
-    crate::config::table::lookup(name).is_some_and(|p| p.live != Live::No)
+    crate::node::config::table::lookup(name).is_some_and(|p| p.live != Live::No)
 }
 
 /// Whether a live parameter is a safety limit, which a live change may only
@@ -33,9 +33,9 @@ pub fn is_live(name: &str) -> bool {
 /// `log.every` are live but not limits: the temperature shapes the
 /// sampled action, which stays within the model's bounds and under the
 /// rate limit whatever it is, and `log.every` only thins the log. Both
-/// are read from the parameter table ([`crate::config::table`]).
+/// are read from the parameter table ([`crate::node::config::table`]).
 pub fn is_safety_limit(name: &str) -> bool {
-    crate::config::table::lookup(name).is_some_and(|p| p.live == Live::TightenOnly)
+    crate::node::config::table::lookup(name).is_some_and(|p| p.live == Live::TightenOnly)
 }
 
 /// Refuse a live value that is not a value of the parameter's type, before
