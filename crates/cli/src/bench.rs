@@ -11,8 +11,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use flowpilot_core::alloc_count::thread_allocations;
-use flowpilot_core::model::ModelFile;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::policy::sampler::Sampler;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -253,7 +253,7 @@ pub fn accuracy(a: &mut Sampler, b: &mut Sampler, model: &ModelFile, n: usize) -
         mean_log_prob_err: 0.0,
         max_abs_log_prob: 0.0,
     };
-    let mut draw = |norm: &flowpilot_core::model::Normalizer| -> Vec<f32> {
+    let mut draw = |norm: &flowpilot_core::policy::model::Normalizer| -> Vec<f32> {
         norm.mean
             .iter()
             .zip(&norm.std)

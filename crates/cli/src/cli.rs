@@ -10,7 +10,7 @@ use crate::commands::{
     bare_loop, bench, contract, convert, demos, eval, finetune, import, inspect, keygen, log_prob,
     new, replay, report, sample, train,
 };
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::policy::model::ModelFile;
 
 #[derive(Parser)]
 #[command(

@@ -6,7 +6,7 @@ use flowpilot_core::checkpoint::{AcceptedRecord, CheckpointDir};
 use std::sync::atomic::AtomicBool;
 
 use flowpilot_cli::tasks::reach;
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::policy::model::ModelFile;
 use flowpilot_learn::learner::{self, DataSource, FinetuneOptions, SacConfig};
 
 /// BC on detour demos, then 8 rounds of (10 logged episodes, 400 SAC

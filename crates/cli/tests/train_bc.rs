@@ -4,8 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use flowpilot_cli::tasks::pointmass::{evaluate, generate_demos, EvalMode};
-use flowpilot_core::model::{ModelFile, PolicyKind};
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::{ModelFile, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_learn::train::{lr_at, train_bc, BcConfig};
 use flowpilot_learn::twin::Twin;
 

@@ -42,7 +42,7 @@ fn main() {
     .expect("starting the log writer");
     let stats = log.stats().clone();
     let period_ns = (1e9 / rate) as i64;
-    let t0 = flowpilot_core::board::wall_ns() - n as i64 * period_ns;
+    let t0 = flowpilot_core::rt::board::wall_ns() - n as i64 * period_ns;
     for i in 0..n {
         // keep the writer's queue from overflowing: nothing is dropped
         while i - stats.written.load(std::sync::atomic::Ordering::Relaxed) > 60_000 {

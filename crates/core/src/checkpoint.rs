@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::model::ModelFile;
+use crate::policy::model::ModelFile;
 
 use crate::contract::files::{
     ACCEPTED as ACCEPTED_FILE, LEARNER_DIR, LEARNER_STATE, POLICY_DIGITS, POLICY_EXT,

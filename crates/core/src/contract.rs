@@ -142,12 +142,12 @@ pub mod qos {
     pub const FLEET_REVOKED: Qos = Qos::reliable(64).latched();
 }
 
-/// Everything above, the decision codes ([`crate::decision::CODES`]), the
-/// stop codes ([`crate::stop::StopKind`]) and the fleet topics, as one
+/// Everything above, the decision codes ([`crate::rt::decision::CODES`]), the
+/// stop codes ([`crate::rt::stop::StopKind`]) and the fleet topics, as one
 /// JSON object (`flowpilot contract --json`).
 pub fn to_json() -> Value {
-    use crate::stop::StopKind;
-    let decision: serde_json::Map<String, Value> = crate::decision::CODES
+    use crate::rt::stop::StopKind;
+    let decision: serde_json::Map<String, Value> = crate::rt::decision::CODES
         .iter()
         .map(|(c, n)| (n.replace([' ', '-'], "_"), json!(c)))
         .collect();
@@ -210,7 +210,7 @@ mod tests {
     fn every_decision_and_stop_code_is_named_once() {
         let j = to_json();
         let d = j["decision"].as_object().unwrap();
-        assert_eq!(d.len(), crate::decision::CODES.len());
+        assert_eq!(d.len(), crate::rt::decision::CODES.len());
         assert_eq!(j["decision"]["policy"], 0);
         assert_eq!(j["decision"]["human_override"], 5);
         assert_eq!(j["decision"]["inactive"], 6);

@@ -11,10 +11,10 @@
 
 use std::io::Write;
 
-use crate::config::{parameter_names, source_fields, NodeConfig, ParamMap, ParamValue};
 use crate::log::reader::Tail;
 use crate::log::Transition;
-use crate::model::ModelFile;
+use crate::node::config::{parameter_names, source_fields, NodeConfig, ParamMap, ParamValue};
+use crate::policy::model::ModelFile;
 
 /// The model loader on a whole file's bytes.
 pub fn model_loader(data: &[u8]) {

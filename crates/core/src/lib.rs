@@ -1,37 +1,38 @@
 //! flowpilot-core: the real-time half of flowpilot. No candle, no ROS.
+//! What the control thread runs is under [`rt`]; the rest runs around it.
 //!
-//! - [`action_space`]: flow space [-1, 1] <-> physical units (one owner).
+//! - [`policy::action_space`]: flow space [-1, 1] <-> physical units (one owner).
 //! - [`checkpoint`]: the checkpoint directory's file contract (one owner).
-//! - [`histogram`]: the lock-free wake-up latency histogram.
-//! - [`hotswap`]: checked swap of new policy versions between ticks.
+//! - [`node::hotswap`]: checked swap of new policy versions between ticks.
 //! - [`signing`]: ed25519-signed policy versions, keys, the signed message (one owner).
-//! - [`init`]: fresh models with the paper's initialisation.
-//! - [`model`]: the model file (safetensors + validated spec).
-//! - [`sampler`]: the allocation-free batch-1 sampler for the control loop.
+//! - [`policy::init`]: fresh models with the paper's initialisation.
+//! - [`policy::model`]: the model file (safetensors + validated spec).
+//! - [`policy::sampler`]: the allocation-free batch-1 sampler for the control loop.
 //! - [`joint_map`]: bounded work per observation message (size caps, joint-name lookup).
-//! - [`board`]: the lock-free latest-value board between subscribers and the loop.
-//! - [`decision`]: why a tick's action is what it is (the codes the log carries).
-//! - [`estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
+//! - [`node::estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
 //! - [`fleet`]: the fleet link's wire format, flow control, log cursor and shard store.
-//! - [`stop`]: what a safe action commands, per interface (the stop's one owner).
-//! - [`control`]: the control tick (freshness, safety, rate limit), timer, RT settings.
 //! - [`log`]: the transition log (MCAP) and its crash-tolerant reader.
-//! - [`runner`]: the control thread's period: wait, swap, tick, log, output.
-//! - [`lifecycle`]: the managed-node state machine (lifecycle_msgs numbering).
+//! - [`rt`]: everything the control thread runs, allocation-free and lock-free:
+//!   the hand-off ([`rt::handoff`]), the board, the tick ([`rt::control`]),
+//!   chunks and history, stops, decision codes, the clock, the output
+//!   queue, the runner (one period: wait, swap, tick, log, output) and the
+//!   latency histogram.
+//! - [`sched`]: process and thread scheduling (RT settings, niceness, SCHED_IDLE).
+//! - [`node::lifecycle`]: the managed-node state machine (lifecycle_msgs numbering).
 //! - [`shutdown`]: SIGINT/SIGTERM as one polled flag.
-//! - [`watchdog`]: when the control thread counts as stalled.
-//! - [`config`]: the node's parameters, parsed and checked without ROS types.
-//! - [`diagnostics`]: the /diagnostics content from a snapshot of the counters.
+//! - [`node::watchdog`]: when the control thread counts as stalled.
+//! - [`node::config`]: the node's parameters, parsed and checked without ROS types.
+//! - [`node::diagnostics`]: the /diagnostics content from a snapshot of the counters.
 //! - [`alloc_count`]: a counting global allocator for zero-allocation proofs.
 //!
 //! ```
-//! use flowpilot_core::init::{default_spec, init_model, Init};
-//! use flowpilot_core::sampler::Sampler;
+//! use flowpilot_core::policy::init::{default_spec, init_model, Init};
+//! use flowpilot_core::policy::sampler::Sampler;
 //!
 //! // obs 3, no goal, act 2, K = 2 blocks, C = 16; random weights
 //! let model = init_model(default_spec(3, 0, 2, 2, 16), Init::Random { last_scale: 0.3 }, 7)?;
 //! let bytes = model.to_bytes(); // what `save` writes
-//! let model = flowpilot_core::model::ModelFile::from_bytes(&bytes)?; // validated
+//! let model = flowpilot_core::policy::model::ModelFile::from_bytes(&bytes)?; // validated
 //! let mut sampler = Sampler::new(&model)?;
 //! let mut action = [0.0f32; 2];
 //! let lp = sampler.sample_seeded(&[0.1, 0.2, 0.3], &[], 42, 0, &mut action)?;
@@ -44,35 +45,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod action_space;
 pub mod alloc_count;
-pub mod board;
 pub mod checkpoint;
-pub mod chunk;
-pub mod config;
 pub mod contract;
-pub mod control;
-pub mod decision;
-pub mod diagnostics;
-pub mod estop;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod guard;
-pub mod histogram;
-pub mod hotswap;
-pub mod init;
 pub mod joint_map;
-pub mod lifecycle;
-pub mod live;
 pub mod log;
-pub mod model;
-pub mod runner;
-pub mod sampler;
+pub mod node;
+pub mod policy;
+pub mod rt;
+pub mod sched;
 pub mod shutdown;
 pub mod signing;
-pub mod stop;
 #[doc(hidden)]
 pub mod testkit;
 pub mod versions;
-pub mod watchdog;

@@ -17,7 +17,7 @@
 //! (a replay of an old version as a newer one) no longer verifies.
 //!
 //! It sits in the model file's metadata under
-//! [`crate::model::SIGNATURE_META_KEY`], outside the digest, as compact
+//! [`crate::policy::model::SIGNATURE_META_KEY`], outside the digest, as compact
 //! JSON: `{"format":1,"alg":"ed25519","key":"ed25519:<base64>","sig":"<base64>"}`.
 //! A file without it loads as before (offline tools, nodes without trusted
 //! keys); [`TrustedKeys::verify`] refuses it.
@@ -38,7 +38,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use crate::model::{ModelFile, ModelSpec};
+use crate::policy::model::{ModelFile, ModelSpec};
 
 /// Domain separation: these bytes start every signed message, so a
 /// flowpilot policy signature can never be taken for a signature over
@@ -544,7 +544,7 @@ fn read_key_file(path: &Path) -> Result<String, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, PolicyKind};
+    use crate::policy::model::{Direction, PolicyKind};
     use crate::testkit::random_model;
 
     /// Version `v` of a line: parent version `v - 1` with a made-up digest.

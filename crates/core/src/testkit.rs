@@ -1,8 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
-use crate::init::{default_spec, init_model, Init};
-use crate::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
+use crate::policy::init::{default_spec, init_model, Init};
+use crate::policy::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
 
 /// A small random model exercising every feature the options select.
 pub fn random_model(

@@ -1,6 +1,6 @@
 //! Which version may run: the one owner of the rules that say which policy
 //! version a node may run and a learner may continue, used by the node's hot
-//! swap ([`crate::hotswap`]), its fleet link and the learner alike.
+//! swap ([`crate::node::hotswap`]), its fleet link and the learner alike.
 //!
 //! - **Numbers**: a new version is newer than the running one, by at most
 //!   [`MAX_VERSION_JUMP`], never u64::MAX ([`check_successor`]); a learner
@@ -32,7 +32,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{AcceptedRecord, CheckpointDir};
-use crate::model::{ModelFile, ModelSpec};
+use crate::policy::model::{ModelFile, ModelSpec};
 
 /// The most a new version's number may exceed the running version's. A
 /// learner counts up by one per checkpoint and numbers above every file in
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_revoked_version_condemns_its_line() {
-        use crate::model::{Direction, PolicyKind};
+        use crate::policy::model::{Direction, PolicyKind};
         let t = tempfile::tempdir().unwrap();
         let d = CheckpointDir::new(t.path());
         let root =

@@ -4,8 +4,8 @@
 use flowpilot_core::testkit as common;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::model::WeightDtype;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::WeightDtype;
+use flowpilot_core::policy::sampler::Sampler;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -27,7 +27,7 @@ fn sampler_makes_no_heap_allocation_per_call() {
             spec.denoise = true;
             (
                 format!("{n} +denoise"),
-                flowpilot_core::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
+                flowpilot_core::policy::model::ModelFile::new(spec, m.tensors().clone()).unwrap(),
             )
         })
         .collect();

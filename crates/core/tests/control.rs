@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::board::Board;
-use flowpilot_core::control::{ControlConfig, Controller, Decision, Periodic, SafeBehaviour};
-use flowpilot_core::model::{Direction, PolicyKind};
-use flowpilot_core::sampler::Sampler;
-use flowpilot_core::stop::{Interface, StateSource, StopKind, StopRule};
+use flowpilot_core::policy::model::{Direction, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
+use flowpilot_core::rt::board::Board;
+use flowpilot_core::rt::clock::Periodic;
+use flowpilot_core::rt::control::{ControlConfig, Controller, Decision, SafeBehaviour};
+use flowpilot_core::rt::stop::{Interface, StateSource, StopKind, StopRule};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -23,7 +24,11 @@ fn setup(
     safe: SafeBehaviour,
     warmup: u64,
     max_delta: Option<Vec<f64>>,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
     setup_with(
         safe,
         warmup,
@@ -48,7 +53,11 @@ fn setup_with(
     warmup: u64,
     max_delta: Option<Vec<f64>>,
     stop: StopRule,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
     let m = common::random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 21);
     let board = Arc::new(Board::new(&[3, 2, 2]));
     let cfg = ControlConfig {
@@ -72,7 +81,7 @@ fn setup_with(
 fn feed(b: &Board) {
     b.write(0, &[0.1, 0.2, 0.3], None);
     b.write(1, &[-0.5, 0.5], None);
-    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::rt::board::wall_ns()));
 }
 
 #[test]
@@ -152,7 +161,7 @@ fn header_stamp_age_is_used_when_present() {
     b.write(
         2,
         &[1.0, -1.0],
-        Some(flowpilot_core::board::wall_ns() - 20_000_000_000),
+        Some(flowpilot_core::rt::board::wall_ns() - 20_000_000_000),
     );
     assert_eq!(c.tick().decision, Decision::Stale { source: 2 });
 }
@@ -164,7 +173,7 @@ fn future_stamps_are_invalid_and_counted_apart() {
     assert_eq!(c.tick().decision, Decision::Policy);
     // Stamped 10 s ahead (a skewed clock, or a wall clock stepped back):
     // its age is negative, which must not read as fresh.
-    let ahead = flowpilot_core::board::wall_ns() + 10_000_000_000;
+    let ahead = flowpilot_core::rt::board::wall_ns() + 10_000_000_000;
     b.write(2, &[1.0, -1.0], Some(ahead));
     let out = c.tick();
     assert_eq!(out.decision, Decision::Invalid);
@@ -175,7 +184,7 @@ fn future_stamps_are_invalid_and_counted_apart() {
     assert_eq!(c.stats().future_stamp_ticks.load(Ordering::Relaxed), 1);
     assert_eq!(c.stats().invalid_ticks.load(Ordering::Relaxed), 1);
     // Within the tolerance (50 ms here) a stamp slightly ahead is accepted.
-    let slightly = flowpilot_core::board::wall_ns() + 20_000_000;
+    let slightly = flowpilot_core::rt::board::wall_ns() + 20_000_000;
     b.write(2, &[1.0, -1.0], Some(slightly));
     assert_eq!(c.tick().decision, Decision::Policy);
     assert_eq!(c.stats().future_stamp_ticks.load(Ordering::Relaxed), 1);
@@ -190,11 +199,11 @@ fn receive_time_bounds_the_age_of_stamped_data() {
     b.write(
         0,
         &[0.1, 0.2, 0.3],
-        Some(flowpilot_core::board::wall_ns() + 40_000_000),
+        Some(flowpilot_core::rt::board::wall_ns() + 40_000_000),
     );
     std::thread::sleep(std::time::Duration::from_millis(80));
     b.write(1, &[-0.5, 0.5], None);
-    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::rt::board::wall_ns()));
     assert_eq!(c.tick().decision, Decision::Stale { source: 0 });
 }
 
@@ -369,7 +378,7 @@ fn a_position_stop_on_stale_input_holds_measured_else_last_command() {
     // source 1 goes stale, the joint states (source 0) stay fresh
     std::thread::sleep(std::time::Duration::from_millis(60));
     b.write(0, &[0.7, -0.7, 0.25], None);
-    b.write(2, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    b.write(2, &[1.0, -1.0], Some(flowpilot_core::rt::board::wall_ns()));
     let out = c.tick();
     assert_eq!(out.decision, Decision::Stale { source: 1 });
     assert_eq!(
@@ -390,7 +399,7 @@ fn a_position_stop_on_stale_input_holds_measured_else_last_command() {
     b.write(
         0,
         &[0.9, 0.9, 0.9],
-        Some(flowpilot_core::board::wall_ns() + 1_000_000_000),
+        Some(flowpilot_core::rt::board::wall_ns() + 1_000_000_000),
     );
     let out = c.tick();
     assert_eq!(out.decision, Decision::Invalid);
@@ -501,7 +510,7 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
     use flowpilot_core::log::writer::{LogConfig, LogHandle};
     let (mut c, b, m) = setup(SafeBehaviour::Hold, 0, None);
     let human = Arc::new(Board::new(&[3]));
-    c.set_override(flowpilot_core::control::OverrideInput {
+    c.set_override(flowpilot_core::rt::control::OverrideInput {
         board: human.clone(),
         max_age_s: 0.05,
     })
@@ -577,14 +586,14 @@ fn logging_a_tick_allocates_nothing_and_never_blocks() {
 #[test]
 fn periodic_timer_uses_absolute_deadlines() {
     let mut p = Periodic::new(1000.0);
-    let t0 = flowpilot_core::board::mono_ns();
+    let t0 = flowpilot_core::rt::board::mono_ns();
     let start = t0 + p.period_ns();
     let mut lateness = Vec::new();
     for _ in 0..200 {
         let (late, _) = p.wait();
         lateness.push(late);
     }
-    let end = flowpilot_core::board::mono_ns();
+    let end = flowpilot_core::rt::board::mono_ns();
     // 200 deadlines after the first: never early, and no accumulated drift
     // (each wake-up is measured against start + k·period, not the last wake).
     assert!(end >= start + 199 * 1_000_000, "woke early");
@@ -598,14 +607,18 @@ fn periodic_timer_uses_absolute_deadlines() {
 
 /// A chunked (H = 4 steps of 2), history-conditioned (2 steps of 3) policy.
 fn chunked_setup(
-    chunk: flowpilot_core::control::ChunkConfig,
-) -> (Controller, Arc<Board>, flowpilot_core::model::ModelFile) {
-    let mut spec = flowpilot_core::init::default_spec(6, 0, 8, 2, 16);
+    chunk: flowpilot_core::rt::control::ChunkConfig,
+) -> (
+    Controller,
+    Arc<Board>,
+    flowpilot_core::policy::model::ModelFile,
+) {
+    let mut spec = flowpilot_core::policy::init::default_spec(6, 0, 8, 2, 16);
     spec.chunk_len = 4;
     spec.obs_horizon = 2;
-    let m = flowpilot_core::init::init_model(
+    let m = flowpilot_core::policy::init::init_model(
         spec,
-        flowpilot_core::init::Init::Random { last_scale: 0.3 },
+        flowpilot_core::policy::init::Init::Random { last_scale: 0.3 },
         5,
     )
     .unwrap();
@@ -630,7 +643,7 @@ fn chunked_setup(
 
 #[test]
 fn a_chunked_history_policy_plays_the_samplers_chunk_step_by_step() {
-    use flowpilot_core::control::ChunkConfig;
+    use flowpilot_core::rt::control::ChunkConfig;
     let (mut c, b, m) = chunked_setup(ChunkConfig::default());
     let mut offline = Sampler::new(&m).unwrap();
     let obs64 = |t: usize| [0.1 * t as f64, -0.2, 0.3 + 0.05 * t as f64];
@@ -680,7 +693,7 @@ fn a_chunked_history_policy_plays_the_samplers_chunk_step_by_step() {
 
 #[test]
 fn chunked_ticks_allocate_nothing_under_every_boundary_rule() {
-    use flowpilot_core::control::{Boundary, ChunkConfig};
+    use flowpilot_core::rt::control::{Boundary, ChunkConfig};
     for (boundary, replan_every, as_trajectory) in [
         (Boundary::Replace, 0, false),
         (Boundary::Replace, 2, true),
@@ -711,7 +724,7 @@ fn chunked_ticks_allocate_nothing_under_every_boundary_rule() {
 
 #[test]
 fn a_chunk_goes_out_whole_as_the_ticks_would_apply_it() {
-    use flowpilot_core::control::ChunkConfig;
+    use flowpilot_core::rt::control::ChunkConfig;
     let (mut c, b, m) = chunked_setup(ChunkConfig {
         as_trajectory: true,
         ..Default::default()
@@ -745,7 +758,7 @@ fn a_rate_limit_switched_on_live_takes_effect_on_a_loop_started_without_one() {
     let (mut c, b, _) = setup(SafeBehaviour::Zero, 0, None);
     feed(&b);
     let mut prev = c.tick().action.to_vec();
-    let mut live = flowpilot_core::live::LiveSettings {
+    let mut live = flowpilot_core::node::live::LiveSettings {
         safe: SafeBehaviour::Zero,
         temperature: None,
         rate_limit: true,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use flowpilot_core::fuzz_targets as t;
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
 use flowpilot_core::log::{PolicyId, Transition};
-use flowpilot_core::model::{Direction, PolicyKind};
+use flowpilot_core::policy::model::{Direction, PolicyKind};
 
 /// The system allocator, refusing any single allocation over 1 GiB: a
 /// parser that trusts a length field would otherwise "succeed" here (Linux

@@ -2,8 +2,8 @@
 //! values give the same samples as f32 storage (the gemv only widens), and
 //! the rounding itself moves actions and log-probs by a bounded amount.
 
-use flowpilot_core::model::{ModelFile, WeightDtype};
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::{ModelFile, WeightDtype};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_core::testkit as common;
 
 /// Every variant (both directions, goals, encoder, 1-D, Gaussian), plain
@@ -109,15 +109,15 @@ fn a_half_size_model_streams_half_the_kernel_bytes() {
         5,
         0,
         false,
-        flowpilot_core::model::Direction::Inverse,
-        flowpilot_core::model::PolicyKind::Flow,
+        flowpilot_core::policy::model::Direction::Inverse,
+        flowpilot_core::policy::model::PolicyKind::Flow,
         4,
     );
     let f = Sampler::new(&m).unwrap().weight_bytes();
     let kernel_bytes: usize = m
         .tensors()
         .iter()
-        .filter(|(n, _)| flowpilot_core::model::is_kernel(n))
+        .filter(|(n, _)| flowpilot_core::policy::model::is_kernel(n))
         .map(|(_, t)| 4 * t.shape.iter().product::<usize>())
         .sum();
     for w in [WeightDtype::F16, WeightDtype::Bf16] {

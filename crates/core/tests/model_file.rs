@@ -4,7 +4,7 @@
 use flowpilot_core::testkit as common;
 
 use common::random_model;
-use flowpilot_core::model::{
+use flowpilot_core::policy::model::{
     Direction, ModelError, ModelFile, PolicyKind, Tensor, TensorData, META_KEY,
 };
 
@@ -81,7 +81,7 @@ fn a_file_over_the_size_cap_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("huge.safetensors");
     let f = std::fs::File::create(&path).unwrap();
-    f.set_len(flowpilot_core::model::MAX_FILE_BYTES + 1)
+    f.set_len(flowpilot_core::policy::model::MAX_FILE_BYTES + 1)
         .unwrap(); // sparse
     let e = ModelFile::load(&path).unwrap_err();
     assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
@@ -264,7 +264,7 @@ fn half_parts(
     parts(m)
         .into_iter()
         .map(|(n, dt, s, b)| {
-            if flowpilot_core::model::is_kernel(&n) {
+            if flowpilot_core::policy::model::is_kernel(&n) {
                 let bytes = b
                     .chunks_exact(4)
                     .flat_map(|c| {
@@ -282,7 +282,7 @@ fn half_parts(
 
 #[test]
 fn half_size_kernels_round_trip_at_half_the_bytes() {
-    use flowpilot_core::model::WeightDtype;
+    use flowpilot_core::policy::model::WeightDtype;
     let m = model();
     let f32_bytes = m.to_bytes().len();
     for w in [WeightDtype::F16, WeightDtype::Bf16] {
@@ -304,7 +304,7 @@ fn half_size_kernels_round_trip_at_half_the_bytes() {
         let kernel_values: usize = m
             .tensors()
             .iter()
-            .filter(|(n, _)| flowpilot_core::model::is_kernel(n))
+            .filter(|(n, _)| flowpilot_core::policy::model::is_kernel(n))
             .map(|(_, t)| t.shape.iter().product::<usize>())
             .sum();
         let saved = f32_bytes as i64 - n;
@@ -321,7 +321,7 @@ fn half_size_kernels_round_trip_at_half_the_bytes() {
         for (name, t) in m.tensors() {
             if let TensorData::F32(v) = &t.data {
                 for (a, b) in v.iter().zip(back.f32(name)) {
-                    let tol = if flowpilot_core::model::is_kernel(name) {
+                    let tol = if flowpilot_core::policy::model::is_kernel(name) {
                         rel * a.abs() + 1e-7
                     } else {
                         0.0
@@ -339,7 +339,7 @@ fn half_size_kernels_round_trip_at_half_the_bytes() {
 
 #[test]
 fn a_file_whose_recorded_kernel_dtype_disagrees_with_its_tensors_is_refused() {
-    use flowpilot_core::model::WeightDtype;
+    use flowpilot_core::policy::model::WeightDtype;
     let m = model();
     let h = m.with_weights(WeightDtype::F16).unwrap();
     // f16 kernels on disk, spec recording f32 (the `weights` field dropped)
@@ -378,7 +378,7 @@ fn a_file_whose_recorded_kernel_dtype_disagrees_with_its_tensors_is_refused() {
 
 #[test]
 fn half_size_kernels_must_hold_values_the_dtype_can_store() {
-    use flowpilot_core::model::WeightDtype;
+    use flowpilot_core::policy::model::WeightDtype;
     let m = model();
     let mut spec = m.spec.clone();
     spec.weights = WeightDtype::F16;

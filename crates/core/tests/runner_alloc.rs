@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use flowpilot_core::alloc_count::{thread_allocations, CountingAlloc};
-use flowpilot_core::board::Board;
-use flowpilot_core::control::{ControlConfig, Controller, SafeBehaviour};
-use flowpilot_core::hotswap::SwapChannel;
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
-use flowpilot_core::model::{Direction, PolicyKind};
-use flowpilot_core::runner::{Clock, LogInputs, LogTap, OutputQueue, Runner};
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::node::hotswap::SwapChannel;
+use flowpilot_core::policy::model::{Direction, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
+use flowpilot_core::rt::board::Board;
+use flowpilot_core::rt::clock::Clock;
+use flowpilot_core::rt::control::{ControlConfig, Controller, SafeBehaviour};
+use flowpilot_core::rt::output::OutputQueue;
+use flowpilot_core::rt::runner::{LogInputs, LogTap, Runner};
 use flowpilot_core::testkit::random_model;
 
 #[global_allocator]
@@ -59,7 +61,7 @@ fn check(with_step: bool) {
     let other = random_model(3, 2, false, Direction::Inverse, PolicyKind::Flow, 5);
     let board = Arc::new(Board::new(&[5, 2]));
     board.write(0, &[0.1, 0.2, 0.3, 0.4, 0.5], None);
-    board.write(1, &[1.0, -1.0], Some(flowpilot_core::board::wall_ns()));
+    board.write(1, &[1.0, -1.0], Some(flowpilot_core::rt::board::wall_ns()));
     let cfg = ControlConfig {
         rate_hz: 1000.0,
         max_age_s: vec![1e6, 1e6],
@@ -73,9 +75,9 @@ fn check(with_step: bool) {
         temperature: 1.0,
         chunk: Default::default(),
         // positions measured in source 0: stops read the board
-        stop: flowpilot_core::stop::StopRule::new(
-            vec![flowpilot_core::stop::Interface::Position; 3],
-            Some(flowpilot_core::stop::StateSource {
+        stop: flowpilot_core::rt::stop::StopRule::new(
+            vec![flowpilot_core::rt::stop::Interface::Position; 3],
+            Some(flowpilot_core::rt::stop::StateSource {
                 source: 0,
                 index: vec![Some(0), Some(2), Some(4)],
             }),
@@ -98,7 +100,7 @@ fn check(with_step: bool) {
     let inputs = Arc::new(LogInputs::default());
     let step = with_step.then(|| Arc::new(Board::new(&[3])));
     let chan = SwapChannel::new();
-    let live = flowpilot_core::live::LiveChannel::new();
+    let live = flowpilot_core::node::live::LiveChannel::new();
     let out = OutputQueue::new(16); // fills: never drained here
     let mut r = Runner::new(controller, FakeClock(0), chan.clone(), out.clone())
         .with_live(live.clone())
@@ -145,7 +147,7 @@ fn check(with_step: bool) {
         }
         if i % 250 == 10 {
             // a live parameter change, offered and applied in the window
-            live.offer(flowpilot_core::live::LiveSettings {
+            live.offer(flowpilot_core::node::live::LiveSettings {
                 safe: SafeBehaviour::Zero,
                 temperature: Some(0.5),
                 rate_limit: i % 500 == 10,

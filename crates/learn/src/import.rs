@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use ndarray_npy::NpzReader;
 use serde::Deserialize;
 
-use flowpilot_core::model::{
+use flowpilot_core::policy::model::{
     Direction, EncoderSpec, ModelFile, ModelSpec, Normalizer, PolicyKind, Tensor, TensorData,
     FORMAT_VERSION,
 };

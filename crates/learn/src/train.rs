@@ -14,8 +14,8 @@ use rand_distr::StandardNormal;
 
 use crate::demos::Demos;
 use crate::twin::Twin;
-use flowpilot_core::init::{default_spec, init_model, Init};
-use flowpilot_core::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
+use flowpilot_core::policy::init::{default_spec, init_model, Init};
+use flowpilot_core::policy::model::{Direction, EncoderSpec, ModelFile, Normalizer, PolicyKind};
 
 #[derive(Debug, Clone)]
 pub struct BcConfig {
@@ -238,7 +238,7 @@ pub fn train_bc(demos: &Demos, cfg: &BcConfig, progress: bool) -> Result<(ModelF
     let twin = Twin::from_model(&init, &dev)?;
 
     // Actions in the flow's [-1, 1] space, by the bounds just chosen.
-    let actions = flowpilot_core::action_space::ActionSpace::new(&spec);
+    let actions = flowpilot_core::policy::action_space::ActionSpace::new(&spec);
     let act_n: Vec<f32> = demos
         .act
         .chunks_exact(d)

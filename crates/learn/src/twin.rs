@@ -1,4 +1,4 @@
-//! The trainable twin: the same flow as [`flowpilot_core::sampler`], over batches, on
+//! The trainable twin: the same flow as [`flowpilot_core::policy::sampler`], over batches, on
 //! candle-core autograd. Used by the trainers and as the reference the
 //! real-time sampler is checked against.
 //!
@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use flowpilot_core::model::{Direction, ModelFile, ModelSpec, PolicyKind, TensorData, WeightDtype};
-use flowpilot_core::sampler::{HALF_LN_2PI, LOG_STD_MAX, LOG_STD_MIN};
+use flowpilot_core::policy::model::{
+    Direction, ModelFile, ModelSpec, PolicyKind, TensorData, WeightDtype,
+};
+use flowpilot_core::policy::sampler::{HALF_LN_2PI, LOG_STD_MAX, LOG_STD_MIN};
 
 pub struct Twin {
     spec: ModelSpec,
@@ -155,7 +157,7 @@ impl Twin {
             let t = v.as_tensor();
             tensors.insert(
                 name.clone(),
-                flowpilot_core::model::Tensor::f32(
+                flowpilot_core::policy::model::Tensor::f32(
                     t.dims().to_vec(),
                     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
                 ),
@@ -164,7 +166,7 @@ impl Twin {
         for (i, p) in self.perms.iter().enumerate() {
             tensors.insert(
                 format!("blocks.{i}.lin.perm"),
-                flowpilot_core::model::Tensor {
+                flowpilot_core::policy::model::Tensor {
                     shape: vec![p.len()],
                     data: TensorData::I64(p.clone()),
                 },

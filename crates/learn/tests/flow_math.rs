@@ -6,8 +6,8 @@ use flowpilot_core::testkit as common;
 
 use candle_core::{Device, Tensor};
 use common::{all_variants, random_model, vals};
-use flowpilot_core::model::{Direction, PolicyKind};
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::{Direction, PolicyKind};
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_learn::twin::Twin;
 
 fn t2(v: &[f32], cols: usize) -> Tensor {
@@ -211,7 +211,7 @@ fn density_integrates_to_one() {
 /// one-step denoise a + σ²∇ₐ log p matches the twin's, for every variant.
 #[test]
 fn denoise_gradient_matches_autograd() {
-    use flowpilot_core::model::ModelFile;
+    use flowpilot_core::policy::model::ModelFile;
     for (name, m) in all_variants() {
         let mut spec = m.spec.clone();
         spec.denoise = true;

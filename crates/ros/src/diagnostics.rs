@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Result;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 
-use flowpilot_core::board::{mono_ns, wall_ns};
-use flowpilot_core::control::Stats;
-use flowpilot_core::diagnostics::{report, LogState, RateMeter, StatsSnapshot};
 use flowpilot_core::log::writer::LogStats;
-use flowpilot_core::model::ModelFile;
-use flowpilot_core::runner::OutputQueue;
-use flowpilot_core::watchdog::Fault;
+use flowpilot_core::node::diagnostics::{report, LogState, RateMeter, StatsSnapshot};
+use flowpilot_core::node::watchdog::Fault;
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::rt::board::{mono_ns, wall_ns};
+use flowpilot_core::rt::control::Stats;
+use flowpilot_core::rt::output::OutputQueue;
 
 use crate::inputs::InputStats;
 use crate::learner::Learner;
@@ -127,7 +127,7 @@ impl DiagPublisher {
         };
         let fault = fault.to_string();
         let status = DiagnosticStatus {
-            level: flowpilot_core::diagnostics::Level::Error as u8,
+            level: flowpilot_core::node::diagnostics::Level::Error as u8,
             name: "flowpilot: control loop".into(),
             message: format!("{what} failed: {fault}"),
             hardware_id: "flowpilot".into(),

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
 
-use flowpilot_core::control::Controller;
-use flowpilot_core::runner::{Clock, Runner};
+use flowpilot_core::rt::clock::Clock;
+use flowpilot_core::rt::control::Controller;
+use flowpilot_core::rt::runner::Runner;
 
 /// The environment variable that asks for a fault.
 const VAR: &str = "FLOWPILOT_FAULT_INJECT";

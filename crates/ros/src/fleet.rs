@@ -26,15 +26,15 @@ use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
 
-use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::{write_atomic, CheckpointDir};
-use flowpilot_core::config::{FleetPolicy, FleetSettings, NodeConfig};
 use flowpilot_core::fleet::cursor::LogCursor;
 use flowpilot_core::fleet::outbox::{Admit, Follow, Outbox, OutboxConfig};
 use flowpilot_core::fleet::topics;
 use flowpilot_core::fleet::wire::{cdr_string, to_json, Ack, Revocation, MAX_ACK_BYTES};
 use flowpilot_core::log::reader::epoch_hex;
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::node::config::{FleetPolicy, FleetSettings, NodeConfig};
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::rt::board::mono_ns;
 
 /// Most records in one published batch.
 const BATCH_RECORDS: usize = 256;

@@ -30,7 +30,6 @@ use futures::task::LocalSpawnExt;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::std_msgs::msg::{String as StringMsg, UInt8MultiArray};
 
-use flowpilot_core::board::mono_ns;
 use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::contract::flags;
 use flowpilot_core::fleet::auth::RobotKeys;
@@ -40,6 +39,7 @@ use flowpilot_core::fleet::wire::{
     to_json, Ack, Batch, Revocation, MAX_BATCH_BYTES, MAX_REVOCATION_BYTES,
 };
 use flowpilot_core::log::reader::epoch_hex;
+use flowpilot_core::rt::board::mono_ns;
 use flowpilot_core::versions::{Lineage, Revocations};
 
 /// Batches held between spins; past this the oldest is dropped (its robot
@@ -117,7 +117,7 @@ fn run(a: Args) -> Result<()> {
     let instance = format!(
         "{}-{}",
         std::process::id(),
-        flowpilot_core::board::wall_ns()
+        flowpilot_core::rt::board::wall_ns()
     );
     let ctx = r2r::Context::create().context("creating the ROS context")?;
     let mut node = r2r::Node::create(ctx, "flowpilot_fleet", "").context("creating the node")?;
@@ -247,7 +247,7 @@ fn run(a: Args) -> Result<()> {
             // ends): the robots' nodes own /diagnostics otherwise.
             next_diag = Instant::now() + Duration::from_secs(1);
             let d = diagnostics_of(&store, &id, &counts.borrow());
-            let warn = d.status[0].level != flowpilot_core::diagnostics::Level::Ok as u8;
+            let warn = d.status[0].level != flowpilot_core::node::diagnostics::Level::Ok as u8;
             if warn || warned {
                 let _ = diagnostics.publish(&d);
             }
@@ -411,7 +411,7 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         .collect();
     let (level, message) = if !c.last_refused.is_empty() {
         (
-            flowpilot_core::diagnostics::Level::Warn,
+            flowpilot_core::node::diagnostics::Level::Warn,
             format!(
                 "{} records batches refused; last: {}",
                 c.refused, c.last_refused
@@ -419,12 +419,12 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         )
     } else if conflicted.is_empty() {
         (
-            flowpilot_core::diagnostics::Level::Ok,
+            flowpilot_core::node::diagnostics::Level::Ok,
             "running".to_string(),
         )
     } else {
         (
-            flowpilot_core::diagnostics::Level::Warn,
+            flowpilot_core::node::diagnostics::Level::Warn,
             format!("two robots with one id: streams {}", conflicted.join(", ")),
         )
     };
@@ -462,7 +462,7 @@ fn diagnostics_of(store: &ShardStore, id: &str, c: &Counts) -> DiagnosticArray {
         });
     }
     let mut arr = DiagnosticArray::default();
-    arr.header.stamp = crate::outputs::to_time(flowpilot_core::board::wall_ns());
+    arr.header.stamp = crate::outputs::to_time(flowpilot_core::rt::board::wall_ns());
     arr.status.push(DiagnosticStatus {
         level: level as u8,
         name: "flowpilot_fleet".into(),

@@ -13,9 +13,9 @@ use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 use r2r::QosProfile;
 
-use flowpilot_core::board::Board;
-use flowpilot_core::config::{JointField, SourceConfig, SourceKind};
 use flowpilot_core::joint_map::{JointMap, MAX_VALUES};
+use flowpilot_core::node::config::{JointField, SourceConfig, SourceKind};
+use flowpilot_core::rt::board::Board;
 
 /// Counters kept by the subscriber side.
 #[derive(Default)]

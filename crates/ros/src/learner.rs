@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use flowpilot_core::config::NodeConfig;
-use flowpilot_core::diagnostics::LearnerState;
+use flowpilot_core::node::config::NodeConfig;
+use flowpilot_core::node::diagnostics::LearnerState;
 
 /// The learner process of a fine-tuning session.
 pub(crate) struct Learner {

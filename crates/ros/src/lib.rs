@@ -51,16 +51,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use flowpilot_core::board::{mono_ns, Board};
-use flowpilot_core::config::NodeConfig;
-use flowpilot_core::control::{apply_rt_settings, ControlConfig, Controller, Periodic};
-use flowpilot_core::hotswap::SwapChannel;
-use flowpilot_core::lifecycle::Transition;
 use flowpilot_core::log::MAX_ACT;
-use flowpilot_core::runner::{OutputQueue, Runner, MAX_SOURCES};
-use flowpilot_core::sampler::Sampler;
-use flowpilot_core::stop::StopRule;
-use flowpilot_core::watchdog::{Fault, Watchdog};
+use flowpilot_core::node::config::NodeConfig;
+use flowpilot_core::node::hotswap::SwapChannel;
+use flowpilot_core::node::lifecycle::Transition;
+use flowpilot_core::node::watchdog::{Fault, Watchdog};
+use flowpilot_core::policy::sampler::Sampler;
+use flowpilot_core::rt::board::{mono_ns, Board};
+use flowpilot_core::rt::clock::Periodic;
+use flowpilot_core::rt::control::{ControlConfig, Controller};
+use flowpilot_core::rt::output::{OutputQueue, MAX_SOURCES};
+use flowpilot_core::rt::runner::Runner;
+use flowpilot_core::rt::stop::StopRule;
+use flowpilot_core::sched::apply_rt_settings;
 
 /// Outputs buffered between the control and publisher threads.
 const OUTPUT_QUEUE: usize = 256;
@@ -68,7 +71,7 @@ const OUTPUT_QUEUE: usize = 256;
 /// The control tick's settings from the node's.
 fn control_config(
     cfg: &NodeConfig,
-    spec: &flowpilot_core::model::ModelSpec,
+    spec: &flowpilot_core::policy::model::ModelSpec,
 ) -> Result<ControlConfig> {
     Ok(ControlConfig {
         rate_hz: cfg.rate_hz,
@@ -114,7 +117,7 @@ pub fn run_node() -> Result<()> {
     services::serve_estop(
         &mut node,
         &spawner,
-        flowpilot_core::estop::EStopLatch::new(estop.clone()),
+        flowpilot_core::node::estop::EStopLatch::new(estop.clone()),
     )?;
 
     let mut session: Option<Session> = None;
@@ -237,14 +240,14 @@ pub fn run_node() -> Result<()> {
 /// pool, so that dropping it ends them).
 struct Session {
     pool: futures::executor::LocalPool,
-    model: flowpilot_core::model::ModelFile,
+    model: flowpilot_core::policy::model::ModelFile,
     active: Arc<AtomicBool>,
     estop: Arc<AtomicBool>,
-    stats: Arc<flowpilot_core::control::Stats>,
+    stats: Arc<flowpilot_core::rt::control::Stats>,
     input_stats: Arc<inputs::InputStats>,
     out: Arc<OutputQueue>,
     log_stats: Option<Arc<flowpilot_core::log::writer::LogStats>>,
-    episode_returns: Option<Arc<flowpilot_core::runner::LogInputs>>,
+    episode_returns: Option<Arc<flowpilot_core::rt::runner::LogInputs>>,
     log_handle: Option<Arc<flowpilot_core::log::writer::LogHandle>>,
     chan: Arc<SwapChannel>,
     swap: Option<swap::SwapWorker>,
@@ -274,7 +277,7 @@ impl Session {
     /// The control loop runs from here on, silent until [`Self::set_active`].
     fn configure(
         node: &mut r2r::Node,
-        params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::config::ParamMap>>,
+        params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::node::config::ParamMap>>,
         estop: &Arc<AtomicBool>,
     ) -> Result<Self> {
         let cfg = &NodeConfig::from_params(&params.borrow()).context("invalid node parameters")?;
@@ -286,10 +289,12 @@ impl Session {
         if act_dim > MAX_ACT || cfg.sources().count() > MAX_SOURCES {
             bail!("at most {MAX_ACT} action values and {MAX_SOURCES} sources are supported");
         }
-        if cfg.chunk.as_trajectory && model.spec.act_dim > flowpilot_core::runner::MAX_TRAJECTORY {
+        if cfg.chunk.as_trajectory
+            && model.spec.act_dim > flowpilot_core::rt::output::MAX_TRAJECTORY
+        {
             bail!(
                 "chunk.as_trajectory: a chunk of at most {} values goes out whole; this model's has {}",
-                flowpilot_core::runner::MAX_TRAJECTORY,
+                flowpilot_core::rt::output::MAX_TRAJECTORY,
                 model.spec.act_dim
             );
         }
@@ -318,7 +323,7 @@ impl Session {
         let spawner = pool.spawner();
         if let Some((topic, max_age_s)) = &cfg.override_input {
             let b = log_inputs::subscribe_override(node, &spawner, topic, act_dim)?;
-            controller.set_override(flowpilot_core::control::OverrideInput {
+            controller.set_override(flowpilot_core::rt::control::OverrideInput {
                 board: b,
                 max_age_s: *max_age_s,
             })?;
@@ -328,7 +333,7 @@ impl Session {
         let episode_returns = log.as_ref().map(|t| t.inputs.clone());
         // Kept until the learner has stopped, so the log closes after it.
         let log_handle = log.as_ref().map(|t| t.handle.clone());
-        let live = flowpilot_core::live::LiveChannel::new();
+        let live = flowpilot_core::node::live::LiveChannel::new();
         live_params::serve(
             node,
             &spawner,
@@ -631,7 +636,7 @@ fn fleet_summary(f: &fleet::FleetLink) {
 }
 
 /// The whole run's loop timing, logged once at shutdown.
-fn log_summary(stats: &flowpilot_core::control::Stats) {
+fn log_summary(stats: &flowpilot_core::rt::control::Stats) {
     use std::sync::atomic::Ordering::Relaxed;
     let (n, p50, p99, max) = stats.jitter_total.drain();
     tracing::info!(

@@ -23,7 +23,7 @@ use r2r::lifecycle_msgs::srv::{
 };
 use r2r::QosProfile;
 
-use flowpilot_core::lifecycle::{Machine, State, Transition, ALL_STATES};
+use flowpilot_core::node::lifecycle::{Machine, State, Transition, ALL_STATES};
 
 fn state_msg(s: State) -> StateMsg {
     StateMsg {

@@ -2,7 +2,7 @@
 //! `~/set_parameters`, `~/set_parameters_atomically`, `~/list_parameters`,
 //! `~/describe_parameters`, `~/get_parameter_types`) and
 //! `/parameter_events`, so that `ros2 param` and rclpy's parameter client
-//! work. Live parameters (`flowpilot_core::live::is_live`) are checked by
+//! work. Live parameters (`flowpilot_core::node::live::is_live`) are checked by
 //! core's live rules (no unset, empty or wrong-type value; the safety
 //! limits only tightened relative to the values in force, unless
 //! `live.allow_loosen` was set at start) and by the start-up rules on the
@@ -33,11 +33,11 @@ use r2r::rcl_interfaces::srv::{
 };
 use r2r::QosProfile;
 
-use flowpilot_core::config::{NodeConfig, ParamMap, ParamValue};
-use flowpilot_core::live::{
+use flowpilot_core::log::writer::LogHandle;
+use flowpilot_core::node::config::{NodeConfig, ParamMap, ParamValue};
+use flowpilot_core::node::live::{
     check_live_value, check_tightening, is_live, is_safety_limit, LiveChannel, LiveSettings,
 };
-use flowpilot_core::log::writer::LogHandle;
 
 /// The node's parameters as they stand, and where live changes go.
 struct State {
@@ -80,7 +80,7 @@ impl State {
         self.current = next;
         self.map = candidate;
         self.saved.borrow_mut().clone_from(&self.map);
-        let wall_ns = flowpilot_core::board::wall_ns().to_string();
+        let wall_ns = flowpilot_core::rt::board::wall_ns().to_string();
         for ((name, v), previous) in changes.iter().zip(previous) {
             tracing::info!(parameter = %name, value = ?v, %previous, service,
                            safety_limit = is_safety_limit(name), allow_loosen = self.allow_loosen,
@@ -145,7 +145,7 @@ impl State {
 /// A parameter name the node reads (not counting the sources' fields of a
 /// source that does not exist).
 fn known(name: &str) -> bool {
-    flowpilot_core::config::table::is_known(name) || name.starts_with("sources.")
+    flowpilot_core::node::config::table::is_known(name) || name.starts_with("sources.")
 }
 
 fn result(r: Result<(), String>) -> SetParametersResult {
@@ -171,9 +171,9 @@ pub(crate) fn serve(
     log: Option<Arc<LogHandle>>,
 ) -> Result<()> {
     let safe = match cfg.safe {
-        flowpilot_core::control::SafeBehaviour::Hold => "hold",
-        flowpilot_core::control::SafeBehaviour::Zero => "zero",
-        flowpilot_core::control::SafeBehaviour::Stop => "stop",
+        flowpilot_core::rt::control::SafeBehaviour::Hold => "hold",
+        flowpilot_core::rt::control::SafeBehaviour::Zero => "zero",
+        flowpilot_core::rt::control::SafeBehaviour::Stop => "stop",
     };
     let mut effective = vec![
         (
@@ -408,10 +408,10 @@ fn to_msg(v: &ParamValue) -> ParameterValue {
 }
 
 /// A parameter's descriptor, from the parameter table
-/// ([`flowpilot_core::config::table`]): type and default in words, whether
+/// ([`flowpilot_core::node::config::table`]): type and default in words, whether
 /// it is live (and only tighter), and its range.
 fn describe(n: &str, v: Option<&ParamValue>, allow_loosen: bool) -> ParameterDescriptor {
-    use flowpilot_core::config::table::{lookup, Ty};
+    use flowpilot_core::node::config::table::{lookup, Ty};
     use r2r::rcl_interfaces::msg::{FloatingPointRange, IntegerRange};
     let live = if is_safety_limit(n) && !allow_loosen {
         "live, a safety limit: may only be tightened while the node runs"
@@ -428,7 +428,11 @@ fn describe(n: &str, v: Option<&ParamValue>, allow_loosen: bool) -> ParameterDes
         ..Default::default()
     };
     if let Some(p) = lookup(n) {
-        let default = if p.doc_default.is_empty() { "none" } else { p.doc_default };
+        let default = if p.doc_default.is_empty() {
+            "none"
+        } else {
+            p.doc_default
+        };
         d.description = format!("{}, default {default}; {}", p.ty.doc(), d.description);
         match p.ty {
             Ty::Double { lo, hi, what } if !what.is_empty() && hi < f64::MAX => {

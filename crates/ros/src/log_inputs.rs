@@ -12,11 +12,11 @@ use anyhow::{bail, Context, Result};
 use futures::stream::StreamExt;
 use futures::task::LocalSpawnExt;
 
-use flowpilot_core::board::Board;
-use flowpilot_core::config::{LogSettings, NodeConfig};
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
-use flowpilot_core::model::ModelFile;
-use flowpilot_core::runner::{LogInputs, LogTap};
+use flowpilot_core::node::config::{LogSettings, NodeConfig};
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::rt::board::Board;
+use flowpilot_core::rt::runner::{LogInputs, LogTap};
 
 /// Subscribe the reward topic (std_msgs/Float64) and the episode-boundary
 /// topics (std_msgs/Int64: an episode just ended by time limit / terminal).

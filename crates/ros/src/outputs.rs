@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use flowpilot_core::board::wall_ns;
-use flowpilot_core::config::{ActionKind, NodeConfig};
-use flowpilot_core::runner::{Outgoing, OutputQueue};
+use flowpilot_core::node::config::{ActionKind, NodeConfig};
+use flowpilot_core::rt::board::wall_ns;
+use flowpilot_core::rt::output::{Outgoing, OutputQueue};
 
 use crate::inputs::qos;
 
@@ -117,7 +117,7 @@ impl ActionPublisher {
             if !o.trajectory().is_empty() {
                 return self.publish_points(o.trajectory(), o.action().len(), false);
             }
-            if o.decision() == flowpilot_core::decision::Decision::Policy.code() {
+            if o.decision() == flowpilot_core::rt::decision::Decision::Policy.code() {
                 return Ok(());
             }
         }
@@ -173,7 +173,7 @@ impl ActionPublisher {
         Ok(())
     }
 
-    /// A stop ([`flowpilot_core::stop`]): a JointTrajectory holds its one
+    /// A stop ([`flowpilot_core::rt::stop`]): a JointTrajectory holds its one
     /// point at zero velocity (an empty trajectory is a hold only to some
     /// controller versions, ros2_controllers #683); other types as any
     /// action.

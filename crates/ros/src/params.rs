@@ -1,8 +1,8 @@
 //! The node's ROS parameters as a plain [`ParamMap`] for
-//! `flowpilot_core::config` to parse. Start-up only; not on the control
+//! `flowpilot_core::node::config` to parse. Start-up only; not on the control
 //! thread.
 
-use flowpilot_core::config::{ParamMap, ParamValue};
+use flowpilot_core::node::config::{ParamMap, ParamValue};
 use r2r::ParameterValue;
 
 /// One r2r value as core's ROS-free value (same variants).

@@ -19,8 +19,8 @@ use futures::task::LocalSpawnExt;
 use r2r::std_srvs::srv::{SetBool, Trigger};
 use r2r::QosProfile;
 
-use flowpilot_core::estop::{EStopLatch, Outcome};
-use flowpilot_core::hotswap::{HotSwap, SwapChannel};
+use flowpilot_core::node::estop::{EStopLatch, Outcome};
+use flowpilot_core::node::hotswap::{HotSwap, SwapChannel};
 
 use crate::learner::Learner;
 

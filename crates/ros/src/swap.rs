@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use flowpilot_core::board::{mono_ns, wall_ns, Board};
-use flowpilot_core::config::NodeConfig;
-use flowpilot_core::control::{set_idle_scheduling, set_niceness};
-use flowpilot_core::hotswap::{HotSwap, SwapChannel};
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::node::config::NodeConfig;
+use flowpilot_core::node::hotswap::{HotSwap, SwapChannel};
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::rt::board::{mono_ns, wall_ns, Board};
+use flowpilot_core::sched::{set_idle_scheduling, set_niceness};
 
 /// Recent observation snapshots kept for the smoke sample and the
 /// divergence check.

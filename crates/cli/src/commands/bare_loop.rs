@@ -8,7 +8,8 @@
 
 use anyhow::Result;
 
-use flowpilot_core::control::{apply_rt_settings, Periodic};
+use flowpilot_core::rt::clock::Periodic;
+use flowpilot_core::sched::apply_rt_settings;
 
 #[derive(clap::Args)]
 pub(crate) struct BareLoopArgs {

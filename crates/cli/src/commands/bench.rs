@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::bench::{BenchReport, CompareReport};
 use crate::cli::load;
-use flowpilot_core::model::WeightDtype;
+use flowpilot_core::policy::model::WeightDtype;
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use flowpilot_core::model::WeightDtype;
+use flowpilot_core::policy::model::WeightDtype;
 
 use crate::cli::load;
 
@@ -30,7 +30,7 @@ pub(crate) fn run(a: ConvertArgs) -> Result<()> {
         spec.created_by = format!("{} (kernels {from} -> {})", spec.created_by, a.weights)
             .trim_start()
             .to_string();
-        c = flowpilot_core::model::ModelFile::new(spec, c.tensors().clone())?;
+        c = flowpilot_core::policy::model::ModelFile::new(spec, c.tensors().clone())?;
     }
     c.save(&a.out)?;
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 
 use crate::cli::load;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::sampler::Sampler;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ModeArg {

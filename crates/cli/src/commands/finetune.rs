@@ -97,7 +97,7 @@ pub(crate) fn run(a: FinetuneArgs) -> Result<()> {
                 .context("--signing-key")
         })
         .transpose()?;
-    if let Err(e) = flowpilot_core::control::set_niceness(a.nice) {
+    if let Err(e) = flowpilot_core::sched::set_niceness(a.nice) {
         tracing::warn!("could not set niceness {}: {e}", a.nice);
     }
     // The graph link lives as long as this process (and dies with it).

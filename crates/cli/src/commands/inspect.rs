@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::load;
-use flowpilot_core::model::{Direction, ModelFile, PolicyKind};
+use flowpilot_core::policy::model::{Direction, ModelFile, PolicyKind};
 
 #[derive(clap::Args)]
 pub(crate) struct InspectArgs {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::load;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::sampler::Sampler;
 
 #[derive(clap::Args)]
 pub(crate) struct LogProbArgs {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use flowpilot_core::model::WeightDtype;
+use flowpilot_core::policy::model::WeightDtype;
 
 #[derive(clap::Args)]
 pub(crate) struct NewArgs {
@@ -43,7 +43,7 @@ pub(crate) struct NewArgs {
 }
 
 pub(crate) fn run(a: NewArgs) -> Result<()> {
-    let mut spec = flowpilot_core::init::default_spec(
+    let mut spec = flowpilot_core::policy::init::default_spec(
         a.obs * a.obs_horizon,
         a.goal,
         a.act * a.chunk,
@@ -56,11 +56,11 @@ pub(crate) fn run(a: NewArgs) -> Result<()> {
     spec.version = a.version;
     spec.weights = a.weights;
     let init = if a.random {
-        flowpilot_core::init::Init::Random { last_scale: 0.3 }
+        flowpilot_core::policy::init::Init::Random { last_scale: 0.3 }
     } else {
-        flowpilot_core::init::Init::Paper
+        flowpilot_core::policy::init::Init::Paper
     };
-    let m = flowpilot_core::init::init_model(spec, init, a.seed)?;
+    let m = flowpilot_core::policy::init::init_model(spec, init, a.seed)?;
     m.save(&a.out)?;
     println!(
         "wrote {} ({} parameters, {} kernels, {})",

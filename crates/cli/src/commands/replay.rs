@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::load;
-use flowpilot_core::decision::Decision;
 use flowpilot_core::log::reader::{log_files, read_file};
 use flowpilot_core::log::PolicyId;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::sampler::Sampler;
+use flowpilot_core::rt::decision::Decision;
 
 #[derive(clap::Args)]
 pub(crate) struct ReplayArgs {

@@ -14,10 +14,10 @@ use base64::Engine as _;
 
 use crate::plot::{line_plot, Series};
 use flowpilot_core::checkpoint::CheckpointDir;
-use flowpilot_core::decision::Decision;
 use flowpilot_core::log::reader::{log_files, read_file};
 use flowpilot_core::log::Transition;
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::rt::decision::Decision;
 
 #[derive(clap::Args)]
 pub(crate) struct ReportArgs {
@@ -296,7 +296,7 @@ fn short(d: &str) -> String {
 }
 
 fn decision_name(code: u8) -> String {
-    flowpilot_core::decision::CODES
+    flowpilot_core::rt::decision::CODES
         .iter()
         .find(|(c, _)| *c == code)
         .map_or_else(|| code.to_string(), |(c, n)| format!("{c} {n}"))

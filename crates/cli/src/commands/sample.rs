@@ -1,13 +1,13 @@
 //! `flowpilot sample`: one action from the real-time sampler (or the candle
 //! twin, as a reference). A one-shot command; allocates freely.
 
-use flowpilot_core::action_space::ActionSpace;
+use flowpilot_core::policy::action_space::ActionSpace;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::cli::load;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::sampler::Sampler;
 
 #[derive(clap::Args)]
 pub(crate) struct SampleArgs {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 
-use flowpilot_core::model::{Direction, EncoderSpec, PolicyKind};
+use flowpilot_core::policy::model::{Direction, EncoderSpec, PolicyKind};
 
 #[derive(Subcommand)]
 pub(crate) enum TrainCmd {

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_learn::demos::Demos;
 
 pub const START: [f32; 2] = [0.0, -1.2];

@@ -19,8 +19,8 @@ use rand_chacha::ChaCha8Rng;
 
 use flowpilot_core::log::writer::{LogConfig, LogHandle};
 use flowpilot_core::log::{PolicyId, Transition};
-use flowpilot_core::model::ModelFile;
-use flowpilot_core::sampler::Sampler;
+use flowpilot_core::policy::model::ModelFile;
+use flowpilot_core::policy::sampler::Sampler;
 use flowpilot_learn::demos::Demos;
 use flowpilot_learn::learner::{LogFollower, ReplayBuffer, Sac, SacConfig};
 
@@ -148,7 +148,7 @@ fn collect(
                 prev_r = r as f64;
             } else {
                 // no action: the episode's final state
-                t.decision = flowpilot_core::decision::Decision::WarmingUp.code();
+                t.decision = flowpilot_core::rt::decision::Decision::WarmingUp.code();
             }
             // The writer's queue is large enough for a round; if it were
             // full the record would be dropped and counted, like the node's.

@@ -139,7 +139,7 @@ impl ShardStore {
 
     /// [`Self::receive_at`] now.
     pub fn receive(&mut self, b: &Batch) -> Result<Verdict, ShardError> {
-        self.receive_at(b, crate::board::mono_ns())
+        self.receive_at(b, crate::rt::board::mono_ns())
     }
 
     /// Store the new part of a batch (durably, flushed) and return what
@@ -284,7 +284,7 @@ impl ShardStore {
     /// one with most records when none was heard yet).
     pub fn acks(&self) -> BTreeMap<String, RobotAck> {
         let mut out: BTreeMap<String, RobotAck> = BTreeMap::new();
-        for (r, _, a) in self.stream_acks(crate::board::mono_ns()) {
+        for (r, _, a) in self.stream_acks(crate::rt::board::mono_ns()) {
             out.entry(r).or_insert(a); // the first listed is the latest
         }
         out

@@ -39,13 +39,13 @@ pub const SCHEMA_NAME: &str = "flowpilot_msgs/msg/Transition";
 pub const TOPIC: &str = "/flowpilot/transitions";
 
 /// The ros2msg schema text, with the decision codes written from
-/// [`crate::decision::CODES`] (their one owner).
+/// [`crate::rt::decision::CODES`] (their one owner).
 pub fn schema_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
         SCHEMA_TEMPLATE
-            .replace("{decisions}", &crate::decision::Decision::legend())
-            .replace("{stops}", crate::stop::StopKind::legend())
+            .replace("{decisions}", &crate::rt::decision::Decision::legend())
+            .replace("{stops}", crate::rt::stop::StopKind::legend())
     })
 }
 
@@ -87,7 +87,7 @@ pub struct PolicyId {
 }
 
 impl PolicyId {
-    pub fn of(spec: &crate::model::ModelSpec) -> Self {
+    pub fn of(spec: &crate::policy::model::ModelSpec) -> Self {
         use sha2::{Digest, Sha256};
         let mut digest = [0u8; 32];
         let hexpart = spec.digest.strip_prefix("sha256:").unwrap_or("");
@@ -192,7 +192,7 @@ impl Transition {
     /// policy's own sample, or a human override that was sent.
     pub fn acted(&self) -> bool {
         self.applied_valid
-            && (crate::decision::Decision::is_policy_code(self.decision) || self.intervention)
+            && (crate::rt::decision::Decision::is_policy_code(self.decision) || self.intervention)
     }
 
     pub fn obs(&self) -> &[f32] {

@@ -1,6 +1,6 @@
 //! The log writer thread. The control thread only pushes fixed-size records
-//! into a bounded lock-free queue ([`LogHandle::push`]: never blocks, a full
-//! queue drops and counts the record). This thread encodes them as CDR
+//! into a bounded lock-free [`Handoff`] ([`LogHandle::push`]: never blocks,
+//! a full queue refuses and counts the record). This thread encodes them as CDR
 //! messages into an unchunked MCAP file and flushes it to the kernel every
 //! `flush_period`, so a kill -9 loses at most that window and never an
 //! earlier record. A write error (disk full) stops logging with an error;
@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
-
 use super::index::IndexWriter;
 use super::{schema_text, IoStep, LogError, Result, Transition, WriteStep, SCHEMA_NAME, TOPIC};
+use crate::rt::handoff::Handoff;
 
 /// A reward computed from the logged observation, for robots without a
 /// reward topic: `-‖x[a] − x[b]‖ − action_cost·‖applied‖²`, with x the
@@ -77,9 +76,9 @@ pub struct LogStats {
 
 /// The control thread's end: push records; the writer thread owns the file.
 pub struct LogHandle {
-    queue: Arc<ArrayQueue<Transition>>,
+    queue: Arc<Handoff<Transition>>,
     /// Named metadata records (parameter changes, say) from other threads.
-    notes: Arc<ArrayQueue<Note>>,
+    notes: Arc<Handoff<Note>>,
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
     /// Taken when joined ([`Self::finish`] may come through a shared
@@ -121,7 +120,7 @@ impl LogHandle {
             crate::contract::log_meta::EPOCH.into(),
             super::reader::epoch_hex(epoch),
         );
-        let secs = crate::board::wall_ns() / 1_000_000_000;
+        let secs = crate::rt::board::wall_ns() / 1_000_000_000;
         let stem = format!("flowpilot_{secs}_{}", std::process::id());
         // A session re-configured within the second must not truncate the
         // file before it; the suffix keeps name order = stream order.
@@ -145,9 +144,9 @@ impl LogHandle {
         let index = index_for(path, &file);
         let stats = Arc::new(LogStats::default());
         *stats.path.lock().expect("fresh") = path.display().to_string();
-        let queue = Arc::new(ArrayQueue::new(cfg.queue_capacity.max(1)));
+        let queue = Arc::new(Handoff::new(cfg.queue_capacity));
         let stop = Arc::new(AtomicBool::new(false));
-        let notes = Arc::new(ArrayQueue::new(NOTES));
+        let notes = Arc::new(Handoff::new(NOTES));
         let thread = {
             let (q, n, stats, stop) = (queue.clone(), notes.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
@@ -285,7 +284,7 @@ pub fn new_epoch() -> u64 {
     let mut e = u64::from_le_bytes(b);
     if n != b.len() as isize {
         // No getrandom (very old kernel): the clock and the pid, mixed.
-        let t = crate::board::wall_ns() as u64 ^ crate::board::mono_ns() as u64;
+        let t = crate::rt::board::wall_ns() as u64 ^ crate::rt::board::mono_ns() as u64;
         e = (t ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     e.max(1)
@@ -456,8 +455,8 @@ fn writer_thread(
     file: File,
     index: Option<IndexWriter>,
     cfg: LogConfig,
-    q: Arc<ArrayQueue<Transition>>,
-    notes: Arc<ArrayQueue<Note>>,
+    q: Arc<Handoff<Transition>>,
+    notes: Arc<Handoff<Note>>,
     stats: Arc<LogStats>,
     stop: Arc<AtomicBool>,
 ) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use flowpilot_core::checkpoint::StoreError;
 use flowpilot_core::log::LogError;
-use flowpilot_core::model::ModelError;
+use flowpilot_core::policy::model::ModelError;
 
 /// What can stop a learner function. The twin and the demos file are still
 /// on `anyhow`; their errors pass through as [`LearnerError::Other`].

@@ -36,8 +36,8 @@ use super::kernels::{
 };
 use super::sac::SacConfig;
 use crate::twin::Twin;
-use flowpilot_core::model::{Direction, ModelSpec, PolicyKind};
-use flowpilot_core::sampler::HALF_LN_2PI;
+use flowpilot_core::policy::model::{Direction, ModelSpec, PolicyKind};
+use flowpilot_core::policy::sampler::HALF_LN_2PI;
 
 /// A parameter's place in a flat buffer.
 #[derive(Debug, Clone, Copy, Default)]

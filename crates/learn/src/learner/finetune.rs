@@ -19,7 +19,7 @@ use super::sac::{Draw, Sac, SacConfig};
 use super::shards::Shards;
 use crate::demos::Demos;
 use flowpilot_core::checkpoint::CheckpointDir;
-use flowpilot_core::model::ModelFile;
+use flowpilot_core::policy::model::ModelFile;
 use flowpilot_core::signing::{signed_by, PolicySigner};
 use flowpilot_core::versions::{next_version, restore_point, Lineage, Revocations};
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use super::error::Result;
 use super::replay::ReplayBuffer;
-use flowpilot_core::action_space::ActionSpace;
 use flowpilot_core::log::reader::{log_files, Tail};
 use flowpilot_core::log::Transition;
-use flowpilot_core::model::ModelSpec;
+use flowpilot_core::policy::action_space::ActionSpace;
+use flowpilot_core::policy::model::ModelSpec;
 
 /// Follows every `*.mcap` log in a directory (new files included) and turns
 /// consecutive records into transitions (s, a, r, s', done) by [`pair`]:
@@ -120,7 +120,7 @@ fn pair<'a>(
 mod tests {
     use super::pair;
     use flowpilot_core::log::Transition;
-    use flowpilot_core::model::{Direction, PolicyKind};
+    use flowpilot_core::policy::model::{Direction, PolicyKind};
     use flowpilot_core::testkit::random_model;
 
     fn rec(robot_step: u64, episode: u64, executed: f64, reward: f64) -> Transition {

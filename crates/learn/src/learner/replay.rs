@@ -7,8 +7,8 @@ use rand::Rng;
 
 use super::error::{LearnerError, Result};
 use crate::demos::Demos;
-use flowpilot_core::action_space::ActionSpace;
-use flowpilot_core::model::ModelSpec;
+use flowpilot_core::policy::action_space::ActionSpace;
+use flowpilot_core::policy::model::ModelSpec;
 
 /// Transitions (s, a, r, s', done) with s = obs ++ goal (raw units) and a
 /// in the flow's normalised action space.

@@ -16,7 +16,7 @@ use super::error::{LearnerError, Result};
 use super::fast::Fast;
 use super::replay::{Batch, ReplayBuffer};
 use crate::twin::Twin;
-use flowpilot_core::model::{ModelFile, ModelSpec};
+use flowpilot_core::policy::model::{ModelFile, ModelSpec};
 
 /// SAC hyper-parameters. With the `clap` feature this is also the
 /// `flowpilot finetune` flag set (the one owner of names, help and
@@ -765,7 +765,7 @@ fn actor_loss(
 #[cfg(test)]
 mod latent_temperature {
     use super::*;
-    use flowpilot_core::init::{default_spec, init_model, Init};
+    use flowpilot_core::policy::init::{default_spec, init_model, Init};
 
     fn entropy_at(tau: f64) -> Result<f64> {
         // Paper init: zero last layers make every coupling the identity and
@@ -856,8 +856,8 @@ mod tests {
 #[cfg(test)]
 mod parity {
     use super::*;
-    use flowpilot_core::init::{default_spec, init_model, Init};
-    use flowpilot_core::model::{Direction, Normalizer};
+    use flowpilot_core::policy::init::{default_spec, init_model, Init};
+    use flowpilot_core::policy::model::{Direction, Normalizer};
 
     /// ‖fast − ref‖₂ ≤ TOL·‖ref‖₂ per parameter tensor.
     const TOL: f64 = 1e-5;
@@ -1153,8 +1153,8 @@ mod bc_rows {
 #[cfg(test)]
 mod same_update {
     use super::*;
-    use flowpilot_core::init::{default_spec, init_model, Init};
-    use flowpilot_core::model::TensorData;
+    use flowpilot_core::policy::init::{default_spec, init_model, Init};
+    use flowpilot_core::policy::model::TensorData;
 
     #[test]
     fn fast_and_autograd_updates_agree() {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use super::error::Result;
 use super::follower::LogFollower;
 use super::replay::ReplayBuffer;
-use flowpilot_core::model::ModelSpec;
+use flowpilot_core::policy::model::ModelSpec;
 
 /// Most transitions one shard keeps.
 const SHARD_CAPACITY: usize = 1_000_000;
@@ -149,7 +149,7 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowpilot_core::model::{Direction, PolicyKind};
+    use flowpilot_core::policy::model::{Direction, PolicyKind};
     use flowpilot_core::testkit::random_model;
 
     #[test]

@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use crate::control::SafeBehaviour;
 use crate::log::writer::DistanceReward;
-use crate::stop::{Interface, StateSource, StopRule};
+use crate::rt::control::SafeBehaviour;
+use crate::rt::stop::{Interface, StateSource, StopRule};
 
 mod params;
 pub mod table;
@@ -230,7 +230,7 @@ impl ActionKind {
 
 /// What the action values command (`action.interface`), which joints they
 /// are (`action.joints`) and where those joints' positions are measured
-/// (`action.state_source`): what the stop needs ([`crate::stop`]).
+/// (`action.state_source`): what the stop needs ([`crate::rt::stop`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandConfig {
     /// One interface for every value, or one per value.
@@ -286,7 +286,7 @@ pub struct NodeConfig {
     /// running one's (default: refuse them).
     pub hot_swap_allow_spec_change: bool,
     /// The return guard's automatic rollback rule (`hot_swap.guard.*`).
-    pub hot_swap_guard: crate::guard::GuardConfig,
+    pub hot_swap_guard: crate::node::guard::GuardConfig,
     /// `hot_swap.trusted_keys`: accept only versions signed by one of
     /// these (empty: versions are not authenticated; required when the
     /// fleet link takes policies). docs/security.md.
@@ -303,11 +303,11 @@ pub struct NodeConfig {
     pub finetune_args: Vec<String>,
     pub finetune_exe: Option<String>,
     /// How a chunked policy's chunks are played (`chunk.*`).
-    pub chunk: crate::control::ChunkConfig,
+    pub chunk: crate::rt::control::ChunkConfig,
     /// The link to a fleet learner over the graph (`fleet.*`; None: off).
     pub fleet: Option<FleetSettings>,
     /// `live.allow_loosen` (start-up only): live changes may loosen the
-    /// safety limits too (default: only tighten them; `crate::live`).
+    /// safety limits too (default: only tighten them; `crate::node::live`).
     pub live_allow_loosen: bool,
 }
 
@@ -377,8 +377,8 @@ fn nonempty(s: String) -> Option<String> {
 }
 
 /// `chunk.*`: the re-planning period and the boundary rule with its number.
-fn chunk_config(p: &Params<'_>) -> Result<crate::control::ChunkConfig> {
-    use crate::chunk::Boundary;
+fn chunk_config(p: &Params<'_>) -> Result<crate::rt::control::ChunkConfig> {
+    use crate::rt::chunk::Boundary;
     let mut boundary: Boundary = p
         .string("chunk.boundary")?
         .parse()
@@ -395,7 +395,7 @@ fn chunk_config(p: &Params<'_>) -> Result<crate::control::ChunkConfig> {
             "'chunk.as_trajectory' sends each chunk whole, so it needs chunk.boundary 'replace'",
         ));
     }
-    Ok(crate::control::ChunkConfig {
+    Ok(crate::rt::control::ChunkConfig {
         replan_every: p.i64("chunk.replan_every")? as usize,
         boundary,
         as_trajectory,
@@ -549,7 +549,10 @@ fn trusted_keys(p: &Params<'_>) -> Result<crate::signing::TrustedKeys> {
 /// `log`: holding new versions back needs episode returns to reach the
 /// guard (the log's reward and episode topics); without them it would
 /// hold forever, so it is off.
-fn guard_config(p: &Params<'_>, log: Option<&LogSettings>) -> Result<crate::guard::GuardConfig> {
+fn guard_config(
+    p: &Params<'_>,
+    log: Option<&LogSettings>,
+) -> Result<crate::node::guard::GuardConfig> {
     let episodes = p.i64("hot_swap.guard.episodes")?;
     let margin = p.f64("hot_swap.guard.margin")?;
     let z = p.f64("hot_swap.guard.z")?;
@@ -567,7 +570,7 @@ fn guard_config(p: &Params<'_>, log: Option<&LogSettings>) -> Result<crate::guar
             ));
         }
     }
-    Ok(crate::guard::GuardConfig {
+    Ok(crate::node::guard::GuardConfig {
         episodes: episodes as usize,
         margin,
         z,

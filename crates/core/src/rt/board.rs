@@ -5,6 +5,9 @@
 //! never blocks the writer and never allocates; a read that races a write
 //! retries a bounded number of times and otherwise reports "busy" (the tick
 //! then treats the source as not fresh rather than waiting).
+//!
+//! Real-time: [`Board::read`] runs in the tick and [`Board::write`] in the
+//! subscribers: no allocation, no lock (built once by [`Board::new`]).
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
 

@@ -1,21 +1,39 @@
 //! The control loop's tick, independent of ROS: snapshot the board, check
 //! freshness and validity, sample (a chunked policy: play its chunk, see
-//! [`crate::chunk`]), apply safety (e-stop, safe behaviour, warm-up gate,
+//! [`crate::rt::chunk`]), apply safety (e-stop, safe behaviour, warm-up gate,
 //! clipping, rate limit) and hand back the action to publish. Every stop
-//! it sends is [`crate::stop`]'s, for the interface the output drives.
+//! it sends is [`crate::rt::stop`]'s, for the interface the output drives.
 //! Everything here is preallocated; a tick allocates nothing and never
-//! blocks. The periodic timer and real-time settings live here too.
+//! blocks.
+//!
+//! Who calls what on [`Controller`], as ros2_control's
+//! `controller_interface_base` says of each method whether it runs in the
+//! real-time loop:
+//! - **set-up** (not real-time: before the control thread runs, may
+//!   allocate): [`Controller::new`], [`Controller::with_estop`],
+//!   [`Controller::inactive`], [`Controller::with_sent`],
+//!   [`Controller::set_override`];
+//! - **between ticks** (control thread, real-time: no allocation, no
+//!   lock): [`Controller::note_deadline`], [`Controller::apply_live`],
+//!   [`Controller::set_sampler`];
+//! - **in the tick** (real-time): [`Controller::tick`], then
+//!   [`Controller::fill_transition`] for the tick just run;
+//! - **any thread** (shared flags and counters, relaxed atomics):
+//!   [`Controller::estop`], [`Controller::active`], [`Controller::stats`].
+//!
+//! The timer is [`crate::rt::clock`]'s, the thread's scheduling
+//! [`crate::sched`]'s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::board::{mono_ns, wall_ns, Board, SourceState};
 use crate::log::{PolicyId, Transition};
-use crate::sampler::Sampler;
-use crate::stop::{StopKind, StopRule};
+use crate::policy::sampler::Sampler;
+use crate::rt::board::{mono_ns, wall_ns, Board, SourceState};
+use crate::rt::stop::{StopKind, StopRule};
 
 /// What to do when inputs are stale or invalid. `Hold` and `Zero` both
-/// send the interface's stop ([`crate::stop`]: a position holds where the
+/// send the interface's stop ([`crate::rt::stop`]: a position holds where the
 /// robot is, a velocity or effort goes to zero); each name is refused by
 /// the config where it would lie (`zero` on a position, `hold` on an
 /// effort). `Stop` sends nothing.
@@ -92,9 +110,9 @@ impl Default for ChunkConfig {
     }
 }
 
-pub use crate::chunk::Boundary;
-use crate::chunk::{ChunkPlayer, ChunkStep, ObsHistory};
-pub use crate::decision::Decision;
+pub use crate::rt::chunk::Boundary;
+use crate::rt::chunk::{ChunkPlayer, ChunkStep, ObsHistory};
+pub use crate::rt::decision::Decision;
 
 /// A controller that cannot be built from this configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,7 +174,7 @@ impl Stats {
     }
 }
 
-pub use crate::histogram::Histogram;
+pub use crate::rt::histogram::Histogram;
 
 /// One tick's result, in buffers owned by the loop.
 pub struct TickOut<'a> {
@@ -240,19 +258,20 @@ struct LastTick {
 }
 
 impl Controller {
-    /// The e-stop flag: any thread may set it; the next tick obeys.
+    /// **Any thread.** The e-stop flag: any thread may set it; the next
+    /// tick obeys.
     pub fn estop(&self) -> &Arc<AtomicBool> {
         &self.estop
     }
 
-    /// Obey `flag` as the e-stop instead of this controller's own (a node
+    /// **Set-up.** Obey `flag` as the e-stop instead of this controller's own (a node
     /// keeps one e-stop across lifecycle cleanups and re-configures).
     pub fn with_estop(mut self, flag: Arc<AtomicBool>) -> Self {
         self.estop = flag;
         self
     }
 
-    /// Start with the actuation gate closed (a lifecycle node's configure):
+    /// **Set-up.** Start with the actuation gate closed (a lifecycle node's configure):
     /// silent from the first tick, with no deactivation's safe action.
     pub fn inactive(mut self) -> Self {
         self.active.store(false, Ordering::SeqCst);
@@ -260,7 +279,7 @@ impl Controller {
         self
     }
 
-    /// Record every sent action in `sent` (one source, `act_dim` wide): the
+    /// **Set-up.** Record every sent action in `sent` (one source, `act_dim` wide): the
     /// last command, for a stop the spin thread sends when this loop has
     /// ended or failed ([`StopRule::final_action`]).
     pub fn with_sent(mut self, sent: Arc<Board>) -> Self {
@@ -269,7 +288,7 @@ impl Controller {
         self
     }
 
-    /// The actuation gate (lifecycle activate / deactivate). Set: the ticks
+    /// **Any thread.** The actuation gate (lifecycle activate / deactivate). Set: the ticks
     /// actuate after the warm-up and start-up hold, counted anew from
     /// activation. Cleared: the next tick publishes the stop once,
     /// then every tick publishes nothing (the loop keeps running).
@@ -277,11 +296,14 @@ impl Controller {
         &self.active
     }
 
-    /// The counters the diagnostics read (relaxed atomics).
+    /// **Any thread.** The counters the diagnostics read (relaxed atomics).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
+    /// **Set-up** (allocates every buffer the ticks use). Checks the
+    /// sources' widths, the ages, `max_delta`, the chunk settings and the
+    /// stop rule against the model.
     pub fn new(
         cfg: ControlConfig,
         sampler: Sampler,
@@ -389,10 +411,10 @@ impl Controller {
         &self.states[..self.cfg.obs_sources.min(self.states.len())]
     }
 
-    /// Apply live parameter changes between two ticks (control thread: a
+    /// **Between ticks.** Apply live parameter changes (control thread: a
     /// copy, no allocation). Widths were checked by the caller against this
     /// model and these sources.
-    pub fn apply_live(&mut self, l: &crate::live::LiveSettings) {
+    pub fn apply_live(&mut self, l: &crate::node::live::LiveSettings) {
         self.cfg.safe = l.safe;
         self.cfg.temperature = l.temperature.unwrap_or(self.sampler.spec().temperature);
         if let Some(md) = self.cfg.max_delta.as_mut() {
@@ -410,7 +432,9 @@ impl Controller {
         self.max_future_ns = (l.max_future_stamp_s * 1e9) as i64;
     }
 
-    /// Swap the policy between ticks (same dims are checked by the caller).
+    /// **Between ticks.** Swap the policy (a move; same dims are checked by
+    /// the caller). The old sampler is returned, to be freed off the
+    /// control thread.
     pub fn set_sampler(&mut self, s: Sampler) -> Sampler {
         self.policy_id = PolicyId::of(s.spec());
         // The new policy plans its own chunk from the next tick.
@@ -418,7 +442,7 @@ impl Controller {
         std::mem::replace(&mut self.sampler, s)
     }
 
-    /// Accept a human override action (act_dim wide, physical units).
+    /// **Set-up.** Accept a human override action (act_dim wide, physical units).
     pub fn set_override(&mut self, input: OverrideInput) -> Result<(), ControlError> {
         if input.board.sources() != 1 || input.board.width(0) != self.action.len() {
             return Err(ControlError::OverrideWidth(self.action.len()));
@@ -427,7 +451,8 @@ impl Controller {
         Ok(())
     }
 
-    /// Fill the controller's part of a log record for the tick just run:
+    /// **In the tick** (after [`Self::tick`]). Fill the controller's part
+    /// of a log record for the tick just run:
     /// its stamps, inputs, the sampled (pre-clip, normalised) and applied
     /// actions, the log-prob, the decision and the policy identity. No
     /// allocation.
@@ -464,7 +489,8 @@ impl Controller {
         t.applied[..d].copy_from_slice(&self.action[..d]);
     }
 
-    /// Tell the loop whether the previous wake-up met its deadline (for the
+    /// **Between ticks.** Tell the loop whether the previous wake-up met
+    /// its deadline (for the
     /// warm-up gate). Once the gate has opened it stays open: a late tick
     /// mid-run is counted as an overrun, not a reason to stop actuating.
     pub fn note_deadline(&mut self, met: bool) {
@@ -544,7 +570,7 @@ impl Controller {
         self.traj_len = n;
     }
 
-    /// Put this tick's stop in `action` ([`crate::stop`]): the interface's
+    /// Put this tick's stop in `action` ([`crate::rt::stop`]): the interface's
     /// stop when `forced` (e-stop, deactivation), else what the safe
     /// behaviour says. The stop is taken once when it begins and repeated
     /// while it lasts. Returns what was applied; it is sent when
@@ -579,7 +605,9 @@ impl Controller {
         kind
     }
 
-    /// Run one tick. No allocation, no blocking.
+    /// **In the tick (real-time).** Run one tick: snapshot the board,
+    /// check freshness, sample or play the chunk, apply the safety rules.
+    /// No allocation, no blocking.
     pub fn tick(&mut self) -> TickOut<'_> {
         let tick = self.tick;
         self.tick += 1;
@@ -743,130 +771,4 @@ impl Controller {
             trajectory: &self.traj[..self.traj_len],
         }
     }
-}
-
-/// Absolute-deadline periodic timer on CLOCK_MONOTONIC: deadlines are
-/// `start + k·period`, so sleep overshoot never accumulates into drift.
-pub struct Periodic {
-    next_ns: i64,
-    period_ns: i64,
-}
-
-impl Periodic {
-    pub fn new(rate_hz: f64) -> Self {
-        let period_ns = (1e9 / rate_hz).round() as i64;
-        Self {
-            next_ns: mono_ns() + period_ns,
-            period_ns,
-        }
-    }
-
-    pub fn period_ns(&self) -> i64 {
-        self.period_ns
-    }
-
-    /// Sleep until the next deadline. Returns the wake-up lateness in ns and
-    /// how many deadlines were missed (skipped) before this one.
-    pub fn wait(&mut self) -> (u64, u64) {
-        let ts = libc::timespec {
-            tv_sec: self.next_ns / 1_000_000_000,
-            tv_nsec: self.next_ns % 1_000_000_000,
-        };
-        // SAFETY: valid timespec; absolute sleep on the monotonic clock.
-        // EINTR (a signal) just ends the sleep early; the loop re-checks.
-        unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &ts,
-                std::ptr::null_mut(),
-            );
-        }
-        let now = mono_ns();
-        let late = (now - self.next_ns).max(0) as u64;
-        // Skip deadlines already passed instead of bursting to catch up.
-        let missed = ((now - self.next_ns) / self.period_ns).max(0) as u64;
-        self.next_ns += (missed as i64 + 1) * self.period_ns;
-        (late, missed)
-    }
-}
-
-/// The control thread's settings: 1 ns timer slack always, and the
-/// optional real-time ones; each failure is returned as a message for the
-/// caller to log (the loop still runs, without that guarantee).
-pub fn apply_rt_settings(
-    fifo_priority: Option<i32>,
-    cpu: Option<usize>,
-    mlockall: bool,
-) -> Vec<String> {
-    let mut warnings = Vec::new();
-    // Timer slack: Linux may defer a normal thread's wake-up by up to 50 µs
-    // to batch timers; the loop's deadlines are not to be batched.
-    // SAFETY: plain prctl on the calling thread.
-    if unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) } != 0 {
-        warnings.push(format!(
-            "timer slack not set ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if let Some(p) = fifo_priority {
-        let param = libc::sched_param { sched_priority: p };
-        // SAFETY: plain syscall on the calling thread (tid 0).
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            warnings.push(format!(
-                "SCHED_FIFO priority {p} not permitted ({}); running with normal scheduling",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    if let Some(c) = cpu.filter(|&c| c > crate::config::MAX_CPU) {
-        // The config rejects these; CPU_SET would panic on them.
-        warnings.push(format!("CPU {c} is beyond the affinity set; not pinned"));
-    } else if let Some(c) = cpu {
-        // SAFETY: cpu_set_t is plain data; c is within its size (checked above).
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(c, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                warnings.push(format!(
-                    "pinning to CPU {c} failed ({})",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-    }
-    if mlockall {
-        // SAFETY: plain syscall.
-        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-            warnings.push(format!(
-                "mlockall failed ({}); page faults may add latency",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    warnings
-}
-
-/// Lower (or raise, if permitted) the calling process's CPU niceness: the
-/// learner runs at 19 so that it never delays the control thread.
-pub fn set_niceness(nice: i32) -> std::io::Result<()> {
-    // SAFETY: plain syscall on the calling process.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Put the calling thread in Linux's SCHED_IDLE class: it runs only when
-/// no normal-class thread wants the CPU, and a waking normal thread (the
-/// control thread at default scheduling) preempts it at once. Nice 19
-/// alone is not enough under EEVDF: a waking nice-0 thread may wait for a
-/// nice-19 one's slice to end.
-pub fn set_idle_scheduling() -> std::io::Result<()> {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain syscall on the calling thread (pid 0), valid param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

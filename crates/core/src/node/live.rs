@@ -11,20 +11,20 @@
 
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crate::rt::handoff::Handoff;
 
-use crate::config::table::Live;
-use crate::config::{NodeConfig, ParamValue};
-use crate::control::SafeBehaviour;
 use crate::log::MAX_ACT;
-use crate::runner::MAX_SOURCES;
+use crate::node::config::table::Live;
+use crate::node::config::{NodeConfig, ParamValue};
+use crate::rt::control::SafeBehaviour;
+use crate::rt::output::MAX_SOURCES;
 
 /// Whether a parameter may change at run time: `safe_behaviour`,
 /// `max_delta`, `temperature`, `max_future_stamp`, `log.every` and every
 /// source's `max_age`. Everything else shapes the node (model, sources,
 /// topics, rates, threads) and is read-only once it runs.
 pub fn is_live(name: &str) -> bool {
-    crate::config::table::lookup(name).is_some_and(|p| p.live != Live::No)
+    crate::node::config::table::lookup(name).is_some_and(|p| p.live != Live::No)
 }
 
 /// Whether a live parameter is a safety limit, which a live change may only
@@ -33,9 +33,9 @@ pub fn is_live(name: &str) -> bool {
 /// `log.every` are live but not limits: the temperature shapes the
 /// sampled action, which stays within the model's bounds and under the
 /// rate limit whatever it is, and `log.every` only thins the log. Both
-/// are read from the parameter table ([`crate::config::table`]).
+/// are read from the parameter table ([`crate::node::config::table`]).
 pub fn is_safety_limit(name: &str) -> bool {
-    crate::config::table::lookup(name).is_some_and(|p| p.live == Live::TightenOnly)
+    crate::node::config::table::lookup(name).is_some_and(|p| p.live == Live::TightenOnly)
 }
 
 /// Refuse a live value that is not a value of the parameter's type, before
@@ -216,21 +216,21 @@ impl LiveSettings {
 }
 
 /// The one-slot hand-off from the parameter service to the control thread:
-/// a newer offer replaces one not yet taken.
+/// a newer offer replaces one not yet taken (a one-slot [`Handoff`]).
 pub struct LiveChannel {
-    slot: ArrayQueue<LiveSettings>,
+    slot: Handoff<LiveSettings>,
 }
 
 impl LiveChannel {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            slot: ArrayQueue::new(1),
+            slot: Handoff::new(1),
         })
     }
 
     /// Offer new settings (parameter service thread).
     pub fn offer(&self, s: LiveSettings) {
-        self.slot.force_push(s);
+        self.slot.push_replacing(s);
     }
 
     /// The newest settings not yet taken (control thread: lock-free, no

@@ -9,7 +9,7 @@
 //! inside a control tick.
 //!
 //! ```
-//! use flowpilot_core::chunk::{Boundary, ChunkPlayer};
+//! use flowpilot_core::rt::chunk::{Boundary, ChunkPlayer};
 //! // chunks of 3 steps of 1 value, a new chunk every 2 ticks, replaced
 //! let mut p = ChunkPlayer::new(3, 1, 2, Boundary::Replace);
 //! let mut a = [0.0f32];

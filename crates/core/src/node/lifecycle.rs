@@ -6,7 +6,7 @@
 //! standard services. Never on the control thread.
 //!
 //! ```
-//! use flowpilot_core::lifecycle::{Machine, State, Transition};
+//! use flowpilot_core::node::lifecycle::{Machine, State, Transition};
 //! let mut m = Machine::new();
 //! let t = m.resolve(0, "configure").unwrap();
 //! assert_eq!(t, Transition::Configure);

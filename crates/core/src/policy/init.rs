@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::model::{ModelError, ModelFile, ModelSpec, Tensor, TensorData};
+use crate::policy::model::{ModelError, ModelFile, ModelSpec, Tensor, TensorData};
 
 /// How to initialise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,7 +175,7 @@ pub fn init_model(mut spec: ModelSpec, init: Init, seed: u64) -> Result<ModelFil
         tensors.insert(format!("{p}.s"), Tensor::f32(vec![d], s));
     }
     let m = ModelFile::new(spec, tensors)?;
-    if weights == crate::model::WeightDtype::F32 {
+    if weights == crate::policy::model::WeightDtype::F32 {
         Ok(m)
     } else {
         m.with_weights(weights)
@@ -190,7 +190,7 @@ pub fn default_spec(
     blocks: usize,
     c: usize,
 ) -> ModelSpec {
-    use crate::model::{Direction, Normalizer, PolicyKind, FORMAT_VERSION};
+    use crate::policy::model::{Direction, Normalizer, PolicyKind, FORMAT_VERSION};
     let k = obs_dim + goal_dim;
     ModelSpec {
         format_version: FORMAT_VERSION,

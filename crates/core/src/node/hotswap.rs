@@ -37,11 +37,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::checkpoint::{AcceptedRecord, CheckpointDir};
-use crate::model::{Incompatible, ModelError, ModelFile, ModelSpec};
-use crate::sampler::{SampleError, Sampler, UnsupportedModel};
+use crate::policy::model::{Incompatible, ModelError, ModelFile, ModelSpec};
+use crate::policy::sampler::{SampleError, Sampler, UnsupportedModel};
+use crate::rt::handoff::Handoff;
 use crate::signing::{SignatureError, TrustedKeys};
 use crate::versions::{
     check_successor, resume_order, Lineage, RevocationError, Revocations, VersionError,
@@ -122,26 +121,27 @@ pub enum SmokeFailure {
     LogProbNotFinite(f32),
 }
 
-/// Queues between the spin thread and the control thread.
+/// Queues between the spin thread and the control thread: two
+/// [`Handoff`]s.
 pub struct SwapChannel {
-    /// New samplers for the control thread (capacity 1).
-    incoming: ArrayQueue<Sampler>,
-    /// Retired samplers, dropped off the control thread.
-    retired: ArrayQueue<Sampler>,
+    /// New samplers for the control thread (capacity 1, replace the oldest).
+    incoming: Handoff<Sampler>,
+    /// Retired samplers, dropped off the control thread (refuse when full).
+    retired: Handoff<Sampler>,
 }
 
 impl SwapChannel {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            incoming: ArrayQueue::new(1),
-            retired: ArrayQueue::new(4),
+            incoming: Handoff::new(1),
+            retired: Handoff::new(4),
         })
     }
 
     /// Offer a checked sampler (spin thread). A pending offer not yet taken
     /// is replaced and returned, to be dropped by the caller.
     pub fn offer(&self, s: Sampler) -> Option<Sampler> {
-        self.incoming.force_push(s)
+        self.incoming.push_replacing(s)
     }
 
     /// Take the offered sampler, if any (control thread: lock-free, no
@@ -189,7 +189,7 @@ pub struct HotSwap {
     last_rejection: String,
     record_error: String,
     swaps: u64,
-    guard: crate::guard::ReturnGuard,
+    guard: crate::node::guard::ReturnGuard,
     auto_rollbacks: u64,
     last_verdict: String,
 }
@@ -228,7 +228,7 @@ impl HotSwap {
             last_rejection: String::new(),
             record_error: String::new(),
             swaps: 0,
-            guard: crate::guard::ReturnGuard::new(crate::guard::GuardConfig {
+            guard: crate::node::guard::ReturnGuard::new(crate::node::guard::GuardConfig {
                 episodes: 0,
                 margin: 0.0,
                 z: 0.0,
@@ -262,10 +262,10 @@ impl HotSwap {
         &self.trusted
     }
 
-    /// Judge new versions by their online return ([`crate::guard`]) and
+    /// Judge new versions by their online return ([`crate::node::guard`]) and
     /// roll back one that is clearly worse than its parent.
-    pub fn with_guard(mut self, cfg: crate::guard::GuardConfig) -> Self {
-        self.guard = crate::guard::ReturnGuard::new(cfg);
+    pub fn with_guard(mut self, cfg: crate::node::guard::GuardConfig) -> Self {
+        self.guard = crate::node::guard::ReturnGuard::new(cfg);
         self
     }
 
@@ -292,7 +292,7 @@ impl HotSwap {
             .find(|(_, m)| m.spec.digest == best)
             .map_or(0, |(_, m)| m.spec.version);
         match v {
-            crate::guard::Verdict::Keep {
+            crate::node::guard::Verdict::Keep {
                 new_mean,
                 best_mean,
                 ..
@@ -302,7 +302,7 @@ impl HotSwap {
                 );
                 tracing::info!("{}", self.last_verdict);
             }
-            crate::guard::Verdict::RollBack {
+            crate::node::guard::Verdict::RollBack {
                 new_mean,
                 best_mean,
                 threshold,
@@ -708,7 +708,7 @@ fn unchanged_spec(cur: &ModelSpec, new: &ModelSpec) -> Result<(), SwapError> {
     ]) {
         return Err(SwapError::BoundsChanged(d));
     }
-    fn parts(n: &Option<crate::model::Normalizer>) -> (&[f32], &[f32]) {
+    fn parts(n: &Option<crate::policy::model::Normalizer>) -> (&[f32], &[f32]) {
         n.as_ref()
             .map_or((&[][..], &[][..]), |n| (&n.mean[..], &n.std[..]))
     }
@@ -801,7 +801,7 @@ fn divergence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, PolicyKind};
+    use crate::policy::model::{Direction, PolicyKind};
     use crate::testkit::random_model;
 
     /// A policy version with its own weights (so its own digest).
@@ -1290,7 +1290,7 @@ revoked sha2",
             s.dir.policy_path(1),
             version(1, 2, 1),
         )
-        .with_guard(crate::guard::GuardConfig {
+        .with_guard(crate::node::guard::GuardConfig {
             episodes: 3,
             margin,
             z: 2.0,
@@ -1480,7 +1480,7 @@ revoked sha2",
         let m = version(2, 2, 2);
         let mut tensors = m.tensors().clone();
         let b = tensors.get_mut("blocks.0.s.l2.b").unwrap();
-        b.data = crate::model::TensorData::F32(vec![100.0; b.shape[0]]);
+        b.data = crate::policy::model::TensorData::F32(vec![100.0; b.shape[0]]);
         let bad = ModelFile::new(m.spec.clone(), tensors).expect("finite weights are valid");
         for recent in [
             vec![],

@@ -662,9 +662,9 @@ fn an_array_source_wider_than_a_message_can_be_is_refused() {
 
 #[test]
 fn chunk_parameters_pick_the_boundary_rule_and_its_number() {
-    use crate::chunk::Boundary;
+    use crate::rt::chunk::Boundary;
     let c = NodeConfig::from_params(&minimal()).unwrap();
-    assert_eq!(c.chunk, crate::control::ChunkConfig::default());
+    assert_eq!(c.chunk, crate::rt::control::ChunkConfig::default());
     let c = NodeConfig::from_params(&with(
         minimal(),
         &[
@@ -818,7 +818,7 @@ fn the_output_says_what_it_commands_and_where_positions_are_measured() {
     let kind = rule.fill(Some(&[0.1, 1.0, 0.2, 2.0]), None, &mut out);
     assert_eq!(
         (kind, out),
-        (crate::stop::StopKind::HoldMeasured, [0.2, 0.0])
+        (crate::rt::stop::StopKind::HoldMeasured, [0.2, 0.0])
     );
     assert_eq!(
         c.stop_rule(3).unwrap_err().to_string(),

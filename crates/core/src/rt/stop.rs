@@ -17,7 +17,7 @@
 //! (shutdown, watchdog) and allocates.
 //!
 //! ```
-//! use flowpilot_core::stop::{Interface, StopKind, StopRule};
+//! use flowpilot_core::rt::stop::{Interface, StopKind, StopRule};
 //!
 //! // joint 0 by position (measured value 1 of the state source), joint 1 by velocity
 //! let rule = StopRule::new(vec![Interface::Position, Interface::Velocity], None);
@@ -27,7 +27,7 @@
 //! assert_eq!((kind, out), (StopKind::HoldCommand, [0.3, 0.0]));
 //! ```
 
-use crate::board::{mono_ns, wall_ns, Board};
+use crate::rt::board::{mono_ns, wall_ns, Board};
 
 /// What an action value commands (`action.interface`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +276,7 @@ mod tests {
             Some((vec![0.3, -0.5], StopKind::HoldMeasured))
         );
         // a measurement stamped ahead of the clock is not trusted
-        let ahead = crate::board::wall_ns() + 500_000_000;
+        let ahead = crate::rt::board::wall_ns() + 500_000_000;
         board.write(0, &[-0.5, 0.0, 0.3], Some(ahead));
         assert_eq!(
             r.final_action(&board, (1_000_000_000, 50_000_000), &sent),

@@ -9,7 +9,7 @@
 //! the portable path) is decided once, when the sampler is built.
 
 use super::fma;
-use crate::model::WeightDtype;
+use crate::policy::model::WeightDtype;
 
 /// A kernel (in, out) row-major, in its stored width.
 pub(super) enum Weights {

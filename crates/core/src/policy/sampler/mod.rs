@@ -13,8 +13,8 @@ mod weights;
 use grad::{likelihood_grad, GradScratch};
 use weights::Weights;
 
-use crate::action_space::ActionSpace;
-use crate::model::{Direction, ModelFile, ModelSpec, PolicyKind};
+use crate::policy::action_space::ActionSpace;
+use crate::policy::model::{Direction, ModelFile, ModelSpec, PolicyKind};
 
 /// log(2π)/2.
 pub const HALF_LN_2PI: f32 = 0.918_938_5;
@@ -759,7 +759,7 @@ fn inverse_pass(blocks: &[Block], spec: &ModelSpec, sc: &mut Scratch) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::Sampler;
-    use crate::model::{Direction, PolicyKind};
+    use crate::policy::model::{Direction, PolicyKind};
     use crate::testkit::random_model;
 
     /// The tempered log-density is that of the action actually returned:

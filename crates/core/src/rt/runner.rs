@@ -4,160 +4,29 @@
 //! `every`-th tick to the transition log and pushes the tick's output
 //! ([`Outgoing`]) to a bounded queue for the publisher thread.
 //!
+//! Who calls what on [`Runner`]: **set-up** (not real-time):
+//! [`Runner::new`], [`Runner::with_log`], [`Runner::with_live`],
+//! [`Runner::with_waker`]; **the control period** (real-time):
+//! [`Runner::step`], which runs the between-ticks work (live settings,
+//! policy swap, step report) and then the tick, in the loop
+//! [`Runner::run`]; **after** the loop: [`Runner::into_controller`].
+//!
 //! Real-time: [`Runner::step`] runs on the control thread. After
 //! construction it allocates nothing and never blocks: the queues are
 //! bounded and lock-free (a full one drops and counts), the log inputs are
 //! atomics. Only a retired policy that finds its return queue full is freed
 //! here (a deallocation, and the spin thread drains that queue every few ms).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-
-use crate::control::{Controller, Periodic};
-use crate::hotswap::SwapChannel;
 use crate::log::writer::LogHandle;
 use crate::log::{Transition, MAX_ACT};
-
-/// Most sources (observations + goals) an [`Outgoing`] record carries.
-pub const MAX_SOURCES: usize = 16;
-/// Largest chunk (steps × values) an output carries as a trajectory.
-pub const MAX_TRAJECTORY: usize = 256;
-
-/// The control loop's time base: the real [`Periodic`] timer, or a fake one
-/// in tests.
-pub trait Clock {
-    /// The control period in ns.
-    fn period_ns(&self) -> i64;
-    /// Block until the next deadline; returns the wake-up lateness (ns) and
-    /// how many deadlines were missed before this one.
-    fn wait(&mut self) -> (u64, u64);
-}
-
-impl Clock for Periodic {
-    fn period_ns(&self) -> i64 {
-        Periodic::period_ns(self)
-    }
-    fn wait(&mut self) -> (u64, u64) {
-        Periodic::wait(self)
-    }
-}
-
-/// One tick's output, copied (no allocation) from the control thread to the
-/// publisher thread.
-#[derive(Clone, Copy, Debug)]
-pub struct Outgoing {
-    tick: u64,
-    decision: u8,
-    publish: bool,
-    log_prob: f32,
-    stop: u8,
-    n_act: usize,
-    action: [f64; MAX_ACT],
-    n_src: usize,
-    stamps: [i64; MAX_SOURCES],
-    n_traj: usize,
-    trajectory: [f64; MAX_TRAJECTORY],
-}
-
-impl Outgoing {
-    pub fn tick(&self) -> u64 {
-        self.tick
-    }
-    /// The decision code (see `Decision::code`).
-    pub fn decision(&self) -> u8 {
-        self.decision
-    }
-    /// Whether the action is to be sent this tick.
-    pub fn publish(&self) -> bool {
-        self.publish
-    }
-    pub fn log_prob(&self) -> f32 {
-        self.log_prob
-    }
-    /// Which stop the tick applied (`StopKind::code`; 0: not a stop).
-    pub fn stop(&self) -> u8 {
-        self.stop
-    }
-    /// The action, physical units.
-    pub fn action(&self) -> &[f64] {
-        &self.action[..self.n_act]
-    }
-    /// Header stamps (wall ns, 0 if none) of each source used.
-    pub fn stamps(&self) -> &[i64] {
-        &self.stamps[..self.n_src]
-    }
-    /// A new chunk whole, step-major (`chunk.as_trajectory`; empty on other
-    /// ticks): sent as one multi-point trajectory instead of `action`.
-    pub fn trajectory(&self) -> &[f64] {
-        &self.trajectory[..self.n_traj]
-    }
-}
-
-/// The bounded, lock-free queue from the control thread to the publisher.
-/// A full queue drops the newest policy output and counts it, never blocks.
-/// A stop preempts: the outputs still queued before it are discarded (and
-/// counted), so nothing the policy decided earlier reaches the robot after
-/// the stop, and the stop itself is never the entry dropped.
-pub struct OutputQueue {
-    queue: ArrayQueue<Outgoing>,
-    dropped: AtomicU64,
-    preempted: AtomicU64,
-    /// CLOCK_MONOTONIC ns of the publisher's last pop (its heartbeat).
-    last_pop_ns: AtomicI64,
-}
-
-impl OutputQueue {
-    pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self {
-            queue: ArrayQueue::new(capacity.max(1)),
-            dropped: AtomicU64::new(0),
-            preempted: AtomicU64::new(0),
-            last_pop_ns: AtomicI64::new(crate::board::mono_ns()),
-        })
-    }
-    /// Control thread: lock-free, no allocation.
-    fn push(&self, o: Outgoing) {
-        if o.stop != 0 {
-            // Only the publisher pops concurrently: what it already took
-            // goes out before this stop, and after the drain there is room.
-            while self.queue.pop().is_some() {
-                self.preempted.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(o) = self.queue.push(o) {
-                self.queue.force_push(o);
-            }
-        } else if self.queue.push(o).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    /// Publisher thread.
-    pub fn pop(&self) -> Option<Outgoing> {
-        self.last_pop_ns
-            .store(crate::board::mono_ns(), Ordering::Relaxed);
-        self.queue.pop()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-    /// Outputs dropped because the publisher fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-    /// Queued outputs a stop discarded before they were published.
-    pub fn preempted(&self) -> u64 {
-        self.preempted.load(Ordering::Relaxed)
-    }
-    /// How long outputs have waited for a publisher that has not popped
-    /// (ns; 0 when nothing waits): the publisher thread's stall measure.
-    pub fn waiting_ns(&self, now_mono: i64) -> i64 {
-        if self.queue.is_empty() {
-            return 0;
-        }
-        (now_mono - self.last_pop_ns.load(Ordering::Relaxed)).max(0)
-    }
-}
+use crate::node::hotswap::SwapChannel;
+use crate::rt::clock::Clock;
+use crate::rt::control::Controller;
+use crate::rt::handoff::Handoff;
+use crate::rt::output::{Outgoing, OutputQueue};
 
 /// Reward and episode state written by the subscribers and read by the
 /// control thread. All atomics: neither side ever waits for the other.
@@ -175,8 +44,8 @@ pub struct LogInputs {
     /// f64 bits of the running episode's reward sum.
     episode_return: AtomicU64,
     /// Returns of finished episodes, for the return guard (a full queue
-    /// drops the newest).
-    finished: ArrayQueue<f64>,
+    /// refuses the newest).
+    finished: Handoff<f64>,
 }
 
 impl Default for LogInputs {
@@ -188,7 +57,7 @@ impl Default for LogInputs {
             prev_terminal: AtomicBool::new(false),
             boundary_step: AtomicU64::new(u64::MAX),
             episode_return: AtomicU64::new(0f64.to_bits()),
-            finished: ArrayQueue::new(64),
+            finished: Handoff::new(64),
         }
     }
 }
@@ -285,7 +154,7 @@ pub struct LogTap {
     /// robot's message writes with the action it executed in the step that
     /// produced its new state. With it, one record is written per robot
     /// step instead of every k ticks.
-    pub step: Option<Arc<crate::board::Board>>,
+    pub step: Option<Arc<crate::rt::board::Board>>,
 }
 
 /// Ticks a step report waits for the observation sources to catch up with
@@ -319,7 +188,7 @@ pub struct Runner<C: Clock> {
     waker: Option<std::thread::Thread>,
     log: Option<LogTap>,
     /// Live parameter changes from the parameter service.
-    live: Option<Arc<crate::live::LiveChannel>>,
+    live: Option<Arc<crate::node::live::LiveChannel>>,
     /// Preallocated log record (boxed: it is ~1.5 KB).
     rec: Box<Transition>,
     step_log: StepLog,
@@ -355,7 +224,7 @@ impl<C: Clock> Runner<C> {
     }
 
     /// Take live parameter changes from `chan` between two ticks.
-    pub fn with_live(mut self, chan: Arc<crate::live::LiveChannel>) -> Self {
+    pub fn with_live(mut self, chan: Arc<crate::node::live::LiveChannel>) -> Self {
         self.live = Some(chan);
         self
     }
@@ -370,7 +239,8 @@ impl<C: Clock> Runner<C> {
         &self.controller
     }
 
-    /// One control period: wait, account the wake-up, maybe swap the
+    /// **The control period (real-time).** Wait, account the wake-up,
+    /// between ticks apply live settings and maybe swap the
     /// policy, tick, log, push the output. Returns a copy of the output.
     /// Allocation-free and non-blocking (apart from the clock's wait).
     pub fn step(&mut self) -> Outgoing {
@@ -418,25 +288,10 @@ impl<C: Clock> Runner<C> {
             }
         }
         let out = self.controller.tick();
-        let mut o = Outgoing {
-            tick: out.tick,
-            decision: out.decision.code(),
-            publish: out.publish,
-            log_prob: out.log_prob,
-            stop: out.stop.code(),
-            n_act: out.action.len().min(MAX_ACT),
-            action: [0.0; MAX_ACT],
-            n_src: out.stamps.len().min(MAX_SOURCES),
-            stamps: [0; MAX_SOURCES],
-            n_traj: out.trajectory.len().min(MAX_TRAJECTORY),
-            trajectory: [0.0; MAX_TRAJECTORY],
-        };
-        o.action[..o.n_act].copy_from_slice(&out.action[..o.n_act]);
-        o.stamps[..o.n_src].copy_from_slice(&out.stamps[..o.n_src]);
-        o.trajectory[..o.n_traj].copy_from_slice(&out.trajectory[..o.n_traj]);
+        let o = Outgoing::of(&out);
         if let Some(tap) = &self.log {
             let write = match &tap.step {
-                None => o.tick.is_multiple_of(tap.every),
+                None => o.tick().is_multiple_of(tap.every),
                 Some(_) => {
                     let sl = &mut self.step_log;
                     // Written once every observation source holds the
@@ -500,10 +355,10 @@ impl<C: Clock> Runner<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::board::Board;
-    use crate::control::{ControlConfig, SafeBehaviour};
-    use crate::model::{Direction, PolicyKind};
-    use crate::sampler::Sampler;
+    use crate::policy::model::{Direction, PolicyKind};
+    use crate::policy::sampler::Sampler;
+    use crate::rt::board::Board;
+    use crate::rt::control::{ControlConfig, SafeBehaviour};
     use crate::testkit::random_model;
 
     /// A clock that never sleeps; the next wake-up's (late, missed) is
@@ -555,7 +410,10 @@ mod tests {
             seed: 3,
             temperature: 1.0,
             chunk: Default::default(),
-            stop: crate::stop::StopRule::new(vec![crate::stop::Interface::Velocity; 3], None),
+            stop: crate::rt::stop::StopRule::new(
+                vec![crate::rt::stop::Interface::Velocity; 3],
+                None,
+            ),
         };
         let c = Controller::new(cfg, Sampler::new(&m).unwrap(), board.clone()).unwrap();
         (c, board)

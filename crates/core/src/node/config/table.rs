@@ -3,12 +3,12 @@
 //! tighter), and the default as docs/configuration.md shows it. Parsing
 //! ([`super::params::Params`] takes defaults and ranges from here), the
 //! unknown-name check with its suggestion, the live-parameter rules
-//! ([`crate::live`]), `describe_parameters` and the docs (a test compares
+//! ([`crate::node::live`]), `describe_parameters` and the docs (a test compares
 //! every row) all derive from [`PARAMS`]. Start-up only; nothing here runs
 //! on the control thread.
 //!
 //! ```
-//! use flowpilot_core::config::table::{lookup, Live};
+//! use flowpilot_core::node::config::table::{lookup, Live};
 //! assert_eq!(lookup("max_delta").unwrap().live, Live::TightenOnly);
 //! assert_eq!(lookup("sources.arm.max_age").unwrap().name, "sources.<name>.max_age");
 //! assert!(lookup("max_dleta").is_none());
@@ -76,7 +76,7 @@ pub enum Live {
     No,
     Yes,
     /// A safety limit: only tighter while running, unless
-    /// `live.allow_loosen: true` was set at start ([`crate::live`]).
+    /// `live.allow_loosen: true` was set at start ([`crate::node::live`]).
     TightenOnly,
 }
 
@@ -334,7 +334,7 @@ mod tests {
     /// whose first column is a name in backticks; default None in a table
     /// without a default column (name, type, meaning).
     fn doc_rows() -> Vec<(String, String, Option<String>)> {
-        let text = include_str!("../../../../docs/configuration.md");
+        let text = include_str!("../../../../../docs/configuration.md");
         let mut rows = Vec::new();
         for line in text.lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();

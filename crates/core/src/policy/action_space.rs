@@ -4,7 +4,7 @@
 //! uses it on the control thread: both directions are allocation-free.
 //!
 //! ```
-//! use flowpilot_core::action_space::ActionSpace;
+//! use flowpilot_core::policy::action_space::ActionSpace;
 //! let s = ActionSpace::from_bounds(&[0.0, -2.0], &[10.0, 2.0]);
 //! let mut phys = [0.0; 2];
 //! s.to_physical(&[0.5, 3.0], &mut phys); // the flow value is clipped to [-1, 1]
@@ -14,7 +14,7 @@
 //! assert_eq!(back, [0.5, 1.0]);
 //! ```
 
-use crate::model::ModelSpec;
+use crate::policy::model::ModelSpec;
 
 /// Per-dimension midpoint and half-range of the physical bounds.
 #[derive(Debug, Clone, PartialEq)]

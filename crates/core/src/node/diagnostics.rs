@@ -17,7 +17,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::control::Stats;
+use crate::rt::control::Stats;
 
 /// Queued outputs that have waited longer than this for the publisher
 /// thread make the status WARN ("publisher thread stalled"). The wait is
@@ -28,7 +28,7 @@ use crate::control::Stats;
 /// `waiting_ns` ~6 000 times in 32 s, idle / with both cores busy): max
 /// 11.5 / 10.5 ms at 100 Hz, 4.9 / 8.8 ms at 1 kHz, 0 / 50.1 ms at 10 Hz.
 /// 100 ms is twice the worst of those (ten periods at 100 Hz) and 40 % of
-/// the shortest watchdog limit ([`crate::watchdog::MIN_STALL_NS`], 250 ms),
+/// the shortest watchdog limit ([`crate::node::watchdog::MIN_STALL_NS`], 250 ms),
 /// so the WARN comes before the supervisor stops the node for the stall.
 pub const PUBLISHER_WAIT_WARN_NS: i64 = 100_000_000;
 
@@ -528,7 +528,7 @@ mod tests {
             report(&stalled, &zero, 100.0, 100.0).get("publisher_wait_ms"),
             Some("180.0")
         );
-        const { assert!(PUBLISHER_WAIT_WARN_NS < crate::watchdog::MIN_STALL_NS) };
+        const { assert!(PUBLISHER_WAIT_WARN_NS < crate::node::watchdog::MIN_STALL_NS) };
     }
 
     #[test]
