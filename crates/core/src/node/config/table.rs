@@ -287,13 +287,13 @@ const ROS_KEYS: &[&str] = &["use_sim_time", "start_type_description_service"];
 /// The table's entry for a full parameter name (`sources.arm.max_age` is
 /// `sources.<name>.max_age`); None for a name the node does not read.
 pub fn lookup(name: &str) -> Option<&'static Param> {
-    let pattern = match name
+    // Any source name, even an empty one (a user's list may hold ""): the
+    // entry is the field's; whether the name is acceptable is the parser's
+    // and `is_known`'s to say.
+    let pattern = name
         .strip_prefix("sources.")
         .and_then(|r| r.rsplit_once('.'))
-    {
-        Some((src, field)) if !src.is_empty() => Some(field),
-        _ => None,
-    };
+        .map(|(_, field)| field);
     PARAMS.iter().find(|p| match pattern {
         Some(field) => p
             .name
@@ -305,7 +305,13 @@ pub fn lookup(name: &str) -> Option<&'static Param> {
 
 /// Whether a name is one the node accepts (its own, or one ROS passes).
 pub fn is_known(name: &str) -> bool {
-    lookup(name).is_some() || ROS_KEYS.contains(&name) || name.starts_with("qos_overrides.")
+    let empty_source = name
+        .strip_prefix("sources.")
+        .and_then(|r| r.rsplit_once('.'))
+        .is_some_and(|(src, _)| src.is_empty());
+    (lookup(name).is_some() && !empty_source)
+        || ROS_KEYS.contains(&name)
+        || name.starts_with("qos_overrides.")
 }
 
 /// The valid name closest to a misspelt one, if one is close.

@@ -920,3 +920,13 @@ fn trusted_keys_are_read_and_required_when_the_fleet_takes_policies() {
         "{e}"
     );
 }
+
+#[test]
+fn an_empty_source_name_is_an_error_not_a_panic() {
+    // found by the fuzzer: `sources..type` is read for a source named ""
+    let e = err(&with(minimal(), &[("observations", ss(&[""]))]));
+    assert_eq!(e.parameter(), "sources..type", "{e}");
+    // and a key for an empty source name is not a known parameter
+    let e = err(&with(minimal(), &[("sources..topic", s("/x"))]));
+    assert!(e.to_string().contains("sources..topic"), "{e}");
+}
