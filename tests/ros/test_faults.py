@@ -359,6 +359,8 @@ def test_stalled_publisher_thread_warns_then_trips_the_supervisor(domain, peer):
         t_err, _, msg, kv = errors()[-1]
         assert msg.startswith("action publisher failed: publisher thread stalled"), msg
         assert kv["thread"] == "publisher" and "publisher thread stalled" in kv["fault"], kv
+        # the injected stall stops popping outside any publish call
+        assert "not inside a publish call" in kv["fault"], kv
         stalled = [s for s in _status(diags) if s[1] == DiagnosticStatus.WARN and "publisher thread stalled" in s[2]]
         assert stalled, [s[1:3] for s in _status(diags)]
         assert stalled[0][0] <= t_err

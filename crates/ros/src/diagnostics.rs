@@ -45,6 +45,7 @@ impl Sources<'_> {
         s.dropped_outputs = self.outputs.dropped();
         s.preempted_outputs = self.outputs.preempted();
         s.publisher_wait_ns = self.outputs.waiting_ns(mono_ns());
+        s.publish_max_ns = self.outputs.slowest_send_ns();
         match self.swap {
             Some(h) => {
                 s.policy_digest = h.digest.clone();

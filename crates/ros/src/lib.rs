@@ -444,7 +444,8 @@ impl Session {
         }
         let now = mono_ns();
         self.watchdog.check(self.ticks(), now)?;
-        self.watchdog.check_publisher(self.out.waiting_ns(now))
+        self.watchdog
+            .check_publisher(self.out.waiting_ns(now), self.out.in_send_ns(now))
     }
 
     /// One spin's work: the session's subscriptions and services, the

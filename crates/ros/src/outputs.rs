@@ -286,10 +286,12 @@ pub(crate) fn spawn_publisher(
                 while let Some(o) = queue.pop() {
                     popped += 1;
                     line.send(|| {
-                        if let Err(e) = publisher.publish_output(&o) {
-                            tracing::error!("publishing action: {e}");
-                        }
-                        let _ = publisher.publish_trace(&o);
+                        queue.timed_send(|| {
+                            if let Err(e) = publisher.publish_output(&o) {
+                                tracing::error!("publishing action: {e}");
+                            }
+                            let _ = publisher.publish_trace(&o);
+                        })
                     });
                     if stall_at.is_some_and(|n| popped >= n) {
                         break;

@@ -97,6 +97,8 @@ pub struct StatsSnapshot {
     /// How long queued outputs have waited for the publisher thread, ns
     /// (0 when nothing waits).
     pub publisher_wait_ns: i64,
+    /// The longest one publish call (the middleware's write) has taken, ns.
+    pub publish_max_ns: i64,
     pub policy_digest: String,
     pub policy_version: u64,
     pub policy_swaps: u64,
@@ -281,6 +283,10 @@ pub fn report(
                 "publisher_wait_ms",
                 format!("{:.1}", s.publisher_wait_ns as f64 / 1e6),
             ),
+            (
+                "publish_max_ms",
+                format!("{:.1}", s.publish_max_ns as f64 / 1e6),
+            ),
             ("policy_digest", s.policy_digest.clone()),
             ("policy_version", s.policy_version.to_string()),
             ("policy_swaps", s.policy_swaps.to_string()),
@@ -368,6 +374,7 @@ mod tests {
                 "dropped_outputs",
                 "preempted_outputs",
                 "publisher_wait_ms",
+                "publish_max_ms",
                 "policy_digest",
                 "policy_version",
                 "policy_swaps",

@@ -18,8 +18,26 @@ pub enum Fault {
     Dead(String),
     #[error("control thread stalled: no tick for {ms} ms (limit {limit_ms} ms)")]
     Stalled { ms: i64, limit_ms: i64 },
-    #[error("publisher thread stalled: outputs waited {ms} ms (limit {limit_ms} ms)")]
-    PublisherStalled { ms: i64, limit_ms: i64 },
+    #[error(
+        "publisher thread stalled: outputs waited {ms} ms (limit {limit_ms} ms); {}",
+        where_stuck(*.in_send_ms)
+    )]
+    PublisherStalled {
+        ms: i64,
+        limit_ms: i64,
+        /// How long the publish call in progress had run (0: none was).
+        in_send_ms: i64,
+    },
+}
+
+/// Where a stalled publisher was: inside a publish call (the middleware
+/// blocked it) or not (the thread was not scheduled).
+fn where_stuck(in_send_ms: i64) -> String {
+    if in_send_ms > 0 {
+        format!("one publish call had not returned for {in_send_ms} ms (blocked in the middleware)")
+    } else {
+        "it was not inside a publish call (not scheduled, or not woken)".into()
+    }
 }
 
 /// Tracks the tick counter's progress over time.
@@ -65,12 +83,14 @@ impl Watchdog {
     }
 
     /// The publisher thread, from how long queued outputs have waited for
-    /// it (`OutputQueue::waiting_ns`).
-    pub fn check_publisher(&self, waiting_ns: i64) -> Result<(), Fault> {
+    /// it (`OutputQueue::waiting_ns`) and how long its publish call in
+    /// progress has run (`OutputQueue::in_send_ns`, for the report).
+    pub fn check_publisher(&self, waiting_ns: i64, in_send_ns: i64) -> Result<(), Fault> {
         if waiting_ns > self.limit_ns {
             return Err(Fault::PublisherStalled {
                 ms: waiting_ns / 1_000_000,
                 limit_ms: self.limit_ns / 1_000_000,
+                in_send_ms: in_send_ns / 1_000_000,
             });
         }
         Ok(())
@@ -117,14 +137,19 @@ mod tests {
     #[test]
     fn a_publisher_whose_outputs_wait_past_the_limit_trips() {
         let w = Watchdog::new(100.0, 50, 0);
-        assert_eq!(w.check_publisher(0), Ok(()));
-        assert_eq!(w.check_publisher(500 * MS), Ok(()));
+        assert_eq!(w.check_publisher(0, 0), Ok(()));
+        assert_eq!(w.check_publisher(500 * MS, 0), Ok(()));
+        let f = w.check_publisher(501 * MS, 480 * MS).unwrap_err();
         assert_eq!(
-            w.check_publisher(501 * MS),
-            Err(Fault::PublisherStalled {
+            f,
+            Fault::PublisherStalled {
                 ms: 501,
-                limit_ms: 500
-            })
+                limit_ms: 500,
+                in_send_ms: 480
+            }
         );
+        assert!(f.to_string().contains("had not returned for 480 ms"), "{f}");
+        let f = w.check_publisher(501 * MS, 0).unwrap_err();
+        assert!(f.to_string().contains("not inside a publish call"), "{f}");
     }
 }

@@ -100,6 +100,11 @@ pub struct OutputQueue {
     preempted: AtomicU64,
     /// CLOCK_MONOTONIC ns of the publisher's last pop (its heartbeat).
     last_pop_ns: AtomicI64,
+    /// When the publish call in progress began (0: none): tells a publisher
+    /// blocked inside the middleware from one that is not scheduled.
+    send_since_ns: AtomicI64,
+    /// The longest one publish call has taken (ns).
+    slowest_send_ns: AtomicI64,
 }
 
 impl OutputQueue {
@@ -108,6 +113,8 @@ impl OutputQueue {
             queue: Handoff::new(capacity),
             preempted: AtomicU64::new(0),
             last_pop_ns: AtomicI64::new(crate::rt::board::mono_ns()),
+            send_since_ns: AtomicI64::new(0),
+            slowest_send_ns: AtomicI64::new(0),
         })
     }
     /// Control thread: lock-free, no allocation.
@@ -132,6 +139,28 @@ impl OutputQueue {
     }
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+    /// Publisher thread: `send` (one output's publish calls), timed, so that
+    /// a stall can say whether the thread was inside the middleware.
+    pub fn timed_send<R>(&self, send: impl FnOnce() -> R) -> R {
+        let t0 = crate::rt::board::mono_ns().max(1);
+        self.send_since_ns.store(t0, Ordering::Relaxed);
+        let r = send();
+        let took = crate::rt::board::mono_ns() - t0;
+        self.send_since_ns.store(0, Ordering::Relaxed);
+        self.slowest_send_ns.fetch_max(took, Ordering::Relaxed);
+        r
+    }
+    /// How long the publish call in progress has run (ns; 0 when none).
+    pub fn in_send_ns(&self, now_mono: i64) -> i64 {
+        match self.send_since_ns.load(Ordering::Relaxed) {
+            0 => 0,
+            t0 => (now_mono - t0).max(0),
+        }
+    }
+    /// The longest one publish call has taken so far (ns).
+    pub fn slowest_send_ns(&self) -> i64 {
+        self.slowest_send_ns.load(Ordering::Relaxed)
     }
     /// Outputs dropped because the publisher fell behind.
     pub fn dropped(&self) -> u64 {
