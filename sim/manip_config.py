@@ -14,7 +14,18 @@ open), so a stop holds the last command sent rather than 0, which would
 open a closed gripper and drop what it holds. Hence
 interface [velocity, velocity, velocity, position] with safe_behaviour
 hold (zero is refused on a position value).
+
+With --prior DEMOS (a demos .npz with reward and terminal, sim/manip_demos.py)
+it also writes `finetune.args`, the learner's recipe for a session
+(scripts/run.sh metaworld:<task> N --finetune; docs/manipulation.md,
+"Fine-tuning"): RLPD-style prior data (half of every batch from the demos),
+LayerNorm critics, critic pre-training and warm-up on the demos, the BC
+term on the demonstrations' rows only, 1 update per new transition asked
+for (the learner's speed caps it). --learner-extra appends flags (a later
+flag overrides an earlier one for single-valued options).
 """
+import json
+import shlex
 import argparse
 import re
 import sys
@@ -65,7 +76,40 @@ flowpilot:
       terminal_topic: /terminal
     hot_swap:
       dir: {state}/ckpt
-"""
+{finetune}"""
+
+# The session recipe (docs/manipulation.md, "Fine-tuning"). Sparse success
+# reward 1.0 on the success step, which ends the episode (/terminal).
+# --no-entropy-backup: with the entropy term in the critic target, Q fell
+# to -3.7 (it tracked entropy, not the 0/1 success) and push-v3 went from
+# 55 % to 0 %; without it Q stays in [0, 1] and success held (55-65 %).
+# --critic-clips-actions: 47 % of push's demo rows sit at the box's edge
+# (the expert's actions are clipped), so the critics see clip(a) as the
+# robot executes it. Batch 128: ~100 updates/s beside node and sim, UTD
+# >= 1 at the robot's real 80 Hz (batch 256: ~half).
+RECIPE = ["--gamma", "0.99", "--critic-layer-norm", "--critic-pretrain", "2000", "--critic-warmup", "2000",
+          "--bc-lambda", "0.1", "--bc-demos-only", "--no-entropy-backup", "--critic-clips-actions",
+          "--lr-actor", "1e-4", "--batch", "128", "--checkpoint-every", "1000", "--utd", "1"]
+
+
+def finetune_section(prior, seed, extra):
+    args = RECIPE[:2] + ["--prior", prior] + RECIPE[2:] + ["--seed", str(seed)] + shlex.split(extra or "")
+    # single-valued flags: the last one given wins (clap refuses repeats)
+    out, seen = [], {}
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        takes = i + 1 < len(args) and not args[i + 1].startswith("--")
+        item = [flag, args[i + 1]] if takes else [flag]
+        if flag in seen:
+            out[seen[flag]] = item
+        else:
+            seen[flag] = len(out)
+            out.append(item)
+        i += len(item)
+    flat = [x for item in out if item for x in item]
+    return "    finetune:\n      args: " + json.dumps(flat) + "\n"
+
 
 
 def main():
@@ -76,6 +120,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-age", type=float, default=0.1)
+    ap.add_argument("--prior", help="demos .npz for the learner's prior data: writes finetune.args (the session recipe)")
+    ap.add_argument("--learner-extra", default="", help="learner flags appended to the recipe (with --prior)")
     ap.add_argument("--state-dir", default=None,
                     help="log and checkpoint directory (default ~/.local/state/flowpilot/<task>)")
     a = ap.parse_args()
@@ -86,7 +132,8 @@ def main():
     argv = "".join(" " + x for x in sys.argv[2:])
     sys.stdout.write(TEMPLATE.format(name=a.task.split(":", 1)[1], spec=a.task, argv=argv,
                                      model=a.model.format(san=san), rate=a.rate, seed=a.seed,
-                                     temperature=a.temperature, max_age=a.max_age, san=san, state=state))
+                                     temperature=a.temperature, max_age=a.max_age, san=san, state=state,
+                                     finetune=finetune_section(a.prior, a.seed, a.learner_extra) if a.prior else ""))
 
 
 if __name__ == "__main__":

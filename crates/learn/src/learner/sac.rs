@@ -88,6 +88,17 @@ pub struct SacConfig {
         arg(long, help = "Critics see sampled actions clipped to the box, as the robot executes them", long_help = None::<&str>)
     )]
     pub critic_clips_actions: bool,
+    /// Leave the entropy term out of the critic target: y = r + γ(1 −
+    /// done)·min Q̄(s', a'), as SERL/HIL-SERL do for sparse rewards (their
+    /// `backup_entropy` off). The actor and the temperature keep it. With a
+    /// 0/1 success reward the soft term −α log π summed over a horizon
+    /// outweighs the reward and Q tracks entropy, not success
+    /// (docs/manipulation.md, "Fine-tuning").
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, help = "No entropy term in the critic target (sparse rewards)", long_help = None::<&str>)
+    )]
+    pub no_entropy_backup: bool,
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.99))]
     pub gamma: f64,
     /// Polyak factor for the target critics.
@@ -141,6 +152,7 @@ impl Default for SacConfig {
             bc_demos_only: false,
             critic_layer_norm: false,
             critic_clips_actions: false,
+            no_entropy_backup: false,
             critic_hidden: 256,
             critic_warmup: 500,
             seed: 0,
@@ -436,13 +448,19 @@ impl Sac {
 
         let z2 = self.noise(b)?;
         let norm = (&self.in_mean, &self.in_inv_std);
+        // --no-entropy-backup: α = 0 in the target only
+        let alpha_backup = if self.cfg.no_entropy_backup {
+            alpha.zeros_like()?
+        } else {
+            alpha.clone()
+        };
         let y = critic_target(
             &self.twin,
             &self.q_targ,
             norm,
             &batch,
             self.latent(&z2),
-            &alpha,
+            &alpha_backup,
             self.cfg.gamma,
             self.cfg.critic_clips_actions,
         )?;
@@ -524,7 +542,12 @@ impl Sac {
         };
         // W, W⁻¹ once for both passes: the actor moves only after both.
         f.prepare();
-        let y = f.target(&s2, &r, &done, &z2, alpha, self.cfg.gamma, b);
+        let alpha_backup = if self.cfg.no_entropy_backup {
+            0.0
+        } else {
+            alpha
+        };
+        let y = f.target(&s2, &r, &done, &z2, alpha_backup, self.cfg.gamma, b);
         let (critic_loss, q1) = f.critic_grads(&s, &a, &y, b);
         f.critic_step();
         let mut st = UpdateStats {
@@ -1121,6 +1144,96 @@ mod parity {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod entropy_backup {
+    use super::*;
+    use flowpilot_core::policy::init::{default_spec, init_model, Init};
+
+    /// Mean Q over a fixed batch after critic-only updates, on both paths.
+    fn q_after(no_entropy_backup: bool, init_alpha: f64, fast: bool) -> f32 {
+        let model = init_model(
+            default_spec(6, 0, 3, 2, 32),
+            Init::Random { last_scale: 0.5 },
+            3,
+        )
+        .unwrap();
+        let cfg = SacConfig {
+            batch: 32,
+            critic_hidden: 32,
+            lr_critic: 1e-2,
+            init_alpha,
+            no_entropy_backup,
+            ..Default::default()
+        };
+        let mut sac = Sac::new(&model, cfg).unwrap();
+        assert!(sac.fast.is_some());
+        if !fast {
+            sac.fast = None;
+        }
+        let mut rb = ReplayBuffer::new(6, 3, 200);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for i in 0..200 {
+            let mut v =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+            let (s, a, s2) = (v(6), v(3), v(6));
+            // a sparse reward: 1 on the terminal (success) rows
+            let done = i % 13 == 0;
+            rb.push(&s, &a, if done { 1.0 } else { 0.0 }, &s2, done);
+        }
+        let mut q = 0.0;
+        for _ in 0..60 {
+            let all = Draw {
+                from: &rb,
+                rows: 32,
+                imitate: true,
+            };
+            q = sac.update_mixed(&[all], false).unwrap().q;
+        }
+        q
+    }
+
+    #[test]
+    fn without_the_entropy_backup_the_target_ignores_alpha() {
+        for fast in [true, false] {
+            // α enters a critic-only update through the target alone: with
+            // the backup off, a large α leaves the critics where α ≈ 0 does.
+            let off = q_after(true, 5.0, fast);
+            let tiny = q_after(false, 1e-12, fast);
+            let on = q_after(false, 5.0, fast);
+            assert!(
+                (off - tiny).abs() <= 1e-4 * (1.0 + tiny.abs()),
+                "fast {fast}: no backup {off} vs α≈0 {tiny}"
+            );
+            // with it, the soft term moves Q far from the 0/1 reward's scale
+            assert!(
+                (on - off).abs() > 0.5,
+                "fast {fast}: backup {on} vs none {off}"
+            );
+            assert!(
+                off.abs() < 1.5,
+                "fast {fast}: Q {off} outside the reward's scale"
+            );
+        }
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn the_flag_parses() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            sac: SacConfig,
+        }
+        use clap::Parser;
+        assert!(
+            Flags::try_parse_from(["finetune", "--no-entropy-backup"])
+                .unwrap()
+                .sac
+                .no_entropy_backup
+        );
     }
 }
 
