@@ -32,6 +32,11 @@ def policy_file(version):
     return f"{f['policy_prefix']}{version:0{f['policy_digits']}d}.{f['policy_ext']}"
 
 
+def learner_series():
+    """The learner's metric series, each on `~/learner/<name>`."""
+    return contract()["learner_series"]
+
+
 def qos(role):
     """The QoS of a contract role (e.g. "fleet_policy") as an rclpy profile."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy

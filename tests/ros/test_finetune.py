@@ -14,11 +14,12 @@ import time
 import numpy as np
 
 from diagnostic_msgs.msg import DiagnosticArray
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool
 
 from flowpilot_py.testkit import call, BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 from flowpilot_py.logs import read_log  # noqa: E402
+from flowpilot_py.contract import learner_series, qos
 
 REACH_MODEL = os.path.join(ROOT, "models", "reach_flow.safetensors")
 SIM = os.path.join(ROOT, "sim", "reach_sim.py")
@@ -58,6 +59,21 @@ def sim(domain, episodes, rate=20.0, seed=0):
     m = re.search(r"mean return (-?[\d.]+) over (\d+) episodes \(stale-command steps (\d+)\)", out.stdout)
     assert m, out.stdout
     return float(m.group(1)), int(m.group(3))
+
+
+def layout_topics():
+    """Every topic the shipped Foxglove and PlotJuggler layouts name."""
+    import json
+    import xml.etree.ElementTree as ET
+    fox = json.load(open(os.path.join(ROOT, "layouts", "session.foxglove.json")))
+    named = set()
+    for cfg in fox["configById"].values():
+        paths = [p["value"] for p in cfg.get("paths", [])] + [cfg[k] for k in ("topicPath", "topicToRender") if k in cfg]
+        named |= {re.match(r"(/[\w/]+?)(\.|$)", p).group(1) for p in paths}
+    pj = ET.parse(os.path.join(ROOT, "layouts", "session.plotjuggler.xml")).getroot()
+    named |= {t.get("name") for t in pj.iter("topic")}
+    named |= {c.get("name").rsplit("/", 1)[0] for c in pj.iter("curve")}
+    return named
 
 
 def set_bool(peer, name, value, timeout=20):
@@ -196,6 +212,8 @@ def test_finetune_session_improves_return(tmp_path, domain, peer):
             '"--poll-period", "0.2", "--seed", "0"]}'
     node = NodeProc(domain, params=params(tmp_path, rate=rate, extra=extra))
     diags = peer.collect(DiagnosticArray, "/diagnostics", RELIABLE)
+    # the session as PlotJuggler or Foxglove sees it (docs/finetuning.md)
+    series = {n: peer.collect(Float64, f"/flowpilot/learner/{n}", RELIABLE) for n in learner_series()}
     try:
         before, stale0 = sim(domain, 10, rate=rate, seed=100)
         assert set_bool(peer, "/flowpilot/finetune", True).success
@@ -205,10 +223,32 @@ def test_finetune_session_improves_return(tmp_path, domain, peer):
         newest = max(int(re.search(r"v(\d+)", p.name).group(1)) for p in ckpt.glob("policy_v*.safetensors"))
         wait_for(lambda: diags and int(diag(diags)["policy_version"]) == newest, 20, f"version {newest} running")
         after, stale1 = sim(domain, 10, rate=rate, seed=100)
+        # a late joiner gets the version events (latched)
+        events = peer.collect(String, "/flowpilot/policy_events", qos("policy_events"))
+        wait_for(lambda: any(f"swapped in version {newest} " in m.data for _, m in events), 10,
+                 f"the event of version {newest}")
+        graph = dict(peer.node.get_topic_names_and_types())
     finally:
         rc = node.stop()
     print(f"reach HIL fine-tuning: return {before:.2f} -> {after:.2f} (version {newest}; {msg})")
     assert rc == 0
+    lines = [m.data for _, m in events]
+    assert lines[0].startswith("running version 1 "), lines
+    swapped = [int(re.search(r"swapped in version (\d+) ", x).group(1)) for x in lines if x.startswith("swapped in")]
+    assert swapped and swapped == sorted(set(swapped)) and swapped[-1] == newest, lines
+    vals = {n: [m.data for _, m in box] for n, box in series.items()}
+    # one snapshot a second over the ~60 s session, each series in step
+    assert len(vals["updates"]) >= 10, {n: len(v) for n, v in vals.items()}
+    assert all(abs(len(v) - len(vals["updates"])) <= 1 for v in vals.values()), {n: len(v) for n, v in vals.items()}
+    assert all(np.isfinite(v).all() for v in vals.values())
+    assert np.all(np.diff(vals["updates"]) > 0), vals["updates"]
+    assert np.all(np.diff(vals["replay_size"]) >= 0) and vals["replay_size"][-1] > 0
+    assert vals["version"][-1] >= newest - 1 and max(vals["updates_per_s"]) > 0
+    assert all(0 < a < 10 for a in vals["alpha"]), vals["alpha"]
+    # the shipped layouts name only topics this node has, and every series
+    named = layout_topics()
+    assert named and named <= set(graph), named - set(graph)
+    assert {f"/flowpilot/learner/{n}" for n in learner_series()} <= named
     # the straight line scores about -19, the BC policy about -29; repeated
     # evaluations of one policy vary by about 1
     assert after > before + 2.5, f"return {before:.2f} -> {after:.2f}"

@@ -58,6 +58,9 @@ pub mod files {
     /// The learner's non-policy state: `<dir>/.learner/state.safetensors`.
     pub const LEARNER_DIR: &str = ".learner";
     pub const LEARNER_STATE: &str = "state.safetensors";
+    /// The learner's live metrics: `<dir>/.learner/metrics.json`
+    /// (`crate::learner_metrics`).
+    pub const LEARNER_METRICS: &str = "metrics.json";
     /// A policy version: `policy_v000042.safetensors`.
     pub const POLICY_PREFIX: &str = "policy_v";
     pub const POLICY_DIGITS: usize = 6;
@@ -132,6 +135,10 @@ pub mod qos {
     pub const OVERRIDE: Qos = Qos::reliable(1);
     /// `~/action_trace`.
     pub const TRACE: Qos = Qos::reliable(100);
+    /// `~/learner/<series>` (the learner's metrics) and `~/policy_events`
+    /// (swaps, rejections, rollbacks; the last ones kept for a late joiner).
+    pub const LEARNER_METRICS: Qos = Qos::reliable(10);
+    pub const POLICY_EVENTS: Qos = Qos::reliable(50).latched();
     /// `/diagnostics` and lifecycle transition events.
     pub const DIAGNOSTICS: Qos = Qos::reliable(10);
     pub const TRANSITION_EVENTS: Qos = Qos::reliable(10);
@@ -178,6 +185,7 @@ pub fn to_json() -> Value {
             "accepted": files::ACCEPTED, "revoked": files::REVOKED,
             "set_aside_suffix": files::SET_ASIDE_SUFFIX,
             "learner_dir": files::LEARNER_DIR, "learner_state": files::LEARNER_STATE,
+            "learner_metrics": files::LEARNER_METRICS,
             "policy_prefix": files::POLICY_PREFIX, "policy_digits": files::POLICY_DIGITS,
             "policy_ext": files::POLICY_EXT, "learner_id": files::LEARNER_ID,
         },
@@ -194,7 +202,9 @@ pub fn to_json() -> Value {
             "transition_events": qos::TRANSITION_EVENTS, "fleet_records": qos::FLEET_RECORDS,
             "fleet_acks": qos::FLEET_ACKS, "fleet_policy": qos::FLEET_POLICY,
             "fleet_revoked": qos::FLEET_REVOKED,
+            "learner_metrics": qos::LEARNER_METRICS, "policy_events": qos::POLICY_EVENTS,
         },
+        "learner_series": crate::learner_metrics::LearnerMetrics::names(),
         "fleet_topics": {
             "records": crate::fleet::topics::RECORDS, "acks": crate::fleet::topics::ACKS,
             "policy": crate::fleet::topics::POLICY, "revoked": crate::fleet::topics::REVOKED,

@@ -8,6 +8,7 @@
 //! - [`policy::init`]: fresh models with the paper's initialisation.
 //! - [`policy::model`]: the model file (safetensors + validated spec).
 //! - [`policy::sampler`]: the allocation-free batch-1 sampler for the control loop.
+//! - [`learner_metrics`]: the learner's live metrics file, which the node republishes.
 //! - [`joint_map`]: bounded work per observation message (size caps, joint-name lookup).
 //! - [`node::estop`]: the latched e-stop and its deliberate reset (the rule's one owner).
 //! - [`fleet`]: the fleet link's wire format, flow control, log cursor and shard store.
@@ -52,6 +53,7 @@ pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod joint_map;
+pub mod learner_metrics;
 pub mod log;
 pub mod node;
 pub mod policy;

@@ -18,6 +18,7 @@
 //! - [`lifecycle`]: the managed-node services on lifecycle_msgs.
 //! - [`swap`]: the starting model and the hot-swap poll.
 //! - [`learner`]: the fine-tuning learner child process.
+//! - [`session_topics`]: the learner's metrics (`~/learner/*`) and version events (`~/policy_events`) on the graph.
 //! - [`fleet`]: the robot's end of the fleet link (records out, versions in).
 //! - [`fleet_learner`]: the learner's end (`flowpilot_fleet`).
 //! - [`diagnostics`]: publishing /diagnostics.
@@ -43,6 +44,7 @@ mod outputs;
 mod params;
 mod qos;
 mod services;
+mod session_topics;
 mod swap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -252,6 +254,8 @@ struct Session {
     chan: Arc<SwapChannel>,
     swap: Option<swap::SwapWorker>,
     learner: Option<learner::Learner>,
+    /// `~/learner/*` and `~/policy_events` (with `hot_swap.dir`).
+    session_topics: Option<session_topics::SessionTopics>,
     fleet: Option<fleet::FleetLink>,
     requests: services::Requests,
     diag: diagnostics::DiagPublisher,
@@ -348,6 +352,10 @@ impl Session {
         let chan = SwapChannel::new();
         let swap = swap::SwapWorker::start(cfg, &model_path, &model, &board, &chan)?;
         let learner = learner::Learner::for_config(cfg, &model_path)?;
+        let session_topics = match &cfg.hot_swap_dir {
+            Some(d) => Some(session_topics::SessionTopics::new(node, d)?),
+            None => None,
+        };
         let fleet = fleet::FleetLink::start(node, &spawner, cfg)?;
         let requests = services::Requests::new(node, &spawner)?;
         let diag = diagnostics::DiagPublisher::new(node, cfg.diagnostics_period_s, cfg.rate_hz)?;
@@ -414,6 +422,7 @@ impl Session {
             chan,
             swap,
             learner,
+            session_topics,
             fleet,
             requests,
             diag,
@@ -465,6 +474,9 @@ impl Session {
                 }
                 requests.serve_swap_requests(h, chan);
             }),
+        }
+        if let Some(t) = self.session_topics.as_mut() {
+            t.poll(self.swap.as_mut().map(|s| s.status()));
         }
         let Self {
             diag,

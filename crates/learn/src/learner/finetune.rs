@@ -233,6 +233,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     let mut last_ckpt = sac.updates();
     let mut saved = sac.updates();
     let mut next_poll = std::time::Instant::now() + opts.poll_period;
+    let mut metrics = MetricsOut::new(&opts.out, sac.updates());
     while !stop.load(Ordering::SeqCst) {
         if opts.max_updates > 0 && sac.updates() - start_updates >= opts.max_updates {
             break;
@@ -299,6 +300,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
                 bc_lambda = st.bc_lambda,
                 "update"
             );
+            metrics.offer(&st, sac.updates(), online.len(), current.spec.version);
         }
         if sac.updates() > sac.cfg().critic_warmup
             && sac.updates() - last_ckpt >= opts.checkpoint_every
@@ -348,6 +350,55 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         })?;
     }
     Ok(sac.updates() - start_updates)
+}
+
+/// The live metrics file (`flowpilot_core::learner_metrics`), rewritten at
+/// most once a second; a failed write costs a snapshot, never training.
+struct MetricsOut {
+    dir: std::path::PathBuf,
+    last: std::time::Instant,
+    last_updates: u64,
+    warned: bool,
+}
+
+impl MetricsOut {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new(dir: &std::path::Path, updates: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            last: std::time::Instant::now(),
+            last_updates: updates,
+            warned: false,
+        }
+    }
+
+    fn offer(&mut self, st: &super::sac::UpdateStats, updates: u64, replay: usize, version: u64) {
+        let dt = self.last.elapsed();
+        if dt < Self::PERIOD {
+            return;
+        }
+        let m = flowpilot_core::learner_metrics::LearnerMetrics {
+            updates,
+            replay_size: replay as u64,
+            version,
+            updates_per_s: (updates - self.last_updates) as f64 / dt.as_secs_f64(),
+            critic_loss: st.critic_loss as f64,
+            actor_loss: st.actor_loss as f64,
+            q: st.q as f64,
+            entropy: st.entropy as f64,
+            alpha: st.alpha as f64,
+            bc_lambda: st.bc_lambda as f64,
+            wall_ns: flowpilot_core::rt::board::wall_ns(),
+        };
+        self.last = std::time::Instant::now();
+        self.last_updates = updates;
+        if let Err(e) = flowpilot_core::learner_metrics::write(&self.dir, &m) {
+            if !std::mem::replace(&mut self.warned, true) {
+                tracing::warn!("live metrics not written (training goes on): {e}");
+            }
+        }
+    }
 }
 
 /// Write the actor as the next version of `current` (numbered above every
