@@ -496,6 +496,8 @@ def main():
         "node_s_before_learner": round(up0 - t_start, 1), "jitter_max_us": d.get("jitter_max_us"),
         "policy_guard_verdict": d.get("policy_guard_verdict"),
         "log_written": d.get("log_written"), "log_dropped": d.get("log_dropped"),
+        # the longest one publish call into the middleware took (a stall's cause)
+        "publish_max_ms": d.get("publish_max_ms"),
         "online_vs_expert": online, "evals": evals, "train": train, "plot": plot_path,
     }
     if manip:

@@ -3,6 +3,7 @@
 a full disk stops only the logging; the learner started by ~/finetune is
 killed -9 without affecting the node and resumes from its last checkpoint;
 and a short session on the reach robot improves its return."""
+import json
 import os
 import re
 import resource
@@ -20,6 +21,7 @@ from std_srvs.srv import SetBool
 from flowpilot_py.testkit import call, BEST_EFFORT, CLI, RELIABLE, ROOT, NodeProc, diag, wait_for
 from flowpilot_py.logs import read_log  # noqa: E402
 from flowpilot_py.contract import learner_series, qos
+from flowpilot_py.testkit import FILES
 
 REACH_MODEL = os.path.join(ROOT, "models", "reach_flow.safetensors")
 SIM = os.path.join(ROOT, "sim", "reach_sim.py")
@@ -245,6 +247,21 @@ def test_finetune_session_improves_return(tmp_path, domain, peer):
     assert np.all(np.diff(vals["replay_size"]) >= 0) and vals["replay_size"][-1] > 0
     assert vals["version"][-1] >= newest - 1 and max(vals["updates_per_s"]) > 0
     assert all(0 < a < 10 for a in vals["alpha"]), vals["alpha"]
+    # afterwards, the report tells the story from the log and the checkpoint
+    # directory: the learner's curves from its metrics history
+    out = tmp_path / "report"
+    subprocess.run([CLI, "report", str(tmp_path / "log"), str(ckpt), "--out", str(out)], check=True,
+                   capture_output=True)
+    page = (out / "index.html").read_text()
+    titles = re.findall(r'<img alt="([^"]+)"', page)
+    assert {"Return per episode against robot time", "Critic loss against updates", "Mean Q against updates",
+            "Entropy against updates", "Temperature α against updates"} <= set(titles), titles
+    summary = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", page))
+    history = [json.loads(x) for x in open(ckpt / FILES["learner_dir"] / FILES["learner_metrics_history"])]
+    assert int(summary["learner updates"]) == history[-1]["updates"] >= vals["updates"][-1], summary
+    assert summary["versions (first → last)"].startswith("1 → "), summary
+    assert int(summary["versions swapped in"]) >= 1, summary
+    assert (out / "episodes.csv").read_text().count("\n") - 1 == int(summary["episodes"])
     # the shipped layouts name only topics this node has, and every series
     named = layout_topics()
     assert named and named <= set(graph), named - set(graph)

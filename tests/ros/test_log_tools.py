@@ -130,6 +130,11 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
         assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(re.findall(r"<img ", page)) == len(imgs), "an image that is not inlined"
     assert "0 policy" in page and "1 warm-up" in page
+    # the session in numbers on top, safety events, episodes collapsed and as CSV
+    assert page.index("<h2>Session</h2>") < page.index("<h2>Safety events</h2>") < page.index("<details>")
+    summary = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", page))
+    assert summary["versions (first → last)"] == "1 → 1", summary
+    assert (out / "episodes.csv").read_text().startswith("episode,records,return,end_s,version\n")
     # the lineage: each version with its hot-swap status
     rows = re.findall(r"<tr><td>(\d+)</td><td>(sha256:[0-9a-f]+)</td><td>[^<]*</td><td>([a-z ]+)</td></tr>", page)
     assert [(int(v), s) for v, _, s in rows] == [(2, "accepted"), (3, "rolled back")], rows

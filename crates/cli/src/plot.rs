@@ -44,6 +44,26 @@ pub fn line_plot(
     y_label: &str,
     series: &[Series<'_>],
 ) -> Result<()> {
+    line_plot_marked(path, title, x_label, y_label, series, &[])
+}
+
+/// Vertical lines at x positions (events: a version swapped in, a
+/// rollback), one colour and legend entry per kind.
+pub struct Marks<'a> {
+    pub name: &'a str,
+    pub xs: &'a [f64],
+    pub color: RGBColor,
+}
+
+/// [`line_plot`] with vertical event marks drawn behind the series.
+pub fn line_plot_marked(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    marks: &[Marks<'_>],
+) -> Result<()> {
     let pts = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -58,7 +78,14 @@ pub fn line_plot(
     if x0 > x1 {
         return Err(anyhow!("nothing to plot"));
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    // A flat series gets a readable range around its value: a pad of a
+    // millionth would label every tick of the axis with the same number.
+    let flat = (y1 - y0) <= 1e-9 * y0.abs().max(y1.abs()).max(1.0);
+    let pad = if flat {
+        (0.5 * y0.abs()).max(0.5)
+    } else {
+        (y1 - y0) * 0.05
+    };
     let (y0, y1) = (y0 - pad, y1 + pad);
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
     let text = font_available();
@@ -81,6 +108,21 @@ pub fn line_plot(
             .y_desc(y_label)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
+    }
+    for m in marks {
+        let c = m.color;
+        let lines = chart
+            .draw_series(
+                m.xs.iter()
+                    .filter(|x| x.is_finite())
+                    .map(|&x| PathElement::new(vec![(x, y0), (x, y1)], c.mix(0.6).stroke_width(2))),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        if text && !m.xs.is_empty() {
+            lines
+                .label(m.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x + 10, y - 8), (x + 10, y + 8)], c));
+        }
     }
     let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
     for (i, s) in series.iter().enumerate() {

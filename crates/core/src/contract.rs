@@ -61,6 +61,8 @@ pub mod files {
     /// The learner's live metrics: `<dir>/.learner/metrics.json`
     /// (`crate::learner_metrics`).
     pub const LEARNER_METRICS: &str = "metrics.json";
+    /// Every snapshot, one JSON line each: `<dir>/.learner/metrics.jsonl`.
+    pub const LEARNER_METRICS_HISTORY: &str = "metrics.jsonl";
     /// A policy version: `policy_v000042.safetensors`.
     pub const POLICY_PREFIX: &str = "policy_v";
     pub const POLICY_DIGITS: usize = 6;
@@ -186,6 +188,7 @@ pub fn to_json() -> Value {
             "set_aside_suffix": files::SET_ASIDE_SUFFIX,
             "learner_dir": files::LEARNER_DIR, "learner_state": files::LEARNER_STATE,
             "learner_metrics": files::LEARNER_METRICS,
+            "learner_metrics_history": files::LEARNER_METRICS_HISTORY,
             "policy_prefix": files::POLICY_PREFIX, "policy_digits": files::POLICY_DIGITS,
             "policy_ext": files::POLICY_EXT, "learner_id": files::LEARNER_ID,
         },

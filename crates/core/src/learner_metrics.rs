@@ -117,6 +117,42 @@ pub fn write(ckpt_dir: &Path, m: &LearnerMetrics) -> std::io::Result<()> {
     std::fs::rename(&tmp, &p)
 }
 
+/// Where the snapshots' history lives: one JSON line per snapshot, for
+/// the report's learner curves (~400 bytes a second: ~1.4 MB an hour).
+pub fn history_path(ckpt_dir: &Path) -> PathBuf {
+    ckpt_dir
+        .join(files::LEARNER_DIR)
+        .join(files::LEARNER_METRICS_HISTORY)
+}
+
+/// The learner: append the snapshot to the history.
+pub fn append_history(ckpt_dir: &Path, m: &LearnerMetrics) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    // One write of a whole line in append mode: a reader sees whole lines
+    // (a torn last line after a crash is skipped).
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(history_path(ckpt_dir))?
+        .write_all(&line)
+}
+
+/// The report: every snapshot in the history, oldest first; lines that
+/// do not parse (a torn last line) are skipped. Empty when there is none.
+pub fn read_history(ckpt_dir: &Path) -> Result<Vec<LearnerMetrics>, MetricsError> {
+    let path = history_path(ckpt_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(MetricsError::Io { path, source }),
+    }
+}
+
 /// The node: the newest snapshot, None while no learner has written one.
 pub fn read(ckpt_dir: &Path) -> Result<Option<LearnerMetrics>, MetricsError> {
     let path = path(ckpt_dir);
@@ -178,6 +214,30 @@ mod tests {
         v["newer"] = 1.into();
         std::fs::write(&p, v.to_string()).unwrap();
         assert_eq!(read(d.path()).unwrap(), Some(LearnerMetrics::default()));
+    }
+
+    #[test]
+    fn the_history_keeps_every_snapshot_and_skips_a_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(read_history(d.path()).unwrap().is_empty());
+        std::fs::create_dir_all(path(d.path()).parent().unwrap()).unwrap();
+        for u in [100, 200, 300] {
+            let m = LearnerMetrics {
+                updates: u,
+                ..Default::default()
+            };
+            append_history(d.path(), &m).unwrap();
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(history_path(d.path()))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"{\"updates\": 4").unwrap();
+        let h = read_history(d.path()).unwrap();
+        assert_eq!(
+            h.iter().map(|m| m.updates).collect::<Vec<_>>(),
+            [100, 200, 300]
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! `flowpilot report`: what a person looks at after a session on the
-//! robot. From a transition log (and the hot swap's checkpoint directory):
-//! PNG plots of the actions and their log-probs, the decisions, the return
-//! per episode with the version that was live, the loop's tick-interval
-//! jitter, and the versions' lineage, all in one self-contained HTML page
-//! (images inlined). Offline; allocates freely.
+//! robot, from the transition log and the hot swap's checkpoint directory
+//! only, as one self-contained HTML page (images inlined), top to bottom:
+//! the session in numbers; the return against robot time (smoothed, with
+//! each version swap and rollback marked); the learner's curves (from its
+//! metrics history, `flowpilot_core::learner_metrics`); safety events (e-stop,
+//! stale and invalid spans); loop health (tick jitter, the decision mix
+//! when there is more than one kind); actions and log-probs; episodes
+//! (collapsed, and `episodes.csv`); the versions' lineage. Offline;
+//! allocates freely.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 
-use crate::plot::{line_plot, Series};
+use crate::plot::{line_plot_marked, Marks, Series};
 use flowpilot_core::checkpoint::CheckpointDir;
 use flowpilot_core::log::reader::{log_files, read_file};
 use flowpilot_core::log::Transition;
@@ -62,29 +66,23 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
         esc(&a.log.display().to_string()),
         recs.iter().map(&secs).fold(0.0, f64::max)
     );
-    // Decisions: counts and a time line.
-    let mut counts: BTreeMap<u8, usize> = BTreeMap::new();
-    for r in &recs {
-        *counts.entry(r.decision).or_default() += 1;
-    }
-    html += "<h2>Decisions</h2><table><tr><th>decision</th><th>records</th></tr>";
-    for (d, n) in &counts {
-        let _ = write!(html, "<tr><td>{}</td><td>{n}</td></tr>", decision_name(*d));
-    }
-    html += "</table>";
-    let dec: Vec<(f64, f64)> = recs.iter().map(|r| (secs(r), r.decision as f64)).collect();
-    let legend = Decision::legend();
-    html += &figure(
-        &a.out,
-        "decisions.png",
-        "Decision per logged tick",
-        "time (s)",
-        &legend,
-        &[Series {
-            name: "decision",
-            points: &dec,
-        }],
-    )?;
+    let eps = episodes(&recs, &secs);
+    let history = match &a.ckpt {
+        Some(d) => {
+            flowpilot_core::learner_metrics::read_history(d).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => Vec::new(),
+    };
+    // Version changes along the log: (time, from, to).
+    let changes: Vec<(f64, u64, u64)> = recs
+        .windows(2)
+        .filter(|w| w[1].policy.version != w[0].policy.version)
+        .map(|w| (secs(&w[1]), w[0].policy.version, w[1].policy.version))
+        .collect();
+    html += &summary(&recs, &eps, &changes, &history, &secs);
+    html += &returns_figure(&a.out, &eps, &changes)?;
+    html += &learner_figures(&a.out, &history)?;
+    html += &safety_events(&recs, &secs);
     // Actions applied and log-probs, per dimension.
     let d = recs.iter().map(|r| r.n_act).max().unwrap_or(0);
     let acts: Vec<Vec<(f64, f64)>> = (0..d)
@@ -133,40 +131,6 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
             }],
         )?;
     }
-    // Return per episode, with the version live at its end.
-    let mut eps: BTreeMap<u64, (f64, u64, usize)> = BTreeMap::new();
-    for r in &recs {
-        let e = eps.entry(r.episode).or_insert((0.0, 0, 0));
-        if r.reward.is_finite() {
-            e.0 += r.reward;
-        }
-        e.1 = r.policy.version;
-        e.2 += 1;
-    }
-    html += "<h2>Episodes</h2>";
-    if eps.values().any(|e| e.0 != 0.0) {
-        let ret: Vec<(f64, f64)> = eps.iter().map(|(k, e)| (*k as f64, e.0)).collect();
-        html += &figure(
-            &a.out,
-            "returns.png",
-            "Return per episode",
-            "episode",
-            "return",
-            &[Series {
-                name: "return",
-                points: &ret,
-            }],
-        )?;
-    }
-    html += "<table><tr><th>episode</th><th>records</th><th>return</th><th>version at its end</th></tr>";
-    for (k, e) in &eps {
-        let _ = write!(
-            html,
-            "<tr><td>{k}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
-            e.2, e.0, e.1
-        );
-    }
-    html += "</table>";
     // Tick-interval jitter: consecutive records' spacing against its median.
     let mut gaps: Vec<f64> = recs
         .windows(2)
@@ -207,6 +171,34 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
             }],
         )?;
     }
+    // Decisions: counts and a time line.
+    let mut counts: BTreeMap<u8, usize> = BTreeMap::new();
+    for r in &recs {
+        *counts.entry(r.decision).or_default() += 1;
+    }
+    html += "<h2>Decisions</h2><table><tr><th>decision</th><th>records</th></tr>";
+    for (d, n) in &counts {
+        let _ = write!(html, "<tr><td>{}</td><td>{n}</td></tr>", decision_name(*d));
+    }
+    html += "</table>";
+    let dec: Vec<(f64, f64)> = recs.iter().map(|r| (secs(r), r.decision as f64)).collect();
+    let legend = Decision::legend();
+    // One kind only: the table says it all (a plot of one flat line
+    // would label every tick of its axis with the same value).
+    if counts.len() > 1 {
+        html += &figure(
+            &a.out,
+            "decisions.png",
+            "Decision per logged tick",
+            "time (s)",
+            &legend,
+            &[Series {
+                name: "decision",
+                points: &dec,
+            }],
+        )?;
+    }
+    html += &episode_table(&a.out, &eps)?;
     if let Some(dir) = &a.ckpt {
         html += &lineage(dir);
     }
@@ -222,6 +214,318 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// One episode as the log has it.
+struct Episode {
+    id: u64,
+    records: usize,
+    /// Records with a (finite) reward.
+    rewarded: usize,
+    ret: f64,
+    /// Robot time of its last record (s from the log's start).
+    end_s: f64,
+    /// The version live at its end.
+    version: u64,
+}
+
+fn episodes(recs: &[Transition], secs: &dyn Fn(&Transition) -> f64) -> Vec<Episode> {
+    let mut eps: BTreeMap<u64, Episode> = BTreeMap::new();
+    for r in recs {
+        let e = eps.entry(r.episode).or_insert(Episode {
+            id: r.episode,
+            records: 0,
+            rewarded: 0,
+            ret: 0.0,
+            end_s: 0.0,
+            version: 0,
+        });
+        if r.reward.is_finite() {
+            e.ret += r.reward;
+            e.rewarded += 1;
+        }
+        e.records += 1;
+        e.end_s = e.end_s.max(secs(r));
+        e.version = r.policy.version;
+    }
+    eps.into_values().collect()
+}
+
+/// The episodes a return describes: those that saw a reward, less the
+/// log's last one when the session stopped in it (fewer rewarded steps than
+/// half the median episode's: the stale ticks after the robot stopped).
+fn whole_episodes(eps: &[Episode]) -> Vec<&Episode> {
+    let mut v: Vec<&Episode> = eps.iter().filter(|e| e.rewarded > 0).collect();
+    let mut n: Vec<usize> = v.iter().map(|e| e.rewarded).collect();
+    n.sort_unstable();
+    if let (Some(last), Some(&median)) = (v.last(), n.get(n.len() / 2)) {
+        if v.len() > 1 && last.rewarded * 2 < median {
+            v.pop();
+        }
+    }
+    v
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (n, s) = v.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+    (n > 0).then(|| s / n as f64)
+}
+
+/// The session in numbers: the page's first table.
+fn summary(
+    recs: &[Transition],
+    eps: &[Episode],
+    changes: &[(f64, u64, u64)],
+    history: &[flowpilot_core::learner_metrics::LearnerMetrics],
+    secs: &dyn Fn(&Transition) -> f64,
+) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let span = recs.iter().map(secs).fold(0.0, f64::max);
+    rows.push(("robot time".into(), format!("{span:.1} s")));
+    rows.push(("episodes".into(), eps.len().to_string()));
+    let first = recs.first().map_or(0, |r| r.policy.version);
+    let last = recs.last().map_or(0, |r| r.policy.version);
+    rows.push((
+        "versions (first → last)".into(),
+        format!("{first} → {last}"),
+    ));
+    let back = changes.iter().filter(|c| c.2 < c.1).count();
+    rows.push((
+        "versions swapped in".into(),
+        (changes.len() - back).to_string(),
+    ));
+    rows.push(("returns to an earlier version".into(), back.to_string()));
+    if let Some(m) = history.last() {
+        rows.push(("learner updates".into(), m.updates.to_string()));
+    }
+    // The first and last 20 episodes, and the best version by its
+    // episodes' mean return (at least 5 episodes).
+    let eps = whole_episodes(eps);
+    let n = eps.len().min(20);
+    if n > 0 {
+        let head = mean(eps[..n].iter().map(|e| e.ret)).unwrap_or(f64::NAN);
+        let tail = mean(eps[eps.len() - n..].iter().map(|e| e.ret)).unwrap_or(f64::NAN);
+        rows.push((
+            format!("mean return, first {n} episodes"),
+            format!("{head:.3}"),
+        ));
+        rows.push((
+            format!("mean return, last {n} episodes"),
+            format!("{tail:.3}"),
+        ));
+        let mut by_version: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for e in &eps {
+            by_version.entry(e.version).or_default().push(e.ret);
+        }
+        if let Some((v, r)) = by_version
+            .iter()
+            .filter(|(_, r)| r.len() >= 5)
+            .map(|(v, r)| (*v, r.iter().sum::<f64>() / r.len() as f64))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        {
+            rows.push((
+                "best version (≥ 5 episodes)".into(),
+                format!("{v}: mean return {r:.3}"),
+            ));
+        }
+    }
+    let mut h = String::from("<h2>Session</h2><table class=\"summary\">");
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
+    }
+    h + "</table>"
+}
+
+/// Return per episode against robot time: each episode, a moving mean
+/// over 20 with a ± 1 SD band, and a mark at every version change.
+fn returns_figure(out: &Path, eps: &[Episode], changes: &[(f64, u64, u64)]) -> Result<String> {
+    if !eps.iter().any(|e| e.rewarded > 0) {
+        return Ok("<h2>Return</h2><p>no reward in the log</p>".into());
+    }
+    let eps = whole_episodes(eps);
+    let raw: Vec<(f64, f64)> = eps.iter().map(|e| (e.end_s, e.ret)).collect();
+    let w = 20usize.min(eps.len());
+    let (mut avg, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..eps.len() {
+        let win = &eps[i.saturating_sub(w - 1)..=i];
+        let m = win.iter().map(|e| e.ret).sum::<f64>() / win.len() as f64;
+        let sd = (win.iter().map(|e| (e.ret - m).powi(2)).sum::<f64>() / win.len() as f64).sqrt();
+        avg.push((eps[i].end_s, m));
+        lo.push((eps[i].end_s, m - sd));
+        hi.push((eps[i].end_s, m + sd));
+    }
+    let swaps: Vec<f64> = changes.iter().filter(|c| c.2 > c.1).map(|c| c.0).collect();
+    let backs: Vec<f64> = changes.iter().filter(|c| c.2 < c.1).map(|c| c.0).collect();
+    let (mean_name, band_lo, band_hi) = (
+        format!("mean of the last {w}"),
+        "mean − 1 SD".to_string(),
+        "mean + 1 SD".to_string(),
+    );
+    Ok(String::from("<h2>Return</h2>")
+        + &figure_marked(
+            out,
+            "returns.png",
+            "Return per episode against robot time",
+            "robot time (s)",
+            "return",
+            &[
+                Series {
+                    name: "episode",
+                    points: &raw,
+                },
+                Series {
+                    name: &mean_name,
+                    points: &avg,
+                },
+                Series {
+                    name: &band_lo,
+                    points: &lo,
+                },
+                Series {
+                    name: &band_hi,
+                    points: &hi,
+                },
+            ],
+            &[
+                Marks {
+                    name: "version swapped in",
+                    xs: &swaps,
+                    color: plotters::style::RGBColor(0, 160, 160),
+                },
+                Marks {
+                    name: "back to an earlier version",
+                    xs: &backs,
+                    color: plotters::style::RGBColor(230, 120, 0),
+                },
+            ],
+        )?)
+}
+
+/// The learner's curves against its updates, from its metrics history.
+fn learner_figures(
+    out: &Path,
+    history: &[flowpilot_core::learner_metrics::LearnerMetrics],
+) -> Result<String> {
+    if history.len() < 2 {
+        return Ok(String::new());
+    }
+    let pts =
+        |f: &dyn Fn(&flowpilot_core::learner_metrics::LearnerMetrics) -> f64| -> Vec<(f64, f64)> {
+            history.iter().map(|m| (m.updates as f64, f(m))).collect()
+        };
+    let (critic, q, entropy, alpha, ups) = (
+        pts(&|m| m.critic_loss),
+        pts(&|m| m.q),
+        pts(&|m| m.entropy),
+        pts(&|m| m.alpha),
+        pts(&|m| m.updates_per_s),
+    );
+    let mut h = String::from("<h2>Learner</h2>");
+    for (file, title, y, name, p) in [
+        (
+            "learner_critic.png",
+            "Critic loss against updates",
+            "loss",
+            "critic loss",
+            &critic,
+        ),
+        ("learner_q.png", "Mean Q against updates", "Q", "mean Q", &q),
+        (
+            "learner_entropy.png",
+            "Entropy against updates",
+            "nats",
+            "entropy −E[log π]",
+            &entropy,
+        ),
+        (
+            "learner_alpha.png",
+            "Temperature α against updates",
+            "α",
+            "α",
+            &alpha,
+        ),
+        (
+            "learner_rate.png",
+            "Learner speed against updates",
+            "updates/s",
+            "updates/s",
+            &ups,
+        ),
+    ] {
+        h += &figure(
+            out,
+            file,
+            title,
+            "updates",
+            y,
+            &[Series { name, points: p }],
+        )?;
+    }
+    Ok(h)
+}
+
+/// E-stop, stale and invalid spans: runs of consecutive records with that
+/// decision, with their count and total time.
+fn safety_events(recs: &[Transition], secs: &dyn Fn(&Transition) -> f64) -> String {
+    let mut h = String::from(
+        "<h2>Safety events</h2><table><tr><th>kind</th><th>spans</th><th>records</th><th>time (s)</th><th>first at (s)</th></tr>",
+    );
+    for d in [
+        Decision::EStop,
+        Decision::Stale { source: 0 },
+        Decision::Invalid,
+        Decision::Override,
+    ] {
+        let code = d.code();
+        let (mut spans, mut n, mut t, mut first) = (0usize, 0usize, 0.0, None);
+        let mut start: Option<f64> = None;
+        for (i, r) in recs.iter().enumerate() {
+            if r.decision == code {
+                n += 1;
+                if start.is_none() {
+                    spans += 1;
+                    start = Some(secs(r));
+                    first.get_or_insert(secs(r));
+                }
+            }
+            let ends = r.decision != code || i + 1 == recs.len();
+            if let (true, Some(s0)) = (ends, start) {
+                t += secs(r) - s0;
+                start = None;
+            }
+        }
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{spans}</td><td>{n}</td><td>{t:.2}</td><td>{}</td></tr>",
+            decision_name(code),
+            first.map_or("–".into(), |f: f64| format!("{f:.2}"))
+        );
+    }
+    h + "</table>"
+}
+
+/// The per-episode table, collapsed, and the same rows as `episodes.csv`.
+fn episode_table(out: &Path, eps: &[Episode]) -> Result<String> {
+    let mut csv = String::from("episode,records,return,end_s,version\n");
+    let mut h = format!(
+        "<details><summary>Episodes: {} (also episodes.csv)</summary><table><tr><th>episode</th><th>records</th><th>return</th><th>version at its end</th></tr>",
+        eps.len()
+    );
+    for e in eps {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{:.3},{}",
+            e.id, e.records, e.ret, e.end_s, e.version
+        );
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+            e.id, e.records, e.ret, e.version
+        );
+    }
+    let p = out.join("episodes.csv");
+    std::fs::write(&p, csv).with_context(|| format!("writing {}", p.display()))?;
+    Ok(h + "</table></details>")
+}
+
 /// Draw a plot into `out/name` and return its HTML, with the image inlined.
 fn figure(
     out: &Path,
@@ -231,8 +535,21 @@ fn figure(
     y: &str,
     series: &[Series<'_>],
 ) -> Result<String> {
+    figure_marked(out, name, title, x, y, series, &[])
+}
+
+/// [`figure`] with vertical event marks.
+fn figure_marked(
+    out: &Path,
+    name: &str,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[Series<'_>],
+    marks: &[Marks<'_>],
+) -> Result<String> {
     let path = out.join(name);
-    line_plot(&path, title, x, y, series)?;
+    line_plot_marked(&path, title, x, y, series, marks)?;
     let png = std::fs::read(&path)?;
     Ok(format!(
         "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>",

@@ -393,7 +393,9 @@ impl MetricsOut {
         };
         self.last = std::time::Instant::now();
         self.last_updates = updates;
-        if let Err(e) = flowpilot_core::learner_metrics::write(&self.dir, &m) {
+        let wrote = flowpilot_core::learner_metrics::write(&self.dir, &m)
+            .and_then(|()| flowpilot_core::learner_metrics::append_history(&self.dir, &m));
+        if let Err(e) = wrote {
             if !std::mem::replace(&mut self.warned, true) {
                 tracing::warn!("live metrics not written (training goes on): {e}");
             }
