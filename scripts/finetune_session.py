@@ -60,6 +60,18 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool, Trigger
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# What `flowpilot report` shows of each evaluation (docs/log-format.md).
+EVAL_KEYS = ("label", "robot_time_s", "episodes", "return", "minus_expert", "success", "success_se",
+             "policy_version_start", "policy_version_end")
+
+
+def contract_files():
+    """The checkpoint directory's file names, from the built `flowpilot`
+    (crates/core/src/contract.rs: one owner; this script runs in the .manip
+    venv too, without the flowpilot_py package)."""
+    out = subprocess.run([os.path.join(ROOT, "target", "release", "flowpilot"), "contract", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["files"]
 EVAL_SEED = 1000
 REACH_STEPS = 30  # sim/reach_sim.py STEPS
 # Per MuJoCo task: the most env steps in an episode, the real-time sim rate
@@ -566,6 +578,13 @@ def main():
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"summary: {summary_path}")
+    # The evaluations beside the versions they judged, for `flowpilot
+    # report LOG CKPT` (its Evaluations table; the file's name is the
+    # contract's).
+    evals_path = os.path.join(ckpt_dir, contract_files()["evaluations"])
+    with open(evals_path + ".tmp", "w") as f:
+        json.dump([{k: e.get(k) for k in EVAL_KEYS} for e in evals], f, indent=1, default=str)
+    os.replace(evals_path + ".tmp", evals_path)
     s.node.destroy_node()
     rclpy.shutdown()
     return 0

@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 
-from flowpilot_py.testkit import ROOT, NodeProc
+from flowpilot_py.testkit import CLI, ROOT, NodeProc
 
 TRAIN = 200
 MIN_GAIN = 1.0
@@ -51,6 +51,20 @@ def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert rc == 0
     s = json.loads(summary.read_text())
+    # The report, from the log and the checkpoint directory, shows the
+    # session's evaluations as its summary has them.
+    rep = tmp_path / "report"
+    subprocess.run([CLI, "report", str(tmp_path / "log"), str(tmp_path / "ckpt"), "--out", str(rep)],
+                   check=True, capture_output=True)
+    page = (rep / "index.html").read_text()
+    table = page[page.index("<h2>Evaluations</h2>"):]
+    rows = re.findall(r"<tr>" + r"<td>([^<]*)</td>" * 7 + r"</tr>", table[:table.index("</table>")])
+    assert [r[0] for r in rows] == [e["label"] for e in s["evals"]], rows
+    for r, e in zip(rows, s["evals"]):
+        assert abs(float(r[3]) - e["return"]) <= 5e-4, (r, e["return"])
+        m, se = (float(x) for x in r[4].split(" ± "))
+        assert (m, se) == tuple(e["minus_expert"]), (r, e["minus_expert"])
+        assert int(r[2]) == e["episodes"]
     assert int(s["log_dropped"]) == 0
     assert int(s["policy_swaps"]) >= 1 and s["learner_updates"] > 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000, "learning curve written"

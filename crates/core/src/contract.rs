@@ -67,6 +67,10 @@ pub mod files {
     pub const POLICY_PREFIX: &str = "policy_v";
     pub const POLICY_DIGITS: usize = 6;
     pub const POLICY_EXT: &str = "safetensors";
+    /// The evaluations a session ran, written into the checkpoint directory
+    /// by whoever ran them (scripts/finetune_session.py): a JSON list the
+    /// report shows on top.
+    pub const EVALUATIONS: &str = "evaluations.json";
     /// A fleet learner's lasting id, in its shard directory.
     pub const LEARNER_ID: &str = ".flowpilot_learner_id";
 }
@@ -189,6 +193,7 @@ pub fn to_json() -> Value {
             "learner_dir": files::LEARNER_DIR, "learner_state": files::LEARNER_STATE,
             "learner_metrics": files::LEARNER_METRICS,
             "learner_metrics_history": files::LEARNER_METRICS_HISTORY,
+            "evaluations": files::EVALUATIONS,
             "policy_prefix": files::POLICY_PREFIX, "policy_digits": files::POLICY_DIGITS,
             "policy_ext": files::POLICY_EXT, "learner_id": files::LEARNER_ID,
         },

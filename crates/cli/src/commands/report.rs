@@ -80,6 +80,9 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
         .map(|w| (secs(&w[1]), w[0].policy.version, w[1].policy.version))
         .collect();
     html += &summary(&recs, &eps, &changes, &history, &secs);
+    if let Some(d) = &a.ckpt {
+        html += &evaluations(d)?;
+    }
     html += &returns_figure(&a.out, &eps, &changes)?;
     html += &learner_figures(&a.out, &history)?;
     html += &safety_events(&recs, &secs);
@@ -332,6 +335,63 @@ fn summary(
         let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
     }
     h + "</table>"
+}
+
+/// The evaluations a session ran (`CKPT/evaluations.json`, written by
+/// whoever ran them): label, robot time, episodes, mean return, minus the
+/// expert on the same episodes, success, the versions that ran.
+fn evaluations(ckpt: &Path) -> Result<String> {
+    let p = ckpt.join(flowpilot_core::contract::files::EVALUATIONS);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a list of evaluations", p.display()))?;
+    let num = |v: &serde_json::Value, k: &str, digits: usize| -> String {
+        v[k].as_f64()
+            .map_or("–".into(), |x| format!("{x:.digits$}"))
+    };
+    let mut h = String::from(
+        "<h2>Evaluations</h2><table class=\"evaluations\"><tr><th>evaluation</th><th>robot time (s)</th>\
+         <th>episodes</th><th>mean return</th><th>minus the expert (± SE)</th><th>success (± SE)</th>\
+         <th>versions</th></tr>",
+    );
+    for v in &rows {
+        let minus = match v["minus_expert"]
+            .as_array()
+            .map(|a| (a[0].as_f64(), a.get(1).and_then(|x| x.as_f64())))
+        {
+            Some((Some(m), Some(se))) => format!("{m:+.3} ± {se:.3}"),
+            _ => "–".into(),
+        };
+        let success = match (v["success"].as_f64(), v["success_se"].as_f64()) {
+            (Some(p), Some(se)) => format!("{:.0} % ± {:.0}", 100.0 * p, 100.0 * se),
+            _ => "–".into(),
+        };
+        let (v0, v1) = (
+            v["policy_version_start"].as_u64(),
+            v["policy_version_end"].as_u64(),
+        );
+        let versions = match (v0, v1) {
+            (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+            (Some(a), _) => a.to_string(),
+            _ => "–".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(v["label"].as_str().unwrap_or("?")),
+            num(v, "robot_time_s", 1),
+            v["episodes"].as_u64().map_or("–".into(), |n| n.to_string()),
+            num(v, "return", 3),
+            minus,
+            success,
+            versions
+        );
+    }
+    Ok(h + "</table>")
 }
 
 /// Return per episode against robot time: each episode, a moving mean
