@@ -86,10 +86,12 @@ flowpilot:
 # --critic-clips-actions: 47 % of push's demo rows sit at the box's edge
 # (the expert's actions are clipped), so the critics see clip(a) as the
 # robot executes it. Batch 128: ~100 updates/s beside node and sim, UTD
-# >= 1 at the robot's real 80 Hz (batch 256: ~half).
+# >= 1 at the robot's real 80 Hz (batch 256: ~half). A checkpoint every
+# 6000 updates (~60 s, ~20 episodes): with 1000 the return guard never
+# judged a version after the first; with 6000 it judged all ten (run 7).
 RECIPE = ["--gamma", "0.99", "--critic-layer-norm", "--critic-pretrain", "2000", "--critic-warmup", "2000",
           "--bc-lambda", "0.1", "--bc-demos-only", "--no-entropy-backup", "--critic-clips-actions",
-          "--lr-actor", "1e-4", "--batch", "128", "--checkpoint-every", "1000", "--utd", "1"]
+          "--lr-actor", "1e-4", "--batch", "128", "--checkpoint-every", "6000", "--utd", "1"]
 
 
 def finetune_section(prior, seed, extra):
