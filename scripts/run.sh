@@ -77,8 +77,13 @@ model="$PWD/models/${task}_flow.safetensors"
 python3 scripts/launch_run.py launch/flowpilot.launch.xml \
   params_file:="$PWD/config/$task.yaml" model:="$model" >"$log" 2>&1 &
 node=$!
-trap 'kill -TERM $node 2>/dev/null || true' EXIT
+report=
+trap 'kill -TERM $node $report 2>/dev/null || true' EXIT
 if [ $finetune = 1 ]; then
+  # The session report, live: open it in a browser while the session runs.
+  ./target/release/flowpilot report "$state/log" "$state/ckpt" --out "$state/report" --every 10 >/dev/null &
+  report=$!
+  echo "live session report: $state/report/index.html (reloads itself every 10 s)"
   python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes" \
     $([ "$task" = reacher ] && echo --eval-every 150) $([ "$task" = pendulum ] && echo --max-steps 30000)
 elif [ "$task" = reacher ]; then
@@ -96,6 +101,8 @@ trap - EXIT
 echo "flowpilot_node: $(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'loop summary.*' || echo "no summary (see $log)")"
 if [ $finetune = 1 ]; then
   # The session report: plots and one HTML page (the node has closed its log).
+  kill -TERM $report 2>/dev/null || true
+  wait $report 2>/dev/null || true
   ./target/release/flowpilot report "$state/log" "$state/ckpt" --out "$state/report"
 fi
 if [ "$task" = reacher ] && [ $finetune = 0 ]; then

@@ -124,8 +124,8 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
     # every plot is inlined and is a PNG; nothing is fetched from elsewhere
     imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     titles = [t for t, _ in imgs]
-    assert {"Decision per logged tick", "Applied action per dimension", "Exact log-prob of the sampled action",
-            "Tick period minus its median"} <= set(titles), titles
+    assert {"Decision mix over time", "Applied action per dimension", "Exact log-prob of the sampled action",
+            "Tick period minus its median", "Missed control periods (overruns) over time"} <= set(titles), titles
     for _, b in imgs:
         assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(re.findall(r"<img ", page)) == len(imgs), "an image that is not inlined"
@@ -164,3 +164,60 @@ def test_report_writes_a_self_contained_page_with_plots_and_lineage(domain, peer
         keep = os.environ.get("FLOWPILOT_TEST_LOGS")
         if keep:
             shutil.copy(shot, os.path.join(keep, "report_screenshot.png"))
+
+
+def test_report_every_keeps_the_page_live_while_the_node_logs_and_ends_with_the_session(domain, peer, tmp_path):
+    """`flowpilot report --every` beside a running node: the page reloads
+    itself and grows with the log (the reader follows a file still being
+    written); when the node stops and closes its log, the command writes
+    the final page (no reload) by itself and exits; the page's missed
+    periods are at most the node's own overrun count."""
+    import re
+    import subprocess
+    import time
+    from flowpilot_py.testkit import CLI
+    log_dir, out = tmp_path / "log", tmp_path / "report"
+    pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
+    state = [0.05, -1.1]
+
+    def tick():
+        state[0] += 0.001
+        pub.publish(Float64MultiArray(data=list(state)))
+    peer.node.create_timer(0.01, tick)
+    # started before the node: it waits for the first records
+    rep = subprocess.Popen([CLI, "report", str(log_dir), "--out", str(out), "--every", "0.5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = NodeProc(domain, ("-p", f"log.dir:={log_dir}"))
+    page = out / "index.html"
+
+    def records():
+        try:
+            m = re.search(r"<p>(\d+) records from", page.read_text())
+        except FileNotFoundError:
+            return 0
+        return int(m.group(1)) if m else 0
+    try:
+        wait_for(lambda: page.exists(), 10, "the first page")
+        wait_for(lambda: records() > 0, 20, "a page with records")
+        first = records()
+        live = page.read_text()
+        assert '<meta http-equiv="refresh" content="0.5">' in live and 'class="live"' in live
+        wait_for(lambda: records() > first + 50, 20, "the page growing with the log")
+        assert rep.poll() is None, "the live report ended while the node runs"
+    finally:
+        assert node.stop() == 0
+    t0 = time.monotonic()
+    stdout, stderr = rep.communicate(timeout=15)
+    assert rep.returncode == 0, stderr
+    assert "(final)" in stdout, stdout
+    took = time.monotonic() - t0
+    final = page.read_text()
+    assert "refresh" not in final and 'class="live"' not in final
+    # every record the node logged is on the final page
+    assert records() == len(read_log(str(log_dir))["tick"]), (records(), took)
+    assert not list(out.glob("*.part")), "a half-written page left behind"
+    summary = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]+)</td></tr>", final))
+    missed = int(summary["missed control periods (overruns)"])
+    overruns = [int(x) for x in re.findall(r"overruns\W+(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", node.output()))]
+    assert overruns, "the node's loop summary names its overruns"
+    assert missed <= overruns[-1], (missed, overruns[-1])

@@ -4,10 +4,12 @@
 //! the session in numbers; the return against robot time (smoothed, with
 //! each version swap and rollback marked); the learner's curves (from its
 //! metrics history, `flowpilot_core::learner_metrics`); safety events (e-stop,
-//! stale and invalid spans); loop health (tick jitter, the decision mix
-//! when there is more than one kind); actions and log-probs; episodes
-//! (collapsed, and `episodes.csv`); the versions' lineage. Offline;
-//! allocates freely.
+//! stale and invalid spans); loop health ([`loop_health`]: jitter, missed
+//! periods and the decision mix over time); actions and log-probs;
+//! episodes (collapsed, and `episodes.csv`); the versions' lineage.
+//! With `--every` the page is live: regenerated while the log grows (the
+//! reader follows files still being written) and written atomically.
+//! Offline; allocates freely.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,10 +20,13 @@ use base64::Engine as _;
 
 use crate::plot::{line_plot_marked, Marks, Series};
 use flowpilot_core::checkpoint::CheckpointDir;
-use flowpilot_core::log::reader::{log_files, read_file};
+use flowpilot_core::contract::log_meta;
+use flowpilot_core::log::reader::{log_files, Tail};
 use flowpilot_core::log::Transition;
 use flowpilot_core::policy::model::ModelFile;
 use flowpilot_core::rt::decision::Decision;
+
+mod loop_health;
 
 #[derive(clap::Args)]
 pub(crate) struct ReportArgs {
@@ -32,41 +37,149 @@ pub(crate) struct ReportArgs {
     /// Where the PNGs and `index.html` go.
     #[arg(long)]
     out: PathBuf,
+    /// Keep the page live while the session runs: regenerate it every SECS
+    /// seconds (the page reloads itself) until the log is closed (the node
+    /// stopped) or on Ctrl-C, then write the final page.
+    #[arg(long, value_name = "SECS")]
+    every: Option<f64>,
 }
 
-pub(crate) fn run(a: ReportArgs) -> Result<()> {
-    let files = if a.log.is_dir() {
-        log_files(&a.log).map_err(|e| anyhow::anyhow!(e.chain()))?
+/// What the log holds now.
+struct Loaded {
+    files: Vec<PathBuf>,
+    recs: Vec<Transition>,
+    /// Every file has its footer: the writer closed them all.
+    closed: bool,
+    /// The loop's nominal rate, from the first file's metadata.
+    rate_hz: Option<f64>,
+}
+
+fn load(log: &Path) -> Result<Loaded> {
+    let files = if log.is_dir() {
+        log_files(log).map_err(|e| anyhow::anyhow!(e.chain()))?
     } else {
-        vec![a.log.clone()]
+        vec![log.to_path_buf()]
     };
-    let mut recs: Vec<Transition> = Vec::new();
+    let (mut recs, mut closed, mut rate_hz) = (Vec::new(), !files.is_empty(), None);
     for f in &files {
+        let mut t = Tail::new(f);
         recs.extend(
-            read_file(f)
+            t.poll()
                 .map_err(|e| anyhow::anyhow!(e.chain()))
                 .with_context(|| format!("reading {}", f.display()))?,
         );
+        closed &= t.closed;
+        rate_hz = rate_hz.or_else(|| t.metadata.get(log_meta::RATE_HZ)?.parse::<f64>().ok());
     }
-    if recs.is_empty() {
-        bail!("no records in {}", a.log.display());
-    }
+    Ok(Loaded {
+        files,
+        recs,
+        closed,
+        rate_hz,
+    })
+}
+
+pub(crate) fn run(a: ReportArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let index = a.out.join("index.html");
+    let Some(every) = a.every else {
+        let log = load(&a.log)?;
+        if log.recs.is_empty() {
+            bail!("no records in {}", a.log.display());
+        }
+        write_atomic(&index, &render(&a, &log, None)?)?;
+        println!("wrote {}", index.display());
+        return Ok(());
+    };
+    if !(every.is_finite() && every >= 0.1) {
+        bail!("--every {every}: give the seconds between two pages, at least 0.1");
+    }
+    live(&a, every, &index)
+}
+
+/// `--every`: a page every `every` seconds while the log grows. The
+/// session has ended when every file was closed on two rounds in a row
+/// with no new file (a rotation closes one file and opens the next).
+fn live(a: &ReportArgs, every: f64, index: &Path) -> Result<()> {
+    let stop = flowpilot_core::shutdown::Shutdown::install();
+    let mut closed_before: Option<Vec<PathBuf>> = None;
+    loop {
+        let log = if a.log.exists() {
+            load(&a.log)?
+        } else {
+            Loaded {
+                files: Vec::new(),
+                recs: Vec::new(),
+                closed: false,
+                rate_hz: None,
+            }
+        };
+        let ended = log.closed && closed_before.as_ref() == Some(&log.files);
+        closed_before = log.closed.then(|| log.files.clone());
+        if (ended || stop.requested()) && !log.recs.is_empty() {
+            write_atomic(index, &render(a, &log, None)?)?;
+            println!("wrote {} (final)", index.display());
+            return Ok(());
+        }
+        if stop.requested() {
+            bail!("stopped before the first record in {}", a.log.display());
+        }
+        let page = if log.recs.is_empty() {
+            format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{every}\">\
+                 <title>flowpilot session report</title></head><body><h1>flowpilot session report</h1>\
+                 <p class=\"live\">waiting for the first records in {}</p></body></html>",
+                esc(&a.log.display().to_string())
+            )
+        } else {
+            render(a, &log, Some(every))?
+        };
+        write_atomic(index, &page)?;
+        tracing::info!(records = log.recs.len(), "report page written");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(every);
+        while std::time::Instant::now() < until && !stop.requested() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// A browser reloading the page never reads half of it.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("html.part");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The page for what the log holds now; `live`: the seconds to the next
+/// page, which the page reloads itself after.
+fn render(a: &ReportArgs, log: &Loaded, live: Option<f64>) -> Result<String> {
+    let (files, recs) = (&log.files, &log.recs);
     let t0 = recs.iter().map(|r| r.mono_ns).min().unwrap_or(0);
     let secs = |r: &Transition| (r.mono_ns - t0) as f64 * 1e-9;
+    let span = recs.iter().map(secs).fold(0.0, f64::max);
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>flowpilot session report</title>\
+        "<!doctype html><html><head><meta charset=\"utf-8\">{}<title>flowpilot session report</title>\
          <style>body{{font-family:sans-serif;max-width:960px;margin:auto}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>\
          <h1>flowpilot session report</h1><p>{} records from {} file(s) in {}, {:.1} s</p>",
+        live.map_or(String::new(), |s| format!(
+            "<meta http-equiv=\"refresh\" content=\"{s}\">"
+        )),
         recs.len(),
         files.len(),
         esc(&a.log.display().to_string()),
-        recs.iter().map(&secs).fold(0.0, f64::max)
+        span
     );
-    let eps = episodes(&recs, &secs);
+    if let Some(s) = live {
+        let _ = write!(
+            html,
+            "<p class=\"live\">live: the session is running; this page is regenerated every {s} s</p>"
+        );
+    }
+    let eps = episodes(recs, &secs);
+    let whole = whole_episodes(&eps);
     let history = match &a.ckpt {
         Some(d) => {
             flowpilot_core::learner_metrics::read_history(d).map_err(|e| anyhow::anyhow!("{e}"))?
@@ -79,13 +192,14 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
         .filter(|w| w[1].policy.version != w[0].policy.version)
         .map(|w| (secs(&w[1]), w[0].policy.version, w[1].policy.version))
         .collect();
-    html += &summary(&recs, &eps, &changes, &history, &secs);
+    html += &summary(recs, eps.len(), &whole, &changes, &history, span);
     if let Some(d) = &a.ckpt {
         html += &evaluations(d)?;
     }
-    html += &returns_figure(&a.out, &eps, &changes)?;
+    html += &returns_figure(&a.out, &whole, &changes)?;
     html += &learner_figures(&a.out, &history)?;
-    html += &safety_events(&recs, &secs);
+    html += &safety_events(recs, &secs);
+    html += &loop_health::section(&a.out, recs, &secs, log.rate_hz)?;
     // Actions applied and log-probs, per dimension.
     let d = recs.iter().map(|r| r.n_act).max().unwrap_or(0);
     let acts: Vec<Vec<(f64, f64)>> = (0..d)
@@ -134,73 +248,6 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
             }],
         )?;
     }
-    // Tick-interval jitter: consecutive records' spacing against its median.
-    let mut gaps: Vec<f64> = recs
-        .windows(2)
-        .filter(|w| w[1].mono_ns > w[0].mono_ns && w[1].tick > w[0].tick)
-        .map(|w| (w[1].mono_ns - w[0].mono_ns) as f64 / (w[1].tick - w[0].tick) as f64)
-        .collect();
-    if gaps.len() > 10 {
-        gaps.sort_by(f64::total_cmp);
-        let med = gaps[gaps.len() / 2];
-        let dev: Vec<f64> = gaps.iter().map(|g| (g - med) * 1e-3).collect();
-        let (lo, hi) = (dev[0], dev[dev.len() - 1]);
-        let bins = 60usize;
-        let w = ((hi - lo) / bins as f64).max(1e-9);
-        let mut h = vec![0usize; bins];
-        for v in &dev {
-            h[(((v - lo) / w) as usize).min(bins - 1)] += 1;
-        }
-        let hist: Vec<(f64, f64)> = h
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (lo + (i as f64 + 0.5) * w, *n as f64))
-            .collect();
-        html += "<h2>Loop timing</h2>";
-        let _ = write!(
-            html,
-            "<p>median tick period {:.1} µs (from the logged ticks' monotonic stamps)</p>",
-            med * 1e-3
-        );
-        html += &figure(
-            &a.out,
-            "jitter.png",
-            "Tick period minus its median",
-            "µs",
-            "records",
-            &[Series {
-                name: "count",
-                points: &hist,
-            }],
-        )?;
-    }
-    // Decisions: counts and a time line.
-    let mut counts: BTreeMap<u8, usize> = BTreeMap::new();
-    for r in &recs {
-        *counts.entry(r.decision).or_default() += 1;
-    }
-    html += "<h2>Decisions</h2><table><tr><th>decision</th><th>records</th></tr>";
-    for (d, n) in &counts {
-        let _ = write!(html, "<tr><td>{}</td><td>{n}</td></tr>", decision_name(*d));
-    }
-    html += "</table>";
-    let dec: Vec<(f64, f64)> = recs.iter().map(|r| (secs(r), r.decision as f64)).collect();
-    let legend = Decision::legend();
-    // One kind only: the table says it all (a plot of one flat line
-    // would label every tick of its axis with the same value).
-    if counts.len() > 1 {
-        html += &figure(
-            &a.out,
-            "decisions.png",
-            "Decision per logged tick",
-            "time (s)",
-            &legend,
-            &[Series {
-                name: "decision",
-                points: &dec,
-            }],
-        )?;
-    }
     html += &episode_table(&a.out, &eps)?;
     if let Some(dir) = &a.ckpt {
         html += &lineage(dir);
@@ -211,10 +258,7 @@ pub(crate) fn run(a: ReportArgs) -> Result<()> {
     html += "<script>addEventListener('load',()=>{const i=[...document.images];\
              document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length})\
              </script></body></html>";
-    let index = a.out.join("index.html");
-    std::fs::write(&index, html).with_context(|| format!("writing {}", index.display()))?;
-    println!("wrote {}", index.display());
-    Ok(())
+    Ok(html)
 }
 
 /// One episode as the log has it.
@@ -275,15 +319,15 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
 /// The session in numbers: the page's first table.
 fn summary(
     recs: &[Transition],
-    eps: &[Episode],
+    episodes: usize,
+    eps: &[&Episode],
     changes: &[(f64, u64, u64)],
     history: &[flowpilot_core::learner_metrics::LearnerMetrics],
-    secs: &dyn Fn(&Transition) -> f64,
+    span: f64,
 ) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
-    let span = recs.iter().map(secs).fold(0.0, f64::max);
     rows.push(("robot time".into(), format!("{span:.1} s")));
-    rows.push(("episodes".into(), eps.len().to_string()));
+    rows.push(("episodes".into(), episodes.to_string()));
     let first = recs.first().map_or(0, |r| r.policy.version);
     let last = recs.last().map_or(0, |r| r.policy.version);
     rows.push((
@@ -299,9 +343,8 @@ fn summary(
     if let Some(m) = history.last() {
         rows.push(("learner updates".into(), m.updates.to_string()));
     }
-    // The first and last 20 episodes, and the best version by its
+    // The first and last 20 whole episodes, and the best version by its
     // episodes' mean return (at least 5 episodes).
-    let eps = whole_episodes(eps);
     let n = eps.len().min(20);
     if n > 0 {
         let head = mean(eps[..n].iter().map(|e| e.ret)).unwrap_or(f64::NAN);
@@ -315,7 +358,7 @@ fn summary(
             format!("{tail:.3}"),
         ));
         let mut by_version: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for e in &eps {
+        for e in eps {
             by_version.entry(e.version).or_default().push(e.ret);
         }
         if let Some((v, r)) = by_version
@@ -396,11 +439,10 @@ fn evaluations(ckpt: &Path) -> Result<String> {
 
 /// Return per episode against robot time: each episode, a moving mean
 /// over 20 with a ± 1 SD band, and a mark at every version change.
-fn returns_figure(out: &Path, eps: &[Episode], changes: &[(f64, u64, u64)]) -> Result<String> {
-    if !eps.iter().any(|e| e.rewarded > 0) {
+fn returns_figure(out: &Path, eps: &[&Episode], changes: &[(f64, u64, u64)]) -> Result<String> {
+    if eps.is_empty() {
         return Ok("<h2>Return</h2><p>no reward in the log</p>".into());
     }
-    let eps = whole_episodes(eps);
     let raw: Vec<(f64, f64)> = eps.iter().map(|e| (e.end_s, e.ret)).collect();
     let w = 20usize.min(eps.len());
     let (mut avg, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
