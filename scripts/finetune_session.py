@@ -61,8 +61,10 @@ from std_srvs.srv import SetBool, Trigger
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # What `flowpilot report` shows of each evaluation (docs/log-format.md).
+# wall_start_s / wall_end_s (Unix time) place each evaluation on the log's
+# time axis.
 EVAL_KEYS = ("label", "robot_time_s", "episodes", "return", "minus_expert", "success", "success_se",
-             "policy_version_start", "policy_version_end")
+             "policy_version_start", "policy_version_end", "wall_start_s", "wall_end_s")
 
 
 def contract_files():
@@ -251,6 +253,18 @@ def paired(policy, expert):
     return (sum(p for p, _ in pairs) / n, sum(e for _, e in pairs) / n, m, se)
 
 
+def write_evaluations(ckpt_dir, evals):
+    """The evaluations so far beside the versions they judged, for
+    `flowpilot report LOG CKPT` (its Evaluations table and the marks on its
+    return plot; the file's name is the contract's), replaced atomically so
+    that a live report never reads half of it."""
+    path = os.path.join(ckpt_dir, contract_files()["evaluations"])
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump([{k: e.get(k) for k in EVAL_KEYS} for e in evals], f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+
+
 def newest_policy(ckpt_dir):
     """(version, learner updates, seed, path) of the newest policy file in the
     hot-swap directory, from its spec's created_by; None if there is none."""
@@ -361,13 +375,16 @@ def main():
         print(f"scripted expert: mean return {expert:.2f} over {n_eval} episodes (seed {EVAL_SEED})", flush=True)
 
     acting_tau = s.param("temperature") if a.eval_temperature is not None else None
+    published = []  # every evaluation so far, in CKPT/evaluations.json as each ends
     eval_steps = []  # robot steps of evaluation episodes run while the learner ran
 
     def evaluate(label, robot_time, chunk):
         if acting_tau is not None:
             s.param("temperature", a.eval_temperature)
         ver0 = s.version()
+        wall0 = time.time()
         ret, eps = run_sim(s, a.task, n_eval, EVAL_SEED, a)
+        wall1 = time.time()
         if acting_tau is not None:
             s.param("temperature", acting_tau)
         if learner_on:
@@ -375,7 +392,8 @@ def main():
         pol = newest_policy(ckpt_dir)
         e = {"label": label, "after_train_episodes": chunk, "robot_time_s": robot_time, "return": ret,
              "episodes": n_eval, "episode_returns": [x[0] for x in eps], "policy_version_start": ver0,
-             "policy_version_end": s.version(), "learner_updates": pol["updates"] if pol else None}
+             "policy_version_end": s.version(), "learner_updates": pol["updates"] if pol else None,
+             "wall_start_s": round(wall0, 3), "wall_end_s": round(wall1, 3)}
         # the sim's own shadow expert on these very episodes (MuJoCo tasks)
         pe = paired(e["episode_returns"], [x[3] for x in eps])
         e["minus_expert"] = [round(pe[2], 3), round(pe[3], 3)] if pe else None
@@ -395,6 +413,8 @@ def main():
             print(f"{label}: success {100 * e['success']:.0f}% +- {100 * e['success_se']:.0f} (SE) over {n_eval} "
                   f"episodes at {e['robot_steps']} robot steps; the scripted expert {100 * e['expert_success']:.0f}% "
                   f"on the same episodes", flush=True)
+        published.append(e)
+        write_evaluations(ckpt_dir, published)
         return e
 
     learner_on = False
@@ -578,13 +598,6 @@ def main():
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=2, default=str)
     print(f"summary: {summary_path}")
-    # The evaluations beside the versions they judged, for `flowpilot
-    # report LOG CKPT` (its Evaluations table; the file's name is the
-    # contract's).
-    evals_path = os.path.join(ckpt_dir, contract_files()["evaluations"])
-    with open(evals_path + ".tmp", "w") as f:
-        json.dump([{k: e.get(k) for k in EVAL_KEYS} for e in evals], f, indent=1, default=str)
-    os.replace(evals_path + ".tmp", evals_path)
     s.node.destroy_node()
     rclpy.shutdown()
     return 0

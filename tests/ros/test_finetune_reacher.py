@@ -65,6 +65,11 @@ def test_reacher_finetune_session_improves_on_the_bc_policy(domain, tmp_path):
         m, se = (float(x) for x in r[4].split(" ± "))
         assert (m, se) == tuple(e["minus_expert"]), (r, e["minus_expert"])
         assert int(r[2]) == e["episodes"]
+    # and marks each of them on the return plot, where the log has it
+    marks = re.search(r"marked: (\d+) versions swapped in, (\d+) returns to an earlier version, (\d+) evaluations",
+                      page)
+    assert marks and int(marks.group(3)) == len(s["evals"]), marks and marks.group(0)
+    assert int(marks.group(1)) >= 1, marks.group(0)
     assert int(s["log_dropped"]) == 0
     assert int(s["policy_swaps"]) >= 1 and s["learner_updates"] > 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000, "learning curve written"

@@ -23,10 +23,9 @@ def policy_records(log_dir):
         return 0
 
 
-def logged_run(domain, peer, log_dir, *args):
-    """The bundled point-mass node logging into `log_dir` while a peer
-    publishes a slowly moving state (so that the ticks differ), until 20
-    policy ticks are logged."""
+def moving_state(peer):
+    """A peer publishing the point mass's state at 100 Hz, moving slowly
+    (so that the ticks differ)."""
     pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
     state = [0.05, -1.1]
 
@@ -34,6 +33,12 @@ def logged_run(domain, peer, log_dir, *args):
         state[0] += 0.001
         pub.publish(Float64MultiArray(data=list(state)))
     peer.node.create_timer(0.01, tick)
+
+
+def logged_run(domain, peer, log_dir, *args):
+    """The bundled point-mass node logging into `log_dir` while a peer
+    publishes a slowly moving state, until 20 policy ticks are logged."""
+    moving_state(peer)
     node = NodeProc(domain, ("-p", f"log.dir:={log_dir}", *args))
     try:
         wait_for(lambda: policy_records(log_dir) >= 20, 15, "20 policy records in the log")
@@ -177,13 +182,7 @@ def test_report_every_keeps_the_page_live_while_the_node_logs_and_ends_with_the_
     import time
     from flowpilot_py.testkit import CLI
     log_dir, out = tmp_path / "log", tmp_path / "report"
-    pub = peer.node.create_publisher(Float64MultiArray, "/pointmass/state", BEST_EFFORT)
-    state = [0.05, -1.1]
-
-    def tick():
-        state[0] += 0.001
-        pub.publish(Float64MultiArray(data=list(state)))
-    peer.node.create_timer(0.01, tick)
+    moving_state(peer)
     # started before the node: it waits for the first records
     rep = subprocess.Popen([CLI, "report", str(log_dir), "--out", str(out), "--every", "0.5"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

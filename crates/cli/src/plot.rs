@@ -78,6 +78,15 @@ pub fn line_plot_marked(
     if x0 > x1 {
         return Err(anyhow!("nothing to plot"));
     }
+    // Every mark is on the plot, even one before the first point.
+    for &x in marks
+        .iter()
+        .flat_map(|m| m.xs.iter())
+        .filter(|x| x.is_finite())
+    {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+    }
     // A flat series gets a readable range around its value: a pad of a
     // millionth would label every tick of the axis with the same number.
     let flat = (y1 - y0) <= 1e-9 * y0.abs().max(y1.abs()).max(1.0);
@@ -124,7 +133,15 @@ pub fn line_plot_marked(
                 .legend(move |(x, y)| PathElement::new(vec![(x + 10, y - 8), (x + 10, y + 8)], c));
         }
     }
-    let colors = [BLUE, RED, GREEN, MAGENTA, BLACK];
+    let colors = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        BLACK,
+        RGBColor(230, 140, 0),
+        RGBColor(0, 130, 130),
+    ];
     for (i, s) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         // A non-finite y is a gap (no action sent, say): the line breaks

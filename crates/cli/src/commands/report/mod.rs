@@ -26,7 +26,10 @@ use flowpilot_core::log::Transition;
 use flowpilot_core::policy::model::ModelFile;
 use flowpilot_core::rt::decision::Decision;
 
+mod evaluations;
 mod loop_health;
+
+use evaluations::{eval_lines, evaluations_table, read_evaluations};
 
 #[derive(clap::Args)]
 pub(crate) struct ReportArgs {
@@ -193,10 +196,18 @@ fn render(a: &ReportArgs, log: &Loaded, live: Option<f64>) -> Result<String> {
         .map(|w| (secs(&w[1]), w[0].policy.version, w[1].policy.version))
         .collect();
     html += &summary(recs, eps.len(), &whole, &changes, &history, span);
-    if let Some(d) = &a.ckpt {
-        html += &evaluations(d)?;
-    }
-    html += &returns_figure(&a.out, &whole, &changes)?;
+    let evals = match &a.ckpt {
+        Some(d) => read_evaluations(d)?,
+        None => Vec::new(),
+    };
+    html += &evaluations_table(&evals);
+    // Unix time to the log's seconds, through the first record's pair of
+    // stamps.
+    let to_log = |wall_s: f64| match recs.first() {
+        Some(r) => wall_s - r.wall_ns as f64 * 1e-9 + secs(r),
+        None => f64::NAN,
+    };
+    html += &returns_figure(&a.out, &whole, &changes, &evals, &to_log)?;
     html += &learner_figures(&a.out, &history)?;
     html += &safety_events(recs, &secs);
     html += &loop_health::section(&a.out, recs, &secs, log.rate_hz)?;
@@ -380,69 +391,22 @@ fn summary(
     h + "</table>"
 }
 
-/// The evaluations a session ran (`CKPT/evaluations.json`, written by
-/// whoever ran them): label, robot time, episodes, mean return, minus the
-/// expert on the same episodes, success, the versions that ran.
-fn evaluations(ckpt: &Path) -> Result<String> {
-    let p = ckpt.join(flowpilot_core::contract::files::EVALUATIONS);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-    };
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a list of evaluations", p.display()))?;
-    let num = |v: &serde_json::Value, k: &str, digits: usize| -> String {
-        v[k].as_f64()
-            .map_or("–".into(), |x| format!("{x:.digits$}"))
-    };
-    let mut h = String::from(
-        "<h2>Evaluations</h2><table class=\"evaluations\"><tr><th>evaluation</th><th>robot time (s)</th>\
-         <th>episodes</th><th>mean return</th><th>minus the expert (± SE)</th><th>success (± SE)</th>\
-         <th>versions</th></tr>",
-    );
-    for v in &rows {
-        let minus = match v["minus_expert"]
-            .as_array()
-            .map(|a| (a[0].as_f64(), a.get(1).and_then(|x| x.as_f64())))
-        {
-            Some((Some(m), Some(se))) => format!("{m:+.3} ± {se:.3}"),
-            _ => "–".into(),
-        };
-        let success = match (v["success"].as_f64(), v["success_se"].as_f64()) {
-            (Some(p), Some(se)) => format!("{:.0} % ± {:.0}", 100.0 * p, 100.0 * se),
-            _ => "–".into(),
-        };
-        let (v0, v1) = (
-            v["policy_version_start"].as_u64(),
-            v["policy_version_end"].as_u64(),
-        );
-        let versions = match (v0, v1) {
-            (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
-            (Some(a), _) => a.to_string(),
-            _ => "–".into(),
-        };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(v["label"].as_str().unwrap_or("?")),
-            num(v, "robot_time_s", 1),
-            v["episodes"].as_u64().map_or("–".into(), |n| n.to_string()),
-            num(v, "return", 3),
-            minus,
-            success,
-            versions
-        );
-    }
-    Ok(h + "</table>")
-}
-
 /// Return per episode against robot time: each episode, a moving mean
 /// over 20 with a ± 1 SD band, and a mark at every version change.
-fn returns_figure(out: &Path, eps: &[&Episode], changes: &[(f64, u64, u64)]) -> Result<String> {
+fn returns_figure(
+    out: &Path,
+    eps: &[&Episode],
+    changes: &[(f64, u64, u64)],
+    evals: &[serde_json::Value],
+    to_log: &dyn Fn(f64) -> f64,
+) -> Result<String> {
     if eps.is_empty() {
         return Ok("<h2>Return</h2><p>no reward in the log</p>".into());
     }
+    let lines = eval_lines(evals, to_log);
+    let (x0, x1) = (eps[0].end_s, eps[eps.len() - 1].end_s);
+    let level = |y: Option<f64>| y.map_or(Vec::new(), |y| vec![(x0, y), (x1, y)]);
+    let (before, expert) = (level(lines.before), level(lines.expert));
     let raw: Vec<(f64, f64)> = eps.iter().map(|e| (e.end_s, e.ret)).collect();
     let w = 20usize.min(eps.len());
     let (mut avg, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new());
@@ -460,6 +424,12 @@ fn returns_figure(out: &Path, eps: &[&Episode], changes: &[(f64, u64, u64)]) -> 
         format!("mean of the last {w}"),
         "mean − 1 SD".to_string(),
         "mean + 1 SD".to_string(),
+    );
+    let said = format!(
+        "<p class=\"marks\">marked: {} versions swapped in, {} returns to an earlier version, {} evaluations</p>",
+        swaps.len(),
+        backs.len(),
+        lines.marks.len()
     );
     Ok(String::from("<h2>Return</h2>")
         + &figure_marked(
@@ -485,6 +455,14 @@ fn returns_figure(out: &Path, eps: &[&Episode], changes: &[(f64, u64, u64)]) -> 
                     name: &band_hi,
                     points: &hi,
                 },
+                Series {
+                    name: "before fine-tuning (evaluation)",
+                    points: &before,
+                },
+                Series {
+                    name: "scripted expert (same episodes)",
+                    points: &expert,
+                },
             ],
             &[
                 Marks {
@@ -497,8 +475,14 @@ fn returns_figure(out: &Path, eps: &[&Episode], changes: &[(f64, u64, u64)]) -> 
                     xs: &backs,
                     color: plotters::style::RGBColor(230, 120, 0),
                 },
+                Marks {
+                    name: "evaluation",
+                    xs: &lines.marks,
+                    color: plotters::style::RGBColor(150, 60, 200),
+                },
             ],
-        )?)
+        )?
+        + &said)
 }
 
 /// The learner's curves against its updates, from its metrics history.
