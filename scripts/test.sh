@@ -14,6 +14,8 @@ cargo build --release --workspace --features flowpilot/ros --all-targets
 # The fuzz tests (crates/core/tests/fuzz.rs) run this long per parser.
 export FLOWPILOT_FUZZ_SECS=${FLOWPILOT_FUZZ_SECS:-15}
 cargo test --release --workspace --features flowpilot/ros
+# The crate docs, private items included (the house tour): no broken link.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --workspace --features flowpilot/ros
 # Package as a robot would (colcon + colcon-ros-cargo + cargo-ament-build),
 # reusing the build above (the workspace maps its build dir onto target/).
 command -v cargo-ament-build >/dev/null || cargo install --locked cargo-ament-build

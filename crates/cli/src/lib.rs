@@ -4,8 +4,12 @@
 //!
 //! - `cli`: the clap command tree and its dispatch.
 //! - `commands`: one module per subcommand (its flags and its `run`).
-//! - [`bench`], [`plot`], [`tasks`]: measurements, plots and the built-in
+//! - [`bench`](mod@bench), [`plot`], [`tasks`]: measurements, plots and the built-in
 //!   tasks, also used by the integration tests.
+
+// The crate docs are the house tour, private modules included: build them
+// with `cargo doc --document-private-items` (scripts/test.sh checks them).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bench;
 mod cli;

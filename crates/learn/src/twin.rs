@@ -136,7 +136,7 @@ impl Twin {
     }
 
     /// The fixed permutation of each block (row i of P has its 1 in
-    /// column perm[i]).
+    /// column `perm[i]`).
     pub(crate) fn perms(&self) -> &[Vec<i64>] {
         &self.perms
     }

@@ -31,6 +31,10 @@
 //! spin thread's own writer once the publisher thread is halted
 //! ([`outputs::Line`]), an ERROR on /diagnostics and a non-zero exit.
 
+// The crate docs are the house tour, private modules included: build them
+// with `cargo doc --document-private-items` (scripts/test.sh checks them).
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod diagnostics;
 mod fault_inject;
 mod fleet;

@@ -1,7 +1,7 @@
 //! The transition log's one error type.
 //!
 //! Messages read as the log's errors always have: where a step adds context
-//! ("opening <path>", "flushing the log", ...), [`Display`] is that context
+//! (`"opening <path>"`, `"flushing the log"`, ...), [`Display`](std::fmt::Display) is that context
 //! and the cause is the [`source`](std::error::Error::source), so anyhow's
 //! `{:#}` (and [`LogError::chain`]) print `context: cause` as before.
 

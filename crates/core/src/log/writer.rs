@@ -102,7 +102,7 @@ impl LogHandle {
     /// Create the log file in `cfg.dir` and start the writer thread. The
     /// file's metadata gets its stream base and epoch (numbering on from
     /// the newest file already there, in its epoch; a directory with no
-    /// file starts a new epoch: [`super::reader::EPOCH`]).
+    /// file starts a new epoch: [`crate::contract::log_meta::EPOCH`]).
     pub fn start(mut cfg: LogConfig) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| LogError::Path {
             step: IoStep::CreatingDir,

@@ -5,8 +5,8 @@
 //! directory and checks each new file before offering it:
 //! - format, finite weights and digest (`ModelFile::load`);
 //! - its number: newer than the running version, by at most
-//!   [`crate::checkpoint::MAX_VERSION_JUMP`] and not u64::MAX
-//!   ([`crate::checkpoint::check_successor`]); an older file that appears
+//!   [`crate::versions::MAX_VERSION_JUMP`] and not u64::MAX
+//!   ([`crate::versions::check_successor`]); an older file that appears
 //!   while the node runs is refused (a replay), the older files found at
 //!   the first scan are the directory's history and are passed over;
 //! - with trusted keys ([`HotSwap::with_trusted_keys`],
@@ -14,7 +14,7 @@
 //!   digest, version and lineage ([`crate::signing`]), whether the file
 //!   came from a local learner or the fleet link;
 //! - its line of descent: a version that was rolled back, or descends from
-//!   one ([`crate::checkpoint::Lineage`]), is refused;
+//!   one ([`crate::versions::Lineage`]), is refused;
 //! - dims and policy kind against the running model
 //!   (`ModelSpec::check_compatible`);
 //! - action bounds and observation/goal normalisers unchanged, unless

@@ -22,7 +22,7 @@ pub enum Init {
 }
 
 /// A random orthogonal d×d matrix, LU-decomposed with partial pivoting:
-/// Q = P·L·U. Returns (perm with P[i, perm[i]] = 1, L, U) row-major f64.
+/// Q = P·L·U. Returns (perm with `P[i, perm[i]] = 1`, L, U) row-major f64.
 pub fn orthogonal_plu(d: usize, rng: &mut impl Rng) -> (Vec<i64>, Vec<f64>, Vec<f64>) {
     // Gram-Schmidt on a Gaussian matrix (rows).
     let mut q = vec![0.0f64; d * d];

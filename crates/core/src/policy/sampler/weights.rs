@@ -87,7 +87,7 @@ impl Weights {
     }
 
     /// Row `i` (length `out`) dotted with `g`: the backward pass's
-    /// g_x[i] = W[i, :] · g_y.
+    /// `g_x[i] = W[i, :] · g_y`.
     #[inline]
     pub(super) fn row_dot(&self, i: usize, out: usize, g: &[f32]) -> f32 {
         let r = i * out..(i + 1) * out;
