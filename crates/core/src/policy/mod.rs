@@ -1,5 +1,6 @@
 //! The policy: the model file ([`model`]: safetensors + validated spec),
-//! fresh models with the paper's initialisation ([`init`]), the
+//! fresh models with the paper's initialisation ([`init`]), the invertible
+//! linear layer's one construction ([`plu`]), the
 //! allocation-free batch-1 sampler ([`sampler`]) and flow space <->
 //! physical units ([`action_space`]).
 //!
@@ -10,4 +11,5 @@
 pub mod action_space;
 pub mod init;
 pub mod model;
+pub mod plu;
 pub mod sampler;

@@ -37,6 +37,7 @@ use super::kernels::{
 use super::sac::SacConfig;
 use crate::twin::Twin;
 use flowpilot_core::policy::model::{Direction, ModelSpec, PolicyKind};
+use flowpilot_core::policy::plu::matmul as mm64;
 use flowpilot_core::policy::sampler::HALF_LN_2PI;
 
 /// A parameter's place in a flat buffer.
@@ -175,12 +176,9 @@ struct Plu<T> {
     w: Vec<T>,
     w_inv: Vec<T>,
     log_abs_s: T,
-    /// f64 copies for the gradient of the (d, d) matrices w.r.t. L, U, s.
-    w_inv64: Vec<f64>,
-    p_lm: Vec<f64>,
-    um: Vec<f64>,
-    p: Vec<f64>,
-    s: Vec<f64>,
+    /// The f64 construction and its factors, for the gradient of the
+    /// (d, d) matrices w.r.t. L, U, s.
+    f64: Option<flowpilot_core::policy::plu::Plu>,
 }
 
 #[derive(Default)]
@@ -496,41 +494,19 @@ impl<T: Real> Fast<T> {
 
     /// Build W, W⁻¹ and log|det| of every block from the current L, U, s.
     pub(crate) fn prepare(&mut self) {
-        let d = self.geo.d;
         for ((bs, plu), perm) in self.geo.blocks.iter().zip(&mut self.plu).zip(&self.perms) {
-            let l = bs.l.of(&self.actor.data);
-            let u = bs.u.of(&self.actor.data);
-            let s: Vec<f64> = bs.s.of(&self.actor.data).iter().map(|v| v.to64()).collect();
-            let f = |x: T| x.to64();
-            let mut lm = vec![0f64; d * d];
-            let mut um = vec![0f64; d * d];
-            let mut p = vec![0f64; d * d];
-            for r in 0..d {
-                p[r * d + perm[r]] = 1.0;
-                for c in 0..d {
-                    lm[r * d + c] = match r.cmp(&c) {
-                        std::cmp::Ordering::Greater => f(l[r * d + c]),
-                        std::cmp::Ordering::Equal => 1.0,
-                        std::cmp::Ordering::Less => 0.0,
-                    };
-                    um[r * d + c] = match r.cmp(&c) {
-                        std::cmp::Ordering::Less => f(u[r * d + c]),
-                        std::cmp::Ordering::Equal => s[r],
-                        std::cmp::Ordering::Greater => 0.0,
-                    };
-                }
-            }
-            let p_lm = mm64(d, &p, &lm);
-            let w = mm64(d, &p_lm, &um);
-            let w_inv = inverse64(d, &w);
-            plu.w = w.iter().map(|&x| T::of(x)).collect();
-            plu.w_inv = w_inv.iter().map(|&x| T::of(x)).collect();
-            plu.log_abs_s = T::of(s.iter().map(|v| v.abs().ln()).sum());
-            plu.w_inv64 = w_inv;
-            plu.p_lm = p_lm;
-            plu.um = um;
-            plu.p = p;
-            plu.s = s;
+            let f64s = |x: &[T]| -> Vec<f64> { x.iter().map(|v| v.to64()).collect() };
+            let data = &self.actor.data;
+            let m = flowpilot_core::policy::plu::Plu::new(
+                perm,
+                &f64s(bs.l.of(data)),
+                &f64s(bs.u.of(data)),
+                &f64s(bs.s.of(data)),
+            );
+            plu.w = m.w().iter().map(|&x| T::of(x)).collect();
+            plu.w_inv = m.w_inv().iter().map(|&x| T::of(x)).collect();
+            plu.log_abs_s = T::of(m.log_abs_det());
+            plu.f64 = Some(m);
         }
     }
 
@@ -1153,20 +1129,6 @@ fn grad_of<T: Real>(p: &Params<T>, grad: &[T], var: &Var) -> Option<Vec<T>> {
         .map(|(_, s)| s.of(grad).to_vec())
 }
 
-/// (d×d)·(d×d) in f64.
-fn mm64(d: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
-    let mut o = vec![0f64; d * d];
-    for r in 0..d {
-        for k in 0..d {
-            let av = a[r * d + k];
-            for c in 0..d {
-                o[r * d + c] += av * b[k * d + c];
-            }
-        }
-    }
-    o
-}
-
 fn transpose64(d: usize, a: &[f64]) -> Vec<f64> {
     let mut o = vec![0f64; d * d];
     for r in 0..d {
@@ -1175,44 +1137,6 @@ fn transpose64(d: usize, a: &[f64]) -> Vec<f64> {
         }
     }
     o
-}
-
-/// Gauss–Jordan inverse with partial pivoting, f64 (W = P·L·U is invertible
-/// while every s ≠ 0, which the model file's validation guarantees).
-fn inverse64(d: usize, w: &[f64]) -> Vec<f64> {
-    let mut a = w.to_vec();
-    let mut inv = vec![0f64; d * d];
-    for i in 0..d {
-        inv[i * d + i] = 1.0;
-    }
-    for c in 0..d {
-        let piv = (c..d)
-            .max_by(|&x, &y| a[x * d + c].abs().total_cmp(&a[y * d + c].abs()))
-            .unwrap_or(c);
-        if piv != c {
-            for j in 0..d {
-                a.swap(piv * d + j, c * d + j);
-                inv.swap(piv * d + j, c * d + j);
-            }
-        }
-        let p = 1.0 / a[c * d + c];
-        for j in 0..d {
-            a[c * d + j] *= p;
-            inv[c * d + j] *= p;
-        }
-        for r in 0..d {
-            if r != c {
-                let f = a[r * d + c];
-                if f != 0.0 {
-                    for j in 0..d {
-                        a[r * d + j] -= f * a[c * d + j];
-                        inv[r * d + j] -= f * inv[c * d + j];
-                    }
-                }
-            }
-        }
-    }
-    inv
 }
 
 /// From the gradient w.r.t. W (forward) or W⁻¹ (inverse), and the one
@@ -1226,10 +1150,14 @@ fn plu_backward<T: Real>(
     grad: &mut [T],
     bs: &BlockSlots,
 ) {
+    let plu = plu
+        .f64
+        .as_ref()
+        .expect("prepare() builds every block before a backward pass");
     let g: Vec<f64> = dmat.iter().map(|v| v.to64()).collect();
     // d(W⁻¹) = −W⁻¹ dW W⁻¹  ⇒  ∂/∂W = −W⁻ᵀ G W⁻ᵀ.
     let dw = if inverse {
-        let wt = transpose64(d, &plu.w_inv64);
+        let wt = transpose64(d, plu.w_inv());
         mm64(d, &mm64(d, &wt, &g), &wt)
             .into_iter()
             .map(|v| -v)
@@ -1240,10 +1168,10 @@ fn plu_backward<T: Real>(
     // W = (P·Lm)·Um: ∂Lm = Pᵀ·∂W·Umᵀ, ∂Um = (P·Lm)ᵀ·∂W.
     let dlm = mm64(
         d,
-        &mm64(d, &transpose64(d, &plu.p), &dw),
-        &transpose64(d, &plu.um),
+        &mm64(d, &transpose64(d, plu.p()), &dw),
+        &transpose64(d, plu.um()),
     );
-    let dum = mm64(d, &transpose64(d, &plu.p_lm), &dw);
+    let dum = mm64(d, &transpose64(d, plu.p_lm()), &dw);
     let dlas = dlas.to64();
     let gl = bs.l.of_mut(grad);
     for r in 0..d {
@@ -1259,7 +1187,7 @@ fn plu_backward<T: Real>(
     }
     let gs = bs.s.of_mut(grad);
     for i in 0..d {
-        gs[i] += T::of(dum[i * d + i] + dlas / plu.s[i]);
+        gs[i] += T::of(dum[i * d + i] + dlas / plu.s()[i]);
     }
 }
 

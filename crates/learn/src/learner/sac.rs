@@ -168,12 +168,13 @@ struct Critic {
     layer_norm: bool,
 }
 
-/// (x − mean) / sqrt(var + ε) over the last dim.
+/// (x − mean) / sqrt(var + ε) over the last dim (ε: the critic's, one
+/// constant for this path and the hand-written one).
 fn layer_norm(h: &Tensor) -> Result<Tensor> {
     let mean = h.mean_keepdim(D::Minus1)?;
     let c = h.broadcast_sub(&mean)?;
     let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(c.broadcast_div(&(var + 1e-5)?.sqrt()?)?)
+    Ok(c.broadcast_div(&(var + super::kernels::CRITIC_LN_EPS)?.sqrt()?)?)
 }
 
 impl Critic {

@@ -15,6 +15,7 @@ use weights::Weights;
 
 use crate::policy::action_space::ActionSpace;
 use crate::policy::model::{Direction, ModelFile, ModelSpec, PolicyKind};
+use crate::policy::plu::Plu;
 
 /// log(2π)/2.
 pub const HALF_LN_2PI: f32 = 0.918_938_5;
@@ -288,73 +289,6 @@ pub struct Sampler {
     grad: Option<Box<GradScratch>>,
 }
 
-/// Build W = P·(tril(L,-1)+I)·(triu(U,1)+diag(s)) and its inverse in f64.
-pub fn plu_matrices(perm: &[i64], l: &[f32], u: &[f32], s: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let d = s.len();
-    let lm = |i: usize, j: usize| -> f64 {
-        match i.cmp(&j) {
-            std::cmp::Ordering::Greater => l[i * d + j] as f64,
-            std::cmp::Ordering::Equal => 1.0,
-            std::cmp::Ordering::Less => 0.0,
-        }
-    };
-    let um = |i: usize, j: usize| -> f64 {
-        match i.cmp(&j) {
-            std::cmp::Ordering::Less => u[i * d + j] as f64,
-            std::cmp::Ordering::Equal => s[i] as f64,
-            std::cmp::Ordering::Greater => 0.0,
-        }
-    };
-    // LU = L·U
-    let mut lu = vec![0.0f64; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            lu[i * d + j] = (0..d).map(|k| lm(i, k) * um(k, j)).sum();
-        }
-    }
-    // (P·M)[i, :] = M[perm[i], :]
-    let mut w = vec![0.0f64; d * d];
-    for i in 0..d {
-        let src = perm[i] as usize;
-        w[i * d..(i + 1) * d].copy_from_slice(&lu[src * d..(src + 1) * d]);
-    }
-    // W⁻¹ = U⁻¹ · L⁻¹ · Pᵀ, by triangular solves column by column.
-    let mut linv = vec![0.0f64; d * d];
-    for c in 0..d {
-        for i in 0..d {
-            let mut v = if i == c { 1.0 } else { 0.0 };
-            for k in 0..i {
-                v -= lm(i, k) * linv[k * d + c];
-            }
-            linv[i * d + c] = v;
-        }
-    }
-    let mut uinv = vec![0.0f64; d * d];
-    for c in 0..d {
-        for i in (0..d).rev() {
-            let mut v = if i == c { 1.0 } else { 0.0 };
-            for k in i + 1..d {
-                v -= um(i, k) * uinv[k * d + c];
-            }
-            uinv[i * d + c] = v / um(i, i);
-        }
-    }
-    let mut ul = vec![0.0f64; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            ul[i * d + j] = (0..d).map(|k| uinv[i * d + k] * linv[k * d + j]).sum();
-        }
-    }
-    // (M·Pᵀ)[:, j] = M[:, perm[j]]
-    let mut w_inv = vec![0.0f64; d * d];
-    for r in 0..d {
-        for j in 0..d {
-            w_inv[r * d + j] = ul[r * d + perm[j] as usize];
-        }
-    }
-    (w, w_inv)
-}
-
 impl Sampler {
     /// Build the sampler for a validated model: precompute W and W⁻¹ and
     /// allocate every buffer a call will need (including the backward-pass
@@ -386,18 +320,23 @@ impl Sampler {
                 (0..spec.blocks)
                     .map(|i| {
                         let p = format!("blocks.{i}.lin");
-                        let s = m.f32(&format!("{p}.s"));
-                        let (w, w_inv) = plu_matrices(
-                            m.i64(&format!("{p}.perm")),
-                            m.f32(&format!("{p}.L")),
-                            m.f32(&format!("{p}.U")),
-                            s,
-                        );
+                        let f64s = |k: &str| -> Vec<f64> {
+                            m.f32(&format!("{p}.{k}"))
+                                .iter()
+                                .map(|&v| v.into())
+                                .collect()
+                        };
+                        // A validated model's perm is a permutation of 0..d.
+                        let perm: Vec<usize> = m
+                            .i64(&format!("{p}.perm"))
+                            .iter()
+                            .map(|&i| i as usize)
+                            .collect();
+                        let plu = Plu::new(&perm, &f64s("L"), &f64s("U"), &f64s("s"));
                         Block {
-                            w: w.iter().map(|&v| v as f32).collect(),
-                            w_inv: w_inv.iter().map(|&v| v as f32).collect(),
-                            sum_log_abs_s: s.iter().map(|v| (v.abs() as f64).ln()).sum::<f64>()
-                                as f32,
+                            w: plu.w().iter().map(|&v| v as f32).collect(),
+                            w_inv: plu.w_inv().iter().map(|&v| v as f32).collect(),
+                            sum_log_abs_s: plu.log_abs_det() as f32,
                             s: Mlp::load(m, &format!("blocks.{i}.s"), eps),
                             t: Mlp::load(m, &format!("blocks.{i}.t"), eps),
                         }
