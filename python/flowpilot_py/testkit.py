@@ -21,8 +21,21 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from .contract import contract, policy_file, qos  # noqa: F401 (re-exported)
 from .paths import CLI, FLEET, LOGS, MODEL, MODELS, NODE, PARAMS, ROOT  # noqa: F401 (re-exported)
 
-# A distinct ROS_DOMAIN_ID per test (and per pytest process).
-domains = itertools.count(20 + (os.getpid() % 50) * 3)
+# Fast DDS refuses a ROS_DOMAIN_ID above 232 on the default port base
+# ("Calculated port number is too high"); a full run takes more than 100
+# ids, so they wrap within [FIRST_DOMAIN, 232].
+FIRST_DOMAIN, LAST_DOMAIN = 20, 232
+
+
+def _domains(start):
+    """A distinct ROS_DOMAIN_ID per test, from a per-process start (so two
+    pytest processes seldom share one), wrapping within the valid range."""
+    span = LAST_DOMAIN - FIRST_DOMAIN + 1
+    for k in itertools.count(start):
+        yield FIRST_DOMAIN + k % span
+
+
+domains = _domains((os.getpid() % 50) * 3)
 
 CONTRACT = contract()
 DECISION = CONTRACT["decision"]
