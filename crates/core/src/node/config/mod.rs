@@ -13,10 +13,16 @@ use crate::log::writer::DistanceReward;
 use crate::rt::control::SafeBehaviour;
 use crate::rt::stop::{Interface, StateSource, StopRule};
 
+mod fleet;
 mod params;
+mod sources;
 pub mod table;
 
+use fleet::fleet_settings;
+pub use fleet::{FleetPolicy, FleetSettings};
 use params::Params;
+use sources::{parse_qos, source, sources};
+pub use sources::{JointField, SourceConfig, SourceKind};
 
 /// One parameter's value, mirroring the ROS 2 parameter types (the variant
 /// names match r2r's, so error messages read the same as before).
@@ -112,81 +118,6 @@ fn reject_unknown(map: &ParamMap) -> Result<()> {
                 None => format!("unknown parameter '{k}' (docs/configuration.md lists them all)"),
             },
         )),
-    }
-}
-
-/// One observation (or goal) source.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    pub name: String,
-    pub topic: String,
-    pub kind: SourceKind,
-    pub max_age_s: f64,
-    pub best_effort: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceKind {
-    /// sensor_msgs/JointState: for each joint (by name), each field.
-    JointState {
-        joints: Vec<String>,
-        fields: Vec<JointField>,
-    },
-    /// std_msgs/Float64MultiArray: the given data indices.
-    Float64MultiArray {
-        indices: Vec<usize>,
-    },
-    /// Fixed-layout messages: selected component indices into the full vector
-    /// (see [`SourceKind::components`]).
-    PoseStamped {
-        select: Vec<usize>,
-    },
-    TwistStamped {
-        select: Vec<usize>,
-    },
-    Imu {
-        select: Vec<usize>,
-    },
-    Odometry {
-        select: Vec<usize>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JointField {
-    Position,
-    Velocity,
-    Effort,
-}
-
-impl SourceKind {
-    /// Names of the full component vector of fixed-layout messages.
-    pub fn components(kind: &str) -> Option<&'static [&'static str]> {
-        const POSE: &[&str] = &["x", "y", "z", "qx", "qy", "qz", "qw"];
-        const TWIST: &[&str] = &["vx", "vy", "vz", "wx", "wy", "wz"];
-        const IMU: &[&str] = &["qx", "qy", "qz", "qw", "wx", "wy", "wz", "ax", "ay", "az"];
-        const ODOM: &[&str] = &[
-            "x", "y", "z", "qx", "qy", "qz", "qw", "vx", "vy", "vz", "wx", "wy", "wz",
-        ];
-        match kind {
-            "pose_stamped" => Some(POSE),
-            "twist_stamped" => Some(TWIST),
-            "imu" => Some(IMU),
-            "odometry" => Some(ODOM),
-            _ => None,
-        }
-    }
-
-    /// Values this source contributes to the board.
-    pub fn width(&self) -> usize {
-        match self {
-            Self::JointState { joints, fields } => joints.len() * fields.len(),
-            Self::Float64MultiArray { indices } => indices.len(),
-            Self::PoseStamped { select }
-            | Self::TwistStamped { select }
-            | Self::Imu { select }
-            | Self::Odometry { select } => select.len(),
-        }
     }
 }
 
@@ -309,38 +240,6 @@ pub struct NodeConfig {
     /// `live.allow_loosen` (start-up only): live changes may loosen the
     /// safety limits too (default: only tighten them; `crate::node::live`).
     pub live_allow_loosen: bool,
-}
-
-/// Which policy versions a fleet robot takes from the learner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FleetPolicy {
-    /// None: the robot only streams its records.
-    None,
-    /// The one policy the learner trains for every robot.
-    Shared,
-    /// A policy trained for this robot alone (its own topic).
-    Own,
-}
-
-/// `fleet.*`: this robot's link to a fleet learner (docs/fleet.md).
-#[derive(Debug, Clone)]
-pub struct FleetSettings {
-    pub robot_id: String,
-    /// Stream the transition log's records to the learner.
-    pub stream: bool,
-    pub policy: FleetPolicy,
-    /// Most records in flight without an acknowledgement.
-    pub window: u64,
-    /// How often new records are sent.
-    pub batch_period_s: f64,
-    /// `fleet.learner`: the id of the one learner to follow (its
-    /// acknowledgements name it); None: the first learner heard
-    /// (docs/fleet.md). Others on the domain are ignored and reported.
-    pub learner: Option<String>,
-    /// `fleet.signing_key`: this robot's private key (`flowpilot keygen`),
-    /// signing every records batch it sends; a learner with robot keys
-    /// stores only signed batches ([`crate::fleet::auth`]). None: unsigned.
-    pub signer: Option<std::sync::Arc<crate::signing::PolicySigner>>,
 }
 
 #[derive(Debug, Clone)]
@@ -468,66 +367,6 @@ fn log_settings(p: &Params<'_>, width: usize) -> Result<Option<LogSettings>> {
     }))
 }
 
-fn fleet_settings(p: &Params<'_>, has_log: bool, has_swap: bool) -> Result<Option<FleetSettings>> {
-    let Some(robot_id) = nonempty(p.string("fleet.robot_id")?) else {
-        return Ok(None);
-    };
-    if !crate::fleet::valid_robot_id(&robot_id) {
-        return Err(ConfigError::param(
-            "fleet.robot_id",
-            format!("'fleet.robot_id': '{robot_id}' must start with a letter and hold only letters, digits and '_' (at most 64)"),
-        ));
-    }
-    let stream = p.bool("fleet.stream")?;
-    if stream && !has_log {
-        return Err(ConfigError::param(
-            "fleet.stream",
-            "'fleet.stream' sends the transition log: set 'log.dir' (or fleet.stream: false)",
-        ));
-    }
-    let policy = match p.string("fleet.policy")?.as_str() {
-        "none" => FleetPolicy::None,
-        "shared" => FleetPolicy::Shared,
-        "own" => FleetPolicy::Own,
-        o => {
-            return Err(ConfigError::param(
-                "fleet.policy",
-                format!("'fleet.policy': unknown '{o}' (shared, own or none)"),
-            ))
-        }
-    };
-    if policy != FleetPolicy::None && !has_swap {
-        return Err(ConfigError::param(
-            "fleet.policy",
-            "'fleet.policy' takes versions through the hot swap: set 'hot_swap.dir' (or fleet.policy: none)",
-        ));
-    }
-    Ok(Some(FleetSettings {
-        robot_id,
-        stream,
-        policy,
-        window: p.i64("fleet.window")? as u64,
-        batch_period_s: p.f64("fleet.batch_period")?,
-        learner: match nonempty(p.string("fleet.learner")?) {
-            Some(id) if !crate::fleet::valid_learner_id(&id) => {
-                return Err(ConfigError::param(
-                    "fleet.learner",
-                    format!("'fleet.learner': '{id}' is not a learner id (1..64 letters, digits, '_' or '-'; flowpilot_fleet prints its id at start)"),
-                ))
-            }
-            id => id,
-        },
-        signer: match nonempty(p.path("fleet.signing_key")?) {
-            None => None,
-            Some(path) => Some(std::sync::Arc::new(
-                crate::signing::PolicySigner::load(std::path::Path::new(&path)).map_err(|e| {
-                    ConfigError::param("fleet.signing_key", format!("'fleet.signing_key': {e}"))
-                })?,
-            )),
-        },
-    }))
-}
-
 /// `hot_swap.trusted_keys`: each entry a public key inline
 /// (`ed25519:<base64>`) or the path of a public key file (expanded as
 /// paths are), read and checked now ([`crate::signing::PublicKey::from_entry`]).
@@ -576,137 +415,6 @@ fn guard_config(
         z,
         hold,
     })
-}
-
-fn source(p: &Params<'_>, name: &str) -> Result<SourceConfig> {
-    let k = |f: &str| format!("sources.{name}.{f}");
-    let kind_s = p.string(&k("type"))?;
-    let kind = match kind_s.as_str() {
-        "joint_state" => {
-            let joints = p.strings(&k("joints"))?;
-            if joints.is_empty() {
-                return Err(ConfigError::param(
-                    k("joints"),
-                    format!("'{}' must list the joint names to read", k("joints")),
-                ));
-            }
-            let mut fields = Vec::new();
-            for f in p.strings(&k("fields"))? {
-                fields.push(match f.as_str() {
-                    "position" => JointField::Position,
-                    "velocity" => JointField::Velocity,
-                    "effort" => JointField::Effort,
-                    o => {
-                        return Err(ConfigError::param(
-                            k("fields"),
-                            format!(
-                                "'{}': unknown field '{o}' (position, velocity, effort)",
-                                k("fields")
-                            ),
-                        ))
-                    }
-                });
-            }
-            if fields.is_empty() {
-                fields.push(JointField::Position);
-            }
-            SourceKind::JointState { joints, fields }
-        }
-        "float64_multi_array" => {
-            // A message wider than this is refused at the subscription
-            // (joint_map::MAX_VALUES), so no wider source can ever be read;
-            // bounding it here also keeps a huge `size` from reaching an
-            // allocation (libFuzzer found a capacity-overflow panic).
-            let max = crate::joint_map::MAX_VALUES;
-            let mut indices = p.usizes(&k("indices"))?;
-            if let Some(i) = indices.iter().find(|&&i| i >= max) {
-                return Err(ConfigError::param(
-                    k("indices"),
-                    format!("'{}' entries must be below {max}, got {i}", k("indices")),
-                ));
-            }
-            if indices.is_empty() {
-                let n = p.i64_max(&k("size"), max as i64)?;
-                if n <= 0 {
-                    return Err(ConfigError::param(
-                        k("indices"),
-                        format!(
-                            "'{}' needs 'indices' (list) or 'size' (take data[0..size])",
-                            k("type")
-                        ),
-                    ));
-                }
-                indices = (0..n as usize).collect();
-            }
-            SourceKind::Float64MultiArray { indices }
-        }
-        "pose_stamped" | "twist_stamped" | "imu" | "odometry" => {
-            let all = SourceKind::components(&kind_s).expect("known kind");
-            let names = p.strings(&k("components"))?;
-            let select = if names.is_empty() {
-                (0..all.len()).collect()
-            } else {
-                names
-                    .iter()
-                    .map(|n| {
-                        all.iter().position(|c| c == n).ok_or_else(|| {
-                            ConfigError::param(
-                                k("components"),
-                                format!("'{}': '{n}' is not one of {all:?}", k("components")),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            };
-            match kind_s.as_str() {
-                "pose_stamped" => SourceKind::PoseStamped { select },
-                "twist_stamped" => SourceKind::TwistStamped { select },
-                "imu" => SourceKind::Imu { select },
-                _ => SourceKind::Odometry { select },
-            }
-        }
-        o => {
-            return Err(ConfigError::param(
-                k("type"),
-                format!(
-                    "'{}': unknown source type '{o}' (joint_state, float64_multi_array, pose_stamped, twist_stamped, imu, odometry)",
-                    k("type")
-                ),
-            ))
-        }
-    };
-    let qos = p.string(&k("qos"))?;
-    Ok(SourceConfig {
-        name: name.to_string(),
-        topic: p.string(&k("topic"))?,
-        kind,
-        max_age_s: p.f64(&k("max_age"))?,
-        best_effort: parse_qos(&k("qos"), &qos)?,
-    })
-}
-
-fn sources(p: &Params<'_>, list: &str, role: &'static str) -> Result<Vec<SourceConfig>> {
-    p.strings(list)?
-        .iter()
-        .map(|n| {
-            source(p, n).map_err(|e| ConfigError::Source {
-                role,
-                name: n.clone(),
-                error: Box::new(e),
-            })
-        })
-        .collect()
-}
-
-fn parse_qos(name: &str, v: &str) -> Result<bool> {
-    match v {
-        "best_effort" => Ok(true),
-        "reliable" => Ok(false),
-        o => Err(ConfigError::param(
-            name,
-            format!("'{name}': unknown QoS '{o}' (best_effort or reliable)"),
-        )),
-    }
 }
 
 impl NodeConfig {

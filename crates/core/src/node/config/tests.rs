@@ -4,6 +4,9 @@
 use super::*;
 use ParamValue as V;
 
+mod outputs;
+mod sources;
+
 fn s(v: &str) -> ParamValue {
     V::String(v.into())
 }
@@ -199,56 +202,6 @@ fn full_config() {
     assert_eq!(c.override_input, Some(("/human".into(), 0.5)));
     assert_eq!(c.finetune_args, vec!["--steps", "10"]);
     assert_eq!(c.finetune_exe.as_deref(), Some("/bin/flowpilot"));
-}
-
-#[test]
-fn every_source_type() {
-    let m = with(
-        minimal(),
-        &[
-            ("observations", ss(&["a", "b", "c", "d", "e"])),
-            ("sources.a.type", s("float64_multi_array")),
-            ("sources.a.topic", s("/a")),
-            ("sources.a.size", V::Integer(3)),
-            ("sources.b.type", s("float64_multi_array")),
-            ("sources.b.topic", s("/b")),
-            ("sources.b.indices", V::IntegerArray(vec![4, 2])),
-            ("sources.c.type", s("twist_stamped")),
-            ("sources.c.topic", s("/c")),
-            ("sources.d.type", s("imu")),
-            ("sources.d.topic", s("/d")),
-            ("sources.d.components", ss(&["az"])),
-            ("sources.e.type", s("odometry")),
-            ("sources.e.topic", s("/e")),
-            ("action.type", s("twist_stamped")),
-        ],
-    );
-    let c = NodeConfig::from_params(&m).unwrap();
-    let kinds: Vec<_> = c.observations.iter().map(|s| s.kind.clone()).collect();
-    assert_eq!(
-        kinds,
-        vec![
-            SourceKind::Float64MultiArray {
-                indices: vec![0, 1, 2]
-            },
-            SourceKind::Float64MultiArray {
-                indices: vec![4, 2]
-            },
-            SourceKind::TwistStamped {
-                select: (0..6).collect()
-            },
-            SourceKind::Imu { select: vec![9] },
-            SourceKind::Odometry {
-                select: (0..13).collect()
-            },
-        ]
-    );
-    assert_eq!(
-        c.action,
-        ActionKind::TwistStamped {
-            frame_id: "base_link".into()
-        }
-    );
 }
 
 #[test]
@@ -637,30 +590,6 @@ fn path_parameters_expand_home_and_environment_like_a_shell() {
 }
 
 #[test]
-fn an_array_source_wider_than_a_message_can_be_is_refused() {
-    // libFuzzer: a huge `size` panicked with a capacity overflow
-    // (tests/fuzz_corpus/config_parser/capacity-overflow-size.bin).
-    let arr = |kvs: &[(&str, ParamValue)]| {
-        let mut m = with(minimal(), &[("sources.arm.type", s("float64_multi_array"))]);
-        m.remove("sources.arm.joints");
-        with(m, kvs)
-    };
-    assert_rejected(vec![
-        (
-            arr(&[("sources.arm.size", V::Integer(1 << 40))]),
-            "sources.arm.size",
-            "observation source 'arm': 'sources.arm.size' must be within 0..=65536, got 1099511627776",
-        ),
-        (
-            arr(&[("sources.arm.indices", V::IntegerArray(vec![0, 70_000]))]),
-            "sources.arm.indices",
-            "observation source 'arm': 'sources.arm.indices' entries must be below 65536, got 70000",
-        ),
-    ]);
-    assert!(NodeConfig::from_params(&arr(&[("sources.arm.size", V::Integer(3))])).is_ok());
-}
-
-#[test]
 fn chunk_parameters_pick_the_boundary_rule_and_its_number() {
     use crate::rt::chunk::Boundary;
     let c = NodeConfig::from_params(&minimal()).unwrap();
@@ -696,149 +625,6 @@ fn unset_log_dir_ignores_log_parameters() {
     // log.* is only read when logging is on, as before
     let m = with(minimal(), &[("log.every", V::Integer(0))]);
     assert!(NodeConfig::from_params(&m).unwrap().log.is_none());
-}
-
-#[test]
-fn action_kind_checks_the_model_width() {
-    let traj = ActionKind::JointTrajectory {
-        joints: vec!["a".into(), "b".into()],
-    };
-    assert!(traj.check_act_dim(2).is_ok());
-    let e = traj.check_act_dim(3).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "'action.joints' names 2 joints, the model outputs 3 actions"
-    );
-    for d in [2, 3, 6] {
-        assert!(ActionKind::Twist.check_act_dim(d).is_ok());
-    }
-    assert_eq!(
-        ActionKind::Twist.check_act_dim(4).unwrap_err().to_string(),
-        "twist actions need 2 (vx, wz), 3 (vx, vy, wz) or 6 values; the model outputs 4"
-    );
-    assert!(ActionKind::Float64MultiArray.check_act_dim(17).is_ok());
-}
-
-#[test]
-fn the_output_says_what_it_commands_and_where_positions_are_measured() {
-    let f64a = |kv: &[(&str, ParamValue)]| {
-        let mut m = minimal();
-        m.remove("action.interface");
-        with(m, kv)
-    };
-    assert_rejected(vec![
-        (
-            f64a(&[]),
-            "action.interface",
-            "'action.interface' is required for float64_multi_array: say what the values command (position, velocity or effort, or one per value), so that a stop holds a position instead of commanding 0",
-        ),
-        (
-            f64a(&[("action.interface", s("torque"))]),
-            "action.interface",
-            "'action.interface': unknown interface 'torque' (position, velocity or effort)",
-        ),
-        (
-            f64a(&[("action.type", s("twist")), ("action.interface", s("position"))]),
-            "action.interface",
-            "'action.interface': this action.type commands velocity, not position",
-        ),
-        (
-            f64a(&[
-                ("action.type", s("joint_trajectory")),
-                ("action.joints", ss(&["j1", "j2"])),
-                ("action.interface", s("velocity")),
-            ]),
-            "action.interface",
-            "'action.interface': this action.type commands position, not velocity",
-        ),
-        (
-            f64a(&[("action.interface", ss(&["position", "effort"]))]),
-            "safe_behaviour",
-            "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a place; the stop sends zero effort): use zero or stop",
-        ),
-        (
-            f64a(&[("action.interface", s("position")), ("safe_behaviour", s("zero"))]),
-            "safe_behaviour",
-            "'safe_behaviour': zero is refused on a position interface (0 is a place, and the arm would jump there): use hold or stop",
-        ),
-        (
-            f64a(&[
-                ("action.type", s("joint_trajectory")),
-                ("action.joints", ss(&["j1", "j2"])),
-                ("safe_behaviour", s("zero")),
-            ]),
-            "safe_behaviour",
-            "'safe_behaviour': zero is refused on a position interface (0 is a place, and the arm would jump there): use hold or stop",
-        ),
-        (
-            f64a(&[("action.interface", s("position")), ("action.state_source", s("nope"))]),
-            "action.state_source",
-            "'action.state_source': 'nope' is not one of the observations or goals",
-        ),
-        (
-            f64a(&[("action.interface", s("position")), ("action.state_source", s("arm"))]),
-            "action.joints",
-            "'action.joints' must name the commanded joints to read them from action.state_source",
-        ),
-        (
-            f64a(&[
-                ("action.interface", s("position")),
-                ("action.joints", ss(&["j1", "j9"])),
-                ("action.state_source", s("arm")),
-            ]),
-            "action.state_source",
-            "'action.state_source': 'arm' does not read joint 'j9' of action.joints",
-        ),
-        (
-            f64a(&[
-                ("action.interface", s("velocity")),
-                ("action.joints", ss(&["j1", "j2"])),
-                ("action.state_source", s("arm")),
-            ]),
-            "action.state_source",
-            "'action.state_source': 'arm' measures positions, and no action value commands one",
-        ),
-    ]);
-    // A measured arm: joint-major position, velocity; joints in any order.
-    let m = f64a(&[
-        ("sources.arm.fields", ss(&["position", "velocity"])),
-        ("action.interface", ss(&["position", "velocity"])),
-        ("action.joints", ss(&["j2", "j1"])),
-        ("action.state_source", s("arm")),
-    ]);
-    let c = NodeConfig::from_params(&m).unwrap();
-    let rule = c.stop_rule(2).unwrap();
-    assert_eq!(
-        rule.interfaces(),
-        &[Interface::Position, Interface::Velocity]
-    );
-    assert_eq!(rule.state_source(), Some(0));
-    let mut out = [9.0; 2];
-    // board values: q1, v1, q2, v2 -> joint j2's position is value 2
-    let kind = rule.fill(Some(&[0.1, 1.0, 0.2, 2.0]), None, &mut out);
-    assert_eq!(
-        (kind, out),
-        (crate::rt::stop::StopKind::HoldMeasured, [0.2, 0.0])
-    );
-    assert_eq!(
-        c.stop_rule(3).unwrap_err().to_string(),
-        "'action.interface' lists 2 interfaces, the model outputs 3 actions"
-    );
-    // One interface stands for every value; twist and trajectories imply theirs.
-    let c = NodeConfig::from_params(&f64a(&[
-        ("action.interface", s("effort")),
-        ("safe_behaviour", s("zero")),
-    ]))
-    .unwrap();
-    assert_eq!(
-        c.stop_rule(3).unwrap().interfaces(),
-        &[Interface::Effort; 3]
-    );
-    let c = NodeConfig::from_params(&f64a(&[("action.type", s("twist"))])).unwrap();
-    assert_eq!(
-        c.stop_rule(2).unwrap().interfaces(),
-        &[Interface::Velocity; 2]
-    );
 }
 
 #[test]
@@ -919,14 +705,4 @@ fn trusted_keys_are_read_and_required_when_the_fleet_takes_policies() {
         e.to_string().contains("/nonexistent/learner.key.pub"),
         "{e}"
     );
-}
-
-#[test]
-fn an_empty_source_name_is_an_error_not_a_panic() {
-    // found by the fuzzer: `sources..type` is read for a source named ""
-    let e = err(&with(minimal(), &[("observations", ss(&[""]))]));
-    assert_eq!(e.parameter(), "sources..type", "{e}");
-    // and a key for an empty source name is not a known parameter
-    let e = err(&with(minimal(), &[("sources..topic", s("/x"))]));
-    assert!(e.to_string().contains("sources..topic"), "{e}");
 }
