@@ -212,14 +212,14 @@ fn estop_forces_zero_until_released() {
     let (mut c, b, _) = setup(SafeBehaviour::Hold, 0, Some(vec![0.01; 3]));
     feed(&b);
     c.tick();
-    c.estop().store(true, Ordering::Relaxed);
+    c.estop().engage();
     let out = c.tick();
     assert_eq!(out.decision, Decision::EStop);
     assert!(
         out.publish && out.action.iter().all(|&a| a == 0.0),
         "e-stop is zero and not rate-limited"
     );
-    c.estop().store(false, Ordering::Relaxed);
+    c.estop().release();
     assert_eq!(c.tick().decision, Decision::Policy);
 }
 
@@ -285,7 +285,7 @@ fn deactivating_publishes_the_safe_action_once_then_nothing_until_reactivated() 
     assert_eq!(out.decision, Decision::Policy);
     assert!(out.action.iter().any(|v| *v != 0.0));
     let before = thread_allocations();
-    c.active().store(false, Ordering::Relaxed);
+    c.active().set(false);
     let out = c.tick();
     assert_eq!(out.decision, Decision::Inactive);
     assert!(
@@ -299,7 +299,7 @@ fn deactivating_publishes_the_safe_action_once_then_nothing_until_reactivated() 
         assert_eq!(out.decision, Decision::Inactive);
         assert!(!out.publish, "silence while inactive");
     }
-    c.active().store(true, Ordering::Relaxed);
+    c.active().set(true);
     for _ in 0..2 {
         let out = c.tick();
         assert_eq!(
@@ -323,13 +323,13 @@ fn deactivating_publishes_the_safe_action_once_then_nothing_until_reactivated() 
     let (mut c, b, _) = setup_with(SafeBehaviour::Hold, 0, None, rule);
     feed(&b);
     let last = c.tick().action.to_vec();
-    c.active().store(false, Ordering::Relaxed);
+    c.active().set(false);
     let out = c.tick();
     assert_eq!((out.action, out.stop), (&last[..], StopKind::HoldCommand));
-    c.active().store(true, Ordering::Relaxed);
+    c.active().set(true);
     let last = c.tick().action.to_vec();
-    c.estop().store(true, Ordering::Relaxed);
-    c.active().store(false, Ordering::Relaxed);
+    c.estop().engage();
+    c.active().set(false);
     let out = c.tick();
     assert!(out.publish && out.action == &last[..]);
 }
@@ -346,7 +346,7 @@ fn a_position_estop_holds_where_the_arm_was_measured() {
         assert_eq!(out.decision, Decision::Policy);
         assert_eq!(out.stop, StopKind::None);
     }
-    c.estop().store(true, Ordering::Relaxed);
+    c.estop().engage();
     for i in 0..5 {
         let out = c.tick();
         assert_eq!(out.decision, Decision::EStop);
@@ -358,12 +358,12 @@ fn a_position_estop_holds_where_the_arm_was_measured() {
         b.write(0, &[0.1 - 0.01 * i as f64, 0.2, 0.3], None);
         b.write(1, &[-0.5, 0.5], None);
     }
-    c.estop().store(false, Ordering::Relaxed);
+    c.estop().release();
     feed(&b);
     assert_eq!(c.tick().decision, Decision::Policy);
     // a new stop takes the position measured then
     b.write(0, &[0.4, 0.5, 0.6], None);
-    c.estop().store(true, Ordering::Relaxed);
+    c.estop().engage();
     assert_eq!(c.tick().action, &[0.4, 0.5, 0.6]);
 }
 
@@ -413,7 +413,7 @@ fn a_position_stop_on_stale_input_holds_measured_else_last_command() {
     assert!(!out.publish && out.stop == StopKind::Silent);
     // the e-stop always sends the interface's stop, whatever safe_behaviour says
     feed(&b);
-    c.estop().store(true, Ordering::Relaxed);
+    c.estop().engage();
     let out = c.tick();
     assert!(out.publish && out.stop == StopKind::HoldMeasured);
 }
@@ -444,7 +444,7 @@ fn a_velocity_stop_ramps_on_stale_input_and_the_estop_does_not() {
     assert_eq!(prev, [0.0; 3], "reaches zero within |v| / max_delta ticks");
     feed(&b);
     c.tick();
-    c.estop().store(true, Ordering::Relaxed);
+    c.estop().engage();
     assert_eq!(c.tick().action, &[0.0; 3]);
 }
 
@@ -457,20 +457,24 @@ fn position_stops_allocate_nothing() {
     let before = thread_allocations();
     for i in 0..2000 {
         if i % 50 == 25 {
-            c.estop().store(i % 100 == 25, Ordering::Relaxed);
+            if i % 100 == 25 {
+                c.estop().engage();
+            } else {
+                c.estop().release();
+            }
         }
         if i % 300 == 150 {
-            c.active().store(false, Ordering::Relaxed);
+            c.active().set(false);
         }
         if i % 300 == 160 {
-            c.active().store(true, Ordering::Relaxed);
+            c.active().set(true);
         }
         if i % 3 == 0 {
             feed(&b);
         }
         std::hint::black_box(c.tick().action[0]);
     }
-    c.estop().store(false, Ordering::Relaxed);
+    c.estop().release();
     std::thread::sleep(std::time::Duration::from_millis(60));
     for _ in 0..100 {
         assert!(matches!(c.tick().decision, Decision::Stale { .. }));
@@ -487,14 +491,18 @@ fn a_tick_allocates_nothing() {
     for i in 0..2000 {
         c.note_deadline(i % 7 != 0);
         if i % 100 == 50 {
-            c.estop().store(i % 200 == 50, Ordering::Relaxed);
+            if i % 200 == 50 {
+                c.estop().engage();
+            } else {
+                c.estop().release();
+            }
         }
         if i % 3 == 0 {
             feed(&b);
         }
         std::hint::black_box(c.tick().action[0]);
     }
-    c.estop().store(false, Ordering::Relaxed);
+    c.estop().release();
     // stale path too
     std::thread::sleep(std::time::Duration::from_millis(60));
     let before2 = thread_allocations();

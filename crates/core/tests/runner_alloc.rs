@@ -140,10 +140,10 @@ fn check(with_step: bool) {
         // e-stops in the window: stop ticks read the measured position and
         // preempt the full output queue
         if i % 200 == 100 {
-            estop.store(true, Ordering::Relaxed);
+            estop.engage();
         }
         if i % 200 == 120 {
-            estop.store(false, Ordering::Relaxed);
+            estop.release();
         }
         if i % 250 == 10 {
             // a live parameter change, offered and applied in the window

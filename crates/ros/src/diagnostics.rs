@@ -4,7 +4,7 @@
 //! counters warn while they grow) as a DiagnosticArray; and the ERROR
 //! status when the supervisor stops the node. Spin thread only.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
@@ -25,7 +25,7 @@ use crate::swap::SwapStatus;
 /// Where each part of the snapshot comes from.
 pub(crate) struct Sources<'a> {
     pub(crate) stats: &'a Stats,
-    pub(crate) estop: &'a AtomicBool,
+    pub(crate) estop: &'a flowpilot_core::rt::flags::EStopFlag,
     pub(crate) inputs: &'a InputStats,
     pub(crate) outputs: &'a OutputQueue,
     /// The model the node started with (reported while hot swap is off).
@@ -39,7 +39,7 @@ pub(crate) struct Sources<'a> {
 impl Sources<'_> {
     fn snapshot(self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
-        s.estop = self.estop.load(Ordering::Relaxed);
+        s.estop = self.estop.engaged();
         s.received_messages = self.inputs.received();
         s.rejected_messages = self.inputs.rejected();
         s.dropped_outputs = self.outputs.dropped();

@@ -52,6 +52,8 @@ mod session_topics;
 mod swap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use flowpilot_core::rt::flags::{ActuationGate, EStopFlag};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,7 +121,7 @@ pub fn run_node() -> Result<()> {
     let mut pool = futures::executor::LocalPool::new();
     let spawner = pool.spawner();
     let mut lifecycle = lifecycle::LifecycleServer::serve(&mut node, &spawner)?;
-    let estop = Arc::new(AtomicBool::new(false));
+    let estop = EStopFlag::new();
     services::serve_estop(
         &mut node,
         &spawner,
@@ -247,8 +249,8 @@ pub fn run_node() -> Result<()> {
 struct Session {
     pool: futures::executor::LocalPool,
     model: flowpilot_core::policy::model::ModelFile,
-    active: Arc<AtomicBool>,
-    estop: Arc<AtomicBool>,
+    active: ActuationGate,
+    estop: EStopFlag,
     stats: Arc<flowpilot_core::rt::control::Stats>,
     input_stats: Arc<inputs::InputStats>,
     out: Arc<OutputQueue>,
@@ -286,7 +288,7 @@ impl Session {
     fn configure(
         node: &mut r2r::Node,
         params: &std::rc::Rc<std::cell::RefCell<flowpilot_core::node::config::ParamMap>>,
-        estop: &Arc<AtomicBool>,
+        estop: &EStopFlag,
     ) -> Result<Self> {
         let cfg = &NodeConfig::from_params(&params.borrow()).context("invalid node parameters")?;
         // 1. The policy.
@@ -439,7 +441,7 @@ impl Session {
     }
 
     fn set_active(&self, on: bool) {
-        self.active.store(on, Ordering::SeqCst);
+        self.active.set(on);
     }
 
     fn ticks(&self) -> u64 {
@@ -512,7 +514,7 @@ impl Session {
     /// publisher thread is halted first, so nothing it still holds follows
     /// the stop.
     fn publish_safe(&self, why: &str) {
-        if !self.active.load(Ordering::SeqCst) {
+        if !self.active.is_open() {
             return; // inactive: another controller may own the robot now
         }
         let stop = self

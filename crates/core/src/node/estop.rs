@@ -13,11 +13,10 @@
 //!   `true`): a latched `true` must be withdrawn with a fresh `false` first.
 //!
 //! The latch owns the flag that the control thread reads once per tick
-//! (one relaxed atomic load: the only part that touches the real-time
-//! path). Everything else here runs on the spin thread.
+//! ([`EStopFlag`]: one atomic load, the only part that touches the
+//! real-time path). Everything else here runs on the spin thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use crate::rt::flags::EStopFlag;
 
 /// What a request did to the latch, for the caller to log and answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +44,15 @@ pub enum ResetRefused {
 /// through [`EStopLatch::flag`].
 #[derive(Debug)]
 pub struct EStopLatch {
-    engaged: Arc<AtomicBool>,
+    engaged: EStopFlag,
     /// The latest `~/estop` topic message was `true`.
     topic_demands: bool,
 }
 
 impl EStopLatch {
     /// A latch over the controller's e-stop flag (released at start).
-    pub fn new(flag: Arc<AtomicBool>) -> Self {
-        flag.store(false, Ordering::SeqCst);
+    pub fn new(flag: EStopFlag) -> Self {
+        flag.release();
         Self {
             engaged: flag,
             topic_demands: false,
@@ -61,12 +60,12 @@ impl EStopLatch {
     }
 
     /// The flag the control thread obeys.
-    pub fn flag(&self) -> &Arc<AtomicBool> {
+    pub fn flag(&self) -> &EStopFlag {
         &self.engaged
     }
 
     pub fn engaged(&self) -> bool {
-        self.engaged.load(Ordering::SeqCst)
+        self.engaged.engaged()
     }
 
     /// Whether the topic's latest message demands a stop.
@@ -88,7 +87,7 @@ impl EStopLatch {
 
     /// Engage (the `~/estop` service with `true`, or the topic's `true`).
     pub fn engage(&mut self) -> Outcome {
-        if self.engaged.swap(true, Ordering::SeqCst) {
+        if self.engaged.engage() {
             Outcome::AlreadyEngaged
         } else {
             Outcome::Engaged
@@ -100,7 +99,7 @@ impl EStopLatch {
         if self.topic_demands {
             return Err(ResetRefused::TopicDemandsStop);
         }
-        Ok(if self.engaged.swap(false, Ordering::SeqCst) {
+        Ok(if self.engaged.release() {
             Outcome::Released
         } else {
             Outcome::NoChange
@@ -113,7 +112,7 @@ mod tests {
     use super::*;
 
     fn latch() -> EStopLatch {
-        EStopLatch::new(Arc::new(AtomicBool::new(false)))
+        EStopLatch::new(EStopFlag::new())
     }
 
     #[test]
@@ -150,9 +149,6 @@ mod tests {
         );
         assert!(l.engaged());
         assert_eq!(l.reset(), Ok(Outcome::Released));
-        assert!(
-            !l.flag().load(Ordering::SeqCst),
-            "the control thread's flag follows"
-        );
+        assert!(!l.flag().engaged(), "the control thread's flag follows");
     }
 }

@@ -24,12 +24,13 @@
 //! The timer is [`crate::rt::clock`]'s, the thread's scheduling
 //! [`crate::sched`]'s.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::{PolicyId, Transition};
 use crate::policy::sampler::Sampler;
 use crate::rt::board::{mono_ns, wall_ns, Board, SourceState};
+use crate::rt::flags::{ActuationGate, EStopFlag};
 use crate::rt::stop::{StopKind, StopRule};
 
 /// What to do when inputs are stale or invalid. `Hold` and `Zero` both
@@ -200,10 +201,10 @@ pub struct Controller {
     cfg: ControlConfig,
     sampler: Sampler,
     board: Arc<Board>,
-    estop: Arc<AtomicBool>,
+    estop: EStopFlag,
     /// Whether the node actuates (lifecycle active): any thread may clear
     /// or set it; the next tick obeys.
-    active: Arc<AtomicBool>,
+    active: ActuationGate,
     /// What the previous tick saw of `active`.
     was_active: bool,
     /// No policy action before this tick: the start-up hold, counted from
@@ -260,13 +261,13 @@ struct LastTick {
 impl Controller {
     /// **Any thread.** The e-stop flag: any thread may set it; the next
     /// tick obeys.
-    pub fn estop(&self) -> &Arc<AtomicBool> {
+    pub fn estop(&self) -> &EStopFlag {
         &self.estop
     }
 
     /// **Set-up.** Obey `flag` as the e-stop instead of this controller's own (a node
     /// keeps one e-stop across lifecycle cleanups and re-configures).
-    pub fn with_estop(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub fn with_estop(mut self, flag: EStopFlag) -> Self {
         self.estop = flag;
         self
     }
@@ -274,7 +275,7 @@ impl Controller {
     /// **Set-up.** Start with the actuation gate closed (a lifecycle node's configure):
     /// silent from the first tick, with no deactivation's safe action.
     pub fn inactive(mut self) -> Self {
-        self.active.store(false, Ordering::SeqCst);
+        self.active.set(false);
         self.was_active = false;
         self
     }
@@ -292,7 +293,7 @@ impl Controller {
     /// actuate after the warm-up and start-up hold, counted anew from
     /// activation. Cleared: the next tick publishes the stop once,
     /// then every tick publishes nothing (the loop keeps running).
-    pub fn active(&self) -> &Arc<AtomicBool> {
+    pub fn active(&self) -> &ActuationGate {
         &self.active
     }
 
@@ -388,8 +389,8 @@ impl Controller {
                 log_prob: f32::NAN,
                 stop: StopKind::None,
             },
-            estop: Arc::new(AtomicBool::new(false)),
-            active: Arc::new(AtomicBool::new(true)),
+            estop: EStopFlag::new(),
+            active: ActuationGate::new(true),
             was_active: true,
             hold_until: cfg.startup_hold_ticks,
             stats: Arc::new(Stats::default()),
@@ -644,7 +645,7 @@ impl Controller {
             }
             None => false,
         };
-        let active = self.active.load(Ordering::Relaxed);
+        let active = self.active.is_open();
         let deactivating = !active && self.was_active;
         if active && !self.was_active {
             // (Re)activated: warm up and hold as at start-up.
@@ -654,7 +655,7 @@ impl Controller {
         self.was_active = active;
         let decision = if !active {
             Decision::Inactive
-        } else if self.estop.load(Ordering::Relaxed) {
+        } else if self.estop.engaged() {
             Decision::EStop
         } else if human_live {
             Decision::Override

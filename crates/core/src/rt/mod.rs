@@ -14,6 +14,8 @@
 //!   owner).
 //! - [`decision`]: why a tick's action is what it is (the codes the log
 //!   carries).
+//! - [`flags`]: the e-stop and the actuation gate, typed: what other
+//!   threads set and the tick obeys.
 //! - [`clock`]: the loop's time base (the [`clock::Clock`] trait, the
 //!   absolute-deadline [`clock::Periodic`] timer).
 //! - [`output`]: one tick's output and the queue to the publisher thread.
@@ -33,6 +35,7 @@ pub mod chunk;
 pub mod clock;
 pub mod control;
 pub mod decision;
+pub mod flags;
 pub mod handoff;
 pub mod histogram;
 pub mod output;
