@@ -38,8 +38,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-sys.path.insert(0, os.path.dirname(__file__))
-from node_bench import js_publisher, params, q  # noqa: E402
+from node_bench import js_publisher, params, q
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 REL = os.path.join(ROOT, "target", "release")

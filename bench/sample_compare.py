@@ -23,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-from sac_torch import Flow  # noqa: E402
+from sac_torch import Flow
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CLI = os.path.join(ROOT, "target", "release", "flowpilot")

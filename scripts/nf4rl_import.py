@@ -24,15 +24,13 @@ import argparse
 import io
 import json
 import math
-import os
 import pickle
 import sys
 import zipfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jax_perm import flax_permutation  # noqa: E402
+from jax_perm import flax_permutation
 
 
 class CheckpointError(Exception):

@@ -29,8 +29,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import metaworld_tasks as mt  # noqa: E402
+import metaworld_tasks as mt
 
 
 def record(task, episodes, seed, noise, keep_failures=False, max_attempts=None):

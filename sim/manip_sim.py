@@ -61,8 +61,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, Int64
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import metaworld_tasks as mt  # noqa: E402
+import metaworld_tasks as mt
 
 
 def main():

@@ -17,13 +17,10 @@ transitions. An expert that never leaves the upright state shows a cloned
 policy nothing of how to recover from it (InvertedPendulum's does not).
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tasks  # noqa: E402
+import tasks
 
 
 def main():

@@ -19,8 +19,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_nf4rl import (  # noqa: E402
+from test_nf4rl import (
     ROOT, FloatStorage, JaxArray, TorchPickler, TorchTensor, _Storage, _fake_module, _rebuild_tensor_v2,
     as_jax, flax_encoder, flax_flow, plu_params, rnd)
 
