@@ -405,11 +405,91 @@ mod tests {
         rand_chacha::ChaCha8Rng::seed_from_u64(seed)
     }
 
+    /// (f(v + h·eᵢ) − f(v − h·eᵢ)) / 2h, with v left as it was.
+    fn central_difference(v: &mut [f64], i: usize, f: &dyn Fn(&[f64]) -> f64) -> f64 {
+        let (x, h) = (v[i], 1e-6);
+        v[i] = x + h;
+        let up = f(v);
+        v[i] = x - h;
+        let down = f(v);
+        v[i] = x;
+        (up - down) / (2.0 * h)
+    }
+
     fn close(a: f64, b: f64, what: &str) {
         assert!(
             (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs())),
             "{what}: backward {a} vs finite differences {b}"
         );
+    }
+
+    /// Σ dout·out for one coupling MLP (Dense → LeakyReLU → LayerNorm with
+    /// affine, twice, Dense), and its gradient w.r.t. every weight and the
+    /// first `d1` input columns.
+    #[test]
+    fn net_backward_matches_finite_differences() {
+        let (b, inp, h0, h1, out, d1) = (3usize, 6usize, 5usize, 4usize, 3usize, 2usize);
+        let mut r = rng(3);
+        let mut off = 0;
+        let mut slot = |len: usize| {
+            let s = Slot { off, len };
+            off += len;
+            s
+        };
+        let ns = NetSlots {
+            w0: slot(inp * h0),
+            b0: slot(h0),
+            g0: slot(h0),
+            be0: slot(h0),
+            w1: slot(h0 * h1),
+            b1: slot(h1),
+            g1: slot(h1),
+            be1: slot(h1),
+            w2: slot(h1 * out),
+            b2: slot(out),
+            inp,
+            h0,
+            h1,
+            out,
+        };
+        let eps = 1e-5;
+        let mut data: Vec<f64> = (0..off).map(|_| r.random_range(-0.8..0.8)).collect();
+        let mut x: Vec<f64> = (0..b * inp).map(|_| r.random_range(-1.0..1.0)).collect();
+        let dout: Vec<f64> = (0..b * out).map(|_| r.random_range(-1.0..1.0)).collect();
+        let loss = |data: &[f64], x: &[f64]| -> f64 {
+            let mut c = NetCache::default();
+            net_forward(data, &ns, x, b, &mut c, eps, Parallelism::None);
+            c.out.iter().zip(&dout).map(|(o, d)| o * d).sum()
+        };
+        let mut c = NetCache::default();
+        net_forward(&data, &ns, &x, b, &mut c, eps, Parallelism::None);
+        let mut grad = vec![0.0; off];
+        let mut din = vec![0.0; b * d1];
+        let (mut dh0, mut dh1) = (Vec::new(), Vec::new());
+        net_backward(
+            &data,
+            &mut grad,
+            &ns,
+            &x,
+            b,
+            &mut c,
+            &dout,
+            d1,
+            &mut din,
+            &mut dh0,
+            &mut dh1,
+            Parallelism::None,
+        );
+        for i in 0..off {
+            let want = central_difference(&mut data, i, &|d| loss(d, &x));
+            close(grad[i], want, &format!("weight {i}"));
+        }
+        for row in 0..b {
+            for col in 0..d1 {
+                let want = central_difference(&mut x, row * inp + col, &|xs| loss(&data, xs));
+                close(din[row * d1 + col], want, &format!("x[{row},{col}]"));
+            }
+        }
     }
 
     /// Σ dq·q for one ReLU critic, and its gradient w.r.t. every weight and
@@ -457,35 +537,15 @@ mod tests {
                 &mut w,
                 Parallelism::None,
             );
-            let h = 1e-6;
             for i in 0..off {
-                let v = data[i];
-                data[i] = v + h;
-                let up = loss(&data, &x);
-                data[i] = v - h;
-                let down = loss(&data, &x);
-                data[i] = v;
-                close(
-                    grad[i],
-                    (up - down) / (2.0 * h),
-                    &format!("ln {ln}: weight {i}"),
-                );
+                let want = central_difference(&mut data, i, &|d| loss(d, &x));
+                close(grad[i], want, &format!("ln {ln}: weight {i}"));
             }
             for row in 0..b {
                 for col in from..inp {
-                    let i = row * inp + col;
-                    let v = x[i];
-                    x[i] = v + h;
-                    let up = loss(&data, &x);
-                    x[i] = v - h;
-                    let down = loss(&data, &x);
-                    x[i] = v;
+                    let want = central_difference(&mut x, row * inp + col, &|xs| loss(&data, xs));
                     let got = dx[row * (inp - from) + col - from];
-                    close(
-                        got,
-                        (up - down) / (2.0 * h),
-                        &format!("ln {ln}: x[{row},{col}]"),
-                    );
+                    close(got, want, &format!("ln {ln}: x[{row},{col}]"));
                 }
             }
         }
@@ -528,50 +588,22 @@ mod tests {
             };
             let mut grad = vec![0.0; 2 * d * d + d];
             plu_backward(d, &plu, inverse, &g, lambda, &mut grad, &bs);
-            let h = 1e-6;
-            let fd = |f: &dyn Fn(f64) -> f64, v: f64| (f(v + h) - f(v - h)) / (2.0 * h);
             for rr in 0..d {
                 for cc in 0..d {
                     let i = rr * d + cc;
                     if cc < rr {
-                        let v = l[i];
-                        let want = fd(
-                            &|x| {
-                                let mut l2 = l.clone();
-                                l2[i] = x;
-                                loss(&l2, &u, &s)
-                            },
-                            v,
-                        );
+                        let want = central_difference(&mut l.clone(), i, &|l2| loss(l2, &u, &s));
                         close(grad[i], want, &format!("inverse {inverse}: L[{rr},{cc}]"));
                     }
                     if cc > rr {
-                        let v = u[i];
-                        let want = fd(
-                            &|x| {
-                                let mut u2 = u.clone();
-                                u2[i] = x;
-                                loss(&l, &u2, &s)
-                            },
-                            v,
-                        );
-                        close(
-                            grad[d * d + i],
-                            want,
-                            &format!("inverse {inverse}: U[{rr},{cc}]"),
-                        );
+                        let want = central_difference(&mut u.clone(), i, &|u2| loss(&l, u2, &s));
+                        let what = format!("inverse {inverse}: U[{rr},{cc}]");
+                        close(grad[d * d + i], want, &what);
                     }
                 }
             }
             for i in 0..d {
-                let want = fd(
-                    &|x| {
-                        let mut s2 = s.clone();
-                        s2[i] = x;
-                        loss(&l, &u, &s2)
-                    },
-                    s[i],
-                );
+                let want = central_difference(&mut s.clone(), i, &|s2| loss(&l, &u, s2));
                 close(
                     grad[2 * d * d + i],
                     want,
