@@ -1,12 +1,16 @@
-//! The SAC update math: config, twin critics with Polyak targets, the
+//! The SAC update: config, twin critics with Polyak targets, the
 //! temperature, one update step, export of the actor as the next model
 //! version, and the learner's own state file (critics, temperature, update
-//! count). Off the control thread; allocates freely (candle tensors).
+//! count). An update runs in one order ([`Sac::update_mixed`] →
+//! `update_batch`) whichever path computes its steps: the hand-written one
+//! (`super::fast`) when it covers the configuration, else candle autograd
+//! ([`autograd`]: the critic net and the losses, the reference). Off the
+//! control thread; allocates freely (candle tensors).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -158,73 +162,6 @@ impl Default for SacConfig {
             seed: 0,
             latent_temperature: 1.0,
         }
-    }
-}
-
-/// A ReLU MLP critic Q(s, a) with its own seeded init, optionally with
-/// LayerNorm (no affine) before each ReLU.
-struct Critic {
-    vars: Vec<Var>,
-    layer_norm: bool,
-}
-
-/// (x − mean) / sqrt(var + ε) over the last dim (ε: the critic's, one
-/// constant for this path and the hand-written one).
-fn layer_norm(h: &Tensor) -> Result<Tensor> {
-    let mean = h.mean_keepdim(D::Minus1)?;
-    let c = h.broadcast_sub(&mean)?;
-    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(c.broadcast_div(&(var + super::kernels::CRITIC_LN_EPS)?.sqrt()?)?)
-}
-
-impl Critic {
-    fn new(
-        inp: usize,
-        hidden: usize,
-        layer_norm: bool,
-        rng: &mut impl Rng,
-        dev: &Device,
-    ) -> Result<Self> {
-        let mut vars = Vec::new();
-        for (i, o) in [(inp, hidden), (hidden, hidden), (hidden, 1)] {
-            let bound = (1.0 / i as f64).sqrt() as f32;
-            let w: Vec<f32> = (0..i * o)
-                .map(|_| rng.random_range(-bound..bound))
-                .collect();
-            vars.push(Var::from_tensor(&Tensor::from_vec(w, (i, o), dev)?)?);
-            vars.push(Var::from_tensor(&Tensor::zeros(o, DType::F32, dev)?)?);
-        }
-        Ok(Self { vars, layer_norm })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for l in 0..3 {
-            h = h
-                .matmul(self.vars[2 * l].as_tensor())?
-                .broadcast_add(self.vars[2 * l + 1].as_tensor())?;
-            if l < 2 {
-                if self.layer_norm {
-                    h = layer_norm(&h)?;
-                }
-                h = h.relu()?;
-            }
-        }
-        Ok(h.squeeze(1)?)
-    }
-
-    fn copy_from(&self, other: &Critic) -> Result<()> {
-        for (t, s) in self.vars.iter().zip(&other.vars) {
-            t.set(&s.as_tensor().detach())?;
-        }
-        Ok(())
-    }
-
-    fn polyak(&self, other: &Critic, tau: f64) -> Result<()> {
-        for (t, s) in self.vars.iter().zip(&other.vars) {
-            t.set(&((t.as_tensor() * (1.0 - tau))? + (s.as_tensor() * tau)?)?.detach())?;
-        }
-        Ok(())
     }
 }
 
@@ -439,71 +376,140 @@ impl Sac {
             .map(|d| d.from.sample(d.rows, &mut self.rng, &self.dev))
             .collect::<Result<Vec<_>>>()?;
         let batch = super::replay::Batch::cat(&parts)?;
+        let lambda = self.bc_lambda_now();
+        let bc_w = bc_weights(&sources, lambda);
+        self.update_batch(&batch, actor, lambda, &bc_w)
+    }
+
+    /// One update on a drawn batch, in the one order both paths share: the
+    /// critics' target from fresh noise and the critic step; after the
+    /// warm-up, the actor step from fresh noise and the temperature step;
+    /// then Polyak. Each step runs on the hand-written path when it is in
+    /// use ([`Fast`]), else on candle autograd, with the same draws, losses
+    /// and optimiser arithmetic (`sac/same_update.rs`). `lambda` is the BC
+    /// weight this update uses (`bc_w` carries it per row).
+    fn update_batch(
+        &mut self,
+        batch: &Batch,
+        actor: bool,
+        lambda: f64,
+        bc_w: &[f32],
+    ) -> Result<UpdateStats> {
         let b = batch.len();
-        let bc_w = bc_weights(&sources, self.bc_lambda_now());
         let alpha = self.log_alpha.as_tensor().exp()?.detach();
         let alpha_v = alpha.to_vec1::<f32>()?[0];
-        if self.fast.is_some() {
-            return self.update_fast(&batch, alpha_v, actor, &bc_w);
+        // The hand-written path reads the batch as flat rows, once.
+        let flat = match self.fast {
+            Some(_) => Some(FlatBatch::of(batch)?),
+            None => None,
+        };
+        let z2 = self.noise_vec(b);
+        let (critic_loss, q) = self.critic_update(batch, flat.as_ref(), &alpha, z2)?;
+        let mut st = UpdateStats {
+            critic_loss,
+            alpha: alpha_v,
+            q,
+            ..Default::default()
+        };
+        self.updates += 1;
+        if actor && self.updates > self.cfg.critic_warmup {
+            let z = self.noise_vec(b);
+            let bc = (lambda > 0.0).then_some(bc_w);
+            let (loss, lp_mean) = self.actor_update(batch, flat.as_ref(), &alpha, z, bc)?;
+            st.bc_lambda = lambda as f32;
+            st.actor_loss = loss;
+            st.entropy = -lp_mean as f32;
+            self.temperature_step(lp_mean)?;
         }
+        match self.fast.as_mut() {
+            Some(f) => f.polyak(self.cfg.tau),
+            None => {
+                self.q_targ[0].polyak(&self.q[0], self.cfg.tau)?;
+                self.q_targ[1].polyak(&self.q[1], self.cfg.tau)?;
+            }
+        }
+        Ok(st)
+    }
 
-        let z2 = self.noise(b)?;
-        let norm = (&self.in_mean, &self.in_inv_std);
-        // --no-entropy-backup: α = 0 in the target only
+    /// The critics' step: target y from the next states with latent noise
+    /// `z2` (α in the backup unless `--no-entropy-backup`), then one
+    /// optimiser step on the TD loss. Returns (critic loss, mean Q).
+    fn critic_update(
+        &mut self,
+        batch: &Batch,
+        flat: Option<&FlatBatch>,
+        alpha: &Tensor,
+        z2: Vec<f32>,
+    ) -> Result<(f32, f32)> {
+        let b = batch.len();
         let alpha_backup = if self.cfg.no_entropy_backup {
             alpha.zeros_like()?
         } else {
             alpha.clone()
         };
+        if let (Some(f), Some(x)) = (self.fast.as_mut(), flat) {
+            let alpha_backup = alpha_backup.to_vec1::<f32>()?[0];
+            // W, W⁻¹ once for both passes: the actor moves only after both.
+            f.prepare();
+            let y = f.target(&x.s2, &x.r, &x.done, &z2, alpha_backup, self.cfg.gamma, b);
+            let (loss, q) = f.critic_grads(&x.s, &x.a, &y, b);
+            f.critic_step();
+            return Ok((loss, q));
+        }
+        let z2 = Tensor::from_vec(z2, (b, self.spec.act_dim), &self.dev)?;
+        let norm = (&self.in_mean, &self.in_inv_std);
         let y = critic_target(
             &self.twin,
             &self.q_targ,
             norm,
-            &batch,
+            batch,
             self.latent(&z2),
             &alpha_backup,
             self.cfg.gamma,
             self.cfg.critic_clips_actions,
         )?;
         let x = q_in(norm, &batch.s, &batch.a)?;
-        let (critic_loss, q1) = critic_loss(&self.q, &x, &y)?;
-        self.opt_q.backward_step(&critic_loss)?;
+        let (loss, q1) = critic_loss(&self.q, &x, &y)?;
+        self.opt_q.backward_step(&loss)?;
+        Ok((loss.to_scalar::<f32>()?, q1.mean_all()?.to_scalar::<f32>()?))
+    }
 
-        let mut st = UpdateStats {
-            critic_loss: critic_loss.to_scalar::<f32>()?,
-            alpha: alpha_v,
-            q: q1.mean_all()?.to_scalar::<f32>()?,
-            ..Default::default()
-        };
-        self.updates += 1;
-        if actor && self.updates > self.cfg.critic_warmup {
-            let z = self.noise(b)?;
-            let norm = (&self.in_mean, &self.in_inv_std);
-            let (mut loss, lp, c) = actor_loss(
-                &self.twin,
-                &self.q,
-                norm,
-                &batch.s,
-                self.latent(&z),
-                &alpha,
-                self.cfg.critic_clips_actions,
-            )?;
-            let lambda = self.bc_lambda_now();
-            if lambda > 0.0 {
-                let w = Tensor::from_slice(&bc_w, b, &self.dev)?;
-                let bc = (self.twin.log_prob(&c, &batch.a)? * w)?.sum_all()?.neg()?;
-                loss = (loss + bc)?;
-            }
-            st.bc_lambda = lambda as f32;
-            self.opt_actor.backward_step(&loss)?;
-            st.actor_loss = loss.to_scalar::<f32>()?;
-            let lp_mean = lp.mean_all()?.to_scalar::<f32>()? as f64;
-            st.entropy = -lp_mean as f32;
-            self.temperature_step(lp_mean)?;
+    /// The actor's step with latent noise `z`, plus the BC term with the
+    /// per-row weights `bc` when given. Returns (actor loss, mean log π).
+    fn actor_update(
+        &mut self,
+        batch: &Batch,
+        flat: Option<&FlatBatch>,
+        alpha: &Tensor,
+        z: Vec<f32>,
+        bc: Option<&[f32]>,
+    ) -> Result<(f32, f64)> {
+        let b = batch.len();
+        if let (Some(f), Some(x)) = (self.fast.as_mut(), flat) {
+            let alpha = alpha.to_vec1::<f32>()?[0];
+            let (loss, lp_mean) = f.actor_grads(&x.s, &z, alpha, bc.map(|w| (&x.a[..], w)), b);
+            f.actor_step();
+            return Ok((loss, lp_mean as f64));
         }
-        self.q_targ[0].polyak(&self.q[0], self.cfg.tau)?;
-        self.q_targ[1].polyak(&self.q[1], self.cfg.tau)?;
-        Ok(st)
+        let z = Tensor::from_vec(z, (b, self.spec.act_dim), &self.dev)?;
+        let norm = (&self.in_mean, &self.in_inv_std);
+        let (mut loss, lp, c) = actor_loss(
+            &self.twin,
+            &self.q,
+            norm,
+            &batch.s,
+            self.latent(&z),
+            alpha,
+            self.cfg.critic_clips_actions,
+        )?;
+        if let Some(w) = bc {
+            let w = Tensor::from_slice(w, b, &self.dev)?;
+            let bc = (self.twin.log_prob(&c, &batch.a)? * w)?.sum_all()?.neg()?;
+            loss = (loss + bc)?;
+        }
+        self.opt_actor.backward_step(&loss)?;
+        let lp_mean = lp.mean_all()?.to_scalar::<f32>()? as f64;
+        Ok((loss.to_scalar::<f32>()?, lp_mean))
     }
 
     /// Temperature: −log α · (log π + H̄).
@@ -515,66 +521,6 @@ impl Sac {
         let a_loss = (self.log_alpha.as_tensor() * -(lp_mean + target))?.mean_all()?;
         self.opt_alpha.backward_step(&a_loss)?;
         Ok(())
-    }
-
-    /// [`Self::update_mixed`] on the hand-written path: the same losses, the
-    /// same random draws in the same order, the same optimiser arithmetic.
-    fn update_fast(
-        &mut self,
-        batch: &Batch,
-        alpha: f32,
-        actor: bool,
-        bc_w: &[f32],
-    ) -> Result<UpdateStats> {
-        let b = batch.len();
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let (s, a, r, s2, done) = (
-            flat(&batch.s)?,
-            flat(&batch.a)?,
-            flat(&batch.r)?,
-            flat(&batch.s2)?,
-            flat(&batch.done)?,
-        );
-        let z2 = self.noise_vec(b);
-        let actor_now = actor && self.updates + 1 > self.cfg.critic_warmup;
-        let lambda = self.bc_lambda_now();
-        let Some(f) = self.fast.as_mut() else {
-            return Err(LearnerError::FastPath("not in use".into()));
-        };
-        // W, W⁻¹ once for both passes: the actor moves only after both.
-        f.prepare();
-        let alpha_backup = if self.cfg.no_entropy_backup {
-            0.0
-        } else {
-            alpha
-        };
-        let y = f.target(&s2, &r, &done, &z2, alpha_backup, self.cfg.gamma, b);
-        let (critic_loss, q1) = f.critic_grads(&s, &a, &y, b);
-        f.critic_step();
-        let mut st = UpdateStats {
-            critic_loss,
-            alpha,
-            q: q1,
-            ..Default::default()
-        };
-        self.updates += 1;
-        if actor_now {
-            let z = self.noise_vec(b);
-            let Some(f) = self.fast.as_mut() else {
-                return Err(LearnerError::FastPath("not in use".into()));
-            };
-            let bc = (lambda > 0.0).then_some((&a[..], bc_w));
-            let (loss, lp_mean) = f.actor_grads(&s, &z, alpha, bc, b);
-            f.actor_step();
-            st.bc_lambda = lambda as f32;
-            st.actor_loss = loss;
-            st.entropy = -lp_mean;
-            self.temperature_step(lp_mean as f64)?;
-        }
-        if let Some(f) = self.fast.as_mut() {
-            f.polyak(self.cfg.tau);
-        }
-        Ok(st)
     }
 
     /// The current actor as the next version of `parent`.
@@ -656,18 +602,26 @@ impl Sac {
     }
 }
 
-/// log π_τ(a|s) from the twin's untempered `lp` of the action sampled from
-/// base noise `z` (B, d): log N(z; 0, τ²I) replaces log N(z; 0, I), so each
-/// row gains (1 − 1/τ²)·|z|²/2 − d·ln τ. Constant in the actor's
-/// parameters, so gradients are untouched (the sampler's own rule,
-/// `Sampler::sample_tempered`).
-fn tempered(lp: &Tensor, z: &Tensor, tau: f64) -> Result<Tensor> {
-    if tau == 1.0 {
-        return Ok(lp.clone());
+/// A batch as flat row-major f32 rows, for the hand-written path.
+struct FlatBatch {
+    s: Vec<f32>,
+    a: Vec<f32>,
+    r: Vec<f32>,
+    s2: Vec<f32>,
+    done: Vec<f32>,
+}
+
+impl FlatBatch {
+    fn of(batch: &Batch) -> Result<Self> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        Ok(Self {
+            s: flat(&batch.s)?,
+            a: flat(&batch.a)?,
+            r: flat(&batch.r)?,
+            s2: flat(&batch.s2)?,
+            done: flat(&batch.done)?,
+        })
     }
-    let d = z.dim(D::Minus1)? as f64;
-    let sq = z.sqr()?.sum(D::Minus1)?;
-    Ok(((lp + (sq * (0.5 * (1.0 - 1.0 / (tau * tau))))?)? - d * tau.ln())?)
 }
 
 /// Each row's BC weight, in batch order: λ/n on the n rows of the draws
@@ -686,105 +640,10 @@ fn bc_weights(draws: &[&Draw], lambda: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Flow conditioning of raw s = obs ++ goal.
-fn cond_of(twin: &Twin, s: &Tensor) -> Result<Tensor> {
-    let spec = twin.spec();
-    let od = spec.obs_dim;
-    let obs = s.narrow(1, 0, od)?;
-    let goal = if spec.goal_dim > 0 {
-        Some(s.narrow(1, od, spec.goal_dim)?)
-    } else {
-        None
-    };
-    Ok(twin.condition(&obs, goal.as_ref())?)
-}
+mod autograd;
 
-/// The critics' input [normalised s, a]; `norm` = (mean, 1/std) of s.
-fn q_in(norm: (&Tensor, &Tensor), s: &Tensor, a: &Tensor) -> Result<Tensor> {
-    let sn = s.broadcast_sub(norm.0)?.broadcast_mul(norm.1)?;
-    Ok(Tensor::cat(&[&sn, a], 1)?)
-}
+use autograd::*;
 
-/// With `clip`, the action the robot executes, clip(a, −1, 1), written
-/// with relus so its gradient is 1 inside the box and 0 outside (the fast
-/// path's rule); otherwise `a` itself.
-fn executed(a: &Tensor, clip: bool) -> Result<Tensor> {
-    if !clip {
-        return Ok(a.clone());
-    }
-    let over = (a - 1.0)?.relu()?;
-    let under = (a.neg()? - 1.0)?.relu()?;
-    Ok(((a - over)? + under)?)
-}
-
-/// Base noise of the optimised policy, z = τ·ε, with its τ.
-#[derive(Clone, Copy)]
-struct Latent<'a> {
-    z: &'a Tensor,
-    tau: f64,
-}
-
-impl Latent<'_> {
-    /// The action from this noise and its exact log π_τ.
-    fn sample(&self, twin: &Twin, c: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (a, lp) = twin.sample(c, self.z)?;
-        Ok((a, tempered(&lp, self.z, self.tau)?))
-    }
-}
-
-/// Critic target r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')), a' from
-/// base noise z2; detached.
-fn critic_target(
-    twin: &Twin,
-    q_targ: &[Critic; 2],
-    norm: (&Tensor, &Tensor),
-    batch: &Batch,
-    z2: Latent,
-    alpha: &Tensor,
-    gamma: f64,
-    clip: bool,
-) -> Result<Tensor> {
-    let c2 = cond_of(twin, &batch.s2)?;
-    let (a2, lp2) = z2.sample(twin, &c2)?;
-    let x2 = q_in(norm, &batch.s2, &executed(&a2, clip)?)?;
-    let qn = q_targ[0].forward(&x2)?.minimum(&q_targ[1].forward(&x2)?)?;
-    let soft = (qn - lp2.broadcast_mul(alpha)?)?;
-    let not_done = (batch.done.neg()? + 1.0)?;
-    Ok((&batch.r + (soft.mul(&not_done)? * gamma)?)?.detach())
-}
-
-/// Σ_i mean((Q_i(x) − y)²), and Q_1(x).
-fn critic_loss(q: &[Critic; 2], x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
-    let q1 = q[0].forward(x)?;
-    let q2 = q[1].forward(x)?;
-    let loss = ((&q1 - y)?.sqr()?.mean_all()? + (&q2 - y)?.sqr()?.mean_all()?)?;
-    Ok((loss, q1))
-}
-
-/// Actor loss without the BC term: mean(α log π(a|s) − min Q(s, a)) plus
-/// the box penalty, a reparameterised from z (the exact log π comes from
-/// the same flow pass). Returns (loss, log π, the conditioning).
-fn actor_loss(
-    twin: &Twin,
-    q: &[Critic; 2],
-    norm: (&Tensor, &Tensor),
-    s: &Tensor,
-    z: Latent,
-    alpha: &Tensor,
-    clip: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let c = cond_of(twin, s)?;
-    let (a, lp) = z.sample(twin, &c)?;
-    let xa = q_in(norm, s, &executed(&a, clip)?)?;
-    let qa = q[0].forward(&xa)?.minimum(&q[1].forward(&xa)?)?;
-    // Keep samples inside the action box (the robot clips anyway).
-    let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
-    let loss = (lp.broadcast_mul(alpha)? - qa)?.mean_all()?;
-    let loss = (loss + (outside.mean_all()? * 10.0)?)?;
-    Ok((loss, lp, c))
-}
-
-// Tests, one file per concern under sac/.
 #[cfg(test)]
 mod bc_rows;
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! LayerNorm critics.
 
 use super::*;
+use candle_core::DType;
 use flowpilot_core::policy::init::{default_spec, init_model, Init};
 use flowpilot_core::policy::model::{Direction, Normalizer};
 
