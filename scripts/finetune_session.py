@@ -44,6 +44,7 @@ episode. --eval-temperature T sets the node's live `temperature` to T for
 each evaluation and back to the acting one after.
 """
 import argparse
+import functools
 import glob
 import json
 import os
@@ -67,6 +68,7 @@ EVAL_KEYS = ("label", "robot_time_s", "episodes", "return", "minus_expert", "suc
              "policy_version_start", "policy_version_end", "wall_start_s", "wall_end_s")
 
 
+@functools.lru_cache(maxsize=None)
 def contract_files():
     """The checkpoint directory's file names, from the built `flowpilot`
     (crates/core/src/contract.rs: one owner; this script runs in the .manip

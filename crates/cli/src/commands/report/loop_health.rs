@@ -80,27 +80,50 @@ fn schedule_phase(seg: &[(i64, u64)], period_ns: i64) -> i64 {
     centre + off
 }
 
-/// Sum of `per_record[i] − per_record[i−1]` falling in each of `bins`
-/// equal time bins over `[0, span]`: (bin centre, amount).
-fn per_bin(times: &[f64], cum: &[u64], span: f64, bins: usize) -> Vec<(f64, f64)> {
-    let w = (span / bins as f64).max(1e-9);
-    let mut h = vec![0u64; bins];
+/// `n` equal time bins over `[0, span]` seconds (the over-time plots').
+#[derive(Clone, Copy)]
+struct TimeBins {
+    n: usize,
+    width: f64,
+}
+
+impl TimeBins {
+    fn new(span: f64, n: usize) -> Self {
+        Self {
+            n,
+            width: (span / n as f64).max(1e-9),
+        }
+    }
+    /// The bin a time falls in (the last one holds `span` itself).
+    fn of(self, t: f64) -> usize {
+        ((t / self.width) as usize).min(self.n - 1)
+    }
+    fn centre(self, i: usize) -> f64 {
+        (i as f64 + 0.5) * self.width
+    }
+}
+
+/// Sum of `cum[i] − cum[i−1]` falling in each time bin: (bin centre,
+/// amount).
+fn per_bin(times: &[f64], cum: &[u64], bins: TimeBins) -> Vec<(f64, f64)> {
+    let mut h = vec![0u64; bins.n];
     for i in 1..cum.len() {
-        let b = ((times[i] / w) as usize).min(bins - 1);
-        h[b] += cum[i] - cum[i - 1];
+        h[bins.of(times[i])] += cum[i] - cum[i - 1];
     }
     h.iter()
         .enumerate()
-        .map(|(i, n)| ((i as f64 + 0.5) * w, *n as f64))
+        .map(|(i, n)| (bins.centre(i), *n as f64))
         .collect()
 }
 
-/// The section's HTML. `rate_hz`: the loop's nominal rate (the log's
-/// metadata); without it the median tick period stands in.
+/// The section's HTML. `span`: the log's length in seconds; `rate_hz`: the
+/// loop's nominal rate (the log's metadata); without it the median tick
+/// period stands in.
 pub(super) fn section(
     out: &Path,
     recs: &[Transition],
     secs: &dyn Fn(&Transition) -> f64,
+    span: f64,
     rate_hz: Option<f64>,
 ) -> Result<String> {
     let mut h = String::from("<h2>Loop health</h2>");
@@ -111,7 +134,7 @@ pub(super) fn section(
         .filter(|w| w[1].mono_ns > w[0].mono_ns && w[1].tick > w[0].tick)
         .map(|w| (w[1].mono_ns - w[0].mono_ns) as f64 / (w[1].tick - w[0].tick) as f64)
         .collect();
-    let span = recs.iter().map(secs).fold(0.0, f64::max);
+    let bins = TimeBins::new(span, BINS);
     if gaps.len() > 10 {
         gaps.sort_by(f64::total_cmp);
         let med = gaps[gaps.len() / 2];
@@ -157,13 +180,13 @@ pub(super) fn section(
                 points: &hist,
             }],
         )?;
-        let over = per_bin(&times, &cum, span, BINS);
+        let over = per_bin(&times, &cum, bins);
         h += &figure(
             out,
             "overruns.png",
             "Missed control periods (overruns) over time",
             "time (s)",
-            &format!("periods missed per {:.1} s", span / BINS as f64),
+            &format!("periods missed per {:.1} s", bins.width),
             &[Series {
                 name: "missed periods",
                 points: &over,
@@ -182,12 +205,11 @@ pub(super) fn section(
     }
     h += "</table>";
     if counts.len() > 1 {
-        let w = (span / BINS as f64).max(1e-9);
         let mut per: BTreeMap<u8, Vec<f64>> =
             counts.keys().map(|d| (*d, vec![0.0; BINS])).collect();
         let mut all = vec![0.0; BINS];
         for r in recs {
-            let b = ((secs(r) / w) as usize).min(BINS - 1);
+            let b = bins.of(secs(r));
             all[b] += 1.0;
             if let Some(v) = per.get_mut(&r.decision) {
                 v[b] += 1.0;
@@ -201,7 +223,7 @@ pub(super) fn section(
                     .zip(&all)
                     .enumerate()
                     .filter(|(_, (_, n))| **n > 0.0)
-                    .map(|(i, (k, n))| ((i as f64 + 0.5) * w, 100.0 * k / n))
+                    .map(|(i, (k, n))| (bins.centre(i), 100.0 * k / n))
                     .collect()
             })
             .collect();
@@ -310,7 +332,7 @@ mod tests {
     fn per_bin_puts_each_miss_in_its_time_bin() {
         let times = [0.0, 1.0, 2.0, 3.0, 9.9];
         let cum = [0, 0, 2, 2, 5];
-        let b = per_bin(&times, &cum, 10.0, 10);
+        let b = per_bin(&times, &cum, TimeBins::new(10.0, 10));
         assert_eq!(
             b.iter().map(|x| x.1).collect::<Vec<_>>(),
             vec![0., 0., 2., 0., 0., 0., 0., 0., 0., 3.]

@@ -48,6 +48,7 @@ pub(crate) struct ReportArgs {
 }
 
 /// What the log holds now.
+#[derive(Default)]
 struct Loaded {
     files: Vec<PathBuf>,
     recs: Vec<Transition>,
@@ -107,15 +108,11 @@ fn live(a: &ReportArgs, every: f64, index: &Path) -> Result<()> {
     let stop = flowpilot_core::shutdown::Shutdown::install();
     let mut closed_before: Option<Vec<PathBuf>> = None;
     loop {
+        // Started before the node: no log directory yet.
         let log = if a.log.exists() {
             load(&a.log)?
         } else {
-            Loaded {
-                files: Vec::new(),
-                recs: Vec::new(),
-                closed: false,
-                rate_hz: None,
-            }
+            Loaded::default()
         };
         let ended = log.closed && closed_before.as_ref() == Some(&log.files);
         closed_before = log.closed.then(|| log.files.clone());
@@ -129,9 +126,8 @@ fn live(a: &ReportArgs, every: f64, index: &Path) -> Result<()> {
         }
         let page = if log.recs.is_empty() {
             format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{every}\">\
-                 <title>flowpilot session report</title></head><body><h1>flowpilot session report</h1>\
-                 <p class=\"live\">waiting for the first records in {}</p></body></html>",
+                "{}<p class=\"live\">waiting for the first records in {}</p></body></html>",
+                page_head(Some(every)),
                 esc(&a.log.display().to_string())
             )
         } else {
@@ -153,6 +149,20 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The page's head and title; `live`: it reloads itself after that many
+/// seconds.
+fn page_head(live: Option<f64>) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">{}<title>flowpilot session report</title>\
+         <style>body{{font-family:sans-serif;max-width:960px;margin:auto}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>\
+         <h1>flowpilot session report</h1>",
+        live.map_or(String::new(), |s| format!(
+            "<meta http-equiv=\"refresh\" content=\"{s}\">"
+        ))
+    )
+}
+
 /// The page for what the log holds now; `live`: the seconds to the next
 /// page, which the page reloads itself after.
 fn render(a: &ReportArgs, log: &Loaded, live: Option<f64>) -> Result<String> {
@@ -160,16 +170,10 @@ fn render(a: &ReportArgs, log: &Loaded, live: Option<f64>) -> Result<String> {
     let t0 = recs.iter().map(|r| r.mono_ns).min().unwrap_or(0);
     let secs = |r: &Transition| (r.mono_ns - t0) as f64 * 1e-9;
     let span = recs.iter().map(secs).fold(0.0, f64::max);
-    let mut html = String::new();
+    let mut html = page_head(live);
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\">{}<title>flowpilot session report</title>\
-         <style>body{{font-family:sans-serif;max-width:960px;margin:auto}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>\
-         <h1>flowpilot session report</h1><p>{} records from {} file(s) in {}, {:.1} s</p>",
-        live.map_or(String::new(), |s| format!(
-            "<meta http-equiv=\"refresh\" content=\"{s}\">"
-        )),
+        "<p>{} records from {} file(s) in {}, {:.1} s</p>",
         recs.len(),
         files.len(),
         esc(&a.log.display().to_string()),
@@ -210,7 +214,7 @@ fn render(a: &ReportArgs, log: &Loaded, live: Option<f64>) -> Result<String> {
     html += &returns_figure(&a.out, &whole, &changes, &evals, &to_log)?;
     html += &learner_figures(&a.out, &history)?;
     html += &safety_events(recs, &secs);
-    html += &loop_health::section(&a.out, recs, &secs, log.rate_hz)?;
+    html += &loop_health::section(&a.out, recs, &secs, span, log.rate_hz)?;
     // Actions applied and log-probs, per dimension.
     let d = recs.iter().map(|r| r.n_act).max().unwrap_or(0);
     let acts: Vec<Vec<(f64, f64)>> = (0..d)
