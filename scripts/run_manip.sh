@@ -21,9 +21,9 @@
 # (80; k x 80 runs k times real time), FP_SEED (1: the sim's episodes).
 #
 # FINETUNE=1 (scripts/run.sh metaworld:<task> N --finetune): an on-robot
-# SAC session (scripts/finetune_session.py) from a one-step BC flow (the
-# learner takes no chunks or history: FP_CHUNK and FP_OBS_HORIZON default
-# to 1), with the sparse success reward, the demonstrations as prior data
+# SAC session (scripts/finetune_session.py) from a one-step BC flow
+# (FP_CHUNK and FP_OBS_HORIZON default to 1 here; with chunks the learner's
+# critic is chunk-level, Q(s, a_{t:t+H})), with the sparse success reward, the demonstrations as prior data
 # and the recipe of sim/manip_config.py: 20 evaluation episodes (sim seed
 # 1000) before, at 10 000 and 25 000 robot steps and at the end (50 000
 # steps or N training episodes, whichever comes first), a JSON summary and
@@ -90,10 +90,6 @@ else
   node_rate=$sim_rate
 fi
 if [ "$finetune" = 1 ]; then
-  if grep -q '^chunks ' <<<"$spec"; then
-    echo "--finetune needs a one-step policy (the learner refuses chunks and history): FP_CHUNK=1 FP_OBS_HORIZON=1" >&2
-    exit 2
-  fi
   run_seed=${FP_RUN_SEED:-0}
   prior=$demos
   if [ "${FP_REWARD:-sparse}" = shaped ]; then

@@ -346,7 +346,7 @@ pub fn sac_updates(
         let s: Vec<f32> = (0..inp).map(|_| rng.random_range(-1.0..1.0)).collect();
         let s2: Vec<f32> = (0..inp).map(|_| rng.random_range(-1.0..1.0)).collect();
         let a: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
-        rb.push(&s, &a, rng.random_range(-1.0..0.0), &s2, false);
+        rb.push(&s, &a, rng.random_range(-1.0..0.0), &s2, 0.99);
     }
     for _ in 0..5 {
         sac.update(&rb)?;

@@ -391,3 +391,164 @@ fn a_signing_learner_signs_every_version_and_numbers_without_wrapping() {
     );
     assert!(!store.policy_path(0).exists() && !store.policy_path(12).exists());
 }
+
+/// The learner's transitions for a chunked, history-conditioned policy,
+/// from a real log file of step-logged records (one robot step each, as
+/// the node writes them): one window per step, each holding the next H
+/// executed steps, their discounted rewards and the bootstrap weight γ^H
+/// (0 when a terminal step falls inside); a gap or a truncated end drops
+/// the windows it left open.
+#[test]
+fn a_chunked_policys_log_becomes_chunk_windows() {
+    use flowpilot_core::log::writer::{LogConfig, LogHandle};
+    use flowpilot_core::log::Transition;
+    use flowpilot_core::policy::model::{Direction, PolicyKind};
+    use flowpilot_learn::learner::{LogFollower, ReplayBuffer};
+    use rand::SeedableRng;
+    let (h, n, gamma) = (4usize, 2usize, 0.9f64);
+    let mut spec =
+        flowpilot_core::testkit::random_model(1, 0, false, Direction::Inverse, PolicyKind::Flow, 1)
+            .spec;
+    (spec.obs_dim, spec.goal_dim, spec.act_dim) = (3 * n, 0, 2 * h);
+    (spec.chunk_len, spec.obs_horizon) = (h, n);
+    (spec.action_low, spec.action_high) = (vec![-1.0; 2 * h], vec![1.0; 2 * h]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogHandle::start_at(
+        &dir.path().join("run.mcap"),
+        LogConfig {
+            dir: dir.path().into(),
+            flush_period: std::time::Duration::from_millis(20),
+            queue_capacity: 1000,
+            reward: None,
+            metadata: Default::default(),
+        },
+    )
+    .unwrap();
+    // Episode 0: 13 records (12 steps), terminal on the last. Episode 1:
+    // robot steps 1..=6 and 8..=15 (step 7's record lost), truncated.
+    // Each step's reward is its executed action's first value.
+    let mut tick = 0;
+    let mut write = |episode: u64, robot_step: u64, last: bool, terminal: bool| {
+        tick += 1;
+        let a = (robot_step as f64 * 0.37 + episode as f64).sin() * 0.9;
+        let mut t = Transition {
+            tick,
+            episode,
+            robot_step,
+            n_obs: 3,
+            n_act: 2,
+            reward: a,
+            // As the control thread writes it: the boundary's kind on the
+            // next episode's first record (the writer moves it back).
+            began_after_terminal: robot_step == 101,
+            truncated: last && !terminal,
+            executed_valid: true,
+            applied_valid: true,
+            ..Default::default()
+        };
+        t.inputs[..3].copy_from_slice(&[robot_step as f32, episode as f32, 1.0]);
+        t.executed[..2].copy_from_slice(&[a, -a]);
+        log.push(&t);
+    };
+    for s in 1..=13 {
+        write(0, s, s == 13, true);
+    }
+    for s in (1..=6).chain(8..=15) {
+        write(1, 100 + s, s == 15, false);
+    }
+    log.close();
+    let mut rb = ReplayBuffer::new(spec.obs_dim, spec.act_dim, 100);
+    let added = LogFollower::new(dir.path(), gamma)
+        .poll(&mut rb, &spec)
+        .unwrap();
+    // 12 windows (a terminal run closes all), then runs of 5 and 7 steps
+    // (records 1..=6 and 8..=15): 5 − H + 1 = 2 and 7 − H + 1 = 4.
+    assert_eq!(added, 12 + 2 + 4);
+    // Every row, drawn many times: R is the discounted sum of the chunk's
+    // own executed first values (the reward each step earned), and the
+    // bootstrap weight is γ^H, or 0 for rows that reach the terminal.
+    let batch = rb
+        .sample(
+            2000,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+    let a = batch.a.to_vec2::<f32>().unwrap();
+    let r = batch.r.to_vec1::<f32>().unwrap();
+    let d = batch.discount.to_vec1::<f32>().unwrap();
+    let s = batch.s.to_vec2::<f32>().unwrap();
+    let s2 = batch.s2.to_vec2::<f32>().unwrap();
+    let (mut full, mut cut) = (0, 0);
+    for i in 0..r.len() {
+        let steps = (s2[i][3] - s[i][3]) as usize; // robot steps spanned
+        let want: f64 = (0..steps)
+            .map(|k| gamma.powi(k as i32) * a[i][2 * k] as f64)
+            .sum();
+        assert!(
+            (r[i] as f64 - want).abs() < 1e-5,
+            "row {i}: R {} vs {want}",
+            r[i]
+        );
+        assert_eq!(a[i][1], -a[i][0], "the executed step, both values");
+        if steps == h {
+            assert!((d[i] as f64 - gamma.powi(h as i32)).abs() < 1e-6 || d[i] == 0.0);
+            full += 1;
+        } else {
+            assert_eq!(d[i], 0.0, "a window cut short ends terminally");
+            assert_eq!(
+                a[i][2 * h - 2],
+                a[i][2 * (steps - 1)],
+                "padded with the last step"
+            );
+            cut += 1;
+        }
+        // The history: the previous observation step, or the run's first
+        // (robot steps 1, 101 and 108 start the three runs).
+        let first = match s[i][3] {
+            t if t < 100.0 => 1.0,
+            t if t < 108.0 => 101.0,
+            _ => 108.0,
+        };
+        assert_eq!(s[i][0], (s[i][3] - 1.0).max(first), "row {i}: {:?}", s[i]);
+    }
+    assert!(full > 0 && cut > 0, "{full} full, {cut} cut");
+}
+
+/// A chunked, history-conditioned flow fine-tunes (offline here): the
+/// versions it writes keep the chunk and the history, and a node running
+/// the starting policy would take them (the hot swap's compatibility).
+#[test]
+fn a_chunked_history_policy_finetunes_into_versions_the_node_takes() {
+    flowpilot_learn::pin_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let demos_path = dir.path().join("demos.npz");
+    let demos = reach::generate_demos(20, 1);
+    demos.save(&demos_path).unwrap();
+    let cfg = flowpilot_learn::train::BcConfig {
+        blocks: 2,
+        hidden: 32,
+        steps: 100,
+        warmup: 10,
+        eval_every: 100,
+        chunk_len: 3,
+        obs_horizon: 2,
+        ..Default::default()
+    };
+    let init = flowpilot_learn::train::train_bc(&demos, &cfg, false)
+        .unwrap()
+        .0;
+    let init_path = dir.path().join("init.safetensors");
+    init.save(&init_path).unwrap();
+    let o = opts(dir.path(), DataSource::Offline(demos_path), init_path, 30);
+    let stop = AtomicBool::new(false);
+    assert_eq!(learner::run(&o, &stop).unwrap(), 30);
+    let (_, m) = CheckpointDir::new(&o.out).latest().unwrap();
+    assert!(m.spec.version > 1);
+    assert_eq!((m.spec.chunk_len, m.spec.obs_horizon), (3, 2));
+    assert_eq!(
+        (m.spec.act_dim, m.spec.obs_dim),
+        (3 * demos.act_dim, 2 * demos.obs_dim)
+    );
+    init.spec.check_compatible(&m.spec).unwrap();
+}

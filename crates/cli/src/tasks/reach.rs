@@ -199,7 +199,7 @@ pub fn finetune_session(
     }];
     let mut sac = Sac::new(init, cfg.sac.clone())?;
     let mut rb = ReplayBuffer::new(2, 2, 200_000);
-    let mut follower = LogFollower::new(&log_dir);
+    let mut follower = LogFollower::new(&log_dir, cfg.sac.gamma);
     let (mut tick, mut episode) = (0u64, 0u64);
     for round in 0..cfg.rounds {
         // Each round writes its own log file, closed before reading, as a

@@ -42,13 +42,6 @@ pub enum LearnerError {
         #[source]
         source: ModelError,
     },
-    #[error(
-        "SAC fine-tuning of chunked or history-conditioned policies (chunk_len {chunk_len}, obs_horizon {obs_horizon}) is not supported: its transitions are one action per observation"
-    )]
-    ChunkedPolicy {
-        chunk_len: usize,
-        obs_horizon: usize,
-    },
     #[error("the final checkpoint, after {updates} updates, was not written")]
     FinalCheckpoint {
         updates: u64,

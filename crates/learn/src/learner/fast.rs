@@ -543,17 +543,16 @@ impl<T: Real> Fast<T> {
         self.workers.len().min(b).max(1)
     }
 
-    /// The critic target y = r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s'))
-    /// (needs [`Self::prepare`]).
+    /// The critic target y = r + discount·(min Q̄(s', a') − α log π(a'|s')),
+    /// discount = γ^n(1 − done) per row (needs [`Self::prepare`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn target(
         &mut self,
         s2: &[T],
         r: &[T],
-        done: &[T],
+        discount: &[T],
         z2: &[T],
         alpha: T,
-        gamma: f64,
         b: usize,
     ) -> Vec<T> {
         let (k, d) = (self.geo.k, self.geo.d);
@@ -562,10 +561,9 @@ impl<T: Real> Fast<T> {
                 v,
                 &s2[rg.start * k..rg.end * k],
                 &r[rg.clone()],
-                &done[rg.clone()],
+                &discount[rg.clone()],
                 &z2[rg.start * d..rg.end * d],
                 alpha,
-                gamma,
                 rg.len(),
             )
         })

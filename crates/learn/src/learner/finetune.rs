@@ -100,12 +100,6 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         path: opts.init.clone(),
         source,
     })?;
-    if init.spec.chunk_len > 1 || init.spec.obs_horizon > 1 {
-        return Err(LearnerError::ChunkedPolicy {
-            chunk_len: init.spec.chunk_len,
-            obs_horizon: init.spec.obs_horizon,
-        });
-    }
     match &opts.signer {
         Some(s) => tracing::info!(key = %s.public_key(), "signing every version written"),
         None => tracing::warn!(
@@ -162,12 +156,14 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
         DataSource::Offline(p) => {
             let demos = Demos::load(p)?;
             (
-                Shards::fixed(ReplayBuffer::from_demos(&demos, &spec)?),
+                Shards::fixed(ReplayBuffer::from_demos(&demos, &spec, opts.sac.gamma)?),
                 false,
             )
         }
-        DataSource::Logs { dir, follow } => (Shards::log_dir(dir.clone(), &spec), *follow),
-        DataSource::Fleet { dir } => (Shards::fleet(dir.clone(), &spec), true),
+        DataSource::Logs { dir, follow } => {
+            (Shards::log_dir(dir.clone(), &spec, opts.sac.gamma), *follow)
+        }
+        DataSource::Fleet { dir } => (Shards::fleet(dir.clone(), &spec, opts.sac.gamma), true),
     };
     {
         let n = online.poll(&spec)?;
@@ -176,7 +172,7 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
     }
     let prior = match &opts.prior {
         Some(p) if !matches!(opts.data, DataSource::Offline(_)) => {
-            let rb = ReplayBuffer::from_demos(&Demos::load(p)?, &spec)?;
+            let rb = ReplayBuffer::from_demos(&Demos::load(p)?, &spec, opts.sac.gamma)?;
             tracing::info!(path = %p.display(), transitions = rb.len(), share = opts.prior_share, "prior data");
             Some(rb)
         }

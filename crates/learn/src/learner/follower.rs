@@ -8,28 +8,42 @@ use std::path::{Path, PathBuf};
 
 use super::error::Result;
 use super::replay::ReplayBuffer;
+use super::windows::Windows;
 use flowpilot_core::log::reader::{log_files, Tail};
 use flowpilot_core::log::Transition;
-use flowpilot_core::policy::action_space::ActionSpace;
 use flowpilot_core::policy::model::ModelSpec;
 
+/// One log file being followed: its reader, its last record, and the run
+/// of robot steps its records are forming.
+struct Followed {
+    tail: Tail,
+    prev: Option<Transition>,
+    windows: Windows,
+}
+
 /// Follows every `*.mcap` log in a directory (new files included) and turns
-/// consecutive records into transitions (s, a, r, s', done) by [`pair`]:
-/// record i's state, the action, record i+1's reward and state. Records
-/// without an action, across an episode boundary or a gap (dropped records
-/// or missed robot steps) form no transition.
+/// consecutive records into robot steps by [`pair`] (record i's state, the
+/// action, record i+1's reward and state), and runs of steps into the
+/// policy's transitions by [`Windows`] (its observation history and action
+/// chunk; one step for a one-step policy). Records without an action,
+/// across an episode boundary or a gap (dropped records or missed robot
+/// steps) form no step and end the run.
 pub struct LogFollower {
     dir: PathBuf,
-    tails: BTreeMap<PathBuf, (Tail, Option<Transition>)>,
+    gamma: f64,
+    files: BTreeMap<PathBuf, Followed>,
     records: u64,
     skipped: u64,
 }
 
 impl LogFollower {
-    pub fn new(dir: &Path) -> Self {
+    /// Follow `dir`, discounting multi-step transitions by `gamma` (the
+    /// learner's).
+    pub fn new(dir: &Path, gamma: f64) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            tails: BTreeMap::new(),
+            gamma,
+            files: BTreeMap::new(),
             records: 0,
             skipped: 0,
         }
@@ -40,48 +54,62 @@ impl LogFollower {
         self.records
     }
 
-    /// Records that formed no transition (see [`pair`]).
+    /// Records that formed no step (see [`pair`]).
     pub(crate) fn skipped(&self) -> u64 {
         self.skipped
     }
 
     /// Read what was appended since the last poll; returns new transitions.
     pub fn poll(&mut self, rb: &mut ReplayBuffer, spec: &ModelSpec) -> Result<usize> {
-        let actions = ActionSpace::new(spec);
         let mut added = 0;
         for p in log_files(&self.dir)? {
-            let (tail, prev) = self
-                .tails
-                .entry(p.clone())
-                .or_insert_with(|| (Tail::new(&p), None));
-            let recs = match tail.poll() {
+            let f = self.files.entry(p.clone()).or_insert_with(|| Followed {
+                tail: Tail::new(&p),
+                prev: None,
+                windows: Windows::new(spec, self.gamma),
+            });
+            let recs = match f.tail.poll() {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("{e:#}");
                     continue;
                 }
             };
-            let step: u64 = tail
+            let step: u64 = f
+                .tail
                 .metadata
                 .get(flowpilot_core::contract::log_meta::EVERY)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             for r in recs {
                 self.records += 1;
-                if let Some(p) = prev.take() {
+                if let Some(p) = f.prev.take() {
                     match pair(&p, &r, step, spec) {
                         Some((a, done)) => {
-                            let a = actions
-                                .to_flow_vec(&a.iter().map(|&v| v as f32).collect::<Vec<_>>());
-                            let s = &p.inputs[..p.n_obs + p.n_goal];
-                            let s2 = &r.inputs[..r.n_obs + r.n_goal];
-                            rb.push(s, &a, r.reward as f32, s2, done);
-                            added += 1;
+                            let a: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+                            let (s, s2) = (&p.inputs, &r.inputs);
+                            let (o, o2) = (p.n_obs, r.n_obs);
+                            f.windows.push(
+                                &s[..o],
+                                &s[o..o + p.n_goal],
+                                &a,
+                                r.reward as f32,
+                                done,
+                                &s2[..o2],
+                                &s2[o2..o2 + r.n_goal],
+                                |w| {
+                                    rb.push(w.s, w.a, w.r, w.s2, w.discount);
+                                    added += 1;
+                                },
+                            );
                         }
-                        None => self.skipped += 1,
+                        None => {
+                            self.skipped += 1;
+                            f.windows.break_run();
+                        }
                     }
                 }
-                *prev = Some(r);
+                f.prev = Some(r);
             }
         }
         Ok(added)
@@ -104,7 +132,11 @@ fn pair<'a>(
     step: u64,
     spec: &ModelSpec,
 ) -> Option<(&'a [f64], bool)> {
-    let dims = p.n_obs == spec.obs_dim && p.n_goal == spec.goal_dim && p.n_act == spec.act_dim;
+    // A record holds one step: one observation step, one action step.
+    let dims = p.n_obs == spec.step_obs_dim()
+        && p.n_goal == spec.goal_dim
+        && p.n_act == spec.step_act_dim()
+        && (r.n_obs, r.n_goal) == (p.n_obs, p.n_goal);
     if !dims || p.truncated || !r.reward.is_finite() {
         return None;
     }

@@ -18,6 +18,10 @@
 //! - [`replay`]: the [`ReplayBuffer`] and the [`Batch`]es drawn from it.
 //! - [`follower`]: [`LogFollower`], transition logs (replayed, and followed
 //!   while still being written) into the replay buffer.
+//! - `windows`: runs of robot steps into the policy's transitions (its
+//!   observation history, its action chunk: a chunk-level critic's
+//!   Q(s, a_{t:t+H}) with H-step rewards and bootstrap), for logs and
+//!   demos alike.
 //! - `shards`: one replay shard per robot of a fleet (or the one log), and
 //!   the equal split of each batch among them.
 //! - [`finetune`]: the session driver [`run`]: resume, data, update loop,
@@ -33,6 +37,7 @@ mod kernels;
 mod replay;
 mod sac;
 mod shards;
+mod windows;
 
 pub use error::LearnerError;
 pub use finetune::{run, DataSource, FinetuneOptions};

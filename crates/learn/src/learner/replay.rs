@@ -1,17 +1,21 @@
-//! The replay buffer: a fixed-capacity ring of (s, a, r, s', done) and the
-//! batches drawn from it, filled from logs or from a demos dataset. Off the
-//! control thread; its storage is allocated once, sampling allocates.
+//! The replay buffer: a fixed-capacity ring of (s, a, r, s', discount) and
+//! the batches drawn from it, filled from logs or from a demos dataset
+//! (both through [`Windows`]). Off the control thread; its storage is
+//! allocated once, sampling allocates.
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
 use super::error::{LearnerError, Result};
+use super::windows::Windows;
 use crate::demos::Demos;
-use flowpilot_core::policy::action_space::ActionSpace;
 use flowpilot_core::policy::model::ModelSpec;
 
-/// Transitions (s, a, r, s', done) with s = obs ++ goal (raw units) and a
-/// in the flow's normalised action space.
+/// Transitions (s, a, r, s', discount) with s the policy's input (its
+/// observation history ++ goal, raw units), a the action (chunk) in the
+/// flow's normalised space, r the discounted reward over the steps a spans,
+/// and discount the weight of the bootstrap from s' (γ^n, or 0 after a
+/// terminal step): the critic's target is r + discount · V(s').
 pub struct ReplayBuffer {
     in_dim: usize,
     act_dim: usize,
@@ -22,7 +26,7 @@ pub struct ReplayBuffer {
     a: Vec<f32>,
     r: Vec<f32>,
     s2: Vec<f32>,
-    done: Vec<f32>,
+    discount: Vec<f32>,
 }
 
 pub struct Batch {
@@ -30,7 +34,8 @@ pub struct Batch {
     pub a: Tensor,
     pub r: Tensor,
     pub s2: Tensor,
-    pub done: Tensor,
+    /// The bootstrap weight γ^n(1 − done) of each row.
+    pub discount: Tensor,
 }
 
 impl Batch {
@@ -52,7 +57,7 @@ impl Batch {
                 a: one.a.clone(),
                 r: one.r.clone(),
                 s2: one.s2.clone(),
-                done: one.done.clone(),
+                discount: one.discount.clone(),
             }),
             _ => {
                 let cat = |f: fn(&Batch) -> &Tensor| -> Result<Tensor> {
@@ -64,7 +69,7 @@ impl Batch {
                     a: cat(|b| &b.a)?,
                     r: cat(|b| &b.r)?,
                     s2: cat(|b| &b.s2)?,
-                    done: cat(|b| &b.done)?,
+                    discount: cat(|b| &b.discount)?,
                 })
             }
         }
@@ -83,7 +88,7 @@ impl ReplayBuffer {
             a: vec![0.0; cap * act_dim],
             r: vec![0.0; cap],
             s2: vec![0.0; cap * in_dim],
-            done: vec![0.0; cap],
+            discount: vec![0.0; cap],
         }
     }
 
@@ -96,13 +101,13 @@ impl ReplayBuffer {
     }
 
     /// Add one transition (the oldest is overwritten when full).
-    pub fn push(&mut self, s: &[f32], a: &[f32], r: f32, s2: &[f32], done: bool) {
+    pub fn push(&mut self, s: &[f32], a: &[f32], r: f32, s2: &[f32], discount: f32) {
         let (i, n, d) = (self.head, self.in_dim, self.act_dim);
         self.s[i * n..(i + 1) * n].copy_from_slice(s);
         self.s2[i * n..(i + 1) * n].copy_from_slice(s2);
         self.a[i * d..(i + 1) * d].copy_from_slice(a);
         self.r[i] = r;
-        self.done[i] = if done { 1.0 } else { 0.0 };
+        self.discount[i] = discount;
         self.head = (self.head + 1) % self.cap;
         self.len = (self.len + 1).min(self.cap);
     }
@@ -132,46 +137,58 @@ impl ReplayBuffer {
             a: rows(&self.a, d)?,
             r: col(&self.r)?,
             s2: rows(&self.s2, n)?,
-            done: col(&self.done)?,
+            discount: col(&self.discount)?,
         })
     }
 
-    /// A fixed dataset for offline RL: consecutive rows of one episode form
-    /// a transition; the demos need a `reward` array (and may carry
-    /// `terminal`). Actions are normalised by the model's bounds.
-    pub(crate) fn from_demos(demos: &Demos, spec: &ModelSpec) -> Result<Self> {
+    /// A fixed dataset for offline RL: each episode's rows, in file order,
+    /// are one run of robot steps ([`Windows`]); the demos need a `reward`
+    /// array (and may carry `terminal`: a row whose action ended its
+    /// episode in a terminal state). An episode's last row without one has
+    /// no next state (truncated) and starts no window. Actions are
+    /// normalised by the model's bounds.
+    pub(crate) fn from_demos(demos: &Demos, spec: &ModelSpec, gamma: f64) -> Result<Self> {
         let Some(rew) = &demos.reward else {
             return Err(LearnerError::NoReward);
         };
-        if demos.obs_dim != spec.obs_dim
-            || demos.goal_dim != spec.goal_dim
-            || demos.act_dim != spec.act_dim
-        {
+        let mut windows = Windows::new(spec, gamma);
+        let (od, gd, d) = windows.step_dims();
+        if demos.obs_dim != od || demos.goal_dim != gd || demos.act_dim != d {
             return Err(LearnerError::DemosDims {
                 obs: demos.obs_dim,
                 goal: demos.goal_dim,
                 act: demos.act_dim,
             });
         }
-        let (od, gd, d) = (demos.obs_dim, demos.goal_dim, demos.act_dim);
-        let n = demos.len();
-        let mut rb = Self::new(od + gd, d, n.max(1));
-        let row = |i: usize| -> Vec<f32> {
-            let mut v = demos.obs[i * od..(i + 1) * od].to_vec();
-            v.extend_from_slice(&demos.goal[i * gd..(i + 1) * gd]);
-            v
-        };
-        let actions = ActionSpace::new(spec);
-        for i in 0..n {
-            let terminal = demos.terminal.as_ref().is_some_and(|t| t[i]);
-            let next_same = i + 1 < n && demos.episode[i + 1] == demos.episode[i];
-            if !terminal && !next_same {
-                continue; // end of a truncated episode: no next state
+        let mut episodes: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (i, e) in demos.episode.iter().enumerate() {
+            episodes.entry(*e).or_default().push(i);
+        }
+        let mut rb = Self::new(spec.obs_dim + gd, spec.act_dim, demos.len().max(1));
+        let obs = |i: usize| &demos.obs[i * od..(i + 1) * od];
+        let goal = |i: usize| &demos.goal[i * gd..(i + 1) * gd];
+        for rows in episodes.values() {
+            windows.break_run();
+            for (k, &i) in rows.iter().enumerate() {
+                let terminal = demos.terminal.as_ref().is_some_and(|t| t[i]);
+                // The next state: the episode's next row, or (after a
+                // terminal step, never bootstrapped from) the row itself.
+                let next = match rows.get(k + 1) {
+                    Some(&n) => n,
+                    None if terminal => i,
+                    None => break,
+                };
+                windows.push(
+                    obs(i),
+                    goal(i),
+                    &demos.act[i * d..(i + 1) * d],
+                    rew[i],
+                    terminal,
+                    obs(next),
+                    goal(next),
+                    |w| rb.push(w.s, w.a, w.r, w.s2, w.discount),
+                );
             }
-            let s = row(i);
-            let s2 = if next_same { row(i + 1) } else { s.clone() };
-            let a = actions.to_flow_vec(&demos.act[i * d..(i + 1) * d]);
-            rb.push(&s, &a, rew[i], &s2, terminal);
         }
         Ok(rb)
     }

@@ -103,6 +103,9 @@ pub struct SacConfig {
         arg(long, help = "No entropy term in the critic target (sparse rewards)", long_help = None::<&str>)
     )]
     pub no_entropy_backup: bool,
+    /// The discount per robot step. The replay applies it when it builds
+    /// transitions (a chunk's rewards and bootstrap weight,
+    /// `learner::windows`); the update reads each row's weight.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.99))]
     pub gamma: f64,
     /// Polyak factor for the target critics.
@@ -451,7 +454,7 @@ impl Sac {
             let alpha_backup = alpha_backup.to_vec1::<f32>()?[0];
             // W, W⁻¹ once for both passes: the actor moves only after both.
             f.prepare();
-            let y = f.target(&x.s2, &x.r, &x.done, &z2, alpha_backup, self.cfg.gamma, b);
+            let y = f.target(&x.s2, &x.r, &x.discount, &z2, alpha_backup, b);
             let (loss, q) = f.critic_grads(&x.s, &x.a, &y, b);
             f.critic_step();
             return Ok((loss, q));
@@ -465,7 +468,6 @@ impl Sac {
             batch,
             self.latent(&z2),
             &alpha_backup,
-            self.cfg.gamma,
             self.cfg.critic_clips_actions,
         )?;
         let x = q_in(norm, &batch.s, &batch.a)?;
@@ -608,7 +610,7 @@ struct FlatBatch {
     a: Vec<f32>,
     r: Vec<f32>,
     s2: Vec<f32>,
-    done: Vec<f32>,
+    discount: Vec<f32>,
 }
 
 impl FlatBatch {
@@ -619,7 +621,7 @@ impl FlatBatch {
             a: flat(&batch.a)?,
             r: flat(&batch.r)?,
             s2: flat(&batch.s2)?,
-            done: flat(&batch.done)?,
+            discount: flat(&batch.discount)?,
         })
     }
 }

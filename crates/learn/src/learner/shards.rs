@@ -25,6 +25,7 @@ pub(crate) struct Shards {
     /// A fleet shard directory (robots discovered), or None.
     fleet: Option<PathBuf>,
     shards: Vec<Shard>,
+    gamma: f64,
     in_dim: usize,
     act_dim: usize,
 }
@@ -34,6 +35,7 @@ impl Shards {
     pub(crate) fn fixed(rb: ReplayBuffer) -> Self {
         Self {
             fleet: None,
+            gamma: 0.0,
             in_dim: 0,
             act_dim: 0,
             shards: vec![Shard {
@@ -44,21 +46,22 @@ impl Shards {
         }
     }
 
-    /// One robot's log directory.
-    pub(crate) fn log_dir(dir: PathBuf, spec: &ModelSpec) -> Self {
-        let mut s = Self::empty(None, spec);
+    /// One robot's log directory (transitions discounted by `gamma`).
+    pub(crate) fn log_dir(dir: PathBuf, spec: &ModelSpec, gamma: f64) -> Self {
+        let mut s = Self::empty(None, spec, gamma);
         s.add("log".into(), dir);
         s
     }
 
     /// A fleet shard directory: one shard per robot subdirectory.
-    pub(crate) fn fleet(root: PathBuf, spec: &ModelSpec) -> Self {
-        Self::empty(Some(root), spec)
+    pub(crate) fn fleet(root: PathBuf, spec: &ModelSpec, gamma: f64) -> Self {
+        Self::empty(Some(root), spec, gamma)
     }
 
-    fn empty(fleet: Option<PathBuf>, spec: &ModelSpec) -> Self {
+    fn empty(fleet: Option<PathBuf>, spec: &ModelSpec, gamma: f64) -> Self {
         Self {
             fleet,
+            gamma,
             shards: Vec::new(),
             in_dim: spec.obs_dim + spec.goal_dim,
             act_dim: spec.act_dim,
@@ -69,7 +72,7 @@ impl Shards {
         tracing::info!(shard = %name, dir = %dir.display(), "replay shard");
         self.shards.push(Shard {
             name,
-            follower: Some(LogFollower::new(&dir)),
+            follower: Some(LogFollower::new(&dir, self.gamma)),
             rb: ReplayBuffer::new(self.in_dim, self.act_dim, SHARD_CAPACITY),
         });
     }
@@ -156,7 +159,7 @@ mod tests {
     fn batches_split_equally_among_shards_with_data() {
         let spec = random_model(2, 0, false, Direction::Inverse, PolicyKind::Flow, 1).spec;
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Shards::fleet(dir.path().into(), &spec);
+        let mut s = Shards::fleet(dir.path().into(), &spec, 0.99);
         for name in ["r1", "r2", "r3"] {
             s.add(name.into(), dir.path().join(name));
         }
@@ -164,12 +167,12 @@ mod tests {
         for _ in 0..100 {
             s.shards[0]
                 .rb
-                .push(&vec![0.0; i], &vec![0.0; a], 0.0, &vec![0.0; i], false);
+                .push(&vec![0.0; i], &vec![0.0; a], 0.0, &vec![0.0; i], 0.99);
         }
         for _ in 0..5 {
             s.shards[1]
                 .rb
-                .push(&vec![0.0; i], &vec![0.0; a], 0.0, &vec![0.0; i], false);
+                .push(&vec![0.0; i], &vec![0.0; a], 0.0, &vec![0.0; i], 0.99);
         }
         let parts: Vec<usize> = s.parts(255).iter().map(|p| p.1).collect();
         assert_eq!(

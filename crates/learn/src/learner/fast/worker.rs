@@ -278,17 +278,16 @@ impl<T: Real> Worker<T> {
         );
     }
 
-    /// The critic target y = r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')).
+    /// The critic target y = r + discount·(min Q̄(s', a') − α log π(a'|s')).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn target_rows(
         &mut self,
         v: View<T>,
         s2: &[T],
         r: &[T],
-        done: &[T],
+        discount: &[T],
         z2: &[T],
         alpha: T,
-        gamma: f64,
         b: usize,
     ) -> Vec<T> {
         self.normalise(v, s2, b);
@@ -296,13 +295,11 @@ impl<T: Real> Worker<T> {
         self.critic_input(v, &smp.a, b, v.g.clip);
         self.critic_forward(v, 0, true, b);
         self.critic_forward(v, 1, true, b);
-        let g = T::of(gamma);
         (0..b)
             .map(|i| {
                 let qn = self.qc[0].q[i].min_of(self.qc[1].q[i]);
                 let soft = qn - smp.lp[i] * alpha;
-                let not_done = -done[i] + T::one();
-                r[i] + soft * not_done * g
+                r[i] + soft * discount[i]
             })
             .collect()
     }

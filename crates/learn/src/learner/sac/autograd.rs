@@ -137,8 +137,9 @@ impl Latent<'_> {
     }
 }
 
-/// Critic target r + γ(1 − done)(min Q̄(s', a') − α log π(a'|s')), a' from
-/// base noise z2; detached.
+/// Critic target r + discount·(min Q̄(s', a') − α log π(a'|s')), a' from
+/// base noise z2; detached. `discount` is each row's γ^n(1 − done)
+/// ([`Batch::discount`]).
 pub(super) fn critic_target(
     twin: &Twin,
     q_targ: &[Critic; 2],
@@ -146,7 +147,6 @@ pub(super) fn critic_target(
     batch: &Batch,
     z2: Latent,
     alpha: &Tensor,
-    gamma: f64,
     clip: bool,
 ) -> Result<Tensor> {
     let c2 = cond_of(twin, &batch.s2)?;
@@ -154,8 +154,7 @@ pub(super) fn critic_target(
     let x2 = q_in(norm, &batch.s2, &executed(&a2, clip)?)?;
     let qn = q_targ[0].forward(&x2)?.minimum(&q_targ[1].forward(&x2)?)?;
     let soft = (qn - lp2.broadcast_mul(alpha)?)?;
-    let not_done = (batch.done.neg()? + 1.0)?;
-    Ok((&batch.r + (soft.mul(&not_done)? * gamma)?)?.detach())
+    Ok((&batch.r + soft.mul(&batch.discount)?)?.detach())
 }
 
 /// Σ_i mean((Q_i(x) − y)²), and Q_1(x).

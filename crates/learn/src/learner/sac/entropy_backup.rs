@@ -33,7 +33,13 @@ fn q_after(no_entropy_backup: bool, init_alpha: f64, fast: bool) -> f32 {
         let (s, a, s2) = (v(6), v(3), v(6));
         // a sparse reward: 1 on the terminal (success) rows
         let done = i % 13 == 0;
-        rb.push(&s, &a, if done { 1.0 } else { 0.0 }, &s2, done);
+        rb.push(
+            &s,
+            &a,
+            if done { 1.0 } else { 0.0 },
+            &s2,
+            if done { 0.0 } else { 0.99 },
+        );
     }
     let mut q = 0.0;
     for _ in 0..60 {

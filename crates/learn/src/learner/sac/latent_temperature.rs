@@ -17,7 +17,7 @@ fn entropy_at(tau: f64) -> Result<f64> {
     let mut rb = ReplayBuffer::new(4, 2, 64);
     for i in 0..64 {
         let s = [i as f32 / 64.0, 0.5, -0.25, 1.0];
-        rb.push(&s, &[0.0, 0.0], 0.0, &s, false);
+        rb.push(&s, &[0.0, 0.0], 0.0, &s, 0.99);
     }
     sac.policy_entropy(&rb, 8192)
 }

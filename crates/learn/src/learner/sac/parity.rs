@@ -88,9 +88,14 @@ fn check(
     let a = uni(b * act, -1.5, 1.5);
     let r = uni(b, -1.0, 0.0);
     let s2 = uni(b * k, -2.0, 2.0);
-    let done: Vec<f64> = uni(b, 0.0, 1.0)
+    // Bootstrap weights: terminal rows, one-step rows, 4-step chunk rows.
+    let discount: Vec<f64> = uni(b, 0.0, 1.0)
         .iter()
-        .map(|&u| if u < 0.2 { 1.0 } else { 0.0 })
+        .map(|&u| match u {
+            u if u < 0.2 => 0.0,
+            u if u < 0.6 => 0.99,
+            _ => 0.99f64.powi(4),
+        })
         .collect();
     let z2: Vec<f64> = uni(b * act, -2.0, 2.0);
     let z: Vec<f64> = uni(b * act, -2.0, 2.0);
@@ -101,7 +106,7 @@ fn check(
         a: t2(&a, act),
         r: t1(&r),
         s2: t2(&s2, k),
-        done: t1(&done),
+        discount: t1(&discount),
     };
     let alpha_v = 0.3f64;
     let alpha = Tensor::new(&[alpha_v], &dev).unwrap();
@@ -110,17 +115,7 @@ fn check(
     // Reference: the autograd path's own loss functions.
     let (z2t, zt) = (t2(&z2, act), t2(&z, act));
     let latent = |z| Latent { z, tau };
-    let y = critic_target(
-        &twin,
-        &q_targ,
-        norm,
-        &batch,
-        latent(&z2t),
-        &alpha,
-        0.99,
-        clip,
-    )
-    .unwrap();
+    let y = critic_target(&twin, &q_targ, norm, &batch, latent(&z2t), &alpha, clip).unwrap();
     let x = q_in(norm, &batch.s, &batch.a).unwrap();
     let (closs, _) = critic_loss(&q, &x, &y).unwrap();
     let cgrads = closs.backward().unwrap();
@@ -161,7 +156,7 @@ fn check(
     )
     .unwrap();
     f.prepare();
-    let yf = f.target(&s2, &r, &done, &z2, alpha_v, 0.99, b);
+    let yf = f.target(&s2, &r, &discount, &z2, alpha_v, b);
     let (e, _) = rel_err(&yf, &y);
     assert!(e < 1e-9, "{dir:?}: critic target differs (rel {e:e})");
     let (cl, _) = f.critic_grads(&s, &a, &yf, b);

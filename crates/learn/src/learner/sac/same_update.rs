@@ -49,7 +49,13 @@ fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos
         let mut v =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let (s, a, s2) = (v(6), v(3), v(6));
-        rb.push(&s, &a, -(i as f32 % 7.0) / 7.0, &s2, i % 13 == 0);
+        rb.push(
+            &s,
+            &a,
+            -(i as f32 % 7.0) / 7.0,
+            &s2,
+            if i % 13 == 0 { 0.0 } else { 0.99 },
+        );
     }
     let draws = |imitate_first| {
         [
