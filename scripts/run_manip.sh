@@ -21,9 +21,9 @@
 # (80; k x 80 runs k times real time), FP_SEED (1: the sim's episodes).
 #
 # FINETUNE=1 (scripts/run.sh metaworld:<task> N --finetune): an on-robot
-# SAC session (scripts/finetune_session.py) from a one-step BC flow
-# (FP_CHUNK and FP_OBS_HORIZON default to 1 here; with chunks the learner's
-# critic is chunk-level, Q(s, a_{t:t+H})), with the sparse success reward, the demonstrations as prior data
+# SAC session (scripts/finetune_session.py) from the same chunked BC flow
+# (the learner's critic is chunk-level, Q(s, a_{t:t+H}); FP_CHUNK=1
+# FP_OBS_HORIZON=1 for a one-step policy), with the sparse success reward, the demonstrations as prior data
 # and the recipe of sim/manip_config.py: 20 evaluation episodes (sim seed
 # 1000) before, at 10 000 and 25 000 robot steps and at the end (50 000
 # steps or N training episodes, whichever comes first), a JSON summary and
@@ -57,7 +57,7 @@ demos_n=${FP_DEMOS:-10} noise=${FP_NOISE:-0.1}
 if [ "$finetune" = 1 ]; then
   # 1.25x real time: the learner's ~90-100 updates/s keep UTD ~1 and a
   # 50 000-step session takes ~14 min (docs/manipulation.md, "Fine-tuning")
-  chunk=${FP_CHUNK:-1} hist=${FP_OBS_HORIZON:-1} tau=${FP_TEMPERATURE:-0.3} sim_rate=${FP_SIM_RATE:-100.0}
+  chunk=${FP_CHUNK:-4} hist=${FP_OBS_HORIZON:-2} tau=${FP_TEMPERATURE:-0.3} sim_rate=${FP_SIM_RATE:-100.0}
 else
   chunk=${FP_CHUNK:-4} hist=${FP_OBS_HORIZON:-2} tau=${FP_TEMPERATURE:-0.0} sim_rate=${FP_SIM_RATE:-80.0}
 fi
