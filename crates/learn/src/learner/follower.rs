@@ -98,7 +98,7 @@ impl LogFollower {
                                 &s2[..o2],
                                 &s2[o2..o2 + r.n_goal],
                                 |w| {
-                                    rb.push(w.s, w.a, w.r, w.s2, w.discount);
+                                    rb.push(&w.s, &w.a, w.r, &w.s2, w.discount);
                                     added += 1;
                                 },
                             );

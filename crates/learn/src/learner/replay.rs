@@ -186,7 +186,7 @@ impl ReplayBuffer {
                     terminal,
                     obs(next),
                     goal(next),
-                    |w| rb.push(w.s, w.a, w.r, w.s2, w.discount),
+                    |w| rb.push(&w.s, &w.a, w.r, &w.s2, w.discount),
                 );
             }
         }

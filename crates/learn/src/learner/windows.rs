@@ -47,13 +47,13 @@ pub(crate) struct Windows {
     pushed: usize,
 }
 
-/// One windowed transition, borrowed from the builder's scratch.
-pub(crate) struct Window<'a> {
-    pub(crate) s: &'a [f32],
+/// One windowed transition (see the module).
+pub(crate) struct Window {
+    pub(crate) s: Vec<f32>,
     /// The chunk in the flow's normalised action space.
-    pub(crate) a: &'a [f32],
+    pub(crate) a: Vec<f32>,
     pub(crate) r: f32,
-    pub(crate) s2: &'a [f32],
+    pub(crate) s2: Vec<f32>,
     pub(crate) discount: f32,
 }
 
@@ -103,7 +103,7 @@ impl Windows {
         terminal: bool,
         next_obs: &[f32],
         next_goal: &[f32],
-        mut emit: impl FnMut(Window<'_>),
+        mut emit: impl FnMut(&Window),
     ) {
         let (od, gd, ad) = self.step_dims();
         if self.pushed == 0 {
@@ -128,14 +128,7 @@ impl Windows {
             0..0
         };
         for t in starts {
-            let w = self.window(t, j, terminal, next_obs, next_goal);
-            emit(Window {
-                s: &w.0,
-                a: &w.1,
-                r: w.2,
-                s2: &w.3,
-                discount: w.4,
-            });
+            emit(&self.window(t, j, terminal, next_obs, next_goal));
         }
         if terminal {
             self.break_run();
@@ -173,7 +166,7 @@ impl Windows {
         terminal: bool,
         next_obs: &[f32],
         next_goal: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, f32, Vec<f32>, f32) {
+    ) -> Window {
         let n = j + 1 - t;
         let now = j + 1;
         let mut s = Vec::with_capacity(self.horizon * self.obs_dim + self.goal_dim);
@@ -197,7 +190,13 @@ impl Windows {
         } else {
             self.gamma.powi(n as i32)
         };
-        (s, a, r as f32, s2, discount as f32)
+        Window {
+            s,
+            a,
+            r: r as f32,
+            s2,
+            discount: discount as f32,
+        }
     }
 }
 
@@ -237,7 +236,7 @@ mod tests {
                 terminal && last,
                 &[10.0 * (k + 1) as f32],
                 &[],
-                |x| out.push((x.s.to_vec(), x.a.to_vec(), x.r, x.s2.to_vec(), x.discount)),
+                |x| out.push((x.s.clone(), x.a.clone(), x.r, x.s2.clone(), x.discount)),
             );
         }
         out
