@@ -145,6 +145,15 @@ impl Demos {
         })
     }
 
+    /// Each episode's row indices in file order, by episode number.
+    pub(crate) fn episode_rows(&self) -> std::collections::BTreeMap<i64, Vec<usize>> {
+        let mut rows: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (i, e) in self.episode.iter().enumerate() {
+            rows.entry(*e).or_default().push(i);
+        }
+        rows
+    }
+
     /// The rows as a chunked, history-conditioned policy sees them: row t
     /// becomes (the last `horizon` observations of its episode, oldest
     /// first, the episode's first one repeated before its start; the goal
@@ -156,11 +165,7 @@ impl Demos {
     pub fn windows(&self, chunk: usize, horizon: usize) -> Demos {
         let (h, n) = (chunk.max(1), horizon.max(1));
         let (od, ad) = (self.obs_dim, self.act_dim);
-        // Each episode's rows in file order.
-        let mut rows: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-        for (i, e) in self.episode.iter().enumerate() {
-            rows.entry(*e).or_default().push(i);
-        }
+        let rows = self.episode_rows();
         let mut out = Demos {
             obs_dim: od * n,
             goal_dim: self.goal_dim,

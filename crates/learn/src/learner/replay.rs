@@ -160,14 +160,10 @@ impl ReplayBuffer {
                 act: demos.act_dim,
             });
         }
-        let mut episodes: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-        for (i, e) in demos.episode.iter().enumerate() {
-            episodes.entry(*e).or_default().push(i);
-        }
         let mut rb = Self::new(spec.obs_dim + gd, spec.act_dim, demos.len().max(1));
         let obs = |i: usize| &demos.obs[i * od..(i + 1) * od];
         let goal = |i: usize| &demos.goal[i * gd..(i + 1) * gd];
-        for rows in episodes.values() {
+        for rows in demos.episode_rows().values() {
             windows.break_run();
             for (k, &i) in rows.iter().enumerate() {
                 let terminal = demos.terminal.as_ref().is_some_and(|t| t[i]);
