@@ -131,6 +131,9 @@ def s(x):
 NOT_SET = ParameterValue(type=ParameterType.PARAMETER_NOT_SET)
 
 
+STOP_ON_VELOCITY = "'safe_behaviour': stop is refused on a float64_multi_array velocity or effort value"
+
+
 def assert_refused(r, reason):
     if not ROBOT_ONLY:
         assert not r.successful and reason in r.reason, (r.successful, r.reason)
@@ -204,10 +207,12 @@ def test_max_age_cannot_be_loosened_to_an_hour(domain, peer):
 
 def test_safe_behaviour_cannot_be_loosened_to_stop(domain, peer):
     # zero (the config's) sends the velocity output's stop, zeros; stop
-    # would send nothing and leave the last velocity to the controller
+    # would send nothing and leave the last velocity to a forward controller
+    # that has no timeout: refused on this output whatever is in force
+    # (the tightening rule's own refusal is unit tested in node/live.rs)
     robot, node = started(domain, peer)
     try:
-        assert_refused(robot.set("safe_behaviour", s("stop")), "'safe_behaviour' stop is looser than zero in force")
+        assert_refused(robot.set("safe_behaviour", s("stop")), STOP_ON_VELOCITY)
         time.sleep(0.2)
         assert_stops_on_stale_input(robot)
     finally:
@@ -289,6 +294,8 @@ def test_allow_loosen_at_start_lets_an_operator_loosen(domain, peer, tmp_path):
         t = robot.watch()
         assert max(robot.steps(t)) > LIMIT, "the loosened rate limit took effect"
         assert robot.set("sources.state.max_age", d(3600.0)).successful
+        # allowed to loosen is not allowed to leave a velocity output moving
+        assert_refused(robot.set("safe_behaviour", s("stop")), STOP_ON_VELOCITY)
         # still a value of its type: deleting is never a loosening to allow
         r = robot.set("max_delta", NOT_SET)
         assert not r.successful and "cannot be unset or deleted" in r.reason, r.reason

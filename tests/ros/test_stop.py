@@ -99,11 +99,11 @@ IFACES = {
     "vel_twist": dict(model=POINTMASS, robot="plain", msg="twist", stop="zero", safe="hold", watchdog_safe="stop",
                       max_delta=[0.1, 0.1], action={"type": "twist", "topic": "/cmd_vel"}),
     # a forward velocity controller (the per-value list form)
-    "vel_f64": dict(model=POINTMASS, robot="plain", msg="f64", stop="zero", safe="stop", watchdog_safe="stop",
+    "vel_f64": dict(model=POINTMASS, robot="plain", msg="f64", stop="zero", safe="hold", watchdog_safe="zero",
                     max_delta=[0.1, 0.1],
                     action={"type": "float64_multi_array", "topic": "/cmd", "interface": ["velocity", "velocity"]}),
     # a forward effort controller
-    "eff_f64": dict(model=POINTMASS, robot="plain", msg="f64", stop="zero", safe="zero", watchdog_safe="stop",
+    "eff_f64": dict(model=POINTMASS, robot="plain", msg="f64", stop="zero", safe="zero", watchdog_safe="zero",
                     max_delta=[0.1, 0.1],
                     action={"type": "float64_multi_array", "topic": "/cmd", "interface": "effort"}),
 }
@@ -837,6 +837,9 @@ REFUSALS = {
     "f64_without_interface": ("pos_last", _f64(), "stop", "action.interface"),
     "hold_with_effort": ("eff_f64", _f64(interface="effort"), "hold", "safe_behaviour"),
     "default_hold_with_an_effort_value": ("eff_f64", _f64(interface=["velocity", "effort"]), None, "safe_behaviour"),
+    # a forward velocity or effort controller has no timeout: sending nothing leaves it moving
+    "stop_with_velocity": ("vel_f64", _f64(interface="velocity"), "stop", "safe_behaviour"),
+    "stop_with_an_effort_value": ("eff_f64", _f64(interface=["position", "effort"]), "stop", "safe_behaviour"),
     "zero_with_position": ("pos_last", _f64(interface="position"), "zero", "safe_behaviour"),
     "zero_with_a_position_value": ("pos_last", _f64(interface=["velocity", "position"]), "zero", "safe_behaviour"),
     "twist_declared_position": ("vel_twist", dict(type="twist", topic="/cmd_vel", interface="position"), "hold",

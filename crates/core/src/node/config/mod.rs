@@ -643,7 +643,8 @@ impl NodeConfig {
 /// `action.interface`, `action.joints` and `action.state_source`, checked
 /// against the message type and the safe behaviour: a safe behaviour whose
 /// name would lie about what the robot does is refused (`zero` on a
-/// position is a jump to 0; `hold` on an effort is not a hold).
+/// position is a jump to 0; `hold` on an effort is not a hold; `stop` on
+/// a forward velocity or effort controller leaves it moving).
 fn command_config(
     p: &Params<'_>,
     action: &ActionKind,
@@ -694,7 +695,7 @@ fn command_config(
         return Err(ConfigError::param(
             "safe_behaviour",
             "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a \
-             place; the stop sends zero effort): use zero or stop",
+             place; the stop sends zero effort): use zero",
         ));
     }
     if safe == SafeBehaviour::Zero && c.has(Interface::Position) {
@@ -702,6 +703,21 @@ fn command_config(
             "safe_behaviour",
             "'safe_behaviour': zero is refused on a position interface (0 is a place, and the \
              arm would jump there): use hold or stop",
+        ));
+    }
+    // A forward velocity or effort controller keeps its last command until
+    // a new one comes (it has no command timeout: ros2_controllers #95),
+    // so sending nothing would leave the robot moving. A Twist consumer
+    // (diff_drive_controller's cmd_vel_timeout, twist_mux) does time out.
+    if safe == SafeBehaviour::Stop
+        && matches!(action, ActionKind::Float64MultiArray)
+        && (c.has(Interface::Velocity) || c.has(Interface::Effort))
+    {
+        return Err(ConfigError::param(
+            "safe_behaviour",
+            "'safe_behaviour': stop is refused on a float64_multi_array velocity or effort value \
+             (a forward command controller keeps the last command, with no timeout, so sending \
+             nothing leaves the robot moving): use zero",
         ));
     }
     if let Some(name) = &c.state_source {

@@ -4,6 +4,8 @@
 
 use super::*;
 
+const STOP_REFUSED: &str = "'safe_behaviour': stop is refused on a float64_multi_array velocity or effort value (a forward command controller keeps the last command, with no timeout, so sending nothing leaves the robot moving): use zero";
+
 #[test]
 fn action_kind_checks_the_model_width() {
     let traj = ActionKind::JointTrajectory {
@@ -60,7 +62,7 @@ fn the_output_says_what_it_commands_and_where_positions_are_measured() {
         (
             f64a(&[("action.interface", ss(&["position", "effort"]))]),
             "safe_behaviour",
-            "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a place; the stop sends zero effort): use zero or stop",
+            "'safe_behaviour': hold is refused on an effort interface (a torque cannot hold a place; the stop sends zero effort): use zero",
         ),
         (
             f64a(&[("action.interface", s("position")), ("safe_behaviour", s("zero"))]),
@@ -75,6 +77,16 @@ fn the_output_says_what_it_commands_and_where_positions_are_measured() {
             ]),
             "safe_behaviour",
             "'safe_behaviour': zero is refused on a position interface (0 is a place, and the arm would jump there): use hold or stop",
+        ),
+        (
+            f64a(&[("action.interface", s("velocity")), ("safe_behaviour", s("stop"))]),
+            "safe_behaviour",
+            STOP_REFUSED,
+        ),
+        (
+            f64a(&[("action.interface", ss(&["position", "effort"])), ("safe_behaviour", s("stop"))]),
+            "safe_behaviour",
+            STOP_REFUSED,
         ),
         (
             f64a(&[("action.interface", s("position")), ("action.state_source", s("nope"))]),
@@ -145,4 +157,28 @@ fn the_output_says_what_it_commands_and_where_positions_are_measured() {
         c.stop_rule(2).unwrap().interfaces(),
         &[Interface::Velocity; 2]
     );
+}
+
+#[test]
+fn stop_is_kept_where_the_receiver_stops_or_holds_by_itself() {
+    // A Twist consumer times out (diff_drive_controller, twist_mux); a
+    // position controller and a trajectory controller hold the last
+    // set-point: sending nothing leaves the robot still.
+    let m = |kv: &[(&str, ParamValue)]| {
+        let mut m = with(minimal(), kv);
+        m.insert("safe_behaviour".into(), s("stop"));
+        m
+    };
+    for ok in [
+        m(&[("action.type", s("twist"))]),
+        m(&[("action.interface", s("position"))]),
+        m(&[
+            ("action.type", s("joint_trajectory")),
+            ("action.joints", ss(&["j1", "j2"])),
+            ("action.interface", s("position")),
+        ]),
+    ] {
+        let c = NodeConfig::from_params(&ok).unwrap();
+        assert_eq!(c.safe, SafeBehaviour::Stop);
+    }
 }
