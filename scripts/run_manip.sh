@@ -18,7 +18,10 @@
 #      success on the same episodes.
 # Environment: FP_DEMOS (10), FP_NOISE (0.1), FP_CHUNK (4), FP_OBS_HORIZON
 # (2), FP_HIDDEN (128), FP_STEPS (3000), FP_TEMPERATURE (0), FP_SIM_RATE
-# (80; k x 80 runs k times real time), FP_SEED (1: the sim's episodes).
+# (80; k x 80 runs k times real time), FP_SEED (1: the sim's episodes),
+# FP_POLICY (flow | gaussian: the diagonal-Gaussian baseline, same data,
+# chunks, history, width and steps), FP_STATE_DIR (the task's state
+# directory: demos, BC policy, params, log, checkpoints).
 #
 # FINETUNE=1 (scripts/run.sh metaworld:<task> N --finetune): an on-robot
 # SAC session (scripts/finetune_session.py) from the same chunked BC flow
@@ -31,7 +34,7 @@
 # Session environment: FP_SIM_RATE (100: 1.25x real time), FP_TEMPERATURE
 # (0.3: acting), FP_EVAL_TEMPERATURE (0: evaluations), FP_RUN_SEED (0: the
 # node's and the learner's seed), FP_MAX_STEPS (50000), FP_EVAL_AT
-# (10000,25000), FP_EVAL_EPISODES (20), FP_REWARD (sparse | shaped), FP_LEARNER_EXTRA (learner
+# (10000,25000; empty: none between before and after), FP_EVAL_EPISODES (20), FP_REWARD (sparse | shaped), FP_LEARNER_EXTRA (learner
 # flags appended to the recipe), FP_SUMMARY (the JSON summary's path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +47,7 @@ scripts/setup-manip.sh >/dev/null
 manip() { ( source .manip/env.sh; "$@" ); }
 # Fail early on a name Meta-World does not know (it lists the tasks).
 manip python3 -c "import sys; sys.path.insert(0, 'sim'); import metaworld_tasks as m; m.expert_class(m.env_name('$task'))"
-state="$HOME/.local/state/flowpilot/$san"
+state=${FP_STATE_DIR:-$HOME/.local/state/flowpilot/$san}
 mkdir -p -m 700 "$state"
 # A fresh run's log and checkpoints; the demonstrations and the BC policy are kept.
 rm -rf "$state/log" "$state/ckpt"
@@ -72,10 +75,15 @@ if [ -z "$model" ] || [ "$finetune" = 1 ]; then
 fi
 if [ -z "$model" ]; then
   recipe="d${demos_n}_n${noise}_h${chunk}_o${hist}_c${hidden}_s${steps}"
-  model="$state/bc_flow_$recipe.safetensors"
+  case "${FP_POLICY:-flow}" in
+    flow) kind=flow kind_args=(--blocks 4) ;;
+    gaussian) kind=gauss kind_args=(--gaussian) ;;
+    *) echo "FP_POLICY must be flow or gaussian, not '${FP_POLICY}'" >&2; exit 2 ;;
+  esac
+  model="$state/bc_${kind}_$recipe.safetensors"
   if [ ! -f "$model" ]; then
-    echo "training the BC flow ($recipe) -> $model"
-    $fp train bc --data "$demos" --out "$model.tmp.safetensors" --blocks 4 --hidden "$hidden" \
+    echo "training the BC ${FP_POLICY:-flow} ($recipe) -> $model"
+    $fp train bc --data "$demos" --out "$model.tmp.safetensors" "${kind_args[@]}" --hidden "$hidden" \
       --steps "$steps" --chunk "$chunk" --obs-horizon "$hist" --seed 0 2>&1 | tail -1
     mv "$model.tmp.safetensors" "$model"
     [ -f "$model.tmp.loss.png" ] && mv "$model.tmp.loss.png" "${model%.safetensors}.loss.png"
@@ -115,7 +123,7 @@ if [ "$finetune" = 1 ]; then
   # the session's Python is the .manip venv's: its sims need that mujoco
   session_rc=0
   manip python3 scripts/finetune_session.py --task "$task" --train-episodes "$episodes" \
-    --max-steps "${FP_MAX_STEPS:-50000}" --eval-at-steps "${FP_EVAL_AT:-10000,25000}" \
+    --max-steps "${FP_MAX_STEPS:-50000}" --eval-at-steps "${FP_EVAL_AT-10000,25000}" \
     --eval-episodes "${FP_EVAL_EPISODES:-20}" --sim-rate "$sim_rate" --eval-temperature "${FP_EVAL_TEMPERATURE:-0}" --reward "${FP_REWARD:-sparse}" \
     --ckpt-dir "$state/ckpt" --plot "${summary%.json}.png" --summary "$summary" || session_rc=$?
 else

@@ -598,15 +598,18 @@ impl<T: Real> Fast<T> {
     /// when `bc` = Some((a_data, w)) (w: each row's BC weight, λ/rows for
     /// the rows imitated, 0 elsewhere), and its gradient (kept for
     /// [`Self::actor_step`]; needs [`Self::prepare`]); returns (loss, mean
-    /// log π of the samples).
+    /// log π of the samples, the BC term Σ_r w_r·(−log π(a_data_r|s_r)),
+    /// the sample-distance term). `dist` = Some((a_data, w)) adds
+    /// Σ_r w_r·‖a_r − a_data_r‖² on the reparameterised samples a_r.
     pub(crate) fn actor_grads(
         &mut self,
         s: &[T],
         z: &[T],
         alpha: T,
         bc: Option<(&[T], &[T])>,
+        dist: Option<(&[T], &[T])>,
         b: usize,
-    ) -> (T, T) {
+    ) -> (T, T, T, T) {
         let (k, d) = (self.geo.k, self.geo.d);
         let inv_b = T::one() / T::of(b as f64);
         let parts = self.each(b, |w, v, rg| {
@@ -616,12 +619,18 @@ impl<T: Real> Fast<T> {
                 &z[rg.start * d..rg.end * d],
                 alpha,
                 bc.map(|(a, w)| (&a[rg.start * d..rg.end * d], &w[rg.clone()])),
+                dist.map(|(a, w)| (&a[rg.start * d..rg.end * d], &w[rg.clone()])),
                 inv_b,
             )
         });
         let n = self.active(b);
         sum_into_first(&mut self.workers[..n], |w| &mut w.grad_actor);
-        sum_pairs(&parts)
+        let zero = T::zero();
+        parts
+            .iter()
+            .fold((zero, zero, zero, zero), |(a, b, c, e), &(x, y, z, u)| {
+                (a + x, b + y, c + z, e + u)
+            })
     }
 
     pub(crate) fn actor_step(&mut self) {

@@ -294,6 +294,8 @@ pub fn run(opts: &FinetuneOptions, stop: &std::sync::atomic::AtomicBool) -> Resu
                 entropy = st.entropy,
                 q = st.q,
                 bc_lambda = st.bc_lambda,
+                bc_nll = st.bc_nll,
+                bc_dist = st.bc_dist,
                 "update"
             );
             metrics.offer(&st, sac.updates(), online.len(), current.spec.version);

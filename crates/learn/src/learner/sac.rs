@@ -75,6 +75,17 @@ pub struct SacConfig {
         arg(long, help = "The BC term on the prior data's rows only", long_help = None::<&str>)
     )]
     pub bc_demos_only: bool,
+    /// μ of a BC term on the policy's own samples, μ·mean ‖a_π(z; s) −
+    /// a_data‖² over the imitated rows (the reparameterised sample the
+    /// actor loss draws, normalised actions). The likelihood term alone
+    /// can be met by a narrow density spike at the data's action while the
+    /// samples go elsewhere (docs/manipulation.md, "A spike, not a
+    /// policy"); this one holds where the samples go. 0: off.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value_t = 0.0, help = "μ of the BC term on the policy's samples, μ·mean‖a_π − a_data‖²", long_help = None::<&str>)
+    )]
+    pub bc_sample: f64,
     /// LayerNorm (no affine) after each hidden layer of the critics, as in
     /// RLPD: keeps Q bounded when the actor leaves the data.
     #[cfg_attr(
@@ -157,6 +168,7 @@ impl Default for SacConfig {
             bc_lambda: 0.0,
             bc_anneal: 0,
             bc_demos_only: false,
+            bc_sample: 0.0,
             critic_layer_norm: false,
             critic_clips_actions: false,
             no_entropy_backup: false,
@@ -186,6 +198,11 @@ pub struct UpdateStats {
     pub entropy: f32,
     pub q: f32,
     pub bc_lambda: f32,
+    /// Mean −log π(a_data|s) over the imitated rows (0 without a BC term).
+    pub bc_nll: f32,
+    /// Mean ‖a_π − a_data‖² of the samples on the imitated rows (0 without
+    /// the sample term).
+    pub bc_dist: f32,
 }
 
 pub struct Sac {
@@ -315,6 +332,24 @@ impl Sac {
         Ok(-(lp.mean_all()?.to_scalar::<f32>()? as f64))
     }
 
+    /// How close the policy stays to the actions of up to `n` rows of `rb`:
+    /// (mean −log π(a|s), mean ‖a_π − a‖² of one sample a_π per row at the
+    /// optimised latent temperature), in normalised action space.
+    pub fn imitation(&mut self, rb: &ReplayBuffer, n: usize) -> Result<(f64, f64)> {
+        self.sync_vars()?;
+        let batch = rb.sample(n, &mut self.rng, &self.dev)?;
+        let z = self.noise(batch.len())?;
+        let c = self.cond(&batch.s)?;
+        let nll = -(self
+            .twin
+            .log_prob(&c, &batch.a)?
+            .mean_all()?
+            .to_scalar::<f32>()? as f64);
+        let (a, _) = self.latent(&z).sample(&self.twin, &c)?;
+        let sq = (a - &batch.a)?.sqr()?.sum(candle_core::D::Minus1)?;
+        Ok((nll, sq.mean_all()?.to_scalar::<f32>()? as f64))
+    }
+
     /// Replace the target entropy (e.g. by the measured one).
     pub fn set_target_entropy(&mut self, h: f64) {
         self.cfg.target_entropy = Some(h);
@@ -381,7 +416,8 @@ impl Sac {
         let batch = super::replay::Batch::cat(&parts)?;
         let lambda = self.bc_lambda_now();
         let bc_w = bc_weights(&sources, lambda);
-        self.update_batch(&batch, actor, lambda, &bc_w)
+        let dist_w = bc_weights(&sources, self.cfg.bc_sample);
+        self.update_batch(&batch, actor, lambda, &bc_w, &dist_w)
     }
 
     /// One update on a drawn batch, in the one order both paths share: the
@@ -390,13 +426,15 @@ impl Sac {
     /// then Polyak. Each step runs on the hand-written path when it is in
     /// use ([`Fast`]), else on candle autograd, with the same draws, losses
     /// and optimiser arithmetic (`sac/same_update.rs`). `lambda` is the BC
-    /// weight this update uses (`bc_w` carries it per row).
+    /// weight this update uses (`bc_w` carries it per row; `dist_w` the
+    /// sample term's μ).
     fn update_batch(
         &mut self,
         batch: &Batch,
         actor: bool,
         lambda: f64,
         bc_w: &[f32],
+        dist_w: &[f32],
     ) -> Result<UpdateStats> {
         let b = batch.len();
         let alpha = self.log_alpha.as_tensor().exp()?.detach();
@@ -418,10 +456,24 @@ impl Sac {
         if actor && self.updates > self.cfg.critic_warmup {
             let z = self.noise_vec(b);
             let bc = (lambda > 0.0).then_some(bc_w);
-            let (loss, lp_mean) = self.actor_update(batch, flat.as_ref(), &alpha, z, bc)?;
+            let dist = (self.cfg.bc_sample > 0.0).then_some(dist_w);
+            let (loss, lp_mean, bc_term, dist_term) =
+                self.actor_update(batch, flat.as_ref(), &alpha, z, bc, dist)?;
             st.bc_lambda = lambda as f32;
             st.actor_loss = loss;
             st.entropy = -lp_mean as f32;
+            // each term's weights sum to its λ or μ over the imitated rows
+            // (`bc_weights`): the sum divided by them is the rows' mean
+            let mean = |term: f32, w: &[f32]| {
+                let sum: f64 = w.iter().map(|&x| x as f64).sum();
+                if sum > 0.0 {
+                    (term as f64 / sum) as f32
+                } else {
+                    0.0
+                }
+            };
+            st.bc_nll = bc.map_or(0.0, |w| mean(bc_term, w));
+            st.bc_dist = dist.map_or(0.0, |w| mean(dist_term, w));
             self.temperature_step(lp_mean)?;
         }
         match self.fast.as_mut() {
@@ -477,7 +529,10 @@ impl Sac {
     }
 
     /// The actor's step with latent noise `z`, plus the BC term with the
-    /// per-row weights `bc` when given. Returns (actor loss, mean log π).
+    /// per-row weights `bc` when given, plus the sample-distance term
+    /// with the per-row weights `dist` when given. Returns (actor loss,
+    /// mean log π, the BC term Σ w·(−log π(a_data|s)), the sample term
+    /// Σ w·‖a_π − a_data‖²).
     fn actor_update(
         &mut self,
         batch: &Batch,
@@ -485,17 +540,20 @@ impl Sac {
         alpha: &Tensor,
         z: Vec<f32>,
         bc: Option<&[f32]>,
-    ) -> Result<(f32, f64)> {
+        dist: Option<&[f32]>,
+    ) -> Result<(f32, f64, f32, f32)> {
         let b = batch.len();
         if let (Some(f), Some(x)) = (self.fast.as_mut(), flat) {
             let alpha = alpha.to_vec1::<f32>()?[0];
-            let (loss, lp_mean) = f.actor_grads(&x.s, &z, alpha, bc.map(|w| (&x.a[..], w)), b);
+            let data = |w| (&x.a[..], w);
+            let (loss, lp_mean, bc_term, dist_term) =
+                f.actor_grads(&x.s, &z, alpha, bc.map(data), dist.map(data), b);
             f.actor_step();
-            return Ok((loss, lp_mean as f64));
+            return Ok((loss, lp_mean as f64, bc_term, dist_term));
         }
         let z = Tensor::from_vec(z, (b, self.spec.act_dim), &self.dev)?;
         let norm = (&self.in_mean, &self.in_inv_std);
-        let (mut loss, lp, c) = actor_loss(
+        let (mut loss, lp, c, a) = actor_loss(
             &self.twin,
             &self.q,
             norm,
@@ -504,14 +562,24 @@ impl Sac {
             alpha,
             self.cfg.critic_clips_actions,
         )?;
+        let mut bc_term = 0.0;
         if let Some(w) = bc {
             let w = Tensor::from_slice(w, b, &self.dev)?;
             let bc = (self.twin.log_prob(&c, &batch.a)? * w)?.sum_all()?.neg()?;
+            bc_term = bc.to_scalar::<f32>()?;
             loss = (loss + bc)?;
+        }
+        let mut dist_term = 0.0;
+        if let Some(w) = dist {
+            let w = Tensor::from_slice(w, b, &self.dev)?;
+            let sq = (a - &batch.a)?.sqr()?.sum(candle_core::D::Minus1)?;
+            let d = (sq * w)?.sum_all()?;
+            dist_term = d.to_scalar::<f32>()?;
+            loss = (loss + d)?;
         }
         self.opt_actor.backward_step(&loss)?;
         let lp_mean = lp.mean_all()?.to_scalar::<f32>()? as f64;
-        Ok((loss.to_scalar::<f32>()?, lp_mean))
+        Ok((loss.to_scalar::<f32>()?, lp_mean, bc_term, dist_term))
     }
 
     /// Temperature: −log α · (log π + H̄).
@@ -648,6 +716,8 @@ use autograd::*;
 
 #[cfg(test)]
 mod bc_rows;
+#[cfg(test)]
+mod bc_sample;
 #[cfg(test)]
 mod entropy_backup;
 #[cfg(all(test, feature = "clap"))]

@@ -359,6 +359,8 @@ impl<T: Real> Worker<T> {
     /// with `bc` = (a_data, w), on this worker's rows (`inv_b` = 1/B of the
     /// whole batch); the gradient in `grad_actor`; returns (its share of the
     /// loss, of mean log π).
+    // The two BC terms' rows travel apart: either may be off.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn actor_rows(
         &mut self,
         v: View<T>,
@@ -366,8 +368,9 @@ impl<T: Real> Worker<T> {
         z: &[T],
         alpha: T,
         bc: Option<(&[T], &[T])>,
+        dist: Option<(&[T], &[T])>,
         inv_b: T,
-    ) -> (T, T) {
+    ) -> (T, T, T, T) {
         let (d, k) = (v.g.d, v.g.k);
         let b = z.len() / d;
         self.normalise(v, s, b);
@@ -434,9 +437,24 @@ impl<T: Real> Worker<T> {
                 *a += *x;
             }
         }
+        // The sample-distance BC term Σ_r w_r·‖a_r − a_data_r‖² on the
+        // samples themselves: ∂/∂a_r = 2·w_r·(a_r − a_data_r).
+        let mut dist_term = T::zero();
+        if let Some((a_data, w)) = dist {
+            let rows = smp.a.chunks_exact(d).zip(da.chunks_exact_mut(d));
+            for ((ar, dar), (ad, &wr)) in rows.zip(a_data.chunks_exact(d).zip(w)) {
+                for ((&x, g), &y) in ar.iter().zip(dar.iter_mut()).zip(ad) {
+                    let e = x - y;
+                    dist_term += wr * e * e;
+                    *g += wr * two * e;
+                }
+            }
+            loss += dist_term;
+        }
         let dlp = vec![alpha * inv_b; b];
         self.grad_actor.fill(T::zero());
         self.sample_backward(v, &da, &dlp, b);
+        let mut bc_nll = T::zero();
         if let Some((a_data, w)) = bc {
             // log π(a|s) = log N(z(a)) + log|det ∂z/∂a|: the sampling pass in
             // the other direction (the twin's `log_prob`), from a to z.
@@ -447,12 +465,11 @@ impl<T: Real> Worker<T> {
             let lik = self.sample(vb, a_data, b);
             let c = T::of(d as f64 * HALF_LN_2PI as f64);
             let half = T::of(-0.5);
-            let mut nll = T::zero();
             for ((zr, &ld), &wr) in lik.a.chunks_exact(d).zip(&lik.logdet).zip(w) {
                 let sq = zr.iter().fold(T::zero(), |a, &v| a + v * v);
-                nll -= ((sq * half - c) + ld) * wr;
+                bc_nll -= ((sq * half - c) + ld) * wr;
             }
-            loss += nll;
+            loss += bc_nll;
             // ∂(−w·log N(z))/∂z = w·z; ∂/∂logdet = −w, which the backward
             // takes as dlp (its lp is base − logdet).
             let dz: Vec<T> = lik
@@ -463,6 +480,6 @@ impl<T: Real> Worker<T> {
                 .collect();
             self.sample_backward(vb, &dz, w, b);
         }
-        (loss, lp_sum * inv_b)
+        (loss, lp_sum * inv_b, bc_nll, dist_term)
     }
 }

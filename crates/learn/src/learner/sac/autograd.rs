@@ -176,7 +176,7 @@ pub(super) fn actor_loss(
     z: Latent,
     alpha: &Tensor,
     clip: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let c = cond_of(twin, s)?;
     let (a, lp) = z.sample(twin, &c)?;
     let xa = q_in(norm, s, &executed(&a, clip)?)?;
@@ -185,7 +185,7 @@ pub(super) fn actor_loss(
     let outside = (a.abs()? - 1.0)?.relu()?.sqr()?.sum(D::Minus1)?;
     let loss = (lp.broadcast_mul(alpha)? - qa)?.mean_all()?;
     let loss = (loss + (outside.mean_all()? * 10.0)?)?;
-    Ok((loss, lp, c))
+    Ok((loss, lp, c, a))
 }
 
 // Tests, one file per concern under sac/.

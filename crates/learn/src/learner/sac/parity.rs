@@ -119,7 +119,7 @@ fn check(
     let x = q_in(norm, &batch.s, &batch.a).unwrap();
     let (closs, _) = critic_loss(&q, &x, &y).unwrap();
     let cgrads = closs.backward().unwrap();
-    let (mut aloss, _, c) =
+    let (mut aloss, _, c, _) =
         actor_loss(&twin, &q, norm, &batch.s, latent(&zt), &alpha, clip).unwrap();
     if bc > 0.0 {
         // As `update_mixed`: λ·mean(−log π(a_data|s)) over the last
@@ -174,7 +174,14 @@ fn check(
             }
         })
         .collect();
-    let (al, _) = f.actor_grads(&s, &z, alpha_v, (bc > 0.0).then_some((&a[..], &w[..])), b);
+    let (al, _, _, _) = f.actor_grads(
+        &s,
+        &z,
+        alpha_v,
+        (bc > 0.0).then_some((&a[..], &w[..])),
+        None,
+        b,
+    );
     let al_ref = aloss.to_scalar::<f64>().unwrap();
     assert!(
         (al - al_ref).abs() <= 1e-9 * al_ref.abs(),

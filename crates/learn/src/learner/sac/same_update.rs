@@ -8,18 +8,27 @@ use flowpilot_core::policy::model::TensorData;
 
 #[test]
 fn fast_and_autograd_updates_agree() {
-    // The last: BC on the second draw's rows only (`--bc-demos-only`).
-    for (critic_layer_norm, bc_lambda, tau, demos_only) in [
-        (false, 0.0, 1.0, false),
-        (true, 0.0, 0.3, false),
-        (true, 0.5, 0.3, false),
-        (true, 0.5, 1.0, true),
+    // The last three: BC on the second draw's rows only (`--bc-demos-only`),
+    // by likelihood, on the samples (`--bc-sample`), and both.
+    for (critic_layer_norm, bc_lambda, tau, demos_only, bc_sample) in [
+        (false, 0.0, 1.0, false, 0.0),
+        (true, 0.0, 0.3, false, 0.0),
+        (true, 0.5, 0.3, false, 0.0),
+        (true, 0.5, 1.0, true, 0.0),
+        (true, 0.0, 0.3, true, 0.7),
+        (false, 0.5, 1.0, true, 0.7),
     ] {
-        agree(critic_layer_norm, bc_lambda, tau, demos_only);
+        agree(critic_layer_norm, bc_lambda, tau, demos_only, bc_sample);
     }
 }
 
-fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos_only: bool) {
+fn agree(
+    critic_layer_norm: bool,
+    bc_lambda: f64,
+    latent_temperature: f64,
+    demos_only: bool,
+    bc_sample: f64,
+) {
     let model = init_model(
         default_spec(6, 0, 3, 2, 32),
         Init::Random { last_scale: 0.5 },
@@ -36,6 +45,7 @@ fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos
         lr_alpha: 1e-2,
         critic_layer_norm,
         bc_lambda,
+        bc_sample,
         latent_temperature,
         ..Default::default()
     };
@@ -86,10 +96,12 @@ fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos
             (sf.entropy, ss.entropy),
             (sf.q, ss.q),
             (sf.alpha, ss.alpha),
+            (sf.bc_nll, ss.bc_nll),
+            (sf.bc_dist, ss.bc_dist),
         ] {
             assert!(
                 (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                "ln {critic_layer_norm} bc {bc_lambda}: stats {sf:?} vs {ss:?}"
+                "ln {critic_layer_norm} bc {bc_lambda} sample {bc_sample}: stats {sf:?} vs {ss:?}"
             );
         }
     }
@@ -113,7 +125,7 @@ fn agree(critic_layer_norm: bool, bc_lambda: f64, latent_temperature: f64, demos
             let (d, moved) = (dist(a, b), dist(b, o));
             assert!(
                 d <= 1e-3 * moved,
-                "ln {critic_layer_norm} bc {bc_lambda}: {name}: paths differ by {d}, moved {moved}"
+                "ln {critic_layer_norm} bc {bc_lambda} sample {bc_sample}: {name}: paths differ by {d}, moved {moved}"
             );
             n += 1;
         }
