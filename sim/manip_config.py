@@ -22,7 +22,7 @@ it also writes `finetune.args`, the learner's recipe for a session
 LayerNorm critics, critic pre-training and warm-up on the demos, the BC
 term on the demonstrations' rows only, 1 update per new transition asked
 for (the learner's speed caps it). --learner-extra appends flags (a later
-flag overrides an earlier one for single-valued options).
+flag overrides an earlier one for single-valued options; --no-<flag> takes a boolean flag out).
 """
 import json
 import shlex
@@ -112,6 +112,11 @@ def finetune_section(prior, seed, extra):
             seen[flag] = len(out)
             out.append(item)
         i += len(item)
+    # `--no-<flag>` in the extra flags takes a boolean flag of the recipe out
+    # (e.g. --no-bc-demos-only: the BC terms imitate the robot's own rows too)
+    drop = {item[0].replace("--no-", "--", 1) for item in out if item[0].startswith("--no-")
+            and item[0].replace("--no-", "--", 1) in seen}
+    out = [item for item in out if item[0] not in drop and item[0].replace("--no-", "--", 1) not in drop]
     flat = [x for item in out if item for x in item]
     return "    finetune:\n      args: " + json.dumps(flat) + "\n"
 
