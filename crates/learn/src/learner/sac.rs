@@ -79,8 +79,8 @@ pub struct SacConfig {
     /// a_data‖² over the imitated rows (the reparameterised sample the
     /// actor loss draws, normalised actions). The likelihood term alone
     /// can be met by a narrow density spike at the data's action while the
-    /// samples go elsewhere (docs/manipulation.md, "A spike, not a
-    /// policy"); this one holds where the samples go. 0: off.
+    /// samples go elsewhere (docs/manipulation.md, "Why a perfect BC flow
+    /// collapsed"); this one holds where the samples go. 0: off.
     #[cfg_attr(
         feature = "clap",
         arg(long, default_value_t = 0.0, help = "μ of the BC term on the policy's samples, μ·mean‖a_π − a_data‖²", long_help = None::<&str>)
@@ -462,18 +462,15 @@ impl Sac {
             st.bc_lambda = lambda as f32;
             st.actor_loss = loss;
             st.entropy = -lp_mean as f32;
-            // each term's weights sum to its λ or μ over the imitated rows
-            // (`bc_weights`): the sum divided by them is the rows' mean
-            let mean = |term: f32, w: &[f32]| {
-                let sum: f64 = w.iter().map(|&x| x as f64).sum();
-                if sum > 0.0 {
-                    (term as f64 / sum) as f32
-                } else {
-                    0.0
-                }
-            };
-            st.bc_nll = bc.map_or(0.0, |w| mean(bc_term, w));
-            st.bc_dist = dist.map_or(0.0, |w| mean(dist_term, w));
+            // each term's weights are its λ or μ over the imitated rows
+            // (`bc_weights`), so the term over it is the rows' mean (0
+            // without imitated rows, where the term is 0)
+            if bc.is_some() {
+                st.bc_nll = (bc_term as f64 / lambda) as f32;
+            }
+            if dist.is_some() {
+                st.bc_dist = (dist_term as f64 / self.cfg.bc_sample) as f32;
+            }
             self.temperature_step(lp_mean)?;
         }
         match self.fast.as_mut() {
